@@ -1,0 +1,80 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Optional, Sequence
+
+from plm.data import DATASETS
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
+    """``--dataset``, ``--data-root``, ``--split``, ``--limit``."""
+    parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset name")
+    parser.add_argument("--data-root", default=None, help="dataset root folder (official layout)")
+    parser.add_argument("--split", default=default_split, choices=["train", "val", "test", "all"],
+                        help="train = seen classes, val = held-out seen classes, test = unseen classes")
+    parser.add_argument("--val-classes", type=int, default=0, help="seen classes held out as the val split")
+    parser.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N images")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` | ``--checkpoint``, ``--weights``, ``--image-size``, ``--batch-size``."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--backbone", help="pretrained backbone (pooled features, L2-normalised)")
+    group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
+    parser.add_argument("--weights", default=None,
+                        help="local ImageNet weights file for backbones that ship without weights (googlenet, resnet50)")
+    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's own)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def model_from_args(args: argparse.Namespace):
+    """The :class:`~plm.models.EmbeddingModel` the arguments name."""
+    from plm.models import ModelConfig, create_model, load_model
+
+    if args.checkpoint:
+        model = load_model(args.checkpoint)
+        if args.image_size:
+            model.config.image_size = args.image_size
+        return model
+    config = ModelConfig(backbone=args.backbone, embed_dim=None, pooling="avg", normalize=True,
+                         image_size=args.image_size)
+    from plm.errors import UserError
+
+    try:
+        return create_model(config, pretrained=args.weights if args.weights else True)
+    except ValueError as err:
+        if args.weights is None and "no ImageNet weights" in str(err):
+            raise UserError(f"{args.backbone} ships without ImageNet weights and nothing is downloaded: "
+                            f"pass --weights FILE (a torchvision state dict)") from err
+        raise
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with aligned columns (floats to 4 decimals, None as '-')."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join(out)
+
+
+def metrics_row(name: str, metrics: dict, ks: Optional[Sequence[str]] = None) -> list:
+    """One table row: name, Recall@K…, MAP@R, R-precision, NMI."""
+    ks = ks or list(metrics["recall_at"])
+    return [name, *(metrics["recall_at"][k] for k in ks), metrics["map_at_r"], metrics.get("r_precision"), metrics.get("nmi")]
+
+
+def metrics_headers(ks: Sequence[str]) -> list[str]:
+    """Headers matching :func:`metrics_row`."""
+    return ["method", *(f"R@{k}" for k in ks), "MAP@R", "R-prec", "NMI"]

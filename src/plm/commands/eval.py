@@ -1,0 +1,48 @@
+"""``plm eval``: zero-shot retrieval metrics of a pretrained backbone or a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from plm.commands._common import (
+    add_dataset_arguments, add_model_arguments, format_table, metrics_headers, metrics_row, model_from_args,
+)
+
+NAME = "eval"
+HELP = "zero-shot retrieval metrics (Recall@K, MAP@R, R-precision, NMI) on a dataset split"
+log = logging.getLogger(__name__)
+
+
+def default_ks(dataset: str) -> list[int]:
+    """The field's Recall@K list: 1/10/100/1000 on SOP, 1/2/4/8 elsewhere."""
+    return [1, 10, 100, 1000] if dataset == "sop" else [1, 2, 4, 8]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    add_dataset_arguments(parser, default_split="test")
+    add_model_arguments(parser)
+    parser.add_argument("--recall-at", type=int, nargs="+", default=None, help="K values (default by dataset)")
+    parser.add_argument("--no-nmi", action="store_true", help="skip NMI (k-means is the slow part on big splits)")
+    parser.add_argument("--faiss", action="store_true", help="exact search with faiss when installed")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the metrics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.data import load_dataset
+    from plm.evaluation import embed_dataset, retrieval_metrics
+    from plm.utils.io import atomic_write_json
+
+    dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
+    model = model_from_args(args)
+    emb = embed_dataset(model, dataset, batch_size=args.batch_size, cache_dir=False if args.no_cache else None)
+    if emb.skipped:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
+    ks = args.recall_at or default_ks(args.dataset)
+    metrics = retrieval_metrics(emb.vectors, emb.labels, ks=ks, with_nmi=not args.no_nmi, use_faiss=args.faiss)
+    name = args.backbone or args.checkpoint
+    print(f"{args.dataset} / {args.split}: {metrics['num_queries']} queries, {dataset.num_classes} classes")
+    print(format_table(metrics_headers([str(k) for k in ks]), [metrics_row(name, metrics)]))
+    if args.json:
+        atomic_write_json({"dataset": args.dataset, "split": args.split, "skipped": len(emb.skipped), **metrics}, args.json)
+    return 0

@@ -1,0 +1,136 @@
+"""Embedding model: backbone → pooling → linear embedding → optional L2 normalisation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plm.models.backbones import Backbone, Pretrained, create_backbone
+from plm.models.preprocess import PreprocessConfig
+
+POOLINGS = ("avg", "avg+max")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an :class:`EmbeddingModel` (saved inside checkpoints).
+
+    Attributes:
+        backbone: registered backbone name.
+        embed_dim: output dimension of the linear layer; ``None`` keeps the pooled features.
+        pooling: ``"avg"`` or ``"avg+max"`` (GAP + GMP, summed).
+        normalize: L2-normalise the output.
+        image_size: input resolution; ``None`` uses the backbone's own.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    embed_dim: Optional[int] = 128
+    pooling: str = "avg+max"
+    normalize: bool = True
+    image_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.embed_dim is not None and self.embed_dim <= 0:
+            raise ValueError(f"embed_dim must be positive or None, got {self.embed_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for YAML configs and checkpoints."""
+        return asdict(self)
+
+
+class EmbeddingHead(nn.Module):
+    """Linear layer (orthogonal init, zero bias) plus optional L2 normalisation.
+
+    Used alone in frozen mode, where pooled backbone features are cached.
+    """
+
+    def __init__(self, in_dim: int, embed_dim: Optional[int], normalize: bool = True):
+        super().__init__()
+        self.linear: nn.Module
+        if embed_dim is None:
+            self.linear = nn.Identity()
+            self.out_dim = in_dim
+        else:
+            self.linear = nn.Linear(in_dim, embed_dim)
+            nn.init.orthogonal_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+            self.out_dim = embed_dim
+        self.normalize = normalize
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        z = self.linear(features)
+        return F.normalize(z, dim=-1) if self.normalize else z
+
+
+class EmbeddingModel(nn.Module):
+    """Backbone + pooling + :class:`EmbeddingHead`.
+
+    ``features(x)`` gives the pooled backbone features, ``head(features)`` the embedding;
+    ``forward(x) == head(features(x))``.
+    """
+
+    def __init__(self, backbone: Backbone, config: ModelConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.head = EmbeddingHead(backbone.feature_dim, config.embed_dim, config.normalize)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The backbone's preprocessing at this model's resolution."""
+        cfg = self.backbone.preprocess
+        return cfg.with_input_size(self.config.image_size) if self.config.image_size else cfg
+
+    @property
+    def out_dim(self) -> int:
+        """Embedding dimension."""
+        return self.head.out_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, shape (B, feature_dim)."""
+        fmap = self.backbone(x)
+        pooled = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        if self.config.pooling == "avg+max":
+            pooled = pooled + F.adaptive_max_pool2d(fmap, 1).flatten(1)
+        return pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.head(self.features(x))
+
+
+def create_model(config: ModelConfig, pretrained: Pretrained = True) -> EmbeddingModel:
+    """Build an :class:`EmbeddingModel` from a config."""
+    return EmbeddingModel(create_backbone(config.backbone, pretrained=pretrained), config)
+
+
+def save_model(model: EmbeddingModel, path: str | os.PathLike, extra: Optional[dict] = None) -> None:
+    """Write ``{"model_config", "model_state", **extra}`` atomically (temp file + rename)."""
+    from plm.utils.io import atomic_torch_save
+
+    payload = {"model_config": model.config.to_dict(), "model_state": model.state_dict()}
+    payload.update(extra or {})
+    atomic_torch_save(payload, path)
+
+
+def load_model(path: str | os.PathLike) -> EmbeddingModel:
+    """Rebuild an :class:`EmbeddingModel` from a plm checkpoint, never unpickling objects.
+
+    Raises:
+        ValueError: the file is corrupt, truncated, or not a plm checkpoint.
+    """
+    from plm.utils.io import safe_torch_load
+
+    ckpt = safe_torch_load(path)
+    if "model_config" not in ckpt or "model_state" not in ckpt:
+        raise ValueError(f"{path} is not a plm checkpoint (no model_config / model_state)")
+    config = ModelConfig(**ckpt["model_config"])
+    model = create_model(config, pretrained=False)
+    model.load_state_dict(ckpt["model_state"])
+    return model.eval()
