@@ -1,0 +1,24 @@
+"""The piecewise-linear (PL) manifold model and its similarity (METHOD.md §3-§5).
+
+``similarity_matrix(x, config)`` is the per-training-step entry point; ``fit_pieces`` +
+``pairwise_similarity`` split it in two; ``directed_similarity`` scores points against any
+pieces (proxies included); ``sparse_similarity`` is the dataset-scale version.
+"""
+
+from plm.manifold.config import CRITERIA, SYMMETRIZE, ManifoldConfig, Pieces
+from plm.manifold.neighbors import knn_candidates
+from plm.manifold.pieces import fit_error, fit_pieces, nearest_candidates
+from plm.manifold.similarity import (
+    directed_similarity,
+    pair_similarity,
+    paired_directed_similarity,
+    pairwise_similarity,
+    similarity_matrix,
+    sparse_similarity,
+)
+
+__all__ = [
+    "CRITERIA", "SYMMETRIZE", "ManifoldConfig", "Pieces", "directed_similarity", "fit_error", "fit_pieces",
+    "knn_candidates", "nearest_candidates", "pair_similarity", "paired_directed_similarity",
+    "pairwise_similarity", "similarity_matrix", "sparse_similarity",
+]

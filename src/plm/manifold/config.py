@@ -1,0 +1,103 @@
+"""Options of the piecewise-linear (PL) manifold model and the fitted pieces."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from torch import Tensor
+
+CRITERIA = ("residual_variance", "relative_residual")
+SYMMETRIZE = ("mean", "max")
+
+
+@dataclass
+class ManifoldConfig:
+    """Options of the PL model (METHOD.md §3-§4).
+
+    Attributes:
+        piece_dim: m, the dimension of every linear piece.
+        eps: ε, the largest scale-free fit error at which a candidate joins a neighbourhood.
+        criterion: the fit error: ``"residual_variance"`` (share of the set's variance outside its
+            top-m principal directions) or ``"relative_residual"`` (mean orthogonal residual over
+            the mean distance to the anchor).
+        max_candidates: K_c, candidates per anchor (its nearest other points); ``None`` = all.
+        n_alpha: N_α, the exponent of the orthogonal-distance term α.
+        n_beta: N_β, the exponent of the in-piece-distance term β.
+        symmetrize: ``"mean"`` (½(s′(i,j) + s′(j,i))) or ``"max"``.
+        subset_selection: ``False`` is the ablation "no subset selection": every candidate joins.
+        normalize_inputs: L2-normalise the inputs before fitting (METHOD.md §2).
+    """
+
+    piece_dim: int = 2
+    eps: float = 0.2
+    criterion: str = "residual_variance"
+    max_candidates: Optional[int] = 16
+    n_alpha: float = 4.0
+    n_beta: float = 1.0
+    symmetrize: str = "mean"
+    subset_selection: bool = True
+    normalize_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.piece_dim, bool) or not isinstance(self.piece_dim, int) or self.piece_dim < 1:
+            raise ValueError(f"piece_dim must be an integer >= 1, got {self.piece_dim!r}")
+        if not _finite_number(self.eps) or self.eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.max_candidates is not None and (isinstance(self.max_candidates, bool)
+                                                or not isinstance(self.max_candidates, int)
+                                                or self.max_candidates < 1):
+            raise ValueError(f"max_candidates must be None or an integer >= 1, got {self.max_candidates!r}")
+        for name in ("n_alpha", "n_beta"):
+            value = getattr(self, name)
+            if not _finite_number(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.symmetrize not in SYMMETRIZE:
+            raise ValueError(f"symmetrize must be one of {SYMMETRIZE}, got {self.symmetrize!r}")
+        for name in ("subset_selection", "normalize_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        """The options as a plain dict (for configs and JSON)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class Pieces:
+    """The linear pieces of N points (one per point), as fitted by :func:`plm.manifold.fit_pieces`.
+
+    Attributes:
+        anchors: (N, d) the points the pieces were grown around (after optional normalisation).
+        means: (N, d) μ_i, the mean of the selected neighbourhood S_i.
+        bases: (N, d, m) orthonormal columns U_i; zero columns where S_i spans fewer than m dims.
+        members: (N, K) long, the indices of S_i (anchor first, then in candidate order), -1 padded.
+        sizes: (N,) long, |S_i|.
+        ranks: (N,) long, the number of non-zero columns of U_i.
+    """
+
+    anchors: Tensor
+    means: Tensor
+    bases: Tensor
+    members: Tensor
+    sizes: Tensor
+    ranks: Tensor
+
+    def __len__(self) -> int:
+        return int(self.anchors.shape[0])
+
+    def to(self, device: object) -> "Pieces":
+        """The same pieces on another device."""
+        return Pieces(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def groups(self) -> list[list[int]]:
+        """Each point's selected neighbourhood S_i as a list of indices (anchor first)."""
+        members = self.members.cpu().numpy()
+        return [row[row >= 0].tolist() for row in members]

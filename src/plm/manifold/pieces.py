@@ -1,0 +1,235 @@
+"""Subset selection and local PCA: one linear piece per point, batched over all anchors.
+
+For anchor i with candidates c_1..c_K (its nearest other points, nearest first), the selected
+neighbourhood starts as S_i = {i}; candidate c_t joins when the m-dimensional PCA fit of
+S_i ∪ {c_t} has a scale-free error ≤ ε (METHOD.md §3). All anchors advance together: the loop runs
+over the K candidate positions, never over points. Each step needs only the (K+1)×(K+1) Gram matrix
+of the anchor's candidates, so the work per anchor is a handful of tiny batched eigen-decompositions.
+
+Fit errors (both in [0, 1], invariant to scale, rotation and translation):
+
+- ``residual_variance``: share of the set's total variance outside its top-m principal directions,
+  (Σ_{k>m} λ_k) / (Σ_k λ_k) with λ the PCA eigenvalues of the set.
+- ``relative_residual``: mean over the set of each point's orthogonal distance to the fitted
+  m-dim affine subspace, divided by the mean distance of the other members to the anchor.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from plm.manifold.config import ManifoldConfig, Pieces
+from plm.manifold.neighbors import knn_candidates
+
+DENSE_MAX = 4096  # up to this many points, candidates come from one dense distance matrix
+_REL_TOL = 1e-6  # eigenvalues below this share of the set's variance count as zero
+
+
+def check_points(x: Tensor, name: str = "x") -> None:
+    """Raise ValueError unless ``x`` is a finite floating-point (N, d) tensor."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values; clean the input first")
+
+
+def prepare(x: Tensor, config: ManifoldConfig) -> Tensor:
+    """Validate the points and apply the config's input normalisation (detached)."""
+    check_points(x)
+    x = x.detach()
+    if config.normalize_inputs:
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x
+
+
+@torch.no_grad()
+def nearest_candidates(x: Tensor, k: int, block_size: int = 2048) -> Tensor:
+    """(N, k) indices of each point's ``k`` nearest other points, nearest first (exact).
+
+    Small inputs use one dense distance matrix in float64 (so orderings are exact); larger ones
+    use :func:`plm.manifold.neighbors.knn_candidates` (blockwise, bounded memory).
+    """
+    n = x.shape[0]
+    if n <= DENSE_MAX:
+        x64 = x.double()
+        sq = (x64 * x64).sum(1)
+        d = (sq[:, None] + sq[None, :] - 2.0 * x64 @ x64.T).clamp_(min=0)
+        d.fill_diagonal_(float("inf"))
+        # stable sort: equal distances keep index order
+        return torch.sort(d, dim=1, stable=True).indices[:, :k]
+    return knn_candidates(x, k, approximate=False, block_size=block_size)[1]
+
+
+@torch.no_grad()
+def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates: Optional[Tensor] = None,
+               block_size: int = 2048) -> Pieces:
+    """Subset selection + local PCA for every point (no gradient).
+
+    Args:
+        x: (N, d) points (teacher embeddings).
+        config: the PL options.
+        candidates: optional (N, K) neighbour indices, nearest first (-1 = none); by default the
+            ``config.max_candidates`` nearest other points (exact).
+        block_size: anchors processed together (memory ≈ block_size × (K+1) × d floats).
+
+    Returns:
+        the fitted :class:`Pieces`.
+
+    Raises:
+        ValueError: bad shapes, NaN or inf values, or out-of-range candidate indices.
+    """
+    x = prepare(x, config)
+    n, d = x.shape
+    m = config.piece_dim
+    if candidates is None:
+        k = n - 1 if config.max_candidates is None else min(config.max_candidates, n - 1)
+        candidates = nearest_candidates(x, k) if k > 0 else torch.empty(n, 0, dtype=torch.long, device=x.device)
+    else:
+        candidates = _check_candidates(candidates, n, x.device)
+        if config.max_candidates is not None:
+            candidates = candidates[:, :config.max_candidates]
+    k = candidates.shape[1]
+    means = torch.empty_like(x)
+    bases = torch.zeros(n, d, m, dtype=x.dtype, device=x.device)
+    members = torch.full((n, k + 1), -1, dtype=torch.long, device=x.device)
+    sizes = torch.empty(n, dtype=torch.long, device=x.device)
+    ranks = torch.empty(n, dtype=torch.long, device=x.device)
+    for start in range(0, n, block_size):
+        stop = min(n, start + block_size)
+        anchors = torch.arange(start, stop, device=x.device)
+        idx = torch.cat([anchors[:, None], candidates[start:stop]], dim=1)  # (b, K+1)
+        valid = idx >= 0
+        pts = x[idx.clamp(min=0)]  # (b, K+1, d)
+        z = pts - pts[:, :1]  # relative to the anchor
+        gram = (z @ z.transpose(1, 2)).double()
+        mask = _select(gram, valid, config)
+        mu, basis, rank = _local_pca(pts, z, gram, mask, m)
+        means[start:stop] = mu
+        bases[start:stop] = basis
+        ranks[start:stop] = rank
+        sizes[start:stop] = mask.sum(1)
+        # accepted indices first, in candidate order
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+        members[start:stop] = torch.where(mask.gather(1, order), idx.gather(1, order), torch.full_like(idx, -1))
+    return Pieces(anchors=x, means=means, bases=bases, members=members, sizes=sizes, ranks=ranks)
+
+
+def _check_candidates(candidates: Tensor, n: int, device: torch.device) -> Tensor:
+    if not isinstance(candidates, Tensor) or candidates.ndim != 2 or candidates.shape[0] != n:
+        shape = tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates).__name__
+        raise ValueError(f"candidates must be an (N={n}, K) index tensor, got {shape}")
+    if candidates.is_floating_point():
+        raise ValueError("candidates must hold integer indices")
+    candidates = candidates.to(device=device, dtype=torch.long)
+    if candidates.numel() and (candidates.max() >= n or candidates.min() < -1):
+        raise ValueError(f"candidate indices must be in [0, {n - 1}] (or -1 for none)")
+    rows = torch.arange(n, device=device)[:, None]
+    return torch.where(candidates == rows, torch.full_like(candidates, -1), candidates)
+
+
+def _centered_gram(gram: Tensor, w: Tensor) -> Tensor:
+    """Gram matrix of the members (w = 1) centred on their mean; other rows and columns zero."""
+    count = w.sum(1).clamp(min=1)[:, None]
+    row = (gram * w[:, None, :]).sum(2) / count  # z_k · z̄
+    total = (row * w).sum(1, keepdim=True) / count  # ||z̄||²
+    gc = gram - row[:, :, None] - row[:, None, :] + total[:, :, None]
+    return gc * w[:, :, None] * w[:, None, :]
+
+
+def fit_error(gram: Tensor, w: Tensor, m: int, criterion: str, anchor_dist: Tensor) -> Tensor:
+    """Scale-free m-dim PCA fit error of each member set (see the module docstring).
+
+    Args:
+        gram: (b, n, n) Gram matrices of the points relative to the anchor (float64).
+        w: (b, n) member indicator (float64), anchor in column 0.
+        m: piece dimension.
+        criterion: ``residual_variance`` or ``relative_residual``.
+        anchor_dist: (b, n) distances of the points to the anchor.
+    """
+    gc = _centered_gram(gram, w)
+    if criterion == "residual_variance":
+        lam = torch.linalg.eigvalsh(gc).clamp(min=0)  # ascending
+        total = lam.sum(1)
+        top = lam[:, -m:].sum(1)
+        err = (total - top).clamp(min=0) / total.clamp(min=torch.finfo(gc.dtype).tiny)
+        return torch.where(total > 0, err, torch.zeros_like(err))
+    lam, vec = torch.linalg.eigh(gc)
+    lam = lam.clamp(min=0)
+    proj = (vec[:, :, -m:] ** 2 * lam[:, None, -m:]).sum(2)  # squared length of each point's projection
+    res = (torch.diagonal(gc, dim1=1, dim2=2) - proj).clamp(min=0).sqrt() * w
+    count = w.sum(1)
+    mean_res = res.sum(1) / count.clamp(min=1)
+    others = (count - 1).clamp(min=1)
+    mean_dist = (anchor_dist * w)[:, 1:].sum(1) / others
+    err = mean_res / mean_dist.clamp(min=torch.finfo(gc.dtype).tiny)
+    return torch.where(mean_dist > 0, err, torch.zeros_like(err))
+
+
+def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
+    """(b, K+1) bool: the members of each anchor's selected neighbourhood (anchor = column 0).
+
+    At step t only the first t+1 slots can hold members, so the eigen-decompositions work on the
+    leading (t+1)×(t+1) block. A set of at most m+1 points fits an m-dim subspace exactly (error 0),
+    so the first m valid candidates always join.
+    """
+    mask = torch.zeros_like(valid)
+    mask[:, 0] = True
+    if not config.subset_selection:
+        return mask | valid
+    m = config.piece_dim
+    anchor_dist = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=0).sqrt()
+    w = mask.to(gram.dtype)
+    for t in range(1, gram.shape[1]):
+        if t <= m:
+            accept = valid[:, t]
+        else:
+            trial = w[:, :t + 1].clone()
+            trial[:, t] = 1.0
+            err = fit_error(gram[:, :t + 1, :t + 1], trial, m, config.criterion, anchor_dist[:, :t + 1])
+            accept = valid[:, t] & (err <= config.eps)
+        w[:, t] = accept.to(w.dtype)
+    return w > 0.5
+
+
+def _local_pca(pts: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, orthonormal top-m basis (zero columns past the set's rank) and rank of each member set.
+
+    Args:
+        pts: (b, n, d) candidate points (anchor first).
+        z: (b, n, d) the same relative to the anchor.
+        gram: (b, n, n) float64 Gram matrix of ``z``.
+        mask: (b, n) members.
+        m: piece dimension.
+    """
+    b, n, d = pts.shape
+    w = mask.to(gram.dtype)
+    count = w.sum(1, keepdim=True)
+    mu = (pts * mask.to(pts.dtype)[:, :, None]).sum(1) / count.to(pts.dtype)
+    gc = _centered_gram(gram, w)
+    lam, vec = torch.linalg.eigh(gc)  # ascending
+    lam, vec = lam.flip(1)[:, :m], vec.flip(2)[:, :, :m]
+    if lam.shape[1] < m:  # fewer candidate slots than m
+        pad = m - lam.shape[1]
+        lam = torch.cat([lam, lam.new_zeros(b, pad)], 1)
+        vec = torch.cat([vec, vec.new_zeros(b, n, pad)], 2)
+    total = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
+    scale = torch.diagonal(gram, dim1=1, dim2=2).amax(1, keepdim=True)
+    good = (lam > _REL_TOL * total) & (lam > 1e3 * torch.finfo(pts.dtype).eps * scale)
+    # eigenvectors of non-zero eigenvalues vanish off the members and sum to zero over them, so
+    # zᵀv equals the centred members' (z − z̄)ᵀv without centring z
+    raw = (z.transpose(1, 2) @ (vec * w[:, :, None]).to(z.dtype)).double()  # (b, d, m), column norms ≈ sqrt(λ)
+    basis = torch.zeros_like(raw)
+    for j in range(m):  # Gram-Schmidt keeps the columns exactly orthonormal
+        col = raw[:, :, j] - (basis[:, :, :j] @ (basis[:, :, :j].transpose(1, 2) @ raw[:, :, j:j + 1])).squeeze(2)
+        norm = col.norm(dim=1, keepdim=True)
+        ok = good[:, j:j + 1] & (norm > 0)
+        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=1e-300), torch.zeros_like(col))
+    rank = (basis.abs().sum(1) > 0).sum(1)
+    return mu, basis.to(pts.dtype), rank

@@ -1,0 +1,220 @@
+"""Point-to-piece and point-to-point similarity of the PL model (METHOD.md §4).
+
+For a point x and the piece (anchor a, mean μ, orthonormal basis U) of another point:
+x̂ = μ + U Uᵀ (x − μ) is the projection of x on the piece, o = ‖x − x̂‖ the orthogonal distance,
+p = ‖x̂ − a‖ the in-piece distance to the anchor, and
+
+    s′ = α · β,   α = (1 + o/2)^(−N_α),   β = (1 + p)^(−N_β),
+
+a number in (0, 1]. The point-to-point similarity symmetrises s′: s = ½(s′(i, j) + s′(j, i))
+(or the max), with s(i, i) = 1.
+
+All distances come from inner products, so nothing of size P × M × d is ever built:
+o² = ‖x − μ‖² − ‖c‖² and p² = ‖r‖² + ‖e + c‖², where c = Uᵀ(x − μ), e = Uᵀ(μ − a) and r is the
+part of μ − a outside the piece. Basis columns that are zero (rank-deficient pieces) drop out.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from plm.manifold.config import ManifoldConfig, Pieces
+from plm.manifold.neighbors import knn_candidates
+from plm.manifold.pieces import check_points, fit_pieces, prepare
+
+_TINY = 1e-12  # under the square roots, so gradients stay finite at zero distance
+
+
+def _alpha_beta(o2: Tensor, p2: Tensor, n_alpha: float, n_beta: float) -> Tensor:
+    tiny = _TINY if (o2.requires_grad or p2.requires_grad) else 0.0
+    o = o2.clamp(min=0).add(tiny).sqrt()
+    p = p2.clamp(min=0).add(tiny).sqrt()
+    return torch.exp(-n_alpha * torch.log1p(o / 2) - n_beta * torch.log1p(p))
+
+
+def directed_similarity(points: Tensor, anchors: Tensor, means: Tensor, bases: Tensor, n_alpha: float,
+                        n_beta: float) -> Tensor:
+    """s′(x_i, piece_j) for every point i and every piece j.
+
+    Differentiable in all inputs (it is also the proxy-point similarity: there ``anchors`` =
+    ``means`` = the proxy locations and ``bases`` their QR-orthonormalised directions).
+
+    Args:
+        points: (P, d).
+        anchors: (M, d) the point each piece belongs to.
+        means: (M, d) the pieces' means μ_j.
+        bases: (M, d, m) orthonormal (or zero) columns U_j.
+        n_alpha: N_α ≥ 0.
+        n_beta: N_β ≥ 0.
+
+    Returns:
+        (P, M) similarities in (0, 1].
+    """
+    _check_piece_shapes(points, anchors, means, bases)
+    mcount, d, m = bases.shape
+    if points.shape[0] == 0 or mcount == 0 or m == 0:
+        base = points.new_zeros(points.shape[0], mcount)
+        if m == 0:
+            o2 = ((points[:, None] - means[None]) ** 2).sum(2)
+            return _alpha_beta(o2, ((means - anchors) ** 2).sum(1)[None].expand_as(o2), n_alpha, n_beta)
+        return base
+    flat = bases.permute(1, 0, 2).reshape(d, mcount * m)  # (d, M*m)
+    c = (points @ flat).view(-1, mcount, m) - torch.einsum("jd,jdk->jk", means, bases)[None]  # (P, M, m)
+    c2 = (c * c).sum(2)
+    x2 = (points * points).sum(1, keepdim=True)
+    mu2 = (means * means).sum(1)[None]
+    dist2 = x2 + mu2 - 2.0 * points @ means.T  # ‖x − μ‖²
+    o2 = dist2 - c2
+    off = means - anchors
+    e = torch.einsum("jd,jdk->jk", off, bases)  # (M, m)
+    r2 = ((off * off).sum(1) - (e * e).sum(1)).clamp(min=0)
+    p2 = r2[None] + ((e[None] + c) ** 2).sum(2)
+    return _alpha_beta(o2, p2, n_alpha, n_beta)
+
+
+def paired_directed_similarity(points: Tensor, anchors: Tensor, means: Tensor, bases: Tensor, n_alpha: float,
+                               n_beta: float) -> Tensor:
+    """s′(points[q], piece q) for aligned rows: (Q, d) points and Q pieces → (Q,)."""
+    _check_piece_shapes(points, anchors, means, bases)
+    if points.shape[0] != anchors.shape[0]:
+        raise ValueError(f"need as many points as pieces, got {points.shape[0]} and {anchors.shape[0]}")
+    diff = points - means
+    c = torch.einsum("qd,qdk->qk", diff, bases)
+    o2 = (diff * diff).sum(1) - (c * c).sum(1)
+    off = means - anchors
+    e = torch.einsum("qd,qdk->qk", off, bases)
+    r2 = ((off * off).sum(1) - (e * e).sum(1)).clamp(min=0)
+    p2 = r2 + ((e + c) ** 2).sum(1)
+    return _alpha_beta(o2, p2, n_alpha, n_beta)
+
+
+def _check_piece_shapes(points: Tensor, anchors: Tensor, means: Tensor, bases: Tensor) -> None:
+    if points.ndim != 2 or anchors.ndim != 2 or means.shape != anchors.shape or bases.ndim != 3:
+        raise ValueError(f"expected points (P, d), anchors and means (M, d), bases (M, d, m); got "
+                         f"{tuple(points.shape)}, {tuple(anchors.shape)}, {tuple(means.shape)}, {tuple(bases.shape)}")
+    if bases.shape[:2] != anchors.shape or points.shape[1] != anchors.shape[1]:
+        raise ValueError(f"dimension mismatch: points {tuple(points.shape)}, anchors {tuple(anchors.shape)}, "
+                         f"bases {tuple(bases.shape)}")
+
+
+def _symmetrize(a: Tensor, b: Tensor, how: str) -> Tensor:
+    return 0.5 * (a + b) if how == "mean" else torch.maximum(a, b)
+
+
+@torch.no_grad()
+def pairwise_similarity(x: Tensor, pieces: Pieces, config: ManifoldConfig = ManifoldConfig()) -> Tensor:
+    """Symmetrised PL similarity of every pair of the points the pieces were fitted on.
+
+    Args:
+        x: (N, d) the same points given to :func:`fit_pieces`.
+        pieces: their pieces.
+        config: the PL options (N_α, N_β, symmetrisation, normalisation).
+
+    Returns:
+        (N, N) similarities in (0, 1], symmetric, diagonal 1.
+    """
+    x = prepare(x, config)
+    if x.shape != pieces.anchors.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but the pieces were fitted on {tuple(pieces.anchors.shape)}")
+    directed = directed_similarity(x, pieces.anchors, pieces.means, pieces.bases, config.n_alpha, config.n_beta)
+    s = _symmetrize(directed, directed.T, config.symmetrize)
+    s.fill_diagonal_(1.0)
+    return s
+
+
+def similarity_matrix(x: Tensor, config: ManifoldConfig = ManifoldConfig()) -> Tensor:
+    """Fit the PL model to a batch and return its (N, N) similarity (the per-step entry point).
+
+    Args:
+        x: (N, d) teacher embeddings of the batch (gradient never flows).
+        config: the PL options.
+
+    Returns:
+        (N, N) symmetric similarities in (0, 1], diagonal 1, never NaN.
+    """
+    with torch.no_grad():
+        pieces = fit_pieces(x, config)
+        return pairwise_similarity(x, pieces, config)
+
+
+@torch.no_grad()
+def pair_similarity(pieces: Pieces, rows: Tensor, cols: Tensor, config: ManifoldConfig = ManifoldConfig(),
+                    block_size: int = 65536) -> Tensor:
+    """Symmetrised PL similarity of arbitrary pairs (rows[q], cols[q]), in blocks of pairs.
+
+    Args:
+        pieces: pieces fitted on N points (their ``anchors`` are the points).
+        rows: (Q,) point indices.
+        cols: (Q,) point indices.
+        config: the PL options.
+        block_size: pairs per block (memory ≈ block_size × d × (m + 2) floats).
+
+    Returns:
+        (Q,) similarities in (0, 1]; 1 where rows[q] == cols[q].
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long, device=pieces.anchors.device).reshape(-1)
+    cols = torch.as_tensor(cols, dtype=torch.long, device=pieces.anchors.device).reshape(-1)
+    if rows.shape != cols.shape:
+        raise ValueError(f"rows and cols must have the same length, got {rows.numel()} and {cols.numel()}")
+    n = len(pieces)
+    if rows.numel() and (min(rows.min(), cols.min()) < 0 or max(rows.max(), cols.max()) >= n):
+        raise ValueError(f"pair indices must be in [0, {n - 1}]")
+    x = pieces.anchors
+    out = torch.empty(rows.numel(), dtype=x.dtype, device=x.device)
+    for start in range(0, rows.numel(), block_size):
+        i, j = rows[start:start + block_size], cols[start:start + block_size]
+        ij = paired_directed_similarity(x[i], x[j], pieces.means[j], pieces.bases[j], config.n_alpha, config.n_beta)
+        ji = paired_directed_similarity(x[j], x[i], pieces.means[i], pieces.bases[i], config.n_alpha, config.n_beta)
+        s = _symmetrize(ij, ji, config.symmetrize)
+        out[start:start + block_size] = torch.where(i == j, torch.ones_like(s), s)
+    return out
+
+
+@torch.no_grad()
+def sparse_similarity(x: Tensor, config: ManifoldConfig = ManifoldConfig(), k: Optional[int] = None,
+                      neighbors: Optional[Tensor] = None, approximate: Optional[bool] = None,
+                      return_pieces: bool = False):
+    """Dataset-scale PL similarity: each point's ``k`` most similar among its nearest neighbours.
+
+    Candidates come from a blockwise k-NN search (bounded memory; see
+    :func:`plm.manifold.neighbors.knn_candidates`), the pieces from the nearest
+    ``config.max_candidates`` of them, and s is evaluated on the ``k`` nearest neighbours of each
+    point, then sorted by similarity.
+
+    Args:
+        x: (N, d) points.
+        config: the PL options.
+        k: neighbours scored per point (default: ``config.max_candidates`` or 16).
+        neighbors: optional precomputed (N, ≥max(k, K_c)) neighbour indices, nearest first.
+        approximate: passed to the k-NN search when ``neighbors`` is None.
+        return_pieces: also return the fitted pieces.
+
+    Returns:
+        ``(values, indices)``, each (N, k), values descending, in (0, 1]; with
+        ``return_pieces`` a third item, the :class:`Pieces`.
+    """
+    check_points(x)
+    n = x.shape[0]
+    kc = config.max_candidates or 16
+    k = k or kc
+    need = min(max(k, kc), n - 1)
+    if need < 1:
+        raise ValueError(f"need at least 2 points, got {n}")
+    k = min(k, n - 1)
+    xp = prepare(x, config)
+    if neighbors is None:
+        neighbors = knn_candidates(xp, need, approximate=approximate)[1]
+    elif neighbors.ndim != 2 or neighbors.shape[0] != n or neighbors.shape[1] < k:
+        raise ValueError(f"neighbors must be (N={n}, >= {k}), got {tuple(neighbors.shape)}")
+    neighbors = neighbors.to(device=x.device, dtype=torch.long)
+    pieces = fit_pieces(xp, ManifoldConfig(**{**config.to_dict(), "normalize_inputs": False}),
+                        candidates=neighbors[:, :kc])
+    cols = neighbors[:, :k]
+    rows = torch.arange(n, device=x.device)[:, None].expand_as(cols)
+    values = pair_similarity(pieces, rows.reshape(-1), cols.reshape(-1), config).view(n, k)
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    indices = cols.gather(1, order)
+    return (values, indices, pieces) if return_pieces else (values, indices)
