@@ -1,0 +1,86 @@
+"""Training checkpoints: ``last.pt`` / ``best.pt``, written atomically, read without unpickling.
+
+A checkpoint is a :func:`plm.models.save_model`-compatible payload (``model_config`` and
+``model_state``: the exported network, so ``plm.models.load_model`` and ``plm eval --checkpoint``
+read it) plus everything needed to resume: student, teacher, method (proxies, pseudo-labels),
+optimiser, scheduler, epoch, sampler state, RNG states, history, best score and the resolved
+config. Only tensors and plain containers are stored (RNG states as tensors and lists, the config
+as a dict), so loading uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plm.utils.io import atomic_torch_save, safe_torch_load
+
+FORMAT = "plm-train-checkpoint"
+VERSION = 1
+REQUIRED = ("model_config", "model_state", "student_state", "teacher_state", "method_state", "optimizer_state",
+            "scheduler_state", "epoch", "global_step", "rng", "sampler_state", "config", "history", "best")
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA) RNG states as tensors and plain containers."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": list(state), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (CUDA states only where CUDA is in use)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a training checkpoint atomically (temp file + rename)."""
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload misses {missing}")
+    atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint for resuming.
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: corrupt or truncated, holding pickled objects, not a plm training checkpoint,
+            or written by an incompatible version.
+    """
+    ckpt = safe_torch_load(path)
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a plm training checkpoint (a model-only checkpoint cannot be resumed)")
+    if ckpt.get("version") != VERSION:
+        raise ValueError(f"{path} has checkpoint version {ckpt.get('version')}; this plm reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is an incomplete training checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def checkpoint_paths(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """(last.pt, best.pt) in ``out_dir``."""
+    out = Path(out_dir)
+    return out / "last.pt", out / "best.pt"

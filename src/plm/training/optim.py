@@ -1,0 +1,41 @@
+"""AdamW with per-group learning rates and a per-step warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "cosine") -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based).
+
+    Linear warm-up from 1/(warmup+1) to 1 over ``warmup_steps``, then ``constant`` or ``cosine``
+    decay to 0 at ``total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(groups: list[dict]) -> torch.optim.AdamW:
+    """AdamW over named parameter groups (each with its own ``lr`` and ``weight_decay``)."""
+    if not groups:
+        raise ValueError("nothing to optimise: no parameter requires a gradient")
+    return torch.optim.AdamW(groups)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                    schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step :class:`~torch.optim.lr_scheduler.LambdaLR` following :func:`lr_factor`."""
+    if total_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps}, {warmup_steps}")
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps, warmup_steps, schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,116 @@
+"""Training configuration: defaults, layering, overrides, rejection of unknown keys and bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plm.training.config import (
+    ConfigError, TrainConfig, default_config, overrides_to_dict, parse_override, read_yaml, resolve_config, valid_keys,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_valid_and_roundtrip() -> None:
+    cfg = TrainConfig()
+    assert cfg.method == "plm" and cfg.loss.delta == 1.5 and cfg.ema.momentum == 0.999
+    assert cfg.sampler.batch_size == 120 and cfg.sampler.k == 5
+    again = TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_dataset_presets() -> None:
+    assert default_config("fashion-mnist").model.image_size == 64
+    sop = default_config("sop", mode="finetune")
+    assert sop.ema.momentum == 0.9 and sop.sampler.k == 2
+    assert default_config("cub200", mode="finetune").model.image_size is None
+
+
+def test_parse_override_values_are_yaml_scalars() -> None:
+    assert parse_override("loss.delta=1.2") == (["loss", "delta"], 1.2)
+    assert parse_override("manifold.subset_selection=false") == (["manifold", "subset_selection"], False)
+    assert parse_override("data.limit=null") == (["data", "limit"], None)
+    assert parse_override("eval.recall_at=[1, 5]") == (["eval", "recall_at"], [1, 5])
+    assert parse_override("model.backbone_weights=/a/b=c.pth") == (["model", "backbone_weights"], "/a/b=c.pth")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("loss.delta")
+
+
+def test_overrides_apply() -> None:
+    cfg = default_config("digits", overrides=["loss.delta=1.2", "proxies.num=0", "similarity=binary",
+                                              "manifold.subset_selection=false", "optim.lr_embedding=1e-2"])
+    assert cfg.loss.delta == 1.2 and cfg.proxies.num == 0 and cfg.similarity == "binary"
+    assert cfg.manifold["subset_selection"] is False and cfg.manifold_config().subset_selection is False
+    assert cfg.optim.lr_embedding == 0.01
+
+
+def test_unknown_key_lists_valid_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        default_config(overrides=["loss.delt=1.2"])
+    msg = str(err.value)
+    assert "loss.delt" in msg and "did you mean 'loss.delta'" in msg and "manifold.eps" in msg
+    with pytest.raises(ConfigError, match="unknown config key 'manifold.nope'"):
+        default_config(overrides=["manifold.nope=1"])
+    with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
+        TrainConfig.from_dict({"bogus": 1})
+
+
+@pytest.mark.parametrize("item,match", [
+    ("epochs=abc", "epochs must be an integer"),
+    ("epochs=0", "epochs must be a positive"),
+    ("mode=warp", "mode must be one of"),
+    ("method=magic", "method must be one of"),
+    ("sampler.batch_size=121", "multiple of sampler.k"),
+    ("ema.momentum=2", "ema.momentum"),
+    ("manifold.piece_dim=0", "manifold: piece_dim"),
+    ("data.augment=maybe", "data.augment must be true or false"),
+    ("loss=3", "loss must be a mapping"),
+])
+def test_bad_values_are_rejected(item: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        default_config(overrides=[item])
+
+
+def test_binary_similarity_only_for_plm() -> None:
+    with pytest.raises(ConfigError, match="ablation of method plm"):
+        default_config(method="stml", overrides=["similarity=binary"])
+
+
+def test_layering_file_flags_overrides(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("dataset: digits\nepochs: 7\nloss:\n  delta: 1.1\n  point: 2.0\nsampler:\n  k: 3\n  batch_size: 30\n")
+    cfg = resolve_config(f, flags={"epochs": 4, "seed": None, "model.backbone": "efficientnet_lite0"},
+                         overrides=["loss.delta=1.9"])
+    assert cfg.dataset == "digits" and cfg.model.image_size == 32  # preset of the file's dataset
+    assert cfg.epochs == 4  # flag beats file
+    assert cfg.seed == 0  # None flags are ignored
+    assert cfg.loss.delta == 1.9 and cfg.loss.point == 2.0  # override beats file, siblings kept
+    assert cfg.sampler.k == 3
+
+
+def test_read_yaml_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_yaml(bad)
+
+
+def test_valid_keys_cover_sections() -> None:
+    keys = valid_keys()
+    for k in ("dataset", "loss.delta", "proxies.num", "manifold.subset_selection", "optim.lr_proxies", "eval.model"):
+        assert k in keys
+
+
+def test_overrides_to_dict_nests() -> None:
+    assert overrides_to_dict(["a.b=1", "a.c=x", "d=2"]) == {"a": {"b": 1, "c": "x"}, "d": 2}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    cfg = resolve_config(path)
+    assert cfg.to_dict()  # validates every section

@@ -1,0 +1,173 @@
+"""Training building blocks: EMA teacher, proxies, methods, optimiser schedule, checkpoint RNG."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plm.manifold import ManifoldConfig, directed_similarity, fit_pieces, similarity_matrix
+from plm.training.checkpoint import rng_state, set_rng_state
+from plm.training.ema import EMATeacher
+from plm.training.methods import (
+    BatchView, KMeansMethod, PLMMethod, STMLMethod, binary_piece_similarity, stml_similarity,
+)
+from plm.training.optim import lr_factor
+from plm.training.proxies import ProxyBank
+
+
+def test_ema_update_formula() -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = EMATeacher(student, momentum=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student(torch.randn(4, 3))  # changes BN running stats
+    ema.update(student)
+    for name, p in student.named_parameters():
+        expected = 0.9 * before[name] + 0.1 * p
+        assert torch.allclose(dict(ema.module.named_parameters())[name], expected)
+    assert torch.equal(ema.module[1].running_mean, student[1].running_mean)
+    assert not any(p.requires_grad for p in ema.parameters())
+    ema.train()
+    assert not ema.module.training
+
+
+def test_ema_momentum_extremes_and_validation() -> None:
+    student = nn.Linear(2, 2)
+    keep, copy = EMATeacher(student, 1.0), EMATeacher(student, 0.0)
+    w0 = student.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.mul_(3)
+    keep.update(student)
+    copy.update(student)
+    assert torch.equal(keep.module.weight, w0) and torch.equal(copy.module.weight, student.weight)
+    with pytest.raises(ValueError, match="momentum"):
+        EMATeacher(student, 1.5)
+
+
+def test_proxy_bank_init_and_bases() -> None:
+    rng = np.random.default_rng(0)
+    # three 2-D planes in 6-D
+    x = np.concatenate([c + rng.normal(size=(60, 2)) @ b for c, b in
+                        ((rng.normal(size=6) * 3, rng.normal(size=(2, 6))) for _ in range(3))]).astype(np.float32)
+    bank = ProxyBank(3, 6, piece_dim=2)
+    bank.init_from_embeddings(x, method="kmeans", local_points=30, seed=0)
+    w = bank.orthonormal_bases()
+    assert torch.allclose(w.transpose(1, 2) @ w, torch.eye(2).expand(3, 2, 2), atol=1e-5)
+    # each proxy's plane fits its nearest points: residuals tiny relative to spread
+    d = torch.cdist(torch.from_numpy(x), bank.locations.detach())
+    for k in range(3):
+        pts = torch.from_numpy(x)[d[:, k].argsort()[:20]] - bank.locations[k].detach()
+        resid = pts - pts @ w[k].detach() @ w[k].detach().T
+        assert resid.norm(dim=1).mean() < 0.05 * pts.norm(dim=1).mean()
+    with pytest.raises(ValueError, match="at least as many"):
+        ProxyBank(10, 6).init_from_embeddings(x[:5])
+    with pytest.raises(ValueError, match="piece_dim"):
+        ProxyBank(2, 2, piece_dim=3)
+
+
+def _batch(b: int = 24, d: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    t = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    z = F.normalize(t + 0.1 * torch.randn(b, d, generator=g), dim=1).requires_grad_()
+    return z, t
+
+
+def test_plm_method_equals_its_loss_terms() -> None:
+    """The method's total is w_point·L_point + w_proxy·L_proxy + w_neigh·L_neigh on explicit inputs."""
+    from plm.training.losses import neighbourhood_loss, point_loss, proxy_loss
+
+    z, t = _batch()
+    cfg = ManifoldConfig()
+    m = PLMMethod(8, cfg, delta=1.5, weights=(1.0, 0.5, 2.0), num_proxies=4, seed=0)
+    m.prepare(t)
+    out = m(BatchView(z, z, t, torch.arange(len(z))))
+    s = similarity_matrix(t, cfg)
+    w = m.proxies.orthonormal_bases()
+    sp = directed_similarity(t, m.proxies.locations, m.proxies.locations, w, cfg.n_alpha, cfg.n_beta).detach()
+    lp = point_loss(z, z, s, 1.5)
+    lx = proxy_loss(z, m.proxies.locations, sp, 1.5)
+    ln = neighbourhood_loss(t, m.proxies.locations, w, sp, 4, 0.5)
+    assert out["loss"].item() == pytest.approx((lp + 0.5 * lx + 2.0 * ln).item(), rel=1e-5)
+    out["loss"].backward()
+    assert m.proxies.locations.grad is not None and m.proxies.bases.grad is not None
+
+
+def test_plm_ablations() -> None:
+    z, t = _batch()
+    no_proxies = PLMMethod(8, ManifoldConfig(), num_proxies=0)
+    assert set(no_proxies(BatchView(z, z, t, torch.arange(24)))) == {"point", "loss"}
+    binary = PLMMethod(8, ManifoldConfig(), num_proxies=0, similarity="binary")
+    s = binary.target_similarity(t)
+    assert set(s.unique().tolist()) <= {0.0, 1.0} and torch.equal(s, s.T)
+    pieces = fit_pieces(t, ManifoldConfig())
+    for i, group in enumerate(pieces.groups()):
+        assert all(s[i, j] == 1 for j in group)
+
+
+def test_binary_piece_similarity_small() -> None:
+    members = torch.tensor([[0, 1, -1], [1, -1, -1], [2, 0, -1]])
+    s = binary_piece_similarity(members, 3)
+    assert s.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 1]]
+
+
+def _stml_reference(t: torch.Tensor, sigma: float, topk: int) -> torch.Tensor:
+    """STML's published loop (W_C_tilda row by row)."""
+    t = F.normalize(t, dim=1)
+    n = len(t)
+    w_p = torch.exp(-torch.cdist(t, t).pow(2) / sigma)
+    top = torch.topk(w_p, topk)[1]
+    half = top[:, : int(np.around(topk / 2))]
+    w_nn = torch.zeros_like(w_p).scatter_(1, top, torch.ones_like(w_p))
+    v = ((w_nn + w_nn.t()) / 2 == 1).float()
+    w_c_tilda = torch.zeros_like(w_p)
+    for i in range(n):
+        nz = torch.where(v[i, :] != 0)[0]
+        w_c_tilda[i, nz] = (v[:, nz].sum(1) / len(nz))[nz]
+    w_c_hat = w_c_tilda[half].mean(1)
+    w_c = (w_c_hat + w_c_hat.t()) / 2
+    return (w_p + w_c) / 2
+
+
+def test_stml_similarity_matches_reference_loop() -> None:
+    _, t = _batch(30, 6, seed=4)
+    assert torch.allclose(stml_similarity(t, 3.0, 10), _stml_reference(t, 3.0, 10), atol=1e-6)
+
+
+def test_stml_and_kmeans_methods_run() -> None:
+    z, t = _batch()
+    out = STMLMethod()(BatchView(z, z, t, torch.arange(24)))
+    out["loss"].backward()
+    km = KMeansMethod(num_clusters=3, seed=0)
+    km.on_epoch_start(t, epoch=0)
+    assert km.pseudo_labels.shape == (24,)
+    s = km.target_similarity(t, torch.arange(24))
+    assert torch.equal(s, (km.pseudo_labels[:, None] == km.pseudo_labels[None]).float())
+    km2 = KMeansMethod(num_clusters=3)
+    km2.load_state_dict(km.state_dict())
+    assert torch.equal(km2.pseudo_labels, km.pseudo_labels)
+
+
+def test_lr_schedule() -> None:
+    assert lr_factor(0, 100, 10) == pytest.approx(1 / 11)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+def test_rng_state_roundtrip_through_safe_load(tmp_path) -> None:
+    from plm.utils.io import atomic_torch_save, safe_torch_load
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    atomic_torch_save({"rng": rng_state()}, tmp_path / "r.pt")
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(safe_torch_load(tmp_path / "r.pt")["rng"])
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
