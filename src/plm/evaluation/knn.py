@@ -1,7 +1,16 @@
 """Exact k-nearest neighbours in blocks of queries, so memory stays O(block × N).
 
-Distances are squared Euclidean. Ties are broken by the lower gallery index. faiss, when
-installed and asked for, gives the same neighbours (up to ties) faster.
+Order guarantee (both the torch path and the faiss path): neighbours are sorted by their computed
+float32 squared Euclidean distance, and **equal computed distances are broken by the lower
+gallery index, also where a tie straddles the k-th position** (``torch.topk`` alone picks
+arbitrarily among equal values at that boundary; such rows are re-sorted with a stable sort).
+
+What is compared is the float32 ranking key ``‖g‖² − 2⟨q, g⟩`` (``‖q‖²`` is the same for a whole
+row, so it is added only to the returned distances). Two distances equal in exact arithmetic
+are equal keys whenever the arithmetic is exact (small integer-valued embeddings) or the two
+gallery vectors are identical; otherwise float32 rounding decides, as in any float32 search.
+faiss computes its distances in its own order of operations, so the two paths can disagree on
+pairs whose distances differ by about float32 rounding, never on exact ties.
 """
 
 from __future__ import annotations
@@ -12,63 +21,206 @@ import numpy as np
 import torch
 
 
+def as_float32_matrix(x: np.ndarray | torch.Tensor, name: str = "embeddings") -> torch.Tensor:
+    """A contiguous float32 CPU tensor of shape (N, D) with finite values.
+
+    Raises:
+        ValueError: not 2-D, or holding NaN or infinite values.
+    """
+    t = torch.as_tensor(np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x,
+                                             dtype=np.float32))
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {tuple(t.shape)}")
+    # a row sum is finite only if every entry is (a cheap test; an overflowing sum falls through)
+    if not bool(torch.isfinite(t.sum(1)).all()) and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).any(1).sum())
+        raise ValueError(f"{name} contain NaN or infinite values in {bad} row(s); fix or drop those items first")
+    return t
+
+
+CHUNKS = 16  # interleaved column groups for the two-level top-k
+
+
+def padded_width(n: int, chunks: int = CHUNKS) -> int:
+    """``n`` rounded up to a multiple of ``chunks`` (key buffers are padded with +inf to it)."""
+    return -(-n // chunks) * chunks
+
+
+def chunk_minima(values: torch.Tensor, chunks: int = CHUNKS) -> torch.Tensor:
+    """(B, M / chunks) minima of interleaved column groups: group w holds columns w, w + W, w + 2W, …
+
+    Interleaved (not contiguous) groups make this a vectorised element-wise reduction, several
+    times faster than a top-k pass.
+    """
+    b, m = values.shape
+    if m % chunks:
+        raise ValueError(f"width {m} is not a multiple of {chunks}")
+    return values.view(b, chunks, m // chunks).amin(1)
+
+
+def _topk_exact(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    m = values.shape[1]
+    if k + 1 > m or 4 * k >= m:
+        vals, idx = torch.sort(values, dim=1, stable=True)
+        return vals[:, :k].contiguous(), idx[:, :k].contiguous()
+    vals, idx = torch.topk(values, k + 1, dim=1, largest=False, sorted=True)
+    straddle = vals[:, k - 1] == vals[:, k]
+    vals, idx = vals[:, :k], idx[:, :k]
+    # inside the top k, order equal values by index: sort by index, then stably by value
+    o = torch.argsort(idx, dim=1)
+    vals, idx = vals.gather(1, o), idx.gather(1, o)
+    o = torch.sort(vals, dim=1, stable=True).indices
+    vals, idx = vals.gather(1, o), idx.gather(1, o)
+    if bool(straddle.any()):
+        rows = straddle.nonzero().flatten()
+        sv, si = torch.sort(values.index_select(0, rows), dim=1, stable=True)
+        vals[rows], idx[rows] = sv[:, :k], si[:, :k]
+    return vals, idx
+
+
+def smallest_k(values: torch.Tensor, k: int, rows: Optional[torch.Tensor] = None,
+               minima: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest entries of each row, ordered by (value, column index).
+
+    Exact tie-breaking by the lower column index, including ties across the k-th position.
+    Wide rows whose width is a multiple of :data:`CHUNKS` take a two-level path: the k
+    interleaved column groups with the smallest minima hold the whole top k (unless the k-th
+    and (k+1)-th minima are equal: those rows are sorted in full), so only k × CHUNKS
+    candidates per row go through ``torch.topk``.
+
+    Args:
+        values: (B, M) tensor without NaN.
+        k: 1 ≤ k ≤ M.
+        rows: only these rows of ``values`` (default: all); results follow this order.
+        minima: :func:`chunk_minima` of ``values`` if already computed.
+
+    Returns:
+        (values, column indices), each (len(rows), k).
+    """
+    b, m = values.shape
+    if not 0 < k <= m:
+        raise ValueError(f"k must be in [1, {m}], got {k}")
+    w = m // CHUNKS
+    if m % CHUNKS or w < 4 * (k + 1) or m < 1024:
+        return _topk_exact(values if rows is None else values.index_select(0, rows), k)
+    if not values.is_contiguous():
+        values = values.contiguous()
+    mins = chunk_minima(values) if minima is None else minima
+    row_idx = torch.arange(b) if rows is None else rows
+    if rows is not None:
+        mins = mins.index_select(0, rows)
+    cv, cw = torch.topk(mins, k + 1, dim=1, largest=False, sorted=True)
+    cols = (cw[:, :k].unsqueeze(2) + w * torch.arange(CHUNKS)).reshape(len(row_idx), k * CHUNKS)
+    cols = torch.sort(cols, dim=1).values  # ascending column: ties then resolve by index
+    vals, pos = _topk_exact(values[row_idx.unsqueeze(1), cols], k)
+    idx = cols.gather(1, pos)
+    straddle = cv[:, k - 1] == cv[:, k]
+    if bool(straddle.any()):
+        fr = straddle.nonzero().flatten()
+        vals[fr], idx[fr] = _topk_exact(values.index_select(0, row_idx[fr]), k)
+    return vals, idx
+
+
 def knn(queries: np.ndarray | torch.Tensor, gallery: Optional[np.ndarray | torch.Tensor] = None, k: int = 1,
-        exclude_self: bool = True, block_size: int = 2048, use_faiss: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest gallery items of every query.
+        exclude_self: bool = True, block_size: int = 1024, use_faiss: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery items of every query (exact search).
 
     Args:
         queries: (Q, D) array.
         gallery: (N, D) array; ``None`` searches the queries themselves.
         k: neighbours per query.
-        exclude_self: with ``gallery=None``, never return a query as its own neighbour.
+        exclude_self: with ``gallery=None``, never return a query as its own neighbour (an exact
+            duplicate of it at another index is returned normally).
         block_size: queries per block (memory ≈ block_size × N × 4 bytes).
-        use_faiss: use faiss's exact flat index when importable.
+        use_faiss: compute distances with faiss's exact flat index when importable; the result
+            follows the same ordering rule (see the module docstring).
 
     Returns:
-        (distances, indices), each (Q, k): squared Euclidean distances ascending, gallery indices.
+        (distances, indices), each (Q, k): squared Euclidean distances ascending (clamped at 0),
+        gallery indices, equal distances in ascending index order.
+
+    Raises:
+        ValueError: bad shapes, non-finite values, or ``k`` out of range.
     """
-    q = torch.as_tensor(np.asarray(queries, dtype=np.float32))
+    q = as_float32_matrix(queries, "queries")
     self_search = gallery is None
-    g = q if self_search else torch.as_tensor(np.asarray(gallery, dtype=np.float32))
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"queries and gallery must be 2-D with the same width, got {tuple(q.shape)} and {tuple(g.shape)}")
+    g = q if self_search else as_float32_matrix(gallery, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries and gallery must have the same width, got {tuple(q.shape)} and {tuple(g.shape)}")
     skip = 1 if (self_search and exclude_self) else 0
     if not 0 < k <= g.shape[0] - skip:
-        raise ValueError(f"k must be in [1, {g.shape[0] - skip}], got {k}")
+        raise ValueError(f"k must be in [1, {g.shape[0] - skip}] for a gallery of {g.shape[0]} items, got {k}")
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
     if use_faiss:
         try:
-            return _knn_faiss(q.numpy(), g.numpy(), k, skip)
+            return _knn_faiss(q, g, k, skip, block_size)
         except ImportError:
             pass
     g_sq = (g * g).sum(1)
     out_d = np.empty((q.shape[0], k), dtype=np.float32)
     out_i = np.empty((q.shape[0], k), dtype=np.int64)
+    n = g.shape[0]
+    buffer = torch.full((min(block_size, q.shape[0]), padded_width(n)), float("inf"))
     for start in range(0, q.shape[0], block_size):
         qb = q[start:start + block_size]
-        d = torch.addmm(g_sq.unsqueeze(0), qb, g.T, beta=1.0, alpha=-2.0)
-        d.add_((qb * qb).sum(1, keepdim=True)).clamp_(min=0)
+        key = buffer[:qb.shape[0]]
+        torch.addmm(g_sq.unsqueeze(0), qb, g.T, beta=1.0, alpha=-2.0, out=key[:, :n])
         if skip:
             rows = torch.arange(qb.shape[0])
-            d[rows, rows + start] = float("inf")
-        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        # canonical tie order: equal distances by ascending index
-        order = np.lexsort((idx.numpy(), vals.numpy()), axis=1)
-        out_d[start:start + qb.shape[0]] = np.take_along_axis(vals.numpy(), order, 1)
-        out_i[start:start + qb.shape[0]] = np.take_along_axis(idx.numpy(), order, 1)
+            key[rows, rows + start] = float("inf")
+        vals, idx = smallest_k(key, k)
+        dist = vals.add_((qb * qb).sum(1, keepdim=True)).clamp_(min=0)
+        out_d[start:start + qb.shape[0]] = dist.numpy()
+        out_i[start:start + qb.shape[0]] = idx.numpy()
     return out_d, out_i
 
 
-def _knn_faiss(q: np.ndarray, g: np.ndarray, k: int, skip: int) -> tuple[np.ndarray, np.ndarray]:
+def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, skip: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """faiss IndexFlatL2 search, with the ordering rule of :func:`knn` enforced afterwards.
+
+    faiss returns equal distances in no defined order and may cut a tie at the k-th position;
+    we ask for one neighbour more, re-sort each row by (distance, index), and redo with an
+    exact full-row sort (on faiss's own distances) every row where a tie straddles position k
+    or the query itself could not be dropped cleanly.
+    """
     import faiss
 
-    index = faiss.IndexFlatL2(g.shape[1])
-    index.add(np.ascontiguousarray(g))
-    d, i = index.search(np.ascontiguousarray(q), k + skip)
+    qn, gn = q.numpy(), g.numpy()
+    index = faiss.IndexFlatL2(gn.shape[1])
+    index.add(gn)
+    want = min(k + skip + 1, gn.shape[0])
+    d, i = index.search(qn, want)
+    n = len(qn)
     if skip:
-        rows = np.arange(len(q))[:, None]
-        keep = i != rows
-        # drop the query itself (or the last column when it was not returned: exact duplicates)
-        keep[keep.all(1), -1] = False
-        d = d[keep].reshape(len(q), k)
-        i = i[keep].reshape(len(q), k)
-    return d.astype(np.float32), i.astype(np.int64)
+        rows = np.arange(n)[:, None]
+        is_self = i == rows
+        found_self = is_self.any(1)
+        # drop the query itself where faiss returned it; elsewhere drop the last column
+        drop = np.where(found_self, is_self.argmax(1), want - 1)
+        keep = np.ones_like(i, dtype=bool)
+        keep[np.arange(n), drop] = False
+        d, i = d[keep].reshape(n, want - 1), i[keep].reshape(n, want - 1)
+        redo = ~found_self
+    else:
+        redo = np.zeros(n, dtype=bool)
+    if d.shape[1] > k:
+        redo |= d[:, k - 1] == d[:, k]
+    redo |= (i[:, :k] < 0).any(1)
+    d, i = d[:, :k], i[:, :k]
+    o = np.lexsort((i, d), axis=1) if d.size else np.zeros_like(i)
+    d, i = np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
+    bad = np.flatnonzero(redo)
+    for start in range(0, len(bad), block_size):
+        rows = bad[start:start + block_size]
+        # faiss's exact distances to the whole gallery, then the same ordering rule
+        full_d = np.empty((len(rows), gn.shape[0]), dtype=np.float32)
+        full_i = np.empty((len(rows), gn.shape[0]), dtype=np.int64)
+        full_d[:], full_i[:] = index.search(qn[rows], gn.shape[0])
+        vals = np.full((len(rows), gn.shape[0]), np.inf, dtype=np.float32)
+        np.put_along_axis(vals, full_i, full_d, 1)
+        if skip:
+            vals[np.arange(len(rows)), rows] = np.inf
+        sv, si = _topk_exact(torch.from_numpy(vals), k)
+        d[rows], i[rows] = sv.numpy(), si.numpy()
+    return np.maximum(d, 0).astype(np.float32), i.astype(np.int64)

@@ -1,52 +1,251 @@
 """Retrieval metrics for zero-shot evaluation: Recall@K, MAP@R, R-precision, NMI.
 
-Definitions (each test item queries all *other* test items):
+Definitions (each item queries all *other* items; neighbours ordered by distance, equal
+distances by lower index, as in :mod:`plm.evaluation.knn`):
 
 - Recall@K: share of queries with at least one same-class item among their K nearest neighbours.
+  Any K works, also K larger than the number of other items (then every query whose class has
+  another member is a hit).
 - R-precision: with R = number of other items of the query's class, the share of same-class
-  items among the R nearest. MAP@R (Musgrave et al., 2020): the mean over the R nearest of
-  precision@i at each rank i that is a hit, divided by R. Queries with R = 0 (singleton classes)
-  are left out of MAP@R and R-precision but counted for Recall@K (never a hit).
+  items among the R nearest. MAP@R (Musgrave et al., 2020): the sum, over the ranks i ≤ R that
+  hold a same-class item, of precision@i, divided by R.
+- Queries of a singleton class (R = 0) are left out of MAP@R and R-precision, and count as misses
+  for Recall@K (they can never succeed). pytorch-metric-learning leaves them out of every metric,
+  so its precision_at_1 equals our Recall@1 only when there are no singleton classes.
 - NMI: k-means with as many clusters as classes, normalised mutual information with the labels.
+
+How it is computed: :func:`query_ranks` scans the distance matrix in blocks of query rows
+(memory O(block × N); SOP's 60,502² matrix is never held) and records, per query, the rank of its
+nearest same-class item plus its AP@R and R-precision. It needs no top-K list for Recall@K: a
+query is a hit at K exactly when fewer than K other-class items precede its nearest same-class
+item, which one comparison pass per row counts. Only the rows whose nearest same-class item
+is within R take an exact top-R (for MAP@R). ``use_faiss=True`` computes the same quantities from
+a faiss k-NN list instead (cross-check; slower for large K).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
-from plm.evaluation.knn import knn
+from plm.evaluation.knn import as_float32_matrix, chunk_minima, knn, padded_width, smallest_k
 
 
-def neighbour_hits(embeddings: np.ndarray, labels: np.ndarray, k: int, block_size: int = 2048,
+NO_HIT = np.iinfo(np.int64).max  # first-hit rank of a query without any same-class item
+
+
+@dataclass
+class QueryRanks:
+    """Per-query retrieval results.
+
+    Attributes:
+        first_hit: 0-based rank of the nearest same-class item among all other items
+            (:data:`NO_HIT`, larger than any K, for singleton classes).
+        ap_at_r: AP@R per query (NaN for singleton classes).
+        r_precision: R-precision per query (NaN for singleton classes).
+        r: R, the number of other same-class items.
+    """
+
+    first_hit: np.ndarray
+    ap_at_r: np.ndarray
+    r_precision: np.ndarray
+    r: np.ndarray
+
+    def recall_at(self, ks: Sequence[int]) -> dict[str, float]:
+        """Recall@K for each K, keyed by ``str(K)``."""
+        return {str(k): float((self.first_hit < k).mean()) if len(self.first_hit) else float("nan") for k in ks}
+
+    def map_at_r(self) -> float:
+        """Mean AP@R over queries with R > 0 (NaN when there are none)."""
+        return _nanmean(self.ap_at_r)
+
+    def mean_r_precision(self) -> float:
+        """Mean R-precision over queries with R > 0 (NaN when there are none)."""
+        return _nanmean(self.r_precision)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    valid = ~np.isnan(x)
+    return float(x[valid].mean()) if valid.any() else float("nan")
+
+
+def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    x = as_float32_matrix(embeddings)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != x.shape[0]:
+        raise ValueError(f"expected (N, D) embeddings and N labels, got {tuple(x.shape)} and {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if (labels < 0).any():
+        raise ValueError("retrieval metrics need every item labelled (found label -1)")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 items to retrieve among, got {x.shape[0]}")
+    return x, labels.astype(np.int64)
+
+
+class _Classes:
+    """Class membership, to list each query's other same-class items without an N×N mask."""
+
+    def __init__(self, labels: np.ndarray):
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        self.inverse = inverse.reshape(-1)
+        self.order = np.argsort(self.inverse, kind="stable")  # members of each class, ascending index
+        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]])[self.inverse]
+        self.size = counts[self.inverse]
+        self.position = np.empty(len(labels), dtype=np.int64)  # position of an item within its class
+        self.position[self.order] = np.arange(len(labels)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[
+            self.inverse[self.order]]
+        self.r = self.size - 1
+
+    def positives(self, rows: np.ndarray, width: int) -> np.ndarray:
+        """(len(rows), width) other same-class indices of ``rows`` in ascending order, ``-1`` padded."""
+        t = np.arange(width)[None, :]
+        pos, r = self.position[rows][:, None], self.r[rows][:, None]
+        src = self.start[rows][:, None] + t + (t >= pos)
+        return np.where(t < r, self.order[np.minimum(src, len(self.order) - 1)], -1)
+
+
+def _first_hit_ranks(kb: torch.Tensor, mins: torch.Tensor, p1: torch.Tensor, j1: torch.Tensor,
+                     max_k: int, pair_batch: int = 1 << 18) -> torch.Tensor:
+    """Per row, how many entries precede the entry (p1, j1) in (value, column) order.
+
+    Exact when the answer is below ``max_k``; otherwise a lower bound that is ≥ ``max_k``.
+    Uses the interleaved column-group minima ``mins`` (see :func:`~plm.evaluation.knn.chunk_minima`):
+    a group whose minimum exceeds p1 holds nothing that precedes, and the number of groups whose
+    minimum is below p1 is already a lower bound. Only the groups with minimum ≤ p1 of rows
+    below ``max_k`` are read element by element.
+    """
+    b, w = mins.shape
+    c = kb.shape[1] // w
+    below = torch.empty_like(mins)
+    lower = torch.lt(mins, p1.unsqueeze(1), out=below).sum(1).to(torch.int64)
+    first = lower.clone()
+    rows = (lower < max_k).nonzero().flatten()
+    if not len(rows):
+        return first
+    first[rows] = 0
+    pr, pw = (mins.index_select(0, rows) <= p1[rows].unsqueeze(1)).nonzero(as_tuple=True)
+    pr = rows[pr]
+    view = kb.view(b, c, w)
+    offsets = w * torch.arange(c)
+    for s in range(0, len(pr), pair_batch):
+        r, g = pr[s:s + pair_batch], pw[s:s + pair_batch]
+        vals = view[r, :, g]  # (P, c): the members of group g in row r
+        cols = g.unsqueeze(1) + offsets
+        thr, j = p1[r].unsqueeze(1), j1[r].unsqueeze(1)
+        before = (vals < thr) | ((vals == thr) & (cols < j))
+        first.index_add_(0, r, before.sum(1))
+    return first
+
+
+def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k: Optional[int] = None,
+                block_size: int = 512) -> QueryRanks:
+    """Rank of each query's nearest same-class item, and its AP@R and R-precision, exactly.
+
+    Args:
+        embeddings: (N, D) float array.
+        labels: (N,) non-negative integer class labels.
+        max_k: the largest K that Recall@K will be asked for: first-hit ranks below it are
+            exact, larger ones are reported as a lower bound ≥ ``max_k`` (enough for any
+            Recall@K with K ≤ max_k, and much cheaper). ``None``: exact everywhere.
+        block_size: query rows per block; memory ≈ block_size × N × 4 bytes.
+
+    Returns:
+        :class:`QueryRanks`.
+    """
+    x, labels = _check(embeddings, labels)
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    n = x.shape[0]
+    max_k = n if max_k is None else max(1, min(int(max_k), n))
+    classes = _Classes(labels)
+    lab = torch.from_numpy(labels)
+    sq = (x * x).sum(1)
+    first_hit = np.full(n, NO_HIT, dtype=np.int64)
+    ap = np.where(classes.r > 0, 0.0, np.nan)  # stays 0 unless a positive is within the R nearest
+    rp = ap.copy()
+    # the key buffer is padded with +inf to a multiple of CHUNKS columns (see chunk_minima)
+    key = torch.full((min(block_size, n), padded_width(n)), float("inf"))
+    xt = x.T
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        r_np = classes.r[start:stop]
+        if not (r_np > 0).any():
+            continue
+        r = torch.from_numpy(r_np)
+        kb = key[:stop - start]
+        torch.addmm(sq.unsqueeze(0), x[start:stop], xt, beta=1.0, alpha=-2.0, out=kb[:, :n])
+        local = torch.arange(stop - start)
+        kb[local, local + start] = float("inf")  # the query itself
+        # nearest positive by (key, index); positives are listed in ascending index order
+        pos = torch.from_numpy(classes.positives(np.arange(start, stop), max(1, int(r.max()))))
+        pkey = kb.gather(1, pos.clamp(min=0)).masked_fill_(pos < 0, float("inf"))
+        pkey, o = torch.sort(pkey, dim=1, stable=True)
+        p1 = torch.where(r > 0, pkey[:, 0], float("-inf"))  # -inf: nothing precedes, row unused
+        j1 = pos.gather(1, o)[:, 0]
+        mins = chunk_minima(kb)
+        first = _first_hit_ranks(kb, mins, p1, j1, max_k)
+        has = r_np > 0
+        first_hit[start:stop][has] = first.numpy()[has]
+        # MAP@R and R-precision need the exact R nearest, only where a positive is among them
+        need = ((first < r) & (r > 0)).nonzero().flatten()
+        if len(need):
+            k = int(r[need].max())
+            _, idx = smallest_k(kb, k, rows=need, minima=mins)
+            rn = r[need]
+            hits = lab[idx] == lab[need + start].unsqueeze(1)
+            hits &= torch.arange(1, k + 1).unsqueeze(0) <= rn.unsqueeze(1)
+            hf = hits.double()
+            prec = hf.cumsum(1) / torch.arange(1, k + 1, dtype=torch.float64)
+            ap[start + need.numpy()] = ((prec * hf).sum(1) / rn).numpy()
+            rp[start + need.numpy()] = (hf.sum(1) / rn).numpy()
+    return QueryRanks(first_hit, ap, rp, classes.r.copy())
+
+
+def query_ranks_from_hits(hits: np.ndarray, labels: np.ndarray) -> QueryRanks:
+    """:class:`QueryRanks` from a (N, k) neighbour-hit matrix with k ≥ max R.
+
+    A query with no hit among the k columns gets ``first_hit = k`` (a lower bound, exact for
+    Recall@K with K ≤ k), or :data:`NO_HIT` when its class has no other item.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    r = _Classes(labels).r
+    if hits.shape[1] < min(int(r.max()), n - 1):
+        raise ValueError(f"need {r.max()} neighbours per query for MAP@R, got {hits.shape[1]}")
+    any_hit = hits.any(1)
+    first_hit = np.where(any_hit, hits.argmax(1), np.where(r > 0, hits.shape[1], NO_HIT)).astype(np.int64)
+    cols = np.arange(1, hits.shape[1] + 1)
+    h = hits & (cols[None, :] <= r[:, None])
+    prec = np.cumsum(h, axis=1) / cols[None, :]
+    valid = r > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(valid, (prec * h).sum(1) / r, np.nan)
+        rp = np.where(valid, h.sum(1) / r, np.nan)
+    return QueryRanks(first_hit, ap, rp, r)
+
+
+def neighbour_hits(embeddings: np.ndarray, labels: np.ndarray, k: int, block_size: int = 1024,
                    use_faiss: bool = False) -> np.ndarray:
     """(N, k) boolean matrix: is the j-th nearest other item of the same class."""
     _, idx = knn(embeddings, k=k, block_size=block_size, use_faiss=use_faiss)
+    labels = np.asarray(labels)
     return labels[idx] == labels[:, None]
 
 
 def recall_at_k(hits: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """Recall@K for each K from a neighbour-hit matrix."""
+    """Recall@K for each K from a neighbour-hit matrix with at least max(ks) columns
+    (or every other item as a column)."""
     return {str(k): float(hits[:, :k].any(1).mean()) for k in ks}
 
 
 def map_and_r_precision(hits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(MAP@R, R-precision) from a neighbour-hit matrix with at least max(R) columns."""
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    r = counts[inverse] - 1
-    valid = r > 0
-    if not valid.any():
-        return float("nan"), float("nan")
-    if hits.shape[1] < r.max():
-        raise ValueError(f"need {r.max()} neighbours per query for MAP@R, got {hits.shape[1]}")
-    cols = np.arange(1, hits.shape[1] + 1)
-    within = cols[None, :] <= r[:, None]
-    h = hits & within
-    precision_at_i = np.cumsum(h, axis=1) / cols[None, :]
-    ap = (precision_at_i * h).sum(1)[valid] / r[valid]
-    rp = h.sum(1)[valid] / r[valid]
-    return float(ap.mean()), float(rp.mean())
+    qr = query_ranks_from_hits(hits, labels)
+    return qr.map_at_r(), qr.mean_r_precision()
 
 
 def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -54,33 +253,42 @@ def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
+    x, labels = _check(embeddings, labels)
     n_clusters = int(np.unique(labels).size)
-    pred = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(embeddings)
+    pred = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x.numpy())
     return float(normalized_mutual_info_score(labels, pred))
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                      with_nmi: bool = True, block_size: int = 2048, use_faiss: bool = False) -> dict:
+                      with_nmi: bool = True, block_size: int = 512, use_faiss: bool = False) -> dict:
     """All retrieval metrics of a labelled embedding set.
+
+    Args:
+        embeddings: (N, D) float array.
+        labels: (N,) non-negative integer labels.
+        ks: the K of Recall@K (any positive integers).
+        with_nmi: run k-means for NMI (slow for many classes).
+        block_size: query rows per block of the exact scan.
+        use_faiss: take the neighbours from faiss (k = max(max K, max R)) instead of the scan.
 
     Returns:
         ``{"num_queries", "recall_at": {"1": …}, "map_at_r", "r_precision", "nmi"}``
         (``nmi`` is ``None`` when ``with_nmi`` is False).
     """
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    labels = np.asarray(labels)
-    if embeddings.ndim != 2 or len(embeddings) != len(labels):
-        raise ValueError(f"expected (N, D) embeddings and N labels, got {embeddings.shape} and {labels.shape}")
-    if (labels < 0).any():
-        raise ValueError("retrieval metrics need every item labelled (found label -1)")
-    _, counts = np.unique(labels, return_counts=True)
-    k = min(len(labels) - 1, max(max(ks), int(counts.max()) - 1))
-    hits = neighbour_hits(embeddings, labels, k, block_size=block_size, use_faiss=use_faiss)
-    map_r, r_prec = map_and_r_precision(hits, labels)
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) <= 0:
+        raise ValueError(f"Recall@K needs positive K values, got {ks}")
+    x, labels = _check(embeddings, labels)
+    if use_faiss:
+        r_max = int(_Classes(labels).r.max())
+        k = min(len(labels) - 1, max(max(ks), r_max))
+        qr = query_ranks_from_hits(neighbour_hits(x, labels, k, block_size=block_size, use_faiss=True), labels)
+    else:
+        qr = query_ranks(x, labels, max_k=max(ks), block_size=block_size)
     return {
         "num_queries": int(len(labels)),
-        "recall_at": recall_at_k(hits, ks),
-        "map_at_r": map_r,
-        "r_precision": r_prec,
-        "nmi": nmi(embeddings, labels) if with_nmi else None,
+        "recall_at": qr.recall_at(ks),
+        "map_at_r": qr.map_at_r(),
+        "r_precision": qr.mean_r_precision(),
+        "nmi": nmi(x, labels) if with_nmi else None,
     }

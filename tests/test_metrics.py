@@ -1,0 +1,283 @@
+"""Retrieval metrics and exact k-NN against explicit loops, pytorch-metric-learning and faiss."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from plm.evaluation import knn, map_and_r_precision, neighbour_hits, nmi, recall_at_k, retrieval_metrics
+from plm.evaluation.knn import smallest_k
+from plm.evaluation.metrics import NO_HIT, query_ranks
+
+
+# ---------------------------------------------------------------- explicit references
+
+def ref_neighbours(x: np.ndarray) -> list[list[int]]:
+    """For each i, every other index ordered by (exact squared distance, index)."""
+    x = x.astype(np.float64)
+    out = []
+    for i in range(len(x)):
+        d = [(float(((x[i] - x[j]) ** 2).sum()), j) for j in range(len(x)) if j != i]
+        out.append([j for _, j in sorted(d)])
+    return out
+
+
+def ref_metrics(x: np.ndarray, labels: np.ndarray, ks) -> dict:
+    """Recall@K, MAP@R, R-precision by explicit loops over queries and ranks."""
+    order = ref_neighbours(x)
+    recall = {}
+    for k in ks:
+        hits = 0
+        for i, nb in enumerate(order):
+            if any(labels[j] == labels[i] for j in nb[:k]):
+                hits += 1
+        recall[str(k)] = hits / len(x)
+    aps, rps = [], []
+    for i, nb in enumerate(order):
+        r = int((labels == labels[i]).sum()) - 1
+        if r == 0:
+            continue
+        correct, ap = 0, 0.0
+        for rank, j in enumerate(nb[:r], start=1):
+            if labels[j] == labels[i]:
+                correct += 1
+                ap += correct / rank
+        aps.append(ap / r)
+        rps.append(correct / r)
+    return {"recall_at": recall, "map_at_r": float(np.mean(aps)) if aps else math.nan,
+            "r_precision": float(np.mean(rps)) if rps else math.nan}
+
+
+def assert_same(ours: dict, ref: dict) -> None:
+    assert ours["recall_at"].keys() == ref["recall_at"].keys()
+    for k in ref["recall_at"]:
+        assert ours["recall_at"][k] == pytest.approx(ref["recall_at"][k], abs=1e-12), k
+    for key in ("map_at_r", "r_precision"):
+        if math.isnan(ref[key]):
+            assert math.isnan(ours[key])
+        else:
+            assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+def tied_data(rng: np.random.Generator, n: int = 160, dim: int = 3, n_classes: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Integer-valued embeddings (exact float arithmetic: many exact distance ties), duplicates,
+    classes of very different sizes and several singletons."""
+    x = rng.integers(-2, 3, size=(n, dim)).astype(np.float32)
+    x[n // 2: n // 2 + 10] = x[:10]  # exact duplicates
+    labels = rng.integers(0, n_classes, size=n)
+    labels[-4:] = [1000, 1001, 1002, 1003]  # singleton classes
+    labels[:12] = 7  # one large class
+    return x, labels
+
+
+# ---------------------------------------------------------------- metrics vs explicit loops
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_explicit_loops_with_ties_and_singletons(seed: int) -> None:
+    x, labels = tied_data(np.random.default_rng(seed))
+    ks = [1, 2, 3, 4, 8, 16, 50, 159, 1000]
+    ours = retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=37)
+    assert_same(ours, ref_metrics(x, labels, ks))
+
+
+def test_metrics_match_explicit_loops_continuous(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(120, 8)).astype(np.float32)
+    labels = rng.integers(0, 15, size=120)
+    ks = [1, 2, 4, 8, 32]
+    assert_same(retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=50), ref_metrics(x, labels, ks))
+
+
+def test_block_size_does_not_change_the_result(rng: np.random.Generator) -> None:
+    x, labels = tied_data(rng)
+    results = [retrieval_metrics(x, labels, ks=[1, 5, 40], with_nmi=False, block_size=b) for b in (1, 7, 64, 4096)]
+    assert all(r == results[0] for r in results)
+
+
+@pytest.mark.parametrize("block_size,max_k", [(16, None), (90, 3), (5, 1000)])
+def test_first_hit_ranks_match_reference_exactly(rng: np.random.Generator, block_size: int, max_k) -> None:
+    x, labels = tied_data(rng, n=90)
+    order = ref_neighbours(x)
+    qr = query_ranks(x, labels, max_k=max_k, block_size=block_size)
+    for i, nb in enumerate(order):
+        ranks = [t for t, j in enumerate(nb) if labels[j] == labels[i]]
+        true = ranks[0] if ranks else NO_HIT
+        if max_k is None or true < max_k or true == NO_HIT:
+            assert qr.first_hit[i] == true, i
+        else:  # beyond max_k only a lower bound, itself at least max_k, is promised
+            assert max_k <= qr.first_hit[i] <= true, i
+
+
+def dense_reference(x: np.ndarray, labels: np.ndarray, ks) -> dict:
+    """Vectorised reference for larger sets: exact float64 distances, stable argsort per row."""
+    x = x.astype(np.float64)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    order = np.argsort(d, axis=1, kind="stable")[:, :-1]
+    hits = labels[order] == labels[:, None]
+    r = np.bincount(labels)[labels] - 1
+    first = np.where(hits.any(1), hits.argmax(1), len(x) + 10**9)
+    recall = {str(k): float((first < k).mean()) for k in ks}
+    cols = np.arange(1, hits.shape[1] + 1)
+    h = hits & (cols[None] <= r[:, None])
+    valid = r > 0
+    ap = ((np.cumsum(h, 1) / cols) * h).sum(1)[valid] / r[valid]
+    rp = h.sum(1)[valid] / r[valid]
+    return {"recall_at": recall, "map_at_r": float(ap.mean()), "r_precision": float(rp.mean())}
+
+
+@pytest.mark.parametrize("kind", ["tied", "continuous"])
+def test_wide_rows_take_the_two_level_path_and_stay_exact(rng: np.random.Generator, kind: str) -> None:
+    # N > 1024 and classes of up to 40 items: the chunked top-k and first-hit paths both run
+    n = 1400
+    labels = rng.integers(0, 60, size=n)
+    labels[:5] = [500, 501, 502, 503, 504]
+    if kind == "tied":
+        x = rng.integers(-1, 2, size=(n, 4)).astype(np.float32)
+    else:
+        x = (np.eye(60, 16)[labels % 60] * 2 + rng.normal(size=(n, 16))).astype(np.float32)
+    ks = [1, 4, 10, 100, 1000]
+    ref = dense_reference(x, labels, ks)
+    assert_same(retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=300), ref)
+
+
+def test_hand_made_example() -> None:
+    # 1-D points: class 0 at 0 and 1, class 1 at 10, 11 and 30
+    x = np.array([[0.0], [1.0], [10.0], [11.0], [30.0]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1, 1])
+    m = retrieval_metrics(x, labels, ks=[1, 2], with_nmi=False)
+    # point 30's nearest are 11 (hit), 10 (hit): every query hits at 1 → R@1 = 1
+    assert m["recall_at"] == {"1": 1.0, "2": 1.0}
+    # APs: 0 → 1; 1 → 1; 10 → [11, 1?] R=2: 11 hit (1/1), next nearest 1 (miss) → 0.5;
+    # 11 → [10 hit, 1 miss] → 0.5; 30 → [11 hit, 10 hit] → 1
+    assert m["map_at_r"] == pytest.approx((1 + 1 + 0.5 + 0.5 + 1) / 5)
+    assert m["r_precision"] == pytest.approx((1 + 1 + 0.5 + 0.5 + 1) / 5)
+
+
+def test_all_singletons_gives_zero_recall_and_nan_map() -> None:
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    m = retrieval_metrics(x, np.arange(5), ks=[1, 4], with_nmi=False)
+    assert m["recall_at"] == {"1": 0.0, "4": 0.0}
+    assert math.isnan(m["map_at_r"]) and math.isnan(m["r_precision"])
+
+
+def test_bad_inputs_are_refused() -> None:
+    x = np.zeros((4, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        retrieval_metrics(np.full((4, 2), np.nan, dtype=np.float32), np.array([0, 0, 1, 1]), with_nmi=False)
+    with pytest.raises(ValueError, match="labelled"):
+        retrieval_metrics(x, np.array([0, -1, 1, 1]), with_nmi=False)
+    with pytest.raises(ValueError, match="N labels"):
+        retrieval_metrics(x, np.array([0, 1]), with_nmi=False)
+    with pytest.raises(ValueError, match="positive K"):
+        retrieval_metrics(x, np.array([0, 0, 1, 1]), ks=[0], with_nmi=False)
+
+
+def test_hits_based_helpers_agree_with_the_scan(rng: np.random.Generator) -> None:
+    x, labels = tied_data(rng)
+    hits = neighbour_hits(x, labels, k=20)
+    m = retrieval_metrics(x, labels, ks=[1, 5, 20], with_nmi=False)
+    assert recall_at_k(hits, [1, 5, 20]) == m["recall_at"]
+    assert map_and_r_precision(hits, labels) == pytest.approx((m["map_at_r"], m["r_precision"]))
+
+
+# ---------------------------------------------------------------- exact k-NN and ties
+
+def test_knn_orders_by_distance_then_index_across_the_topk_boundary() -> None:
+    # every gallery point at the same distance from every query: all ties
+    x = np.zeros((50, 3), dtype=np.float32)
+    _, idx = knn(x, k=5, block_size=7)
+    for i in range(50):
+        assert idx[i].tolist() == [j for j in range(50) if j != i][:5]
+    # queries vs a gallery where many items tie at the k-th position
+    gallery = np.array([[0.0], [1.0], [-1.0], [1.0], [-1.0], [2.0], [1.0]], dtype=np.float32)
+    d, idx = knn(np.zeros((1, 1), dtype=np.float32), gallery, k=3)
+    assert idx.tolist() == [[0, 1, 2]] and d.tolist() == [[0.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("width,high", [(300, 4), (2048, 3), (4096, 1000), (4096, 10**9)])
+def test_smallest_k_matches_stable_sort(width: int, high: int) -> None:
+    # few distinct values (ties everywhere, also across chunk minima) up to nearly distinct ones
+    gen = torch.Generator().manual_seed(width + high)
+    values = torch.randint(0, high, (64, width), generator=gen).float()
+    sv, si = torch.sort(values, dim=1, stable=True)
+    for k in (1, 3, 10, 60, width - 1, width):
+        vals, idx = smallest_k(values, k)
+        assert torch.equal(idx, si[:, :k]) and torch.equal(vals, sv[:, :k]), k
+    rows = torch.tensor([5, 0, 63])
+    vals, idx = smallest_k(values, 7, rows=rows)
+    assert torch.equal(idx, si[rows, :7])
+
+
+def test_knn_matches_reference_order(rng: np.random.Generator) -> None:
+    x, _ = tied_data(rng, n=70)
+    ref = ref_neighbours(x)
+    _, idx = knn(x, k=30, block_size=9)
+    assert idx.tolist() == [nb[:30] for nb in ref]
+
+
+def test_knn_with_gallery_and_self_kept(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    d, idx = knn(x, k=1, exclude_self=False)
+    assert idx[:, 0].tolist() == list(range(30)) and np.allclose(d[:, 0], 0, atol=1e-5)
+    g = rng.normal(size=(40, 4)).astype(np.float32)
+    d, idx = knn(x, g, k=40)
+    full = ((x[:, None, :].astype(np.float64) - g[None].astype(np.float64)) ** 2).sum(-1)
+    assert np.array_equal(idx, np.argsort(full, axis=1, kind="stable"))
+    assert np.allclose(d, np.sort(full, axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_knn_rejects_bad_k() -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        knn(np.zeros((3, 2), dtype=np.float32), k=3)
+
+
+# ---------------------------------------------------------------- faiss gives the same answer
+
+def test_faiss_knn_equals_torch_knn_with_ties(rng: np.random.Generator) -> None:
+    pytest.importorskip("faiss")
+    x, _ = tied_data(rng, n=150)
+    for k in (1, 4, 25):
+        d_t, i_t = knn(x, k=k)
+        d_f, i_f = knn(x, k=k, use_faiss=True)
+        assert np.array_equal(i_t, i_f), k
+        assert np.allclose(d_t, d_f, atol=1e-4)
+
+
+def test_faiss_metrics_equal_torch_metrics(rng: np.random.Generator) -> None:
+    pytest.importorskip("faiss")
+    for x, labels in (tied_data(rng), (rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 40, 300))):
+        kw = dict(ks=[1, 2, 4, 8, 100], with_nmi=False)
+        assert retrieval_metrics(x, labels, use_faiss=True, **kw) == retrieval_metrics(x, labels, **kw)
+
+
+# ---------------------------------------------------------------- pytorch-metric-learning cross-check
+
+def test_against_pytorch_metric_learning(rng: np.random.Generator) -> None:
+    acc = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    # no singleton classes: pml leaves those queries out of every metric, we count them as misses
+    labels = np.repeat(np.arange(40), rng.integers(2, 9, size=40))
+    x = rng.normal(size=(len(labels), 32)).astype(np.float32)
+    calc = acc.AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
+                                  k="max_bin_count")
+    theirs = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(labels))
+    ours = retrieval_metrics(x, labels, ks=[1], with_nmi=False)
+    assert ours["recall_at"]["1"] == pytest.approx(theirs["precision_at_1"], abs=1e-9)
+    assert ours["map_at_r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-9)
+    assert ours["r_precision"] == pytest.approx(theirs["r_precision"], abs=1e-9)
+
+
+def test_nmi_against_pytorch_metric_learning(rng: np.random.Generator) -> None:
+    acc = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    # well-separated blobs: any k-means finds the classes, so both NMIs are 1
+    from pytorch_metric_learning.utils.inference import FaissKMeans
+
+    labels = np.repeat(np.arange(5), 50)
+    x = (np.eye(5, 8)[labels] * 50 + rng.normal(scale=0.1, size=(250, 8))).astype(np.float32)
+    calc = acc.AccuracyCalculator(include=("NMI",), kmeans_func=FaissKMeans(nredo=5, seed=0))
+    theirs = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(labels))["NMI"]
+    assert nmi(x, labels) == pytest.approx(theirs, abs=1e-6) == pytest.approx(1.0)
+    # and random labels give an NMI far below 1
+    assert nmi(x, rng.permutation(labels)) < 0.5
