@@ -1,0 +1,66 @@
+"""``plm embed``: embed every image of a folder into one ``.npz``, incrementally."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from plm.commands._common import add_model_arguments, model_from_args
+
+NAME = "embed"
+HELP = "embed every image under a folder (recursive) into an embeddings file; re-runs embed only new/changed files"
+DESCRIPTION = (HELP + ". Unreadable files (zero-byte, truncated, not an image) are skipped and listed. The file "
+               "records the model, so re-running with another model re-embeds everything. Format: docs/search.md.")
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    parser.add_argument("folder", help="image folder (class sub-folders become labels)")
+    parser.add_argument("--out", required=True, help="embeddings file to write or update (.npz)")
+    add_model_arguments(parser)
+    parser.add_argument("--full", action="store_true", help="ignore an existing --out file and re-embed everything")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    lines = [f"  {s}" for s in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  … and {len(items) - limit} more")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.errors import UserError
+    from plm.search import EmbeddingStore, describe, embed_folder, model_identity
+
+    folder, out = Path(args.folder), Path(args.out)
+    if not folder.is_dir():
+        raise UserError(f"image folder not found: {folder}")
+    previous = None
+    if out.exists() and not args.full:
+        try:
+            previous = EmbeddingStore.load(out)
+        except UserError as err:  # never overwrite a file that is not ours
+            raise UserError(f"--out {out} exists and is not a plm embeddings file; choose another --out or "
+                            f"remove it ({err})") from err
+    model = model_from_args(args)
+    identity = model_identity(model, backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights)
+    store, stats = embed_folder(model, folder, identity, previous=previous, batch_size=args.batch_size,
+                                progress=not args.quiet)
+    if stats.reason:
+        log.warning("re-embedding all images: %s", stats.reason)
+    if len(store) == 0:
+        raise UserError(f"none of the {stats.total} image files under {folder} could be read; nothing written")
+    store.save(out)
+    print(f"{out}: {len(store)} images, {store.dim}-d, {describe(identity)}")
+    print(f"  embedded {stats.embedded} new or changed, reused {stats.reused}, dropped {stats.dropped} deleted, "
+          f"skipped {stats.skipped} unreadable, ignored {len(stats.ignored)} non-image")
+    if store.skipped:
+        print(f"skipped {len(store.skipped)} unreadable file(s):")
+        print(_listing([f"{p}: {stats.skipped_reasons.get(p, 'unreadable (unchanged since an earlier run)')}"
+                        for p in store.skipped]))
+    if stats.ignored:
+        print(f"ignored {len(stats.ignored)} file(s) without an image extension:")
+        print(_listing(stats.ignored))
+    return 0

@@ -1,0 +1,70 @@
+"""``plm index``: build a nearest-neighbour index from an embeddings file, with a recall check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from plm.commands._common import format_table
+
+NAME = "index"
+HELP = "build a search index (exact, HNSW or IVF) from a plm embed file, and report its recall vs exact search"
+log = logging.getLogger(__name__)
+AUTO_EXACT_MAX = 100_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
+    parser.add_argument("--out", required=True, help="index file to write (.npz)")
+    parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf"],
+                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors, hnsw above")
+    parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
+                        help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
+    parser.add_argument("--M", dest="m", type=int, default=32, help="HNSW links per node")
+    parser.add_argument("--ef-construction", type=int, default=80, help="HNSW build beam width")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search beam width (default: tuned)")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4·sqrt(N))")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query (default: tuned)")
+    parser.add_argument("--target-recall", type=float, default=0.95,
+                        help="tune ef-search / nprobe until the estimated recall@k vs exact reaches this")
+    parser.add_argument("-k", type=int, default=10, help="k of the recall@k check")
+    parser.add_argument("--recall-sample", type=int, default=1000, help="vectors of the collection used as check queries")
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.errors import UserError
+    from plm.search import EmbeddingStore, SearchIndex, VectorIndex, tune_search
+
+    store = EmbeddingStore.load(args.embeddings)
+    if len(store) == 0:
+        raise UserError(f"{args.embeddings} holds no vectors; run plm embed on a folder with readable images")
+    if store.dim != int(store.model.get("dim", store.dim)):
+        raise UserError(f"dimension mismatch in {args.embeddings}: vectors are {store.dim}-d but the recorded model "
+                        f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")
+    if not 0 < args.target_recall <= 1:
+        raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    kind = args.kind if args.kind != "auto" else ("exact" if len(store) <= AUTO_EXACT_MAX else "hnsw")
+    fixed = args.ef_search if kind == "hnsw" else args.nprobe if kind == "ivf" else None
+    index = VectorIndex.build(store.vectors, kind, args.metric, M=args.m, ef_construction=args.ef_construction,
+                              ef_search=args.ef_search or 128, nlist=args.nlist, nprobe=args.nprobe)
+    rows = []
+    if kind != "exact":
+        rows = tune_search(index, store.vectors, target=args.target_recall, k=args.k, sample=args.recall_sample,
+                           values=[fixed] if fixed else None)
+    extra = {"embeddings": str(Path(args.embeddings).resolve()), "recall_k": args.k, "recall": rows}
+    SearchIndex(index, store.paths, store.labels, store.root, store.model, store.class_names, extra).save(args.out)
+    print(f"{args.out}: {kind} index of {index.count} vectors ({index.dim}-d, {index.metric})"
+          + (f", {index.params}" if index.params else ""))
+    if rows:
+        k = min(args.k, index.count - 1)
+        sample = min(args.recall_sample, index.count)
+        print(f"recall@{k} vs exact search on {sample} of the collection's own vectors (self-match excluded):")
+        print(format_table([rows[0]["param"], f"recall@{k}", "queries/s"],
+                           [[r["value"], r["recall"], round(r["qps"])] for r in rows]))
+        best = rows[-1]
+        print(f"estimated recall@{k}: {best['recall']:.4f} at {best['param']}={best['value']}")
+        if best["recall"] < args.target_recall:
+            log.warning("target recall %.2f not reached; raise --%s (or use --kind exact)", args.target_recall,
+                        best["param"].replace("_", "-"))
+    return 0

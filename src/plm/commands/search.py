@@ -1,0 +1,94 @@
+"""``plm search``: query an index with image files, embedding them with the index's own model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional
+
+NAME = "search"
+HELP = "find the nearest images of an index to query images (files or folders); print, --json or --html"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    parser.add_argument("index", help="index file from plm index (.npz)")
+    parser.add_argument("queries", nargs="+", metavar="QUERY", help="query image files or folders of images")
+    parser.add_argument("-k", type=int, default=10, help="results per query")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--html", default=None, metavar="OUT", help="write a self-contained HTML gallery")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the index's checkpoint at a new location (it must be the same model)")
+    parser.add_argument("--root", default=None, help="the indexed image folder at a new location (for --html)")
+    parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW search beam width")
+    parser.add_argument("--nprobe", type=int, default=None, help="override the IVF cells visited per query")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optional[int]:
+    """The class of a query that lies in a class sub-folder of the indexed folder, else None."""
+    if not class_names:
+        return None
+    try:
+        rel = Path(query).resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    if len(rel.parts) < 2:
+        return None
+    by_name = {v: k for k, v in class_names.items()}
+    return by_name.get(rel.parts[0])
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.errors import UserError
+    from plm.evaluation import embed_dataset
+    from plm.search import SearchIndex, describe, model_from_identity
+    from plm.search.queries import PathListDataset, collect_queries
+    from plm.utils.io import atomic_write_json
+
+    if args.k < 1:
+        raise UserError(f"-k must be >= 1, got {args.k}")
+    idx = SearchIndex.load(args.index)
+    queries, unreadable = collect_queries(args.queries)
+    if unreadable:
+        log.warning("skipped %d unreadable query file(s): %s", len(unreadable), ", ".join(unreadable[:5]))
+    for name, value in (("ef_search", args.ef_search), ("nprobe", args.nprobe)):
+        if value is not None:
+            if idx.index.search_param != name:
+                raise UserError(f"--{name.replace('_', '-')} applies to {'hnsw' if name == 'ef_search' else 'ivf'} "
+                                f"indexes; this one is {idx.index.kind}")
+            idx.index.set_search_param(value)
+    model = model_from_identity(idx.model, checkpoint=args.checkpoint)
+    emb = embed_dataset(model, PathListDataset(queries), batch_size=args.batch_size, cache_dir=False,
+                        progress=len(queries) > args.batch_size)
+    if emb.skipped:  # decoded fine a moment ago; reaching here means the files changed under us
+        raise UserError(f"query image(s) became unreadable while searching: {', '.join(emb.skipped[:5])}")
+    dist, ids = idx.index.search(emb.vectors, args.k)
+    root = Path(args.root) if args.root else Path(idx.root)
+
+    def label_name(y: int) -> Optional[str]:
+        return None if y < 0 else idx.class_names.get(y, str(y))
+
+    results: list[dict[str, Any]] = []
+    for q, drow, irow in zip(emb.ids, dist, ids):
+        hits = [{"rank": r + 1, "path": idx.paths[i], "file": str(root / PurePosixPath(idx.paths[i])),
+                 "distance": float(d), "label": label_name(int(idx.labels[i]))}
+                for r, (d, i) in enumerate(zip(drow, irow)) if i >= 0]
+        results.append({"query": q, "results": hits})
+        print(f"query: {q}")
+        for h in hits:
+            print(f"  {h['rank']:>3}. {h['distance']:.4f}  {h['path']}" + (f"  [{h['label']}]" if h["label"] else ""))
+    metric = "1 - cosine similarity" if idx.index.metric == "cosine" else "Euclidean distance"
+    if args.json:
+        atomic_write_json({"index": str(Path(args.index).resolve()), "root": str(root), "k": args.k,
+                           "distance": metric, "model": describe(idx.model), "queries": results}, args.json)
+    if args.html:
+        from plm.search.report import search_page
+
+        search_page(results, idx, root, title=f"plm search: {Path(args.index).name}",
+                    subtitle=f"{len(results)} queries · top {args.k} of {idx.index.count} images · {idx.index.kind} "
+                             f"index · distance = {metric} · {describe(idx.model)}",
+                    query_label=lambda q: _query_label(q, root, idx.class_names)).write(args.html)
+        print(f"wrote {args.html}")
+    return 0

@@ -1,0 +1,22 @@
+"""Search your own images: embeddings files, vector indexes and their on-disk formats.
+
+* :mod:`plm.search.store` — the ``plm embed`` output (:class:`EmbeddingStore`, ``.npz``).
+* :mod:`plm.search.embedder` — :func:`embed_folder`, incremental (only new or changed files).
+* :mod:`plm.search.index` — :class:`VectorIndex` (exact / HNSW / IVF) and recall checks.
+* :mod:`plm.search.indexfile` — the ``plm index`` output (:class:`SearchIndex`, ``.npz``).
+* :mod:`plm.search.identity` — the model record that lets ``plm search`` embed queries the same way.
+
+See ``docs/search.md`` for the file formats.
+"""
+
+from plm.search.embedder import EmbedStats, embed_folder
+from plm.search.identity import describe, model_from_identity, model_identity
+from plm.search.index import KINDS, METRICS, VectorIndex, choose_metric, exact_neighbours, recall_at_k, tune_search
+from plm.search.indexfile import SearchIndex
+from plm.search.store import EmbeddingStore
+
+__all__ = [
+    "KINDS", "METRICS", "EmbedStats", "EmbeddingStore", "SearchIndex", "VectorIndex", "choose_metric",
+    "describe", "embed_folder", "exact_neighbours", "model_from_identity", "model_identity", "recall_at_k",
+    "tune_search",
+]

@@ -1,0 +1,157 @@
+"""Embed an image folder incrementally: only new or changed files go through the model.
+
+A file is reused from the previous embeddings file when the model fingerprint and the folder
+are the same and its size and modification time are unchanged; deleted files are dropped.
+Unreadable files (zero-byte, truncated, not an image) are skipped and listed, and are not
+retried until they change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from plm.data.base import IMAGE_EXTENSIONS, ImageLoadError, open_image
+from plm.search.store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedStats:
+    """What one :func:`embed_folder` run did.
+
+    Attributes:
+        total: image files found (by extension).
+        embedded: files decoded and embedded in this run.
+        reused: vectors kept from the previous file.
+        dropped: previous entries whose files are gone.
+        skipped: unreadable files (all of them, including ones skipped before).
+        ignored: files without an image extension (never opened).
+        reason: why nothing was reused, when a previous file existed but could not be used.
+        skipped_reasons: ``path -> error`` for files newly found unreadable in this run.
+    """
+
+    total: int = 0
+    embedded: int = 0
+    reused: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    ignored: list[str] = field(default_factory=list)
+    reason: str = ""
+    skipped_reasons: dict[str, str] = field(default_factory=dict)
+
+
+def non_image_files(root: str | os.PathLike) -> list[str]:
+    """Relative paths of visible files under ``root`` without an image extension (sorted)."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [(Path(dirpath) / n).relative_to(root).as_posix() for n in filenames
+                  if not n.startswith(".") and not n.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def _reuse_reason(previous: EmbeddingStore, identity: dict[str, Any], root: str) -> str:
+    if previous.model.get("fingerprint") != identity["fingerprint"]:
+        from plm.search.identity import describe
+
+        return f"the model changed (was {describe(previous.model)}, now {describe(identity)})"
+    if previous.root != root:
+        return f"the folder changed (was {previous.root}, now {root})"
+    return ""
+
+
+def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
+                 previous: Optional[EmbeddingStore] = None, batch_size: int = 64,
+                 progress: bool = True) -> tuple[EmbeddingStore, EmbedStats]:
+    """Embed every image under ``root`` (recursive), reusing unchanged entries of ``previous``.
+
+    Args:
+        model: the :class:`~plm.models.EmbeddingModel`.
+        root: the image folder; first-level sub-folders become labels when every image is in one.
+        identity: the model's record from :func:`plm.search.identity.model_identity`.
+        previous: the embeddings file of an earlier run, or ``None``.
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Raises:
+        DatasetNotFoundError: ``root`` is missing or holds no image files.
+    """
+    from plm.data.folder import load_image_folder
+    from plm.evaluation import embed_dataset
+
+    dataset = load_image_folder(root)
+    root_abs = str(Path(root).resolve())
+    stats = EmbedStats(total=len(dataset), ignored=non_image_files(root))
+    stamps = []
+    for p in dataset.paths:
+        st = p.stat()
+        stamps.append((int(st.st_size), int(st.st_mtime_ns)))
+
+    reuse: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime, row in previous.vectors)
+    known_bad: dict[str, tuple[int, int]] = {}
+    if previous is not None:
+        stats.reason = _reuse_reason(previous, identity, root_abs)
+        if not stats.reason:
+            reuse = {p: (int(s), int(m), i) for i, (p, s, m) in
+                     enumerate(zip(previous.paths, previous.sizes, previous.mtimes_ns))}
+            known_bad = {p: (int(s), int(m)) for p, s, m in
+                         zip(previous.skipped, previous.skipped_sizes, previous.skipped_mtimes_ns)}
+        current = set(dataset.ids)
+        stats.dropped = sum(1 for p in previous.paths if p not in current)
+
+    rows: list[Optional[np.ndarray]] = [None] * len(dataset)
+    bad: set[int] = set()
+    todo = []
+    for i, (rel, stamp) in enumerate(zip(dataset.ids, stamps)):
+        if rel in reuse and reuse[rel][:2] == stamp:
+            rows[i] = previous.vectors[reuse[rel][2]]  # type: ignore[union-attr]
+        elif known_bad.get(rel) == stamp:
+            bad.add(i)
+        else:
+            todo.append(i)
+    stats.reused = len(dataset) - len(todo) - len(bad)
+
+    if todo:
+        emb = embed_dataset(model, dataset.subset(todo), batch_size=batch_size, cache_dir=False, progress=progress)
+        row_of = {rel: v for rel, v in zip(emb.ids, emb.vectors)}
+        for i in todo:
+            rel = dataset.ids[i]
+            if rel in row_of:
+                rows[i] = row_of[rel]
+            else:
+                bad.add(i)
+                stats.skipped_reasons[rel] = _why_unreadable(dataset.paths[i])
+        stats.embedded = len(emb.ids)
+    stats.skipped = len(bad)
+
+    good = [i for i in range(len(dataset)) if i not in bad]
+    dim = int(identity["dim"])
+    vectors = np.stack([rows[i] for i in good]).astype(np.float32) if good else np.zeros((0, dim), np.float32)
+    bad_sorted = sorted(bad)
+    store = EmbeddingStore(
+        vectors=vectors, paths=[dataset.ids[i] for i in good], labels=dataset.labels[good],
+        sizes=np.array([stamps[i][0] for i in good], np.int64), mtimes_ns=np.array([stamps[i][1] for i in good], np.int64),
+        root=root_abs, model=identity, class_names=dict(dataset.class_names or {}),
+        skipped=[dataset.ids[i] for i in bad_sorted], skipped_sizes=np.array([stamps[i][0] for i in bad_sorted], np.int64),
+        skipped_mtimes_ns=np.array([stamps[i][1] for i in bad_sorted], np.int64))
+    return store, stats
+
+
+def _why_unreadable(path: Path) -> str:
+    try:
+        if path.stat().st_size == 0:
+            return "zero-byte file"
+        open_image(path)
+    except ImageLoadError as err:
+        return str(err.__cause__ or err)
+    except OSError as err:
+        return str(err)
+    return "could not be decoded"

@@ -1,0 +1,333 @@
+"""Vector indexes: exact (numpy or faiss flat), HNSW and IVF (faiss), with recall checks.
+
+Distances are reported the same way by every kind: ``1 - cosine`` for the ``cosine`` metric
+(vectors L2-normalised; the approximate kinds search by L2 on unit vectors, which ranks the same)
+and the Euclidean distance for ``l2``. The exact kind stores the vectors themselves, so it works
+without faiss (blocked numpy search); ``hnsw`` and ``ivf`` need ``faiss-cpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from plm.errors import UserError
+
+KINDS = ("exact", "hnsw", "ivf")
+METRICS = ("cosine", "l2")
+HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
+
+
+def have_faiss() -> bool:
+    """Whether faiss can be imported."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its import chatter is not for users
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _faiss(kind: str) -> Any:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError as err:
+        raise UserError(f"the {kind} index needs faiss: pip install faiss-cpu (or plm[faiss]); "
+                        f"--kind exact works without it") from err
+    return faiss
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32, C-contiguous."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def choose_metric(vectors: np.ndarray) -> str:
+    """``cosine`` when every row is a unit vector (plm embeddings are), else ``l2``."""
+    if len(vectors) == 0:
+        return "cosine"
+    return "cosine" if bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)) else "l2"
+
+
+def _check_2d(x: np.ndarray, dim: Optional[int], what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (N, D), got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"dimension mismatch: the index holds {dim}-d vectors but the {what} are "
+                         f"{x.shape[1]}-d; embed them with the model the index was built with")
+    return np.ascontiguousarray(x)
+
+
+def _numpy_search(db: np.ndarray, q: np.ndarray, k: int, metric: str, block: int = 16384,
+                  qblock: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by blocks (bounded memory): distances (1 - cos or squared L2) and ids."""
+    out_d = np.full((len(q), k), np.inf, np.float32)
+    out_i = np.full((len(q), k), -1, np.int64)
+    db_sq = (db * db).sum(1) if metric == "l2" else None
+    for qs in range(0, len(q), qblock):
+        qq = q[qs:qs + qblock]
+        best_d = np.full((len(qq), k), np.inf, np.float32)
+        best_i = np.full((len(qq), k), -1, np.int64)
+        q_sq = (qq * qq).sum(1)[:, None] if metric == "l2" else None
+        for start in range(0, len(db), block):
+            part = db[start:start + block]
+            prod = qq @ part.T
+            d = 1.0 - prod if metric == "cosine" else q_sq - 2.0 * prod + db_sq[None, start:start + len(part)]
+            kk = min(k, len(part))
+            idx = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+            cand_d = np.concatenate([best_d, np.take_along_axis(d, idx, axis=1)], axis=1)
+            cand_i = np.concatenate([best_i, idx + start], axis=1)
+            order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
+            best_d = np.take_along_axis(cand_d, order, axis=1)
+            best_i = np.take_along_axis(cand_i, order, axis=1)
+        out_d[qs:qs + len(qq)], out_i[qs:qs + len(qq)] = best_d, best_i
+    return out_d, out_i
+
+
+class VectorIndex:
+    """A nearest-neighbour index over float32 vectors (rows are ids 0…N-1).
+
+    Build with :meth:`build`; query with :meth:`search`. ``params`` holds the kind's settings
+    (``M``/``ef_construction``/``ef_search`` for HNSW, ``nlist``/``nprobe`` for IVF).
+    """
+
+    def __init__(self, kind: str, metric: str, dim: int, count: int, params: dict[str, int],
+                 vectors: Optional[np.ndarray] = None, faiss_index: Any = None):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.kind, self.metric, self.dim, self.count = kind, metric, int(dim), int(count)
+        self.params = dict(params)
+        self.vectors = vectors
+        self._faiss_index = faiss_index
+        self._apply_search_params()
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str = "exact", metric: str = "auto", *, M: int = 32,
+              ef_construction: int = 80, ef_search: int = 128, nlist: Optional[int] = None,
+              nprobe: Optional[int] = None, seed: int = 0) -> "VectorIndex":
+        """Index ``vectors`` (N, D).
+
+        Args:
+            vectors: the collection.
+            kind: ``exact``, ``hnsw`` or ``ivf``.
+            metric: ``cosine``, ``l2`` or ``auto`` (cosine when every row has unit norm).
+            M: HNSW links per node.
+            ef_construction: HNSW build-time beam width.
+            ef_search: HNSW search-time beam width (tune with :func:`tune_search`).
+            nlist: IVF cells (default ``4·sqrt(N)``, at most N/39).
+            nprobe: IVF cells visited per query (default ``nlist/16``).
+            seed: IVF training sample seed.
+
+        Raises:
+            ValueError: bad arguments or vectors.
+            UserError: ``hnsw``/``ivf`` without faiss installed.
+        """
+        x = _check_2d(vectors, None, "vectors")
+        if len(x) == 0:
+            raise ValueError("cannot index an empty collection: no vectors")
+        if metric == "auto":
+            metric = choose_metric(x)
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS} or 'auto', got {metric!r}")
+        if metric == "cosine":
+            x = unit_rows(x)
+        n, d = x.shape
+        if kind == "exact":
+            return cls(kind, metric, d, n, {}, vectors=x)
+        if kind == "hnsw":
+            faiss = _faiss(kind)
+            if M < 2 or ef_construction < 1 or ef_search < 1:
+                raise ValueError("HNSW needs M >= 2, ef_construction >= 1 and ef_search >= 1")
+            index = faiss.IndexHNSWFlat(d, int(M))
+            index.hnsw.efConstruction = int(ef_construction)
+            index.add(x)
+            return cls(kind, metric, d, n, {"M": int(M), "ef_construction": int(ef_construction),
+                                            "ef_search": int(ef_search)}, faiss_index=index)
+        if kind == "ivf":
+            faiss = _faiss(kind)
+            nlist = int(nlist or max(1, min(int(4 * np.sqrt(n)), n // 39)))
+            if not 1 <= nlist <= n:
+                raise ValueError(f"nlist must be in [1, {n}] for {n} vectors, got {nlist}")
+            quantizer = faiss.IndexFlatL2(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+            rng = np.random.default_rng(seed)
+            train = x if n <= 64 * nlist else x[np.sort(rng.choice(n, 64 * nlist, replace=False))]
+            index.cp.min_points_per_centroid = min(39, max(1, len(train) // nlist))  # no warning on tiny sets
+            index.train(train)
+            index.add(x)
+            nprobe = int(nprobe or max(1, nlist // 16))
+            return cls(kind, metric, d, n, {"nlist": nlist, "nprobe": min(nprobe, nlist)},
+                       faiss_index=index)  # faiss's wrapper keeps the quantizer alive
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+    # -- searching -----------------------------------------------------------------------------
+    @property
+    def search_param(self) -> Optional[str]:
+        """The speed/recall knob of this kind: ``ef_search`` (HNSW), ``nprobe`` (IVF) or ``None``."""
+        return {"hnsw": "ef_search", "ivf": "nprobe"}.get(self.kind)
+
+    def set_search_param(self, value: int) -> None:
+        """Set ``ef_search`` (HNSW) or ``nprobe`` (IVF, capped at ``nlist``)."""
+        if self.search_param is None:
+            raise ValueError("the exact index has no search parameter")
+        if int(value) < 1:
+            raise ValueError(f"{self.search_param} must be >= 1, got {value}")
+        if self.kind == "ivf":
+            value = min(int(value), self.params["nlist"])
+        self.params[self.search_param] = int(value)
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        idx = self._faiss_index
+        if idx is None or self.kind == "exact":
+            return
+        if self.kind == "hnsw":
+            idx.hnsw.efSearch = int(self.params["ef_search"])
+        elif self.kind == "ivf":
+            idx.nprobe = int(self.params["nprobe"])
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest ids of each query and their distances, nearest first.
+
+        Returns:
+            distances (Q, k') float32 and ids (Q, k') int64 with ``k' = min(k, N)``; an approximate
+            index may return fewer hits for some queries, padded with id ``-1`` and distance ``inf``.
+
+        Raises:
+            ValueError: ``queries`` is not 2-D or has another dimension than the index.
+        """
+        q = _check_2d(queries, self.dim, "queries")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = min(int(k), self.count)
+        if self.metric == "cosine":
+            q = unit_rows(q)
+        if len(q) == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        if self.kind == "exact":
+            if have_faiss():
+                import faiss
+
+                if self._faiss_index is None:
+                    self._faiss_index = (faiss.IndexFlatIP if self.metric == "cosine" else faiss.IndexFlatL2)(self.dim)
+                    self._faiss_index.add(self.vectors)
+                d, ids = self._faiss_index.search(q, k)
+                d = 1.0 - d if self.metric == "cosine" else d
+            else:
+                d, ids = _numpy_search(self.vectors, q, k, self.metric)
+        else:
+            d, ids = self._faiss_index.search(q, k)
+            d = d / 2.0 if self.metric == "cosine" else d  # |a-b|^2 / 2 = 1 - cos for unit vectors
+        d = np.maximum(np.asarray(d, np.float32), 0.0)  # rounding can give -1e-7 for identical vectors
+        if self.metric == "l2":
+            d = np.sqrt(d)
+        d[ids < 0] = np.inf
+        return d, ids.astype(np.int64)
+
+    # -- storage -------------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays that store this index: ``vectors`` (exact) or ``faiss`` (serialised bytes)."""
+        if self.kind == "exact":
+            return {"vectors": self.vectors}
+        import faiss
+
+        return {"faiss": faiss.serialize_index(self._faiss_index)}
+
+    def describe(self) -> dict[str, Any]:
+        """``kind``, ``metric``, ``dim``, ``count`` and ``params`` (stored in the index file)."""
+        return {"kind": self.kind, "metric": self.metric, "dim": self.dim, "count": self.count, "params": self.params}
+
+    @classmethod
+    def from_arrays(cls, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> "VectorIndex":
+        """Rebuild from :meth:`describe` and :meth:`to_arrays` output.
+
+        Raises:
+            ValueError: arrays missing or inconsistent with ``info``.
+            UserError: an approximate index without faiss installed.
+        """
+        kind, dim, count = info["kind"], int(info["dim"]), int(info["count"])
+        if kind == "exact":
+            vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
+            if vectors.shape != (count, dim):
+                raise ValueError(f"stored vectors have shape {vectors.shape}, expected ({count}, {dim})")
+            return cls(kind, info["metric"], dim, count, info.get("params", {}), vectors=vectors)
+        faiss = _faiss(kind)
+        index = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"], dtype=np.uint8))
+        if index.d != dim or index.ntotal != count:
+            raise ValueError(f"stored faiss index is {index.d}-d with {index.ntotal} vectors, "
+                             f"expected {dim}-d with {count}")
+        return cls(kind, info["metric"], dim, count, info.get("params", {}), faiss_index=index)
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Ids of the exact top-``k`` of ``queries`` among ``vectors`` (the ground truth for recall)."""
+    return VectorIndex.build(vectors, "exact", metric).search(queries, k)[1]
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` (true neighbour ids) that ``found`` contains."""
+    if len(truth) == 0:
+        return float("nan")
+    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+            for f, t in zip(found, truth)]
+    return float(np.mean(hits))
+
+
+def _drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    out = np.full((len(ids), k), -1, np.int64)
+    for r, (row, s) in enumerate(zip(ids, self_ids)):
+        kept = row[row != s][:k]
+        out[r, :len(kept)] = kept
+    return out
+
+
+def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k: int = 10, sample: int = 1000,
+                values: Optional[list[int]] = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Measure recall@k against exact search on a sample of the collection's own vectors.
+
+    Each sampled vector queries the index; its own id is removed from both result lists, so the
+    trivial self-match does not inflate recall. For HNSW/IVF, the search parameter is raised
+    through ``values`` until the recall reaches ``target``; the index keeps the first value that
+    does (or the largest tried).
+
+    Returns:
+        one dict per setting tried: ``{"param", "value", "recall", "qps"}`` (a single row with
+        ``param=None`` for the exact index).
+    """
+    x = _check_2d(vectors, index.dim, "vectors")
+    n = len(x)
+    k = min(k, n - 1)
+    if k < 1:
+        return []
+    rng = np.random.default_rng(seed)
+    sel = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    queries = x[sel]
+    truth = _drop_self(exact_neighbours(x, queries, k + 1, index.metric), sel, k)
+    if index.search_param is None:
+        start = time.perf_counter()
+        found = _drop_self(index.search(queries, k + 1)[1], sel, k)
+        return [{"param": None, "value": None, "recall": recall_at_k(found, truth),
+                 "qps": len(queries) / max(time.perf_counter() - start, 1e-9)}]
+    if values is None:
+        values = ([16, 32, 64, 128, 256, 512, 1024, 2048] if index.kind == "hnsw"
+                  else sorted({v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < index.params["nlist"]}
+                              | {index.params["nlist"]}))
+    rows = []
+    for v in values:
+        index.set_search_param(v)
+        start = time.perf_counter()
+        found = _drop_self(index.search(queries, k + 1)[1], sel, k)
+        rows.append({"param": index.search_param, "value": index.params[index.search_param],
+                     "recall": recall_at_k(found, truth), "qps": len(queries) / max(time.perf_counter() - start, 1e-9)})
+        if rows[-1]["recall"] >= target:
+            break
+    return rows

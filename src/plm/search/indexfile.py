@@ -1,0 +1,85 @@
+"""The index file written by ``plm index``: one ``.npz`` (read with ``allow_pickle=False``).
+
+Arrays (N indexed images):
+
+============  =========  ===============================================================
+key           dtype      content
+============  =========  ===============================================================
+``paths``     unicode    (N,) image paths relative to ``meta.root``; id i is ``paths[i]``
+``labels``    int64      (N,) class index from the sub-folder, -1 if none
+``vectors``   float32    (N, D) the (unit-normalised for cosine) vectors — exact kind only
+``faiss``     uint8      ``faiss.serialize_index`` bytes — ``hnsw`` and ``ivf`` kinds only
+``meta``      unicode    0-d JSON string, see below
+============  =========  ===============================================================
+
+``meta`` = ``{"format": "plm-index", "version": 1, "index": {"kind", "metric", "dim", "count",
+"params"}, "root": "/abs/folder", "model": <identity>, "class_names": {...},
+"embeddings": "/abs/embeddings.npz", "recall": [{"param", "value", "recall", "qps"}, ...]}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plm.errors import UserError
+from plm.search.index import VectorIndex
+from plm.search.store import read_npz
+
+FORMAT, VERSION = "plm-index", 1
+
+
+@dataclass
+class SearchIndex:
+    """A :class:`VectorIndex` with its path table, labels, folder and model identity."""
+
+    index: VectorIndex
+    paths: list[str]
+    labels: np.ndarray
+    root: str
+    model: dict[str, Any]
+    class_names: dict[int, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if not len(self.paths) == len(self.labels) == self.index.count:
+            raise ValueError(f"index has {self.index.count} vectors but {len(self.paths)} paths and "
+                             f"{len(self.labels)} labels")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ``.npz`` atomically; returns its path."""
+        from plm.utils.io import atomic_write_bytes
+
+        meta = {"format": FORMAT, "version": VERSION, "index": self.index.describe(), "root": self.root,
+                "model": self.model, "class_names": {str(k): v for k, v in self.class_names.items()}, **self.extra}
+        buf = io.BytesIO()
+        np.savez(buf, paths=np.array(self.paths, dtype=str), labels=self.labels, meta=np.array(json.dumps(meta)),
+                 **self.index.to_arrays())
+        path = Path(path)
+        atomic_write_bytes(buf.getvalue(), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SearchIndex":
+        """Read a file written by :meth:`save` (never unpickles).
+
+        Raises:
+            UserError: missing, unreadable, foreign or inconsistent file.
+        """
+        arrays, meta = read_npz(path, FORMAT, "plm index EMBEDDINGS.npz --out INDEX.npz", VERSION)
+        try:
+            index = VectorIndex.from_arrays(meta["index"], arrays)
+            extra = {k: v for k, v in meta.items()
+                     if k not in ("format", "version", "index", "root", "model", "class_names")}
+            return cls(index=index, paths=[str(p) for p in arrays["paths"]], labels=arrays["labels"],
+                       root=meta["root"], model=meta["model"],
+                       class_names={int(k): v for k, v in meta.get("class_names", {}).items()}, extra=extra)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise UserError(f"{path} is an inconsistent plm index file ({err}); rebuild it with plm index") from err

@@ -1,0 +1,48 @@
+"""The ``plm search --html`` gallery: each query with its results as thumbnails, all text escaped."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Optional, Sequence
+
+from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
+from plm.viz.html import Page, Tile
+
+
+def _thumb(path: Path) -> Any:
+    try:
+        return open_image(path)
+    except (ImageLoadError, OSError):
+        return None
+
+
+def search_page(results: Sequence[dict[str, Any]], idx: Any, root: Path, title: str, subtitle: str = "",
+                query_label: Optional[Callable[[str], Optional[int]]] = None) -> Page:
+    """A :class:`~plm.viz.html.Page` with one gallery row per query.
+
+    Args:
+        results: ``[{"query": PATH, "results": [{"rank", "path", "distance", "label"}]}]``.
+        idx: the :class:`~plm.search.SearchIndex` (labels, class names).
+        root: folder the result paths are relative to.
+        title: page title.
+        subtitle: line under the title.
+        query_label: query path → label id when known; results then get right/wrong borders.
+    """
+    page = Page(title, subtitle)
+    section = page.section("Results")
+    label_of = {p: int(y) for p, y in zip(idx.paths, idx.labels)}
+    for item in results:
+        q = item["query"]
+        qy = query_label(q) if query_label else None
+        tiles = [Tile(_thumb(Path(q)), caption=q, detail="query" + (f" · {idx.class_names.get(qy, qy)}" if qy is not None else ""),
+                      mark="query")]
+        for hit in item["results"]:
+            try:
+                image = _thumb(safe_join(root, str(PurePosixPath(hit["path"]))))
+            except UnsafePathError:
+                image = None
+            mark = None if qy is None or label_of.get(hit["path"], -1) < 0 else ("right" if label_of[hit["path"]] == qy else "wrong")
+            detail = f"#{hit['rank']} · d={hit['distance']:.4f}" + (f" · {hit['label']}" if hit.get("label") else "")
+            tiles.append(Tile(image, caption=hit["path"], detail=detail, mark=mark))
+        section.gallery_row(tiles, heading=f"query: {q}")
+    return page
