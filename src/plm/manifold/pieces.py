@@ -26,6 +26,7 @@ from plm.manifold.neighbors import knn_candidates
 
 DENSE_MAX = 4096  # up to this many points, candidates come from one dense distance matrix
 _REL_TOL = 1e-6  # eigenvalues below this share of the set's variance count as zero
+ERR_SLACK = 1e-6  # rounding slack on the fit-error test (an exact fit must not fail ε = 0 by rounding)
 
 
 def check_points(x: Tensor, name: str = "x") -> None:
@@ -193,7 +194,7 @@ def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
             trial = w[:, :t + 1].clone()
             trial[:, t] = 1.0
             err = fit_error(gram[:, :t + 1, :t + 1], trial, m, config.criterion, anchor_dist[:, :t + 1])
-            accept = valid[:, t] & (err <= config.eps)
+            accept = valid[:, t] & (err <= config.eps + ERR_SLACK)
         w[:, t] = accept.to(w.dtype)
     return w > 0.5
 
