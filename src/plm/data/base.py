@@ -35,13 +35,21 @@ class ImageLoadError(OSError):
     """An image file could not be decoded."""
 
 
-def safe_join(root: Path, relative: str) -> Path:
+def safe_join(root: Path, relative: str, resolved_root: Optional[Path] = None) -> Path:
     """``root / relative``, refusing absolute paths and anything that resolves outside ``root``.
+
+    Symbolic links are followed before the check, so a link pointing out of the root is refused.
+
+    Args:
+        root: the dataset root.
+        relative: an index entry.
+        resolved_root: ``root.resolve()``, when the caller already has it (saves a system call
+            per entry on large indexes).
 
     Raises:
         UnsafePathError: the entry would leave the dataset root.
     """
-    root_resolved = root.resolve()
+    root_resolved = resolved_root if resolved_root is not None else Path(root).resolve()
     rel = Path(relative)
     if rel.is_absolute():
         raise UnsafePathError(f"index entry {relative!r} is an absolute path; entries must stay inside {root}")
@@ -70,13 +78,22 @@ def class_split(classes: Sequence[int], split: str, n_train: int, val_classes: i
 
     ``val`` is the last ``val_classes`` of the seen classes and is removed from ``train``; ``all``
     is every class. Splits are class-disjoint by construction.
+
+    Raises:
+        ValueError: unknown split, ``val`` asked for without ``val_classes``, or ``val_classes``
+            leaving no training class.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ordered = sorted(set(int(c) for c in classes))
     seen, unseen = ordered[:n_train], ordered[n_train:]
-    if not 0 <= val_classes < len(seen):
-        raise ValueError(f"val_classes must be in [0, {len(seen) - 1}] (there are {len(seen)} seen classes), got {val_classes}")
+    if val_classes < 0:
+        raise ValueError(f"val_classes must be ≥ 0, got {val_classes}")
+    if split == "val" and val_classes == 0:
+        raise ValueError("the 'val' split is carved from the seen classes: pass val_classes > 0 (--val-classes N)")
+    if val_classes and val_classes >= len(seen):
+        raise ValueError(f"val_classes must be in [0, {len(seen) - 1}] (there are {len(seen)} seen classes), "
+                         f"got {val_classes}")
     cut = len(seen) - val_classes
     return {"train": seen[:cut], "val": seen[cut:], "test": unseen, "all": ordered}[split]
 
@@ -193,7 +210,8 @@ class FileImageDataset(ImageDataset):
         self.root = Path(root)
         if len(relpaths) != len(labels):
             raise ValueError("relpaths and labels must have the same length")
-        self.paths = [safe_join(self.root, p) for p in relpaths]
+        resolved = self.root.resolve()
+        self.paths = [safe_join(self.root, p, resolved) for p in relpaths]
         self.ids = [str(p).replace(os.sep, "/") for p in relpaths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.name, self.split, self.class_names = name, split, class_names

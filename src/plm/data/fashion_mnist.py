@@ -10,6 +10,8 @@ to get the files.
 from __future__ import annotations
 
 import gzip
+import http.client
+import zlib
 import os
 import struct
 import urllib.request
@@ -41,7 +43,7 @@ def _has_files(folder: Path) -> bool:
 
 def _candidates(root: Optional[str | os.PathLike]) -> list[Path]:
     if root is not None:
-        return [Path(root)]
+        return [Path(root).expanduser(), Path(root).expanduser() / "fashion-mnist"]
     found = []
     if os.environ.get("PLM_DATA_ROOT"):
         found.append(Path(os.environ["PLM_DATA_ROOT"]) / "fashion-mnist")
@@ -49,16 +51,21 @@ def _candidates(root: Optional[str | os.PathLike]) -> list[Path]:
 
 
 def _download(target: Path, timeout: float = 20.0) -> None:
+    """Fetch the four files into ``target``, each written under a temporary name, checked, then renamed."""
     target.mkdir(parents=True, exist_ok=True)
     for pair in FILES.values():
         for name in pair:
             dest = target / name
             if dest.is_file():
                 continue
-            tmp = dest.with_suffix(".part")
-            with urllib.request.urlopen(URL + name, timeout=timeout) as resp, open(tmp, "wb") as fh:
-                fh.write(resp.read())
-            os.replace(tmp, dest)
+            tmp = target / (name + ".part")
+            try:
+                with urllib.request.urlopen(URL + name, timeout=timeout) as resp, open(tmp, "wb") as fh:
+                    fh.write(resp.read())
+                read_idx(tmp)  # a proxy's HTML page or a cut-off transfer is refused here
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
 
 
 def find_fashion_mnist(root: Optional[str | os.PathLike] = None, download: bool = True) -> Path:
@@ -73,13 +80,15 @@ def find_fashion_mnist(root: Optional[str | os.PathLike] = None, download: bool 
             return folder
     expected = ", ".join(f for pair in FILES.values() for f in pair)
     if root is not None:
-        raise DatasetNotFoundError(f"Fashion-MNIST not found in {root}: expected the files {expected} there")
+        raise DatasetNotFoundError(f"Fashion-MNIST not found in {root}: expected the files {expected} there "
+                                   f"(on Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then "
+                                   f"--data-root {DEBIAN_DIR})")
     error = "download disabled"
     if download:
         try:
             _download(cache_dir())
             return cache_dir()
-        except OSError as err:
+        except (OSError, ValueError, http.client.HTTPException) as err:
             error = f"download from {URL} failed: {err}"
     raise DatasetNotFoundError(
         "Fashion-MNIST not found (looked in " + ", ".join(map(str, candidates)) + f"; {error}). "
@@ -89,17 +98,31 @@ def find_fashion_mnist(root: Optional[str | os.PathLike] = None, download: bool 
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file (ubyte images or labels) into a numpy array."""
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
+    """Read a gzipped IDX file (unsigned-byte images or labels) into a numpy array.
+
+    Raises:
+        ValueError: not gzip, not an unsigned-byte IDX file, truncated, or with extra data.
+    """
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise ValueError(f"{path} is not a complete gzip file ({type(err).__name__}: {err}); "
+                         f"delete it and get it again") from err
+    if len(data) < 4:
+        raise ValueError(f"{path} is truncated: {len(data)} bytes, not even an IDX header")
     magic, = struct.unpack(">I", data[:4])
     ndim = magic & 0xFF
     if magic >> 8 != 0x08 or ndim not in (1, 3):
         raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x})")
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated inside its IDX header")
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {arr.size}")
+    expected = int(np.prod(dims))
+    if arr.size != expected:
+        state = "truncated" if arr.size < expected else "longer than its header says"
+        raise ValueError(f"{path} is {state}: expected {expected} values for shape {dims}, found {arr.size}")
     return arr.reshape(dims)
 
 

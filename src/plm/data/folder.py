@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from plm.data.base import IMAGE_EXTENSIONS, DatasetNotFoundError, FileImageDataset, class_split
+from plm.data.layout import check_split_not_empty
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -39,6 +40,8 @@ def load_image_folder(root: str | os.PathLike, split: str = "all", val_classes: 
 
     Raises:
         DatasetNotFoundError: ``root`` is missing or holds no images.
+        UnsafePathError: a symbolic link leads out of ``root``.
+        ValueError: a split that is empty or undefined for this folder.
     """
     root = Path(root)
     if not root.is_dir():
@@ -59,5 +62,6 @@ def load_image_folder(root: str | os.PathLike, split: str = "all", val_classes: 
     n_train = max(1, int(round(len(names) * train_fraction))) if split != "all" else len(names)
     keep = set(class_split(range(len(names)), split, n_train=n_train, val_classes=val_classes))
     sel = [i for i, y in enumerate(labels) if y in keep]
+    check_split_not_empty(len(sel), "folder", split, root, names)
     return FileImageDataset(root, [rel[i] for i in sel], [labels[i] for i in sel], "folder", split,
                             class_names={i: n for i, n in enumerate(names)})

@@ -1,0 +1,67 @@
+"""Reading the official index files of the benchmark datasets, with errors that name the layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from plm.data.base import DatasetNotFoundError
+
+
+def find_root(root: str | os.PathLike, marker: str, subfolder: str, layout: str) -> Path:
+    """The dataset folder: ``root`` itself, or ``root/subfolder``, whichever holds ``marker``.
+
+    Raises:
+        DatasetNotFoundError: neither does; the message shows the expected ``layout``.
+    """
+    root = Path(root).expanduser()
+    for folder in (root, root / subfolder):
+        if (folder / marker).is_file():
+            return folder
+    what = "does not exist" if not root.exists() else f"has no {marker}"
+    raise DatasetNotFoundError(f"{root} {what}. Expected layout (pass the top folder as --data-root):\n{layout}")
+
+
+def read_rows(path: Path, columns: int, layout: str, header: bool = False) -> list[list[str]]:
+    """Whitespace-separated rows of exactly ``columns`` fields (the last one may hold spaces).
+
+    Blank lines are ignored; ``header`` drops the first non-blank line.
+
+    Raises:
+        DatasetNotFoundError: the file is missing.
+        ValueError: a row has too few fields (the message names file and line).
+    """
+    if not path.is_file():
+        raise DatasetNotFoundError(f"missing index file {path}. Expected layout:\n{layout}")
+    rows: list[list[str]] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        seen_header = not header
+        for number, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if not seen_header:
+                seen_header = True
+                continue
+            fields = line.split(maxsplit=columns - 1)
+            if len(fields) != columns:
+                raise ValueError(f"{path}:{number}: expected {columns} fields, got {len(fields)}: {line[:80]!r}")
+            rows.append(fields)
+    return rows
+
+
+def to_int(value: str, path: Path, what: str) -> int:
+    """``int(value)`` with an error naming the file and the field."""
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{path}: {what} must be an integer, got {value!r}") from None
+
+
+def check_split_not_empty(n: int, name: str, split: str, root: Path, classes: Optional[Sequence[int]] = None) -> None:
+    """Raise a clear error for an empty split (e.g. ``val`` without ``--val-classes``)."""
+    if n == 0:
+        hint = " (the val split needs --val-classes N > 0)" if split == "val" else ""
+        found = f"; classes present: {len(classes)}" if classes is not None else ""
+        raise ValueError(f"{name}: the {split!r} split of {root} holds no images{hint}{found}")
