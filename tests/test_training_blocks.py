@@ -14,7 +14,7 @@ from plm.manifold import ManifoldConfig, directed_similarity, fit_pieces, simila
 from plm.training.checkpoint import rng_state, set_rng_state
 from plm.training.ema import EMATeacher
 from plm.training.methods import (
-    BatchView, KMeansMethod, PLMMethod, STMLMethod, binary_piece_similarity, stml_similarity,
+    BatchView, KMeansMethod, PLMMethod, STMLMethod, binary_piece_similarity,
 )
 from plm.training.optim import lr_factor
 from plm.training.proxies import ProxyBank
@@ -118,27 +118,11 @@ def test_binary_piece_similarity_small() -> None:
     assert s.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 1]]
 
 
-def _stml_reference(t: torch.Tensor, sigma: float, topk: int) -> torch.Tensor:
-    """STML's published loop (W_C_tilda row by row)."""
-    t = F.normalize(t, dim=1)
-    n = len(t)
-    w_p = torch.exp(-torch.cdist(t, t).pow(2) / sigma)
-    top = torch.topk(w_p, topk)[1]
-    half = top[:, : int(np.around(topk / 2))]
-    w_nn = torch.zeros_like(w_p).scatter_(1, top, torch.ones_like(w_p))
-    v = ((w_nn + w_nn.t()) / 2 == 1).float()
-    w_c_tilda = torch.zeros_like(w_p)
-    for i in range(n):
-        nz = torch.where(v[i, :] != 0)[0]
-        w_c_tilda[i, nz] = (v[:, nz].sum(1) / len(nz))[nz]
-    w_c_hat = w_c_tilda[half].mean(1)
-    w_c = (w_c_hat + w_c_hat.t()) / 2
-    return (w_p + w_c) / 2
+def test_stml_method_uses_the_estimator_target() -> None:
+    from plm.estimators import stml_similarity
 
-
-def test_stml_similarity_matches_reference_loop() -> None:
     _, t = _batch(30, 6, seed=4)
-    assert torch.allclose(stml_similarity(t, 3.0, 10), _stml_reference(t, 3.0, 10), atol=1e-6)
+    assert torch.allclose(STMLMethod(sigma=2.0, k=4).target_similarity(t), stml_similarity(t, 2.0, 4))
 
 
 def test_stml_and_kmeans_methods_run() -> None:

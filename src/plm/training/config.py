@@ -180,15 +180,15 @@ class LossConfig:
 
 @dataclass
 class STMLConfig:
-    """STML peer (METHOD.md §8): W = (W_P + W_C)/2, relaxed contrastive loss."""
+    """STML peer (METHOD.md §8): W = (W_P + W_C)/2 (σ, k-reciprocal k), relaxed contrastive loss (δ)."""
 
     sigma: float = 3.0
-    topk: int = 10
+    k: int = 5
     delta: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("stml.sigma", self.sigma)
-        _positive("stml.topk", self.topk)
+        _positive("stml.k", self.k)
         _positive("stml.delta", self.delta)
 
 

@@ -7,8 +7,8 @@ defaults to the number of local terms (a plain mean). In distributed training ev
 the *global* count, so the ranks' losses add up to the mean over the global batch. With R = B and
 ``row_start = 0`` they are the plain single-process losses.
 
-Distances use a clamped square root, so coincident points (a duplicate image in a batch) give
-zero gradient instead of NaN.
+Distances come from inner products (no (R, B, d) tensor) under a clamped square root, so
+coincident points (a duplicate image in a batch) give zero gradient instead of NaN.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ _EPS = 1e-12
 
 def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
     """Euclidean distances (R, C) between rows of ``a`` (R, d) and ``b`` (C, d), gradient-safe at 0."""
-    diff = a.unsqueeze(1) - b.unsqueeze(0)
-    return diff.pow(2).sum(-1).clamp_min(_EPS).sqrt()
+    d2 = (a * a).sum(1, keepdim=True) + (b * b).sum(1).unsqueeze(0) - 2.0 * (a @ b.T)
+    return d2.clamp_min(_EPS).sqrt()
 
 
 def _offdiag_mask(rows: int, cols: int, row_start: int, device: torch.device) -> Tensor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -184,30 +183,8 @@ class PLMMethod(Method):
 
 # ------------------------------------------------------------------------------------ STML
 
-@torch.no_grad()
-def stml_similarity(t: Tensor, sigma: float = 3.0, topk: int = 10) -> Tensor:
-    """STML's contextual target W = (W_P + W_C) / 2 of a batch (Kim et al., CVPR 2022).
-
-    W_P = exp(−‖t_i − t_j‖² / σ) on L2-normalised embeddings. W_C: with V the mutual top-k
-    neighbour graph (by W_P, self included), W̃_ij = |V_i ∩ V_j| / |V_i| for j ∈ V_i; query
-    expansion averages W̃ over each point's top ⌈k/2⌉ neighbours; W_C is its symmetrisation.
-    """
-    t = F.normalize(t, dim=1)
-    n = t.shape[0]
-    w_p = torch.exp(-torch.cdist(t, t).pow(2) / sigma)
-    k = min(topk, n)
-    top = w_p.topk(k, dim=1).indices
-    w_nn = torch.zeros_like(w_p).scatter_(1, top, 1.0)
-    v = ((w_nn + w_nn.T) / 2 == 1).float()
-    w_tilde = v * (v @ v.T) / v.sum(1, keepdim=True).clamp_min(1.0)
-    half = top[:, : max(1, int(np.around(k / 2)))]
-    w_c_hat = w_tilde[half].mean(1)
-    w_c = (w_c_hat + w_c_hat.T) / 2
-    return (w_p + w_c) / 2
-
-
 class STMLMethod(Method):
-    """STML peer: contextual similarity from the teacher + relaxed contrastive loss (δ = 1).
+    """STML peer: contextual similarity (:func:`plm.estimators.stml_similarity`) + relaxed contrastive loss.
 
     Only the contextual-similarity target and the relaxed contrastive loss on row-mean-normalised
     student distances are reproduced (not STML's second head and self-distillation term).
@@ -215,14 +192,16 @@ class STMLMethod(Method):
 
     name = "stml"
 
-    def __init__(self, sigma: float = 3.0, topk: int = 10, delta: float = 1.0):
+    def __init__(self, sigma: float = 3.0, k: int = 5, delta: float = 1.0):
         super().__init__()
-        if sigma <= 0 or topk < 1 or delta <= 0:
-            raise ValueError(f"sigma, topk and delta must be positive, got {sigma}, {topk}, {delta}")
-        self.sigma, self.topk, self.delta = float(sigma), int(topk), float(delta)
+        if sigma <= 0 or k < 1 or delta <= 0:
+            raise ValueError(f"sigma, k and delta must be positive, got {sigma}, {k}, {delta}")
+        self.sigma, self.k, self.delta = float(sigma), int(k), float(delta)
 
     def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:  # noqa: D102
-        return stml_similarity(teacher, self.sigma, self.topk)
+        from plm.estimators import stml_similarity
+
+        return stml_similarity(teacher, self.sigma, self.k).to(teacher.dtype)
 
     def forward(self, batch: BatchView) -> dict[str, Tensor]:  # noqa: D102
         w = self.target_similarity(batch.teacher_all)
@@ -233,17 +212,11 @@ class STMLMethod(Method):
 
 # ---------------------------------------------------------------------------------- k-means
 
-def kmeans_pseudo_labels(x: Tensor | np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """k-means cluster index of every row (sklearn, one seeded initialisation)."""
-    from sklearn.cluster import KMeans
-
-    x = np.asarray(torch.as_tensor(x).detach().cpu().float().numpy())
-    n_clusters = min(int(n_clusters), len(x))
-    return KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x).astype(np.int64)
-
-
 class KMeansMethod(Method):
     """k-means pseudo-label peer (DeepCluster / UDML-SS style), re-clustered every epoch.
+
+    Pseudo-labels come from :func:`plm.estimators.kmeans_pseudo_labels` on the L2-normalised
+    teacher embeddings of the whole training set.
 
     s_ij = 1 for a pair in the same cluster; contrastive loss with margin ``margin``.
     """
@@ -258,7 +231,10 @@ class KMeansMethod(Method):
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long))
 
     def on_epoch_start(self, train_embeddings: Tensor, epoch: int) -> None:  # noqa: D102
-        labels = kmeans_pseudo_labels(train_embeddings, self.num_clusters, seed=self.seed + epoch)
+        from plm.estimators import kmeans_pseudo_labels
+
+        x = F.normalize(train_embeddings.detach().float(), dim=1).cpu().numpy()
+        labels = kmeans_pseudo_labels(x, self.num_clusters, seed=self.seed + epoch)
         self.pseudo_labels = torch.from_numpy(labels).to(self.pseudo_labels.device)
 
     def _set_size(self, n: int) -> None:
@@ -297,7 +273,7 @@ def build_method(config, embed_dim: int) -> Method:
                          neighbourhood_lambda=config.loss.neighbourhood_lambda, similarity=config.similarity,
                          seed=config.seed)
     if config.method == "stml":
-        return STMLMethod(config.stml.sigma, config.stml.topk, config.stml.delta)
+        return STMLMethod(config.stml.sigma, config.stml.k, config.stml.delta)
     if config.method == "kmeans":
         return KMeansMethod(config.kmeans.num_clusters, config.kmeans.margin, seed=config.seed)
     raise ValueError(f"unknown method {config.method!r}")

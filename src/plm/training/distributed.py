@@ -1,0 +1,163 @@
+"""The few collective operations training needs, as no-ops in a single process.
+
+``torchrun --nproc_per_node=N -m plm train …`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+:func:`init_distributed` then joins the process group (gloo on CPU, NCCL on CUDA).
+
+How a step stays equal to single-process training on the concatenated batch: each rank embeds
+its local rows, teacher embeddings are gathered without gradient, student embeddings with an
+autograd-aware all-gather (its backward sums the other ranks' gradients into each rank's rows),
+each rank's loss is its local rows' share of the global mean, and :meth:`DistContext.all_reduce_grads`
+sums the parameter gradients (no ``DistributedDataParallel`` wrapper, so the proxies and any
+parameter used outside ``forward`` are handled the same way).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistContext:
+    """Rank, world size and collectives; the default instance is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that logs, writes files and shows progress."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Concatenate equal-shaped tensors of all ranks along dim 0, in rank order (no gradient)."""
+        if not self.enabled:
+            return t
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        torch.distributed.all_gather(out, t.contiguous())
+        return torch.cat(out)
+
+    def gather_with_grad(self, t: Tensor) -> Tensor:
+        """Like :meth:`gather`, but gradients flow back to every rank's own rows."""
+        if not self.enabled:
+            return t
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(t.contiguous()))
+
+    def gather_uneven(self, t: Tensor) -> Tensor:
+        """Concatenate tensors whose first dimension differs across ranks, in rank order."""
+        if not self.enabled:
+            return t
+        n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+        sizes = self.gather(n).tolist()
+        pad = torch.zeros((max(sizes) - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+        full = self.gather(torch.cat([t, pad]))
+        chunks = full.split(max(sizes))
+        return torch.cat([c[:s] for c, s in zip(chunks, sizes)])
+
+    def broadcast(self, t: Tensor, src: int = 0) -> Tensor:
+        """``t`` of rank ``src`` on every rank (in place; returned for convenience)."""
+        if self.enabled:
+            torch.distributed.broadcast(t, src)
+        return t
+
+    def broadcast_array(self, a: Optional[np.ndarray], shape_dtype: tuple, device: torch.device) -> np.ndarray:
+        """A numpy array of rank 0 on every rank; the others pass ``None`` and the (shape, dtype)."""
+        if not self.enabled:
+            assert a is not None
+            return a
+        shape, dtype = shape_dtype
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device) if self.is_main else \
+            torch.empty(shape, dtype=dtype, device=device)
+        self.broadcast(t)
+        return t.cpu().numpy()
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Copy every parameter and buffer of rank 0's ``module`` to the other ranks."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                self.broadcast(t.data)
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum over ranks (in place)."""
+        if self.enabled:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def all_reduce_grads(self, params: Iterable[nn.Parameter]) -> None:
+        """Sum the gradients of ``params`` over ranks with one flattened all-reduce."""
+        if not self.enabled:
+            return
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+    def shard(self, n: int) -> np.ndarray:
+        """This rank's contiguous share of ``range(n)`` (sizes differ by at most one; no overlap)."""
+        bounds = np.linspace(0, n, self.world_size + 1).round().astype(int)
+        return np.arange(bounds[self.rank], bounds[self.rank + 1])
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device: str = "cpu", timeout_s: float = 1800.0) -> DistContext:
+    """Join the process group described by torchrun's environment variables.
+
+    Returns a single-process context when ``WORLD_SIZE`` is unset or 1, or the current group's
+    context when one is already initialised (e.g. by a test harness).
+
+    Args:
+        device: ``cpu`` → gloo, ``cuda`` → NCCL (and ``cuda:LOCAL_RANK`` becomes the current device).
+        timeout_s: collective timeout; a rank that dies makes the others fail within it.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return DistContext(dist.get_rank(), dist.get_world_size(), local)
+    world = env_world_size()
+    if world <= 1:
+        return DistContext()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    log.debug("rank %d/%d joined (%s)", rank, world, backend)
+    return DistContext(rank, world, local)

@@ -1,0 +1,321 @@
+"""What the two training modes feed the loop: networks, batches and embedding passes.
+
+- :class:`FrozenPipeline`: pooled backbone features of every split are computed once (and cached
+  on disk by :func:`plm.evaluation.embed_dataset`); the student is the embedding head, so a step
+  costs a matrix product. Augmentation is impossible here: the features come from fixed,
+  un-augmented images.
+- :class:`FinetunePipeline`: the whole network is trained on (optionally augmented) images; every
+  embedding pass (k-NN table, validation, test) runs the network on un-augmented images, sharded
+  over processes and gathered.
+
+Both expose the same interface to :mod:`plm.training.trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from plm.data import ImageDataset, collate_skip
+from plm.models import EmbeddingModel, ModelConfig, build_transform, create_model
+from plm.training.distributed import DistContext
+from plm.training.ema import EMATeacher
+from plm.training.sampler import NeighbourhoodSampler
+
+log = logging.getLogger(__name__)
+
+
+def model_config_of(config) -> ModelConfig:
+    """The :class:`plm.models.ModelConfig` of a training config (saved in checkpoints)."""
+    m = config.model
+    return ModelConfig(backbone=m.backbone, embed_dim=m.embed_dim, pooling=m.pooling, normalize=True,
+                       image_size=m.image_size)
+
+
+def build_model(config) -> EmbeddingModel:
+    """The pretrained embedding model (random orthogonal head, from the global torch RNG)."""
+    from plm.errors import UserError
+
+    try:
+        return create_model(model_config_of(config), pretrained=config.model.backbone_weights or True)
+    except ValueError as err:
+        if config.model.backbone_weights is None and "no ImageNet weights" in str(err):
+            raise UserError(f"{config.model.backbone} ships without ImageNet weights and nothing is downloaded: set "
+                            f"model.backbone_weights=PATH (a torchvision state dict)") from err
+        raise
+
+
+class Pipeline:
+    """Common interface; see the module docs."""
+
+    student: nn.Module
+    teacher: EMATeacher
+    model: EmbeddingModel
+
+    def __init__(self, config, device: torch.device, ctx: DistContext, progress: bool):
+        self.config, self.device, self.ctx, self.progress = config, device, ctx, progress and ctx.is_main
+
+    # -- parameters
+    def param_groups(self) -> list[dict]:
+        """AdamW groups: ``backbone`` (finetune only) and ``embedding``; decay on weights only."""
+        o = self.config.optim
+        lrs = {"backbone": o.lr_backbone, "embedding": o.lr_embedding}
+        frozen = self.student is self.model.head
+        groups = []
+        for group in ("backbone", "embedding"):
+            params = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad
+                      and ("embedding" if frozen or n.startswith("head.") else "backbone") == group]
+            decay = [p for _, p in params if p.ndim > 1]
+            no_decay = [p for _, p in params if p.ndim <= 1]
+            if decay:
+                groups.append({"name": group, "params": decay, "lr": lrs[group], "weight_decay": o.weight_decay})
+            if no_decay:
+                groups.append({"name": group, "params": no_decay, "lr": lrs[group], "weight_decay": 0.0})
+        return groups
+
+    def set_train(self) -> None:
+        """Student in training mode (BatchNorm frozen when configured)."""
+        self.student.train()
+
+    # -- to be provided by subclasses
+    @property
+    def num_train(self) -> int:  # noqa: D102
+        raise NotImplementedError
+
+    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+        """(inputs, positions) of this rank's batches of the sampler's current epoch."""
+        raise NotImplementedError
+
+    def train_embeddings(self, net: str = "teacher") -> Tensor:
+        """(N, d) embeddings of every training item (un-augmented), on every rank."""
+        raise NotImplementedError
+
+    def embed_split(self, split: ImageDataset, net: str = "student") -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(vectors, labels) of a split on rank 0 (``None`` on the others)."""
+        raise NotImplementedError
+
+    def baseline_split(self, split: ImageDataset) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(vectors, labels) of the pretrained backbone's L2-normalised pooled features (rank 0)."""
+        raise NotImplementedError
+
+    def _net(self, which: str) -> nn.Module:
+        if which not in ("student", "teacher"):
+            raise ValueError(f"net must be 'student' or 'teacher', got {which!r}")
+        return self.student if which == "student" else self.teacher.module
+
+    def export_state(self, which: str) -> dict:
+        """Full :class:`EmbeddingModel` state dict with the chosen network's weights (for load_model)."""
+        raise NotImplementedError
+
+    def load_export_state(self, state: dict) -> None:
+        """Load an :meth:`export_state` into :attr:`model` (used for the final test evaluation)."""
+        self.model.load_state_dict(state)
+
+
+class FrozenPipeline(Pipeline):
+    """Cached pooled features; trains the embedding head (see module docs)."""
+
+    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True):
+        super().__init__(config, device, ctx, progress)
+        if config.data.augment:
+            log.info("frozen mode: backbone features are computed once from un-augmented images, so data "
+                     "augmentation is not possible (use mode=finetune for it)")
+        self.model = build_model(config)
+        self.model.requires_grad_(False)
+        m = config.model
+        feature_cfg = ModelConfig(backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False,
+                                  image_size=m.image_size)
+        # shares the backbone; its fingerprint does not depend on the randomly initialised head
+        self._feature_model = EmbeddingModel(self.model.backbone, feature_cfg)
+        self.splits = splits
+        self._features: dict[int, tuple[Tensor, np.ndarray]] = {}
+        self.train_features, _ = self._split_features(splits.train)
+        self.student = self.model.head.to(device)
+        self.student.requires_grad_(True)
+        self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
+
+    def _split_features(self, ds: ImageDataset) -> tuple[Tensor, np.ndarray]:
+        from plm.evaluation import embed_dataset
+
+        key = id(ds)
+        if key not in self._features:
+            cache = None if self.config.data.cache else False
+            kw = dict(batch_size=self.config.eval.batch_size, features=True, cache_dir=cache, device=self.device,
+                      num_workers=self.config.data.num_workers)
+            if self.ctx.enabled and cache is not False:  # rank 0 fills the cache, the others read it
+                if self.ctx.is_main:
+                    emb = embed_dataset(self._feature_model, ds, progress=self.progress, **kw)
+                self.ctx.barrier()
+                if not self.ctx.is_main:
+                    emb = embed_dataset(self._feature_model, ds, progress=False, **kw)
+            else:
+                emb = embed_dataset(self._feature_model, ds, progress=self.progress, **kw)
+            if emb.skipped:
+                log.warning("%s/%s: skipped %d unreadable image(s), e.g. %s", ds.name, ds.split, len(emb.skipped),
+                            ", ".join(emb.skipped[:3]))
+            self._features[key] = (torch.from_numpy(emb.vectors).to(self.device), emb.labels)
+        return self._features[key]
+
+    @property
+    def num_train(self) -> int:  # noqa: D102
+        return int(self.train_features.shape[0])
+
+    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:  # noqa: D102
+        for positions in sampler:
+            idx = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+            yield self.train_features[idx], idx
+
+    @torch.no_grad()
+    def _apply(self, net: nn.Module, feats: Tensor, chunk: int = 8192) -> Tensor:
+        return torch.cat([net(feats[i:i + chunk]) for i in range(0, len(feats), chunk)]) if len(feats) else \
+            torch.zeros(0, self.model.out_dim, device=feats.device)
+
+    def train_embeddings(self, net: str = "teacher") -> Tensor:  # noqa: D102
+        module = self._net(net)
+        was_training = module.training
+        module.eval()
+        out = self._apply(module, self.train_features)
+        module.train(was_training)
+        return out
+
+    def embed_split(self, split: ImageDataset, net: str = "student"):  # noqa: D102
+        feats, labels = self._split_features(split)
+        if not self.ctx.is_main:
+            return None
+        module = self._net(net)
+        was_training = module.training
+        module.eval()
+        out = self._apply(module, feats).cpu().numpy()
+        module.train(was_training)
+        return out, labels
+
+    def baseline_split(self, split: ImageDataset):  # noqa: D102
+        feats, labels = self._split_features(split)
+        if not self.ctx.is_main:
+            return None
+        return torch.nn.functional.normalize(feats, dim=1).cpu().numpy(), labels
+
+    def export_state(self, which: str) -> dict:  # noqa: D102
+        head = self._net(which)
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if not k.startswith("head.")}
+        state.update({f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()})
+        return state
+
+    def load_export_state(self, state: dict) -> None:  # noqa: D102
+        head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        self.model.head.load_state_dict(head)
+
+
+def embed_distributed(model: EmbeddingModel, dataset: ImageDataset, ctx: DistContext, batch_size: int = 128,
+                      device: torch.device | str = "cpu", num_workers: int = 0,
+                      progress: bool = False) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """Embed a dataset with every rank doing a contiguous shard (uneven sizes, no duplicates).
+
+    Returns, on every rank, (vectors (N', d) on ``device``, labels (N',), dataset positions (N',))
+    in dataset order, N' ≤ N leaving out unreadable images. Single process: a plain
+    :func:`plm.evaluation.embed_dataset` without cache.
+    """
+    from plm.evaluation import embed_dataset
+
+    shard = ctx.shard(len(dataset))
+    sub = dataset.subset(shard) if ctx.enabled else dataset
+    emb = embed_dataset(model, sub, batch_size=batch_size, cache_dir=False, device=device, num_workers=num_workers,
+                        progress=progress and ctx.is_main)
+    pos_of = {item: p for p, item in enumerate(sub.ids)}
+    local = np.asarray([pos_of[i] for i in emb.ids], dtype=np.int64)
+    kept = shard[local] if ctx.enabled else local
+    vec = torch.from_numpy(emb.vectors).to(device)
+    if ctx.enabled:
+        vec = ctx.gather_uneven(vec)
+        kept = ctx.gather_uneven(torch.from_numpy(kept).to(device)).cpu().numpy()
+    return vec, dataset.labels[kept], kept
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """BatchNorm layers in eval mode (running statistics kept) with frozen affine weights."""
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+            for p in mod.parameters(recurse=False):
+                p.requires_grad_(False)
+
+
+class FinetunePipeline(Pipeline):
+    """The whole network is trained on images (see module docs)."""
+
+    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True):
+        super().__init__(config, device, ctx, progress)
+        self.model = build_model(config).to(device)
+        self.student = self.model
+        self.splits = splits
+        self.train_ds = splits.train
+        self._train_transform = build_transform(self.model.preprocess, train=config.data.augment)
+        self.set_train()
+        self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
+        self._pretrained_backbone: Optional[dict] = None
+        if config.eval.baseline and splits.test is not None:
+            self._pretrained_backbone = {k: v.detach().cpu().clone() for k, v in self.model.backbone.state_dict().items()}
+
+    def set_train(self) -> None:  # noqa: D102
+        self.student.train()
+        if self.config.model.freeze_bn:
+            freeze_batchnorm(self.student)
+
+    @property
+    def num_train(self) -> int:  # noqa: D102
+        return len(self.train_ds)
+
+    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:  # noqa: D102
+        before = self.train_ds.transform
+        self.train_ds.transform = self._train_transform
+        loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_skip,
+                                             num_workers=self.config.data.num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        try:
+            for images, _labels, positions, dropped in loader:  # labels are never used
+                if dropped[0]:
+                    raise RuntimeError(f"{dropped[0]} training image(s) became unreadable during training")
+                yield images.to(self.device, non_blocking=True), positions.to(self.device)
+        finally:
+            self.train_ds.transform = before
+
+    def _embed(self, module: EmbeddingModel, ds: ImageDataset, progress: bool) -> tuple[Tensor, np.ndarray, np.ndarray]:
+        return embed_distributed(module, ds, self.ctx, batch_size=self.config.eval.batch_size, device=self.device,
+                                 num_workers=self.config.data.num_workers, progress=progress)
+
+    def train_embeddings(self, net: str = "teacher") -> Tensor:  # noqa: D102
+        module = self._net(net)
+        vec, _, kept = self._embed(module, self.train_ds, self.progress)
+        if len(kept) != len(self.train_ds):  # drop unreadable images from training for good
+            log.warning("%d unreadable training image(s) left out of training", len(self.train_ds) - len(kept))
+            self.train_ds = self.train_ds.subset(kept)
+        self.set_train()
+        return vec
+
+    def embed_split(self, split: ImageDataset, net: str = "student"):  # noqa: D102
+        vec, labels, _ = self._embed(self._net(net), split, self.progress)
+        self.set_train()
+        return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
+
+    def baseline_split(self, split: ImageDataset):  # noqa: D102
+        if self._pretrained_backbone is None:
+            return None
+        ref = EmbeddingModel(create_model(model_config_of(self.config), pretrained=False).backbone,
+                             ModelConfig(self.config.model.backbone, None, self.config.model.pooling, True,
+                                         self.config.model.image_size))
+        ref.backbone.load_state_dict(self._pretrained_backbone)
+        vec, labels, _ = self._embed(ref.to(self.device), split, self.progress)
+        return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
+
+    def export_state(self, which: str) -> dict:  # noqa: D102
+        return {k: v.detach().cpu().clone() for k, v in self._net(which).state_dict().items()}
+
+
+def build_pipeline(config, splits, device: torch.device, ctx: DistContext, progress: bool = True) -> Pipeline:
+    """The pipeline of ``config.mode``."""
+    cls = FrozenPipeline if config.mode == "frozen" else FinetunePipeline
+    return cls(config, splits, device, ctx, progress)

@@ -1,0 +1,454 @@
+"""The training loop: a thin layer over the pipeline, sampler, method, EMA teacher and optimiser.
+
+Per epoch: re-seed (from seed, epoch, rank), embed the training set with the teacher
+(un-augmented), build the k-NN table (rank 0, broadcast), let the method refresh its state, run
+the steps, validate, write ``last.pt`` (and ``best.pt`` when the selection score improves) and the
+metrics CSV. At the end the best checkpoint is evaluated once on the test split
+(``metrics.json``, the keys of ``plm eval --json``).
+
+Resuming restores model, teacher, method (proxies), optimiser, scheduler, epoch, sampler and RNG
+states from ``last.pt``; every epoch's randomness is a function of (seed, epoch, rank), so a run
+interrupted at any point and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from plm.models import EmbeddingModel
+from plm.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from plm.training.config import TrainConfig, config_diff
+from plm.training.distributed import DistContext, init_distributed
+from plm.training.history import TensorBoardLogger, write_csv
+from plm.training.methods import BatchView, KMeansMethod, build_method
+from plm.training.optim import build_optimizer, build_scheduler
+from plm.training.pipeline import build_pipeline, model_config_of
+from plm.training.sampler import NeighbourhoodSampler
+from plm.training.splits import load_splits
+from plm.utils.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+#: config keys that may differ between a run and its resumption
+RESUME_FREE_KEYS = ("device", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        config: the resolved configuration.
+        out_dir: the output folder.
+        history: one dict per epoch (the rows of ``metrics.csv``).
+        selection: ``val_map_at_r`` (validation MAP@R, higher is better) or ``train_loss``
+            (mean training loss, lower is better; used without a validation split).
+        best_epoch: the selected epoch (1-based).
+        best_checkpoint: path of ``best.pt``.
+        last_checkpoint: path of ``last.pt``.
+        test_metrics: test-split metrics of the best checkpoint (``None`` without a labelled test split).
+        baseline_metrics: test-split metrics of the pretrained backbone (``None`` when not computed).
+        model: the best model (CPU, eval mode).
+    """
+
+    config: TrainConfig
+    out_dir: Path
+    history: list[dict[str, Any]]
+    selection: str
+    best_epoch: int
+    best_checkpoint: Path
+    last_checkpoint: Path
+    test_metrics: Optional[dict[str, Any]] = None
+    baseline_metrics: Optional[dict[str, Any]] = None
+    model: Optional[EmbeddingModel] = field(default=None, repr=False)
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` uses ``cuda:LOCAL_RANK`` in distributed runs.
+
+    Raises:
+        ValueError: ``cuda`` requested without a GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda but no CUDA GPU is available; use --device cpu or auto")
+        return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's epoch (independent streams for every (seed, epoch, rank))."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def default_ks(dataset: str) -> list[int]:
+    """Recall@K list of a dataset: 1/10/100/1000 on SOP, 1/2/4/8 elsewhere."""
+    return [1, 10, 100, 1000] if dataset == "sop" else [1, 2, 4, 8]
+
+
+class Trainer:
+    """One training run; :func:`train` is the usual entry point.
+
+    Args:
+        config: resolved configuration.
+        out_dir: output folder (checkpoints, ``config.yaml``, ``metrics.csv``, ``metrics.json``).
+        progress: show progress bars (rank 0 only).
+        resume: continue from ``out_dir/last.pt`` when it exists.
+        ctx: distributed context; default from the environment (single process without torchrun).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False,
+                 ctx: Optional[DistContext] = None):
+        self.config = config
+        self.out = Path(out_dir)
+        self.ctx = ctx if ctx is not None else init_distributed(
+            "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(config.device, self.ctx)
+        self.progress = progress and config.log.progress
+        self.resume_requested = resume
+        self.last_path, self.best_path = checkpoint_paths(self.out)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.global_step = 0
+        self.best: dict[str, Any] = {"epoch": 0, "value": None}
+        self._train_emb: Optional[torch.Tensor] = None
+        #: set to {} to accumulate seconds per step phase (forward, method, backward_step)
+        self.timings: Optional[dict[str, float]] = None
+        self._setup()
+
+    # ------------------------------------------------------------------------------ setup
+    @property
+    def selection(self) -> str:
+        """``val_map_at_r`` with a validation split, ``train_loss`` without."""
+        return "val_map_at_r" if self.splits.val is not None else "train_loss"
+
+    def _setup(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        ckpt = None
+        if self.last_path.is_file():
+            if not self.resume_requested:
+                raise ValueError(f"{self.out} already holds a run ({self.last_path.name}); pass --resume to continue "
+                                 f"it or choose another --out")
+            ckpt = load_checkpoint(self.last_path)
+            diff = [k for k in config_diff(ckpt["config"], cfg.to_dict()) if k not in RESUME_FREE_KEYS]
+            if diff:
+                raise ValueError(f"cannot resume {self.last_path}: the config differs in {', '.join(diff)} "
+                                 f"(a resumed run must use the same settings; see {self.out / 'config.yaml'})")
+        elif self.resume_requested and ctx.is_main:
+            log.info("no checkpoint in %s: starting from scratch", self.out)
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cfg.to_yaml().encode(), self.out / "config.yaml")
+        seed_everything(cfg.seed)
+        self.splits = load_splits(cfg)
+        self.pipeline = build_pipeline(cfg, self.splits, self.device, ctx, self.progress)
+        # the first teacher pass also drops unreadable training images (finetune mode)
+        first = self.pipeline.train_embeddings("teacher")
+        self.method = build_method(cfg, self.pipeline.model.out_dim).to(self.device)
+        if isinstance(self.method, KMeansMethod):
+            self.method._set_size(self.pipeline.num_train)
+        self.sampler = NeighbourhoodSampler(self.pipeline.num_train, cfg.sampler.batch_size, cfg.sampler.k, cfg.seed,
+                                            ctx.rank, ctx.world_size, cfg.sampler.batches_per_epoch)
+        groups = self.pipeline.param_groups()
+        method_params = [p for p in self.method.parameters() if p.requires_grad]
+        if method_params:
+            groups.append({"name": "proxies", "params": method_params, "lr": cfg.optim.lr_proxies, "weight_decay": 0.0})
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = build_optimizer(groups)
+        steps = len(self.sampler)
+        self.scheduler = build_scheduler(self.optimizer, cfg.epochs * steps, int(round(cfg.optim.warmup_epochs * steps)),
+                                         cfg.optim.schedule)
+        if ckpt is not None:
+            self._restore(ckpt)
+        else:
+            self.method.prepare(first)
+            ctx.broadcast_module(self.method)
+            self._train_emb = first
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.pipeline.student.load_state_dict(ckpt["student_state"])
+        self.pipeline.teacher.module.load_state_dict(ckpt["teacher_state"])
+        self.method.load_state_dict(ckpt["method_state"])
+        self.method.to(self.device)
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        self.sampler.load_state_dict(ckpt["sampler_state"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.history = list(ckpt["history"])
+        self.best = dict(ckpt["best"])
+        if self.ctx.is_main:
+            log.info("resumed %s at epoch %d/%d", self.last_path, self.start_epoch, self.config.epochs)
+
+    # ------------------------------------------------------------------------------ steps
+    def knn_table(self, emb: torch.Tensor) -> np.ndarray:
+        """(N, k−1) nearest other training items of each item (rank 0 computes, all receive)."""
+        from plm.evaluation import knn
+
+        n, kk = emb.shape[0], self.config.sampler.k - 1
+        if kk == 0:
+            return np.zeros((n, 0), dtype=np.int64)
+        table = knn(emb.float().cpu().numpy(), k=kk)[1] if self.ctx.is_main else None
+        return self.ctx.broadcast_array(table, ((n, kk), torch.long), self.device)
+
+    def step(self, inputs: torch.Tensor, positions: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on this rank's share of a batch; returns the global loss terms."""
+        ctx, pipe = self.ctx, self.pipeline
+        timing = self.timings is not None
+        t0 = time.perf_counter()
+        z = pipe.student(inputs)
+        with torch.no_grad():
+            t = pipe.teacher(inputs)
+        z_all = ctx.gather_with_grad(z)
+        t_all = ctx.gather(t)
+        idx_all = ctx.gather(positions)
+        if timing:
+            self._sync()
+            t1 = time.perf_counter()
+        terms = self.method(BatchView(z, z_all, t_all, idx_all, row_start=ctx.rank * z.shape[0],
+                                      world_size=ctx.world_size))
+        if timing:
+            self._sync()
+            t2 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        ctx.all_reduce_grads(self.params)
+        if self.config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        pipe.teacher.update(pipe.student)
+        self.global_step += 1
+        names = list(terms)
+        values = ctx.all_reduce_sum(torch.stack([terms[k].detach().float() for k in names]))
+        out = dict(zip(names, values.tolist()))
+        if timing:
+            t3 = time.perf_counter()
+            for key, dt in (("forward", t1 - t0), ("method", t2 - t1), ("backward_step", t3 - t2)):
+                self.timings[key] = self.timings.get(key, 0.0) + dt
+        return out
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start_epoch_state(self, epoch: int) -> None:
+        """Seed, k-NN table, sampler epoch and method refresh for ``epoch`` (0-based)."""
+        cfg, ctx = self.config, self.ctx
+        s = epoch_seed(cfg.seed, epoch, ctx.rank)
+        seed_everything(s)
+        emb = self._train_emb if self._train_emb is not None else self.pipeline.train_embeddings("teacher")
+        self._train_emb = None
+        self.sampler.set_neighbours(self.knn_table(emb))
+        self.sampler.set_epoch(epoch)
+        self.method.on_epoch_start(emb, epoch)
+        ctx.broadcast_module(self.method)
+        self.pipeline.set_train()
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; returns its metrics row (without validation)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.start_epoch_state(epoch)
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(total=len(self.sampler), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (self.progress and self.ctx.is_main), leave=False)
+        for inputs, positions in self.pipeline.batches(self.sampler):
+            terms = self.step(inputs, positions)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+            if not math.isfinite(terms["loss"]):
+                raise FloatingPointError(f"loss became {terms['loss']} at epoch {epoch + 1}, step {steps}; "
+                                         f"lower the learning rates (optim.*) or enable optim.grad_clip")
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{steps * cfg.sampler.batch_size / elapsed:.0f}")
+            bar.update(1)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.global_step}
+        row["loss"] = sums.pop("loss") / max(steps, 1)
+        row.update({f"loss_{k}": v / max(steps, 1) for k, v in sums.items()})
+        for group in self.optimizer.param_groups:
+            row.setdefault(f"lr_{group['name']}", group["lr"])
+        row["time_s"] = round(elapsed, 3)
+        row["images_per_s"] = round(steps * cfg.sampler.batch_size / max(elapsed, 1e-9), 1)
+        return row
+
+    # ------------------------------------------------------------------------------ evaluation
+    def _metrics(self, split, ks: list[int], with_nmi: bool, baseline: bool = False) -> Optional[dict[str, Any]]:
+        from plm.evaluation import retrieval_metrics
+
+        res = self.pipeline.baseline_split(split) if baseline else self.pipeline.embed_split(split, "student")
+        if res is None:
+            return None
+        vec, labels = res
+        m = retrieval_metrics(vec, labels, ks=ks, with_nmi=with_nmi)
+        return {"dataset": self.config.dataset, "split": split.split, "skipped": len(split) - len(labels), **m}
+
+    def validate(self) -> Optional[float]:
+        """Validation MAP@R of the evaluated network (``eval.model``), on every rank."""
+        from plm.evaluation import retrieval_metrics
+
+        if self.splits.val is None:
+            return None
+        res = self.pipeline.embed_split(self.splits.val, self.config.eval.model)
+        value = torch.zeros(1, dtype=torch.float64, device=self.device)
+        if res is not None:
+            value[0] = retrieval_metrics(res[0], res[1], ks=[1], with_nmi=False)["map_at_r"]
+        return float(self.ctx.broadcast(value)[0])
+
+    def _improved(self, score: float) -> bool:
+        prev = self.best.get("value")
+        if prev is None:
+            return True
+        return score > prev if self.selection == "val_map_at_r" else score < prev
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _payload(self, epoch: int) -> dict[str, Any]:
+        pipe = self.pipeline
+        cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
+        return {
+            "model_config": model_config_of(self.config).to_dict(),
+            "model_state": pipe.export_state(self.config.eval.model),
+            "student_state": cpu(pipe.student.state_dict()),
+            "teacher_state": cpu(pipe.teacher.module.state_dict()),
+            "method_state": cpu(self.method.state_dict()),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "rng": rng_state(),
+            "sampler_state": self.sampler.state_dict(),
+            "config": self.config.to_dict(),
+            "history": list(self.history),
+            "best": dict(self.best),
+            "selection": self.selection,
+            "method": self.config.method,
+        }
+
+    # ------------------------------------------------------------------------------ run
+    def run(self, stop_after: Optional[int] = None) -> Optional[TrainResult]:
+        """Train the remaining epochs, then evaluate the best checkpoint on the test split.
+
+        Args:
+            stop_after: leave after this epoch (1-based) as if interrupted, returning ``None``;
+                a later run with ``resume=True`` continues from ``last.pt``.
+        """
+        cfg, ctx = self.config, self.ctx
+        tb = TensorBoardLogger(self.out / "tensorboard", cfg.log.tensorboard) if ctx.is_main else None
+        try:
+            if self.start_epoch == 0 and not self.history and self.splits.val is not None:
+                # the untrained model's score, for reference (never a selection candidate)
+                self.history.append({"epoch": 0, "step": 0, "val_map_at_r": self.validate()})
+                if ctx.is_main:
+                    log.info("epoch 0 (untrained): val MAP@R %.4f", self.history[0]["val_map_at_r"])
+            for epoch in range(self.start_epoch, cfg.epochs):
+                row = self.run_epoch(epoch)
+                last = epoch + 1 == cfg.epochs
+                val = self.validate() if ((epoch + 1) % cfg.eval.every == 0 or last) else None
+                row["val_map_at_r"] = val
+                score = val if self.selection == "val_map_at_r" else row["loss"]
+                improved = score is not None and self._improved(score)
+                if improved:
+                    self.best = {"epoch": epoch + 1, "value": score}
+                self.history.append(row)
+                if ctx.is_main:
+                    payload = self._payload(epoch + 1)
+                    save_checkpoint(payload, self.last_path)
+                    if improved:
+                        save_checkpoint(payload, self.best_path)
+                    write_csv(self.history, self.out / "metrics.csv")
+                    tb.log(row, self.global_step)
+                    log.info(_epoch_line(row, cfg.epochs, improved))
+                ctx.barrier()
+                if stop_after is not None and epoch + 1 >= stop_after and not last:
+                    return None
+        finally:
+            if tb is not None:
+                tb.close()
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        from plm.utils.io import safe_torch_load
+
+        cfg, ctx = self.config, self.ctx
+        ctx.barrier()
+        best = safe_torch_load(self.best_path)
+        self.pipeline.load_export_state(best["model_state"])
+        test = baseline = None
+        if self.splits.test is not None:
+            ks = cfg.eval.recall_at or default_ks(cfg.dataset)
+            test = self._metrics(self.splits.test, ks, cfg.eval.nmi)
+            if cfg.eval.baseline:
+                baseline = self._metrics(self.splits.test, ks, cfg.eval.nmi, baseline=True)
+        if ctx.is_main:
+            if test is not None:
+                atomic_write_json(test, self.out / "metrics.json")
+                log.info("test (best epoch %d): R@1 %.4f  MAP@R %.4f", self.best["epoch"],
+                         test["recall_at"][str(ks[0])], test["map_at_r"])
+            atomic_write_json(self._summary(test, baseline), self.out / "summary.json")
+        model = self.pipeline.model.cpu().eval()
+        return TrainResult(cfg, self.out, list(self.history), self.selection, int(self.best["epoch"]), self.best_path,
+                           self.last_path, test, baseline, model)
+
+    def _summary(self, test: Optional[dict], baseline: Optional[dict]) -> dict[str, Any]:
+        cfg, s = self.config, self.splits
+        return {
+            "dataset": cfg.dataset, "method": cfg.method, "mode": cfg.mode, "epochs": cfg.epochs, "seed": cfg.seed,
+            "selection": self.selection, "best_epoch": self.best["epoch"], "best_value": self.best["value"],
+            "val_classes": s.val_classes, "train_images": self.pipeline.num_train,
+            "val_images": len(s.val) if s.val is not None else 0, "test_images": len(s.test) if s.test is not None else 0,
+            "world_size": self.ctx.world_size,
+            "train_time_s": round(sum(r.get("time_s") or 0.0 for r in self.history), 2),
+            "test": test, "pretrained_test": baseline,
+        }
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+    val = f"  val MAP@R {row['val_map_at_r']:.4f}" if row.get("val_map_at_r") is not None else ""
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f} ({terms}){val}  {row['time_s']:.1f} s"
+            f"{'  *best' if improved else ''}")
+
+
+def train(config: TrainConfig | dict, out_dir: str | Path, progress: bool = True, resume: bool = False,
+          ctx: Optional[DistContext] = None) -> TrainResult:
+    """Train an embedding model and evaluate its best checkpoint on the test split.
+
+    Args:
+        config: a :class:`TrainConfig` or a nested dict (validated with :meth:`TrainConfig.from_dict`).
+        out_dir: output folder: ``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.csv``,
+            ``metrics.json`` (labelled test split only) and ``summary.json``.
+        progress: show progress bars.
+        resume: continue from ``out_dir/last.pt`` if present (the config must match).
+        ctx: distributed context (default: from torchrun's environment, else single process).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    return Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx).run()
