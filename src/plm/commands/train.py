@@ -1,0 +1,111 @@
+"""``plm train``: unsupervised training (PLM or a peer method), frozen or finetune mode, 1..N processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+NAME = "train"
+HELP = "train an embedding model without labels (PLM, STML or k-means pseudo-labels)"
+DESCRIPTION = """Train an embedding model without labels and evaluate the best checkpoint on the test split.
+
+Settings come from, in increasing priority: built-in defaults (with a preset per dataset), --config
+FILE (YAML), the flags below, and KEY=VALUE overrides with dotted keys (loss.delta=1.2,
+proxies.num=0, manifold.subset_selection=false, similarity=binary); values are YAML scalars.
+Outputs in --out: config.yaml (resolved), last.pt / best.pt, metrics.csv (per epoch),
+metrics.json (test metrics of best.pt, as plm eval --json) and summary.json.
+Distributed: torchrun --nproc_per_node=N -m plm train ... (gloo on CPU, NCCL on CUDA)."""
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    from plm.data import DATASETS
+
+    parser.add_argument("--config", default=None, metavar="FILE", help="YAML config file (see configs/)")
+    parser.add_argument("--dataset", default=None, choices=list(DATASETS), help="dataset name")
+    parser.add_argument("--data-root", default=None, metavar="DIR", help="dataset root folder")
+    parser.add_argument("--backbone", default=None, help="backbone name (model.backbone)")
+    parser.add_argument("--method", default=None, choices=["plm", "stml", "kmeans"], help="training method")
+    parser.add_argument("--mode", default=None, choices=["frozen", "finetune"],
+                        help="frozen: cached backbone features, trains the embedding head (no augmentation); "
+                             "finetune: the whole network")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default runs/<dataset>-<method>-<mode>-seed<seed>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from last.pt (its config.yaml is used when no --config)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.delta=1.2")
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {"dataset": args.dataset, "data_root": args.data_root, "model.backbone": args.backbone,
+            "method": args.method, "mode": args.mode, "epochs": args.epochs, "seed": args.seed, "device": args.device}
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.training.config import resolve_config
+
+    config_file = args.config
+    if args.resume and config_file is None and args.out and (Path(args.out) / "config.yaml").is_file():
+        config_file = Path(args.out) / "config.yaml"
+    config = resolve_config(config_file, _flags(args), args.overrides)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    out = Path(args.out or f"runs/{config.dataset}-{config.method}-{config.mode}-seed{config.seed}")
+
+    from plm.training.distributed import env_world_size
+
+    if env_world_size() > 1:
+        return _run_distributed(config, out, args)
+    return _report(_train(config, out, args))
+
+
+def _train(config, out: Path, args: argparse.Namespace):
+    from plm.training import train
+
+    return train(config, out, progress=not args.no_progress, resume=args.resume)
+
+
+def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:
+    import os
+
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # only rank 0 talks
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        result = _train(config, out, args)
+    except Exception as err:
+        print(f"plm train: rank {rank} of {os.environ.get('WORLD_SIZE')} failed: {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return _report(result) if rank == 0 else 0
+
+
+def _report(result) -> int:
+    from plm.commands._common import format_table, metrics_headers, metrics_row
+
+    print(f"best epoch {result.best_epoch} (selected on {result.selection.replace('_', ' ')}); "
+          f"checkpoint {result.best_checkpoint}")
+    if result.test_metrics is not None:
+        ks = list(result.test_metrics["recall_at"])
+        rows = []
+        if result.baseline_metrics is not None:
+            rows.append(metrics_row("pretrained", result.baseline_metrics, ks))
+        rows.append(metrics_row(result.config.method, result.test_metrics, ks))
+        print(f"{result.config.dataset} / test: {result.test_metrics['num_queries']} queries")
+        print(format_table(metrics_headers(ks), rows))
+    else:
+        print("no labelled test split: no test metrics (see summary.json)")
+    return 0

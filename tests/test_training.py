@@ -1,0 +1,187 @@
+"""End-to-end training on digits (frozen mode, 32 px): learning, resume, checkpoints, CLI, folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plm.cli import main
+from plm.training import default_config, train
+from plm.training.trainer import Trainer
+
+
+@pytest.fixture(scope="session")
+def _digits_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("digits-features")
+
+
+@pytest.fixture
+def shared_cache(_digits_cache, monkeypatch):
+    """One feature cache for every digits run of the session (the backbone never changes)."""
+    monkeypatch.setenv("PLM_CACHE_DIR", str(_digits_cache))
+
+
+def tiny(**kw):
+    over = {"epochs": 3, "log": {"progress": False, "tensorboard": False},
+            "sampler": {"batch_size": 30, "k": 5, "batches_per_epoch": 8},
+            "proxies": {"num": 8}, "eval": {"nmi": False}}
+    for key, value in kw.items():
+        if isinstance(value, dict):
+            over[key] = {**over.get(key, {}), **value}
+        else:
+            over[key] = value
+    return default_config("digits", **over)
+
+
+def _states(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return {f"{part}.{k}": v for part in ("student_state", "teacher_state", "method_state")
+            for k, v in ckpt[part].items()}
+
+
+def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> None:
+    result = train(tiny(epochs=4, optim={"lr_embedding": 3e-3}), tmp_path / "run", progress=False)
+    hist = result.history
+    assert hist[0]["epoch"] == 0 and hist[0]["val_map_at_r"] is not None  # the untrained model
+    untrained = hist[0]["val_map_at_r"]
+    trained = [h for h in hist if h["epoch"] > 0]
+    assert trained[-1]["loss"] < trained[0]["loss"]
+    assert max(h["val_map_at_r"] for h in trained) > untrained + 0.01
+    assert result.selection == "val_map_at_r"
+    assert result.best_epoch == max(trained, key=lambda h: h["val_map_at_r"])["epoch"]
+    # outputs
+    out = tmp_path / "run"
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "metrics.json", "summary.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"dataset", "split", "num_queries", "recall_at", "map_at_r", "r_precision", "nmi"} <= set(metrics)
+    assert metrics["split"] == "test" and metrics == result.test_metrics
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+    for col in ("loss", "loss_point", "loss_proxy", "loss_neighbourhood", "val_map_at_r", "lr_embedding",
+                "lr_proxies", "time_s"):
+        assert col in rows[0], col
+
+
+def test_checkpoint_loads_with_load_model_and_plm_eval(tmp_path, shared_cache) -> None:
+    from plm.models import load_model
+
+    result = train(tiny(epochs=1), tmp_path / "run", progress=False)
+    model = load_model(result.best_checkpoint)
+    assert model.out_dim == 128
+    js = tmp_path / "eval.json"
+    assert main(["eval", "--dataset", "digits", "--checkpoint", str(result.best_checkpoint), "--no-nmi",
+                 "--json", str(js)]) == 0
+    got = json.loads(js.read_text())
+    assert got["recall_at"]["1"] == pytest.approx(result.test_metrics["recall_at"]["1"], abs=2e-3)
+    assert got["map_at_r"] == pytest.approx(result.test_metrics["map_at_r"], abs=2e-3)
+
+
+def test_resume_gives_the_same_weights(tmp_path, shared_cache) -> None:
+    cfg = tiny(epochs=3)
+    train(cfg, tmp_path / "straight", progress=False)
+    assert Trainer(cfg, tmp_path / "split", progress=False).run(stop_after=1) is None
+    hist_after_one = json.loads(json.dumps(torch.load(tmp_path / "split" / "last.pt", weights_only=True)["history"]))
+    assert [h["epoch"] for h in hist_after_one] == [0, 1]
+    resumed = train(cfg, tmp_path / "split", progress=False, resume=True)
+    a, b = _states(tmp_path / "straight" / "last.pt"), _states(tmp_path / "split" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+
+
+def test_existing_run_and_changed_config_are_refused(tmp_path, shared_cache) -> None:
+    cfg = tiny(epochs=1)
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="loss.delta"):
+        train(tiny(epochs=1, loss={"delta": 1.2}), tmp_path / "run", progress=False, resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_gives_a_clear_error(tmp_path, shared_cache, damage, capsys) -> None:
+    from plm.models import load_model
+
+    cfg = tiny(epochs=1)
+    train(cfg, tmp_path / "run", progress=False)
+    last = tmp_path / "run" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        train(cfg, tmp_path / "run", progress=False, resume=True)
+    with pytest.raises(ValueError, match="corrupt, truncated"):
+        load_model(last)
+    assert main(["eval", "--dataset", "digits", "--checkpoint", str(last)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt, truncated" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method=stml"],
+    ["method=kmeans", "kmeans.num_clusters=10"],
+    ["proxies.num=0"],
+    ["manifold.subset_selection=false"],
+    ["similarity=binary"],
+], ids=["stml", "kmeans", "no-proxies", "no-subset-selection", "binary"])
+def test_methods_and_ablations_train(tmp_path, shared_cache, overrides) -> None:
+    cfg = default_config("digits", overrides=overrides + ["epochs=1", "sampler.batch_size=30",
+                                                          "sampler.batches_per_epoch=4", "proxies.num=8",
+                                                          "eval.nmi=false", "eval.baseline=false",
+                                                          "log.progress=false"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert np.isfinite(result.history[-1]["loss"])
+    assert 0.0 < result.test_metrics["recall_at"]["1"] <= 1.0
+
+
+def test_cli_train_writes_outputs_and_rejects_unknown_keys(tmp_path, shared_cache, capsys) -> None:
+    out = tmp_path / "cli"
+    code = main(["train", "--dataset", "digits", "--epochs", "1", "--seed", "3", "--out", str(out), "--no-progress",
+                 "sampler.batch_size=30", "sampler.batches_per_epoch=3", "proxies.num=8", "eval.nmi=false",
+                 "log.tensorboard=false"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "pretrained" in text and "R@1" in text
+    saved = (out / "config.yaml").read_text()
+    assert "seed: 3" in saved and "batches_per_epoch: 3" in saved
+    code = main(["train", "--dataset", "digits", "--out", str(tmp_path / "x"), "loss.delt=1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'loss.delt'" in err and "loss.delta" in err and "Traceback" not in err
+
+
+def test_cli_resume_uses_saved_config(tmp_path, shared_cache) -> None:
+    out = tmp_path / "cli"
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--out", str(out), "--no-progress",
+            "sampler.batch_size=30", "sampler.batches_per_epoch=3", "proxies.num=8", "eval.nmi=false"]
+    assert main(args) == 0
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # finished: re-evaluates only
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+def test_unlabelled_folder_selects_on_training_loss(tmp_path, shared_cache) -> None:
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images = load_digits().images[:60]
+    for i, img in enumerate(images):
+        Image.fromarray(np.uint8(img * 15)).resize((16, 16)).save(folder / f"img{i:03d}.png")
+    cfg = default_config("folder", data_root=str(folder), epochs=2, model={"image_size": 32},
+                         sampler={"batch_size": 20, "k": 5, "batches_per_epoch": 3}, proxies={"num": 4},
+                         kmeans={"num_clusters": 5}, log={"progress": False})
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.selection == "train_loss" and result.test_metrics is None
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["selection"] == "train_loss" and summary["test"] is None
+    losses = {h["epoch"]: h["loss"] for h in result.history}
+    assert result.best_epoch == min(losses, key=losses.get)
+    shutil.rmtree(folder)
