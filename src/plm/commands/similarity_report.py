@@ -1,0 +1,130 @@
+"""``plm similarity-report``: how well each estimator's similarity matches the labels (purity, correlation)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from plm.commands._common import add_dataset_arguments, format_table
+
+NAME = "similarity-report"
+HELP = "label purity and correlation of the PL manifold similarity and its peers on a dataset split"
+DESCRIPTION = (HELP + ". Embeds the split with a frozen backbone (or a checkpoint), runs every estimator on the "
+               "embeddings and prints one row per estimator. Labels are used only for scoring.")
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    from plm.estimators.report import DEFAULT_ESTIMATORS
+
+    add_dataset_arguments(parser, default_split="train")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--backbone", help="pretrained backbone (pooled features, L2-normalised)")
+    group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
+    group.add_argument("--features", metavar="NPZ",
+                       help="precomputed features: an .npz with 'vectors' (N, d) and 'labels' (N,)")
+    parser.add_argument("--weights", default=None, help="local ImageNet weights file for backbones that ship without them")
+    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's own)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    parser.add_argument("--estimators", nargs="+", default=list(DEFAULT_ESTIMATORS), metavar="NAME",
+                        help="estimators to run (plm, kmeans, hierarchical, random_walk, stml, gaussian)")
+    parser.add_argument("--clusters", type=int, default=None,
+                        help="clusters for kmeans / hierarchical (default: the number of classes)")
+    parser.add_argument("--piece-dim", type=int, default=None, help="PL piece dimension m")
+    parser.add_argument("--eps", type=float, default=None, help="PL subset-selection threshold ε")
+    parser.add_argument("--criterion", default=None, choices=["residual_variance", "relative_residual"],
+                        help="PL fit-error criterion")
+    parser.add_argument("--candidates", type=int, default=None, help="PL candidates per anchor K_c")
+    parser.add_argument("--n-alpha", type=float, default=None, help="PL exponent N_α")
+    parser.add_argument("--n-beta", type=float, default=None, help="PL exponent N_β")
+    parser.add_argument("--symmetrize", default=None, choices=["mean", "max"], help="PL symmetrisation")
+    parser.add_argument("--no-subset-selection", action="store_true", help="PL ablation: no subset selection")
+    parser.add_argument("--dense-max", type=int, default=5000,
+                        help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")
+    parser.add_argument("--exact-pairs", type=int, default=20_000_000,
+                        help="largest number of pairs scored exactly; above it, stratified pair sampling")
+    parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
+    parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+
+
+def _pl_config(args: argparse.Namespace):
+    from plm.manifold import ManifoldConfig
+
+    changes = {key: value for key, value in (
+        ("piece_dim", args.piece_dim), ("eps", args.eps), ("criterion", args.criterion),
+        ("max_candidates", args.candidates), ("n_alpha", args.n_alpha), ("n_beta", args.n_beta),
+        ("symmetrize", args.symmetrize)) if value is not None}
+    if args.no_subset_selection:
+        changes["subset_selection"] = False
+    return ManifoldConfig(**changes)
+
+
+def _load_features(args: argparse.Namespace):
+    import numpy as np
+
+    from plm.errors import UserError
+
+    if args.features:
+        try:
+            with np.load(args.features, allow_pickle=False) as z:
+                vectors, labels = z["vectors"], z["labels"]
+        except (OSError, KeyError, ValueError) as err:
+            raise UserError(f"cannot read features from {args.features}: {err} "
+                            f"(expected an .npz with 'vectors' and 'labels')") from err
+        if args.limit is not None and args.limit < len(vectors):
+            idx = np.sort(np.random.default_rng(0).choice(len(vectors), size=args.limit, replace=False))
+            vectors, labels = vectors[idx], labels[idx]
+        return vectors, labels, args.features
+    from plm.commands._common import model_from_args
+    from plm.data import load_dataset
+    from plm.evaluation import embed_dataset
+
+    dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
+    if not dataset.is_labelled:
+        raise UserError("similarity-report needs a labelled split (labels are used for scoring only)")
+    model = model_from_args(args)
+    emb = embed_dataset(model, dataset, batch_size=args.batch_size, cache_dir=False if args.no_cache else None)
+    if emb.skipped:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
+    return emb.vectors, emb.labels, args.backbone or args.checkpoint
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.estimators import ESTIMATORS
+    from plm.estimators.report import similarity_quality
+    from plm.errors import UserError
+    from plm.utils.io import atomic_write_json
+
+    unknown = [e for e in args.estimators if e not in ESTIMATORS]
+    if unknown:
+        raise UserError(f"unknown estimator(s) {', '.join(unknown)}; choose from {', '.join(ESTIMATORS)}")
+    config = _pl_config(args)
+    vectors, labels, source = _load_features(args)
+    if len(vectors) < 3:
+        raise UserError(f"need at least 3 items, got {len(vectors)}")
+    options: dict[str, dict] = {name: {"dense_max": args.dense_max} for name in args.estimators}
+    if "plm" in options:
+        options["plm"]["config"] = config
+        options["plm"]["top_k"] = max(16, config.max_candidates or 16)
+    for name in ("kmeans", "hierarchical"):
+        if name in options and args.clusters:
+            options[name]["n_clusters"] = args.clusters
+    if "kmeans" in options:
+        options["kmeans"]["seed"] = args.seed
+    result = similarity_quality(vectors, labels, args.estimators, options=options, exact_max_pairs=args.exact_pairs,
+                                seed=args.seed)
+    rows = []
+    for name, r in result["estimators"].items():
+        if "skipped" in r:
+            print(f"note: {name} skipped: {r['skipped']}")
+        rows.append([name, r["purity"], r["correlation"], r.get("mean_group_size"), r.get("mode", "skipped"),
+                     r.get("seconds")])
+    print(f"{args.dataset} / {args.split}: {result['num_points']} points, {result['num_classes']} classes, "
+          f"features from {source}; correlation over pairs: {result['correlation_method']}")
+    print(format_table(["estimator", "purity", "correlation", "group size", "mode", "seconds"], rows))
+    if args.json:
+        atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
+                           "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],
+                           "plm_config": config.to_dict(), "estimators": result["estimators"]}, args.json)
+    return 0

@@ -1,0 +1,55 @@
+"""The piecewise-linear manifold as a similarity estimator (wraps :mod:`plm.manifold`)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from plm.estimators.base import Neighbors, SimilarityEstimator, topk_csr
+from plm.manifold import ManifoldConfig, fit_pieces, pair_similarity, pairwise_similarity
+
+
+class PLManifoldEstimator(SimilarityEstimator):
+    """PL similarity; groups are the selected neighbourhoods S_i.
+
+    Args:
+        config: the PL options (its ``max_candidates`` is the neighbour count needed).
+        top_k: entries kept per row in sparse mode (the ``top_k`` nearest neighbours, scored).
+        dense_max: largest N for the dense (N, N) output.
+    """
+
+    name = "plm"
+
+    def __init__(self, config: Optional[ManifoldConfig] = None, top_k: int = 16, dense_max: int = 5000):
+        super().__init__(dense_max)
+        if config is not None and not isinstance(config, ManifoldConfig):
+            raise ValueError(f"config must be a ManifoldConfig, got {type(config).__name__}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        self.config = config or ManifoldConfig()
+        self.top_k = top_k
+        self.needs_neighbors = max(self.config.max_candidates or 16, top_k)
+
+    def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
+        cfg = self.config
+        t = torch.from_numpy(x)
+        cand = None
+        if neighbors is not None:
+            kc = cfg.max_candidates if cfg.max_candidates is not None else neighbors.k
+            cand = torch.from_numpy(neighbors.indices[:, :kc])
+        self.pieces_ = fit_pieces(t, cfg, candidates=cand)
+        self.groups_ = [np.asarray(g, dtype=np.int64) for g in self.pieces_.groups()]
+        if self.mode_ == "dense":
+            self._dense = pairwise_similarity(t, self.pieces_, cfg).numpy()
+            return
+        k = min(self.top_k, neighbors.k)
+        cols = torch.from_numpy(neighbors.indices[:, :k])
+        rows = torch.arange(len(x))[:, None].expand_as(cols)
+        values = pair_similarity(self.pieces_, rows.reshape(-1), cols.reshape(-1), cfg).view(len(x), k)
+        self._sparse = topk_csr(values.numpy(), cols.numpy(), len(x))
+
+    def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        # s is defined for every pair: evaluate it exactly from the pieces
+        return pair_similarity(self.pieces_, torch.from_numpy(rows), torch.from_numpy(cols), self.config).numpy()

@@ -1,0 +1,186 @@
+"""Quality of an estimated similarity against ground-truth labels: label purity and correlation.
+
+Definitions (exact; docs/similarity.md explains them):
+
+- **Purity** of a group G = the share of G's members carrying G's most frequent label. The
+  estimator's purity is the unweighted mean over its groups with at least ``min_size`` (2) members
+  (a singleton is trivially pure). Groups are clusters, or each point's selected neighbourhood.
+- **Correlation** = Pearson correlation between the estimated s_ij and y_ij = 1[label_i = label_j]
+  over all unordered pairs i < j. Up to ``exact_max_pairs`` pairs it is computed exactly. Beyond,
+  it is estimated by stratified sampling: the pairs split into three disjoint strata, (A) the
+  k-NN pairs (i, j with j among i's K nearest or i among j's), computed exactly; (B) the other
+  same-label pairs, all of them when there are at most ``n_samples``, else ``n_samples`` drawn
+  uniformly; (C) the other different-label pairs, ``n_samples`` drawn uniformly. The sums
+  Σs, Σs², Σs·y over all pairs are estimated as A's sums + |B|·mean_B + |C|·mean_C (unbiased),
+  and Σy is exact. The sample is seeded, so two estimators see the same pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from plm.estimators.base import Neighbors
+
+PairFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def purity(groups: Optional[Sequence[np.ndarray]], labels: np.ndarray, min_size: int = 2) -> Optional[float]:
+    """Mean majority-label share of the groups with at least ``min_size`` members (None: no groups)."""
+    if groups is None:
+        return None
+    labels = np.asarray(labels)
+    shares = []
+    for g in groups:
+        g = np.asarray(g, dtype=np.int64)
+        if len(g) < min_size:
+            continue
+        _, counts = np.unique(labels[g], return_counts=True)
+        shares.append(counts.max() / len(g))
+    return float(np.mean(shares)) if shares else None
+
+
+def mean_group_size(groups: Optional[Sequence[np.ndarray]]) -> Optional[float]:
+    """Average number of members per group (None: no groups)."""
+    if groups is None or len(groups) == 0:
+        return None
+    return float(np.mean([len(g) for g in groups]))
+
+
+def _pearson(n: float, s1: float, s2: float, sy: float, y1: float) -> float:
+    """Pearson correlation from pair count and sums Σs, Σs², Σs·y, Σy (y binary, so Σy² = Σy)."""
+    ms, my = s1 / n, y1 / n
+    cov = sy / n - ms * my
+    var_s = max(s2 / n - ms * ms, 0.0)
+    var_y = max(my - my * my, 0.0)
+    if var_s <= 1e-18 or var_y <= 0:
+        return float("nan")
+    return float(cov / np.sqrt(var_s * var_y))
+
+
+def exact_correlation(pairs: PairFn, labels: np.ndarray, block_rows: int = 512) -> float:
+    """Pearson correlation of s and 1[same label] over all pairs i < j, row block by row block."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    s1 = s2 = sy = 0.0
+    for start in range(0, n - 1, block_rows):
+        rows_i = np.arange(start, min(n - 1, start + block_rows))
+        lens = n - 1 - rows_i
+        r = np.repeat(rows_i, lens)
+        c = np.concatenate([np.arange(i + 1, n) for i in rows_i])
+        s = pairs(r, c).astype(np.float64)
+        y = labels[r] == labels[c]
+        s1 += s.sum()
+        s2 += (s * s).sum()
+        sy += s[y].sum()
+    _, counts = np.unique(labels, return_counts=True)
+    n_pairs = n * (n - 1) / 2
+    return _pearson(n_pairs, s1, s2, sy, float((counts * (counts - 1) / 2).sum()))
+
+
+def knn_pairs(neighbors: Neighbors, k: int) -> np.ndarray:
+    """Unique unordered k-NN pairs as sorted int64 codes i·N + j with i < j."""
+    n = neighbors.indices.shape[0]
+    idx = neighbors.indices[:, :k]
+    r = np.repeat(np.arange(n), idx.shape[1])
+    c = idx.ravel()
+    keep = (c >= 0) & (c != r)
+    lo, hi = np.minimum(r[keep], c[keep]), np.maximum(r[keep], c[keep])
+    return np.unique(lo.astype(np.int64) * n + hi)
+
+
+def sample_strata(labels: np.ndarray, neighbors: Neighbors, k: int = 10, n_samples: int = 200_000,
+                  seed: int = 0) -> dict:
+    """The stratified pair sample of the module docstring (reused for every estimator).
+
+    Returns:
+        dict with ``strata``: list of (rows, cols, weight) where weight = stratum size / sample size,
+        plus ``n_pairs`` and ``n_pos`` (exact).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    a = knn_pairs(neighbors, k)
+    a_rows, a_cols = a // n, a % n
+    a_pos = labels[a_rows] == labels[a_cols]
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n_pos = float((counts * (counts - 1) / 2).sum())
+    n_pairs = n * (n - 1) / 2
+    strata = [(a_rows, a_cols, 1.0)]
+    # (B) positive pairs outside A
+    b_size = n_pos - float(a_pos.sum())
+    if b_size > 0:
+        if b_size <= n_samples:
+            order = np.argsort(inverse, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            rr, cc = [], []
+            for ci, cnt in enumerate(counts):
+                members = order[starts[ci]:starts[ci] + cnt]
+                iu, ju = np.triu_indices(cnt, 1)
+                rr.append(members[iu])
+                cc.append(members[ju])
+            r, c = np.concatenate(rr), np.concatenate(cc)
+            lo, hi = np.minimum(r, c), np.maximum(r, c)
+            keep = ~np.isin(lo.astype(np.int64) * n + hi, a)
+            strata.append((lo[keep], hi[keep], 1.0))
+        else:
+            r, c = _sample_pairs(rng, n, n_samples, a, lambda r, c: labels[r] == labels[c],
+                                 class_members=(inverse, counts))
+            strata.append((r, c, b_size / len(r)))
+    # (C) negative pairs outside A
+    c_size = n_pairs - n_pos - float((~a_pos).sum())
+    if c_size > 0:
+        r, c = _sample_pairs(rng, n, n_samples, a, lambda r, c: labels[r] != labels[c])
+        strata.append((r, c, c_size / len(r)))
+    return {"strata": strata, "n_pairs": n_pairs, "n_pos": n_pos}
+
+
+def _sample_pairs(rng: np.random.Generator, n: int, size: int, exclude: np.ndarray,
+                  accept: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                  class_members: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform unordered pairs (with replacement) satisfying ``accept`` and not in ``exclude``."""
+    got_r, got_c, have = [], [], 0
+    if class_members is not None:  # positive pairs: class ∝ its pair count, then two distinct members
+        inverse, counts = class_members
+        order = np.argsort(inverse, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        weights = counts * (counts - 1) / 2.0
+        prob = weights / weights.sum()
+    for _ in range(1000):
+        want = max(2 * (size - have), 1024)
+        if class_members is not None:
+            cls = rng.choice(len(counts), size=want, p=prob)
+            i = rng.integers(0, counts[cls])
+            j = rng.integers(0, counts[cls] - 1)
+            j = j + (j >= i)
+            r, c = order[starts[cls] + i], order[starts[cls] + j]
+        else:
+            r = rng.integers(0, n, size=want)
+            c = rng.integers(0, n, size=want)
+        lo, hi = np.minimum(r, c), np.maximum(r, c)
+        keep = (lo != hi) & accept(lo, hi) & ~np.isin(lo.astype(np.int64) * n + hi, exclude)
+        got_r.append(lo[keep])
+        got_c.append(hi[keep])
+        have += int(keep.sum())
+        if have >= size:
+            break
+    r, c = np.concatenate(got_r)[:size], np.concatenate(got_c)[:size]
+    if len(r) == 0:
+        raise ValueError("could not sample any pair for a non-empty stratum")
+    return r, c
+
+
+def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict) -> float:
+    """Pearson correlation of s and 1[same label] estimated from a :func:`sample_strata` sample."""
+    labels = np.asarray(labels)
+    s1 = s2 = sy = 0.0
+    for r, c, weight in sample["strata"]:
+        if len(r) == 0:
+            continue
+        s = pairs(r, c).astype(np.float64)
+        y = labels[r] == labels[c]
+        s1 += weight * s.sum()
+        s2 += weight * (s * s).sum()
+        sy += weight * s[y].sum()
+    return _pearson(sample["n_pairs"], s1, s2, sy, sample["n_pos"])

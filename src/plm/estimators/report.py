@@ -1,0 +1,94 @@
+"""Run several estimators on one labelled embedding set and score each (purity, correlation)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from plm.estimators.base import ScaleError, as_features, compute_neighbors
+from plm.estimators.quality import (
+    exact_correlation,
+    mean_group_size,
+    purity,
+    sample_strata,
+    stratified_correlation,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ESTIMATORS = ("kmeans", "hierarchical", "random_walk", "gaussian", "stml", "plm")
+
+
+def default_options(name: str, n_classes: int) -> dict:
+    """Report defaults: clustering peers get as many clusters as there are classes (an oracle count)."""
+    if name in ("kmeans", "hierarchical"):
+        return {"n_clusters": max(1, n_classes)}
+    return {}
+
+
+def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+                       options: Optional[dict[str, dict]] = None, exact_max_pairs: int = 20_000_000,
+                       pair_knn: int = 10, n_samples: int = 200_000, seed: int = 0,
+                       approximate_knn: Optional[bool] = None, progress: bool = True) -> dict:
+    """Fit every named estimator on ``x`` and measure purity and correlation with ``labels``.
+
+    Args:
+        x: (N, d) features (L2-normalised here).
+        labels: (N,) ground-truth labels (used only for scoring).
+        estimators: registry names.
+        options: per-estimator constructor options, merged over :func:`default_options`.
+        exact_max_pairs: largest number of pairs N(N−1)/2 scored exactly; beyond, stratified sampling.
+        pair_knn: K of the k-NN stratum of the sampled correlation.
+        n_samples: pairs sampled per sampled stratum.
+        seed: seed of the pair sample (shared by all estimators).
+        approximate_knn: passed to the shared k-NN search.
+        progress: show a tqdm bar over estimators.
+
+    Returns:
+        ``{"num_points", "correlation_method", "knn_seconds", "estimators": {name: {"purity",
+        "correlation", "mode", "mean_group_size", "seconds"} or {"skipped": reason}}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from plm.estimators import create_estimator
+
+    feats = as_features(x)
+    labels = np.asarray(labels)
+    if len(labels) != len(feats):
+        raise ValueError(f"got {len(feats)} points and {len(labels)} labels")
+    n = len(feats)
+    n_classes = int(np.unique(labels).size)
+    options = options or {}
+    built = {name: create_estimator(name, **{**default_options(name, n_classes), **options.get(name, {})})
+             for name in estimators}
+    k_needed = max([pair_knn] + [e.needs_neighbors for e in built.values()])
+    start = time.perf_counter()
+    neighbors = compute_neighbors(feats, min(k_needed, n - 1), approximate=approximate_knn)
+    knn_seconds = time.perf_counter() - start
+    exact = n * (n - 1) / 2 <= exact_max_pairs
+    sample = None if exact else sample_strata(labels, neighbors, k=min(pair_knn, n - 1), n_samples=n_samples, seed=seed)
+    results: dict[str, dict] = {}
+    for name, est in tqdm(built.items(), desc="estimators", unit="est", disable=not progress, leave=False):
+        start = time.perf_counter()
+        try:
+            est.fit(feats, neighbors=neighbors)
+        except ScaleError as err:
+            log.warning("%s: skipped (%s)", name, err)
+            results[name] = {"purity": None, "correlation": None, "skipped": str(err)}
+            continue
+        fit_seconds = time.perf_counter() - start
+        corr = (exact_correlation(est.pair_similarity, labels) if exact
+                else stratified_correlation(est.pair_similarity, labels, sample))
+        results[name] = {
+            "purity": purity(est.groups_, labels),
+            "correlation": None if np.isnan(corr) else corr,
+            "mode": est.mode_,
+            "mean_group_size": mean_group_size(est.groups_),
+            "seconds": round(time.perf_counter() - start, 3),
+            "fit_seconds": round(fit_seconds, 3),
+        }
+    return {"num_points": n, "num_classes": n_classes, "correlation_method": "exact" if exact else "stratified",
+            "knn_seconds": round(knn_seconds, 3), "estimators": results}

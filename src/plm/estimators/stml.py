@@ -1,0 +1,204 @@
+"""STML's contextual similarity (Kim et al., CVPR 2022) and the plain Gaussian kernel.
+
+For L2-normalised teacher embeddings t (METHOD.md §8, following the authors' released code):
+
+- W_P = exp(−‖t_i − t_j‖² / σ), σ = 3;
+- N_k(i): the k largest entries of row i of W_P (i itself included, k = 5); the k-reciprocal set
+  R(i) = {j : j ∈ N_k(i) and i ∈ N_k(j)};
+- W̃_C(i, j) = |R(i) ∩ R(j)| / |R(i)| for j ∈ R(i), else 0;
+- query expansion: Ŵ_C(i) = the mean of the rows W̃_C(q) over the round(k/2) first members q of N_k(i);
+- W_C = (Ŵ_C + Ŵ_Cᵀ) / 2 and the target W = (W_P + W_C) / 2.
+
+``stml_similarity`` computes it on a batch tensor (the training target); ``STMLEstimator`` computes
+the same with sparse matrices, so it scales to datasets (there W_P is evaluated on demand).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, keep_topk, topk_csr
+
+
+def _half(k: int) -> int:
+    return int(np.around(k / 2))  # as the authors' code (round half to even)
+
+
+@torch.no_grad()
+def stml_similarity(t: Tensor, sigma: float = 3.0, k: int = 5) -> Tensor:
+    """STML's target W = (W_P + W_C) / 2 for a batch of teacher embeddings.
+
+    Args:
+        t: (B, d) teacher embeddings (L2-normalised here).
+        sigma: Gaussian bandwidth σ of W_P.
+        k: neighbourhood size (the point itself included).
+
+    Returns:
+        (B, B) symmetric similarities in [0, 1]. As in the authors' code the diagonal is not
+        forced to 1 (the loss masks it out).
+    """
+    _check(sigma, k)
+    if t.ndim != 2:
+        raise ValueError(f"expected (B, d) embeddings, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("embeddings contain NaN or inf values")
+    t = torch.nn.functional.normalize(t.detach().float(), dim=1)
+    n = t.shape[0]
+    sq = (t * t).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * t @ t.T).clamp(min=0)
+    d2.fill_diagonal_(0.0)
+    w_p = torch.exp(-d2 / sigma)
+    kk = min(k, n)
+    ranked = w_p.clone()
+    ranked.fill_diagonal_(2.0)  # the point itself ranks first, as exp(0) = 1 does in the authors' code
+    topk = torch.topk(ranked, kk, dim=1).indices
+    w_nn = torch.zeros_like(w_p).scatter_(1, topk, 1.0)
+    v = w_nn * w_nn.T  # k-reciprocal
+    w_c_tilde = (v @ v) * v / v.sum(1, keepdim=True)
+    w_c_hat = w_c_tilde[topk[:, :max(1, _half(kk))]].mean(1)
+    w_c = (w_c_hat + w_c_hat.T) / 2
+    return (w_p + w_c) / 2
+
+
+def _check(sigma: float, k: int) -> None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not np.isfinite(sigma):
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+
+
+def contextual_matrix(neighbors: np.ndarray, n: int, k: int) -> sp.csr_matrix:
+    """STML's W_C as a sparse (N, N) matrix from each point's k−1 nearest other points."""
+    rows = np.arange(n)
+    nk = np.concatenate([rows[:, None], neighbors[:, :k - 1]], axis=1)  # the point itself first
+    w_nn = sp.csr_matrix((np.ones(nk.size, np.float32), (np.repeat(rows, nk.shape[1]), nk.ravel())), shape=(n, n))
+    v = w_nn.multiply(w_nn.T).tocsr()  # k-reciprocal sets R(i)
+    v.data[:] = 1.0
+    size = np.asarray(v.sum(1)).ravel()
+    w_c_tilde = sp.csr_matrix((v @ v).multiply(v))
+    w_c_tilde = sp.diags(1.0 / size) @ w_c_tilde
+    half = max(1, _half(k))
+    q = nk[:, :half]
+    expand = sp.csr_matrix((np.full(q.size, 1.0 / half, np.float32), (np.repeat(rows, half), q.ravel())), shape=(n, n))
+    w_c_hat = (expand @ w_c_tilde).tocsr()
+    return ((w_c_hat + w_c_hat.T) * 0.5).tocsr()
+
+
+class STMLEstimator(SimilarityEstimator):
+    """STML contextual similarity; groups are the k-reciprocal sets R(i).
+
+    Args:
+        sigma: bandwidth σ of W_P.
+        k: neighbourhood size (the point included).
+        top_k: entries per row kept in sparse mode.
+        dense_max: largest N for the dense output.
+    """
+
+    name = "stml"
+
+    def __init__(self, sigma: float = 3.0, k: int = 5, top_k: int = 16, dense_max: int = 5000):
+        super().__init__(dense_max)
+        _check(sigma, k)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        self.sigma, self.k, self.top_k = float(sigma), k, top_k
+        self.needs_neighbors = max(k - 1, top_k, 1)
+
+    def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
+        n = len(x)
+        k = min(self.k, n)
+        self._x = x
+        self._wc_lookup = None
+        w_c = contextual_matrix(neighbors.indices, n, k)
+        self._w_c = w_c
+        rec = self._reciprocal(neighbors.indices, n, k)
+        self.groups_ = [rec.indices[rec.indptr[i]:rec.indptr[i + 1]].astype(np.int64) for i in range(n)]
+        if self.mode_ == "dense":
+            d2 = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
+            np.fill_diagonal(d2, 0.0)
+            self._dense = ((np.exp(-d2 / self.sigma) + w_c.toarray()) / 2).astype(np.float32)
+            return
+        kk = min(self.top_k, neighbors.k)
+        idx = neighbors.indices[:, :kk]
+        rows = np.repeat(np.arange(n), kk)
+        values = self.pair_values(rows, idx.ravel()).reshape(n, kk)
+        candidates = topk_csr(values, idx, n)
+        # pairs with a contextual weight but outside the k-NN lists keep their value too
+        extra = w_c.copy().tocoo()
+        extra_vals = self.pair_values(extra.row, extra.col)
+        full = candidates.maximum(sp.csr_matrix((extra_vals, (extra.row, extra.col)), shape=(n, n)))
+        self._sparse = keep_topk(full, self.top_k)
+
+    @staticmethod
+    def _reciprocal(neighbors: np.ndarray, n: int, k: int) -> sp.csr_matrix:
+        rows = np.arange(n)
+        nk = np.concatenate([rows[:, None], neighbors[:, :k - 1]], axis=1)
+        w_nn = sp.csr_matrix((np.ones(nk.size, np.float32), (np.repeat(rows, nk.shape[1]), nk.ravel())), shape=(n, n))
+        rec = w_nn.multiply(w_nn.T).tocsr()
+        rec.sort_indices()
+        return rec
+
+    def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """W at arbitrary pairs: W_P from the features, W_C from the sparse matrix."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        out = np.empty(len(rows), np.float32)
+        if getattr(self, "_wc_lookup", None) is None:
+            self._wc_lookup = PairLookup(self._w_c)
+        for start in range(0, len(rows), 262144):
+            r, c = rows[start:start + 262144], cols[start:start + 262144]
+            d2 = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", self._x[r], self._x[c]), 0.0)
+            d2[r == c] = 0.0
+            out[start:start + len(r)] = (np.exp(-d2 / self.sigma) + self._wc_lookup(r, c)) / 2
+        return out
+
+    def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.pair_values(rows, cols)
+
+
+class GaussianEstimator(SimilarityEstimator):
+    """Plain Gaussian kernel exp(−‖x_i − x_j‖² / σ) on the normalised features.
+
+    Args:
+        sigma: bandwidth σ; ``None`` = the median squared distance of each point to its
+            ``k``-th nearest neighbour (a data-driven local scale).
+        k: the neighbour rank of the automatic σ, and the entries per row in sparse mode.
+        dense_max: largest N for the dense output.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, sigma: Optional[float] = None, k: int = 16, dense_max: int = 5000):
+        super().__init__(dense_max)
+        if sigma is not None:
+            _check(sigma, 1)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        self.sigma, self.k = sigma, k
+        self.needs_neighbors = k
+
+    def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
+        n = len(x)
+        self._x = x
+        kth = neighbors.distances[:, -1]
+        sigma = float(np.median(kth)) if self.sigma is None else float(self.sigma)
+        self.sigma_ = sigma if sigma > 0 else 1.0
+        if self.mode_ == "dense":
+            d2 = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
+            np.fill_diagonal(d2, 0.0)
+            self._dense = np.exp(-d2 / self.sigma_).astype(np.float32)
+            return
+        self._sparse = topk_csr(np.exp(-neighbors.distances / self.sigma_), neighbors.indices, n)
+
+    def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), np.float32)
+        for start in range(0, len(rows), 262144):
+            r, c = rows[start:start + 262144], cols[start:start + 262144]
+            d2 = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", self._x[r], self._x[c]), 0.0)
+            d2[r == c] = 0.0
+            out[start:start + len(r)] = np.exp(-d2 / self.sigma_)
+        return out

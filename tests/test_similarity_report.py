@@ -1,0 +1,60 @@
+"""``plm similarity-report`` end to end on digits, and on a features file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from plm.cli import build_parser, main
+
+
+def test_listed_in_help() -> None:
+    assert "similarity-report" in build_parser().format_help()
+
+
+def test_digits_json(tmp_path, capsys) -> None:
+    out = tmp_path / "quality.json"
+    assert main(["similarity-report", "--dataset", "digits", "--backbone", "efficientnet_lite0", "--image-size", "32",
+                 "--limit", "150", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "purity" in printed and "correlation" in printed
+    data = json.loads(out.read_text())
+    assert data["dataset"] == "digits" and data["num_points"] == 150
+    assert set(data["estimators"]) == {"kmeans", "hierarchical", "random_walk", "gaussian", "stml", "plm"}
+    for name, r in data["estimators"].items():
+        assert -1 <= r["correlation"] <= 1, name
+        if name in ("random_walk", "gaussian"):
+            assert r["purity"] is None
+        else:
+            assert 0 < r["purity"] <= 1
+        assert name in printed
+
+
+def test_features_file_sparse_mode_and_skip_notice(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 15)
+    vectors = (rng.normal(size=(20, 32))[labels] + 0.5 * rng.normal(size=(300, 32))).astype(np.float32)
+    feats = tmp_path / "f.npz"
+    np.savez(feats, vectors=vectors, labels=labels)
+    out = tmp_path / "q.json"
+    code = main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--dense-max", "100",
+                 "--exact-pairs", "1000", "--eps", "0.3", "--estimators", "plm", "hierarchical", "stml", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "hierarchical skipped" in printed
+    data = json.loads(out.read_text())
+    assert data["correlation_method"] == "stratified" and data["plm_config"]["eps"] == 0.3
+    assert data["estimators"]["hierarchical"]["purity"] is None and data["estimators"]["plm"]["mode"] == "sparse"
+    assert data["estimators"]["plm"]["correlation"] > 0.3  # separable blobs
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(tmp_path / "none.npz")]) == 2
+    assert "cannot read features" in capsys.readouterr().err
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(tmp_path / "x.npz"),
+                 "--estimators", "bogus"]) == 2
+    assert "unknown estimator" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["similarity-report", "--dataset", "digits"])  # needs --backbone, --checkpoint or --features
