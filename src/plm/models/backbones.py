@@ -128,8 +128,11 @@ def _googlenet(pretrained: Pretrained) -> Backbone:
     import_torchvision()
     from torchvision.models import googlenet
 
-    # transform_input=False: inputs are normalised with ImageNet mean/std by our preprocessing.
-    net = googlenet(weights=None, aux_logits=False, init_weights=pretrained is False, transform_input=False)
+    # Our preprocessing normalises with ImageNet mean/std. torchvision's released GoogLeNet weights
+    # expect that input converted back to the original Inception scaling (transform_input=True,
+    # as torchvision itself sets when it loads them), so weights from a file get the conversion.
+    net = googlenet(weights=None, aux_logits=False, init_weights=pretrained is False,
+                    transform_input=pretrained is not False)
     _torchvision_state(net, "googlenet", pretrained)
     net.fc = nn.Identity()
     cfg = PreprocessConfig(input_size=227, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)

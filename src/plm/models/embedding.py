@@ -130,7 +130,10 @@ def load_model(path: str | os.PathLike) -> EmbeddingModel:
     ckpt = safe_torch_load(path)
     if "model_config" not in ckpt or "model_state" not in ckpt:
         raise ValueError(f"{path} is not a plm checkpoint (no model_config / model_state)")
-    config = ModelConfig(**ckpt["model_config"])
-    model = create_model(config, pretrained=False)
-    model.load_state_dict(ckpt["model_state"])
+    try:
+        config = ModelConfig(**ckpt["model_config"])
+        model = create_model(config, pretrained=False)
+        model.load_state_dict(ckpt["model_state"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(f"{path} holds a model plm cannot rebuild: {err}") from err
     return model.eval()
