@@ -58,7 +58,7 @@ def test_exact_without_faiss_uses_numpy(rng: np.random.Generator, monkeypatch: p
     assert np.array_equal(got, want) and got[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "pq"])
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_approximate_agrees_with_exact(rng: np.random.Generator, kind: str, metric: str) -> None:
     x = _clustered(rng)
@@ -105,7 +105,7 @@ def test_dimension_mismatch_and_bad_input(rng: np.random.Generator) -> None:
     assert index.search(np.ones((2, 8), np.float32), 100)[1].shape == (2, 50)  # k capped at N
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf", "pq"])
 def test_index_file_round_trip(tmp_path: Path, rng: np.random.Generator, kind: str) -> None:
     x = _clustered(rng, n=500)
     index = VectorIndex.build(x, kind)
@@ -133,3 +133,22 @@ def test_index_file_errors(tmp_path: Path) -> None:
     np.savez(pickled, meta=np.array([{"format": "plm-index"}], dtype=object))
     with pytest.raises(UserError, match="not a plm-index file"):  # object arrays are refused, never unpickled
         SearchIndex.load(pickled)
+
+
+def test_benchmark_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
+    bench = importlib.import_module("benchmarks.bench_index")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--n", "3000", "--dim", "32", "--queries", "100", "--nlist", "16", "--nprobe", "2", "16",
+                       "--hnsw", "8,20", "--ef-search", "16", "256", "--pq-m", "16", "--k-factor", "5",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["index"] for r in rows} == {"exact (flat)", "IVF16,Flat", "PQ16x4fs + re-rank", "HNSW8,efC=20"}
+    assert rows[0]["recall"] == 1.0 and all(0 <= r["recall"] <= 1 and r["qps"] > 0 for r in rows)
+    ivf = [r for r in rows if r["index"] == "IVF16,Flat"]
+    assert ivf[-1]["value"] == 16 and ivf[-1]["recall"] == 1.0  # every cell visited: exact
+    assert "| index | build (s) |" in capsys.readouterr().out

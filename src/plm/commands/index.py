@@ -9,7 +9,7 @@ from pathlib import Path
 from plm.commands._common import format_table
 
 NAME = "index"
-HELP = "build a search index (exact, HNSW or IVF) from a plm embed file, and report its recall vs exact search"
+HELP = "build a search index (exact, HNSW, IVF or PQ) from a plm embed file, and report its recall vs exact search"
 log = logging.getLogger(__name__)
 AUTO_EXACT_MAX = 100_000
 
@@ -17,8 +17,9 @@ AUTO_EXACT_MAX = 100_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--out", required=True, help="index file to write (.npz)")
-    parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf"],
-                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors, hnsw above")
+    parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf", "pq"],
+                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors, hnsw above; pq = 4-bit PQ fast scan of "
+                             f"every vector + exact re-rank (for embeddings without cluster structure)")
     parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
                         help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
     parser.add_argument("--M", dest="m", type=int, default=32, help="HNSW links per node")
@@ -26,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW search beam width (default: tuned)")
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4·sqrt(N))")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query (default: tuned)")
+    parser.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantizers (must divide the dimension)")
+    parser.add_argument("--k-factor", type=int, default=None, help="PQ candidates re-ranked, × k (default: tuned)")
     parser.add_argument("--target-recall", type=float, default=0.95,
-                        help="tune ef-search / nprobe until the estimated recall@k vs exact reaches this")
+                        help="tune ef-search / nprobe / k-factor until the estimated recall@k vs exact reaches this")
     parser.add_argument("-k", type=int, default=10, help="k of the recall@k check")
     parser.add_argument("--recall-sample", type=int, default=1000, help="vectors of the collection used as check queries")
 
@@ -45,9 +48,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     if not 0 < args.target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     kind = args.kind if args.kind != "auto" else ("exact" if len(store) <= AUTO_EXACT_MAX else "hnsw")
-    fixed = args.ef_search if kind == "hnsw" else args.nprobe if kind == "ivf" else None
+    fixed = {"hnsw": args.ef_search, "ivf": args.nprobe, "pq": args.k_factor}.get(kind)
     index = VectorIndex.build(store.vectors, kind, args.metric, M=args.m, ef_construction=args.ef_construction,
-                              ef_search=args.ef_search or 128, nlist=args.nlist, nprobe=args.nprobe)
+                              ef_search=args.ef_search or 128, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+                              k_factor=args.k_factor or 20)
     rows = []
     if kind != "exact":
         rows = tune_search(index, store.vectors, target=args.target_recall, k=args.k, sample=args.recall_sample,

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--root", default=None, help="the indexed image folder at a new location (for --html)")
     parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW search beam width")
     parser.add_argument("--nprobe", type=int, default=None, help="override the IVF cells visited per query")
+    parser.add_argument("--k-factor", type=int, default=None, help="override the PQ candidates re-ranked (× k)")
     parser.add_argument("--batch-size", type=int, default=64)
 
 
@@ -53,11 +54,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     queries, unreadable = collect_queries(args.queries)
     if unreadable:
         log.warning("skipped %d unreadable query file(s): %s", len(unreadable), ", ".join(unreadable[:5]))
-    for name, value in (("ef_search", args.ef_search), ("nprobe", args.nprobe)):
+    for name, kind, value in (("ef_search", "hnsw", args.ef_search), ("nprobe", "ivf", args.nprobe),
+                              ("k_factor", "pq", args.k_factor)):
         if value is not None:
             if idx.index.search_param != name:
-                raise UserError(f"--{name.replace('_', '-')} applies to {'hnsw' if name == 'ef_search' else 'ivf'} "
-                                f"indexes; this one is {idx.index.kind}")
+                raise UserError(f"--{name.replace('_', '-')} applies to {kind} indexes; this one is {idx.index.kind}")
             idx.index.set_search_param(value)
     model = model_from_identity(idx.model, checkpoint=args.checkpoint)
     emb = embed_dataset(model, PathListDataset(queries), batch_size=args.batch_size, cache_dir=False,

@@ -1,9 +1,14 @@
-"""Vector indexes: exact (numpy or faiss flat), HNSW and IVF (faiss), with recall checks.
+"""Vector indexes: exact (numpy or faiss), HNSW, IVF and re-ranked PQ fast-scan (faiss), with recall checks.
 
 Distances are reported the same way by every kind: ``1 - cosine`` for the ``cosine`` metric
 (vectors L2-normalised; the approximate kinds search by L2 on unit vectors, which ranks the same)
 and the Euclidean distance for ``l2``. The exact kind stores the vectors themselves, so it works
-without faiss (blocked numpy search); ``hnsw`` and ``ivf`` need ``faiss-cpu``.
+without faiss (blocked numpy search); ``hnsw``, ``ivf`` and ``pq`` need ``faiss-cpu``.
+
+``pq`` scans 4-bit product-quantizer codes of *every* vector with SIMD (faiss fast-scan) and
+re-ranks the best ``k · k_factor`` candidates with exact distances: on vectors without cluster
+structure, where graphs (HNSW) and cells (IVF) must visit most of the collection, it is the kind
+that keeps recall high at several times the exact speed (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 
 from plm.errors import UserError
 
-KINDS = ("exact", "hnsw", "ivf")
+KINDS = ("exact", "hnsw", "ivf", "pq")
 METRICS = ("cosine", "l2")
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
 
@@ -113,23 +118,26 @@ class VectorIndex:
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str = "exact", metric: str = "auto", *, M: int = 32,
               ef_construction: int = 80, ef_search: int = 128, nlist: Optional[int] = None,
-              nprobe: Optional[int] = None, seed: int = 0) -> "VectorIndex":
+              nprobe: Optional[int] = None, pq_m: Optional[int] = None, k_factor: int = 20,
+              seed: int = 0) -> "VectorIndex":
         """Index ``vectors`` (N, D).
 
         Args:
             vectors: the collection.
-            kind: ``exact``, ``hnsw`` or ``ivf``.
+            kind: ``exact``, ``hnsw``, ``ivf`` or ``pq``.
             metric: ``cosine``, ``l2`` or ``auto`` (cosine when every row has unit norm).
             M: HNSW links per node.
             ef_construction: HNSW build-time beam width.
             ef_search: HNSW search-time beam width (tune with :func:`tune_search`).
             nlist: IVF cells (default ``4·sqrt(N)``, at most N/39).
             nprobe: IVF cells visited per query (default ``nlist/16``).
-            seed: IVF training sample seed.
+            pq_m: PQ sub-quantizers of 4 bits each; must divide D (default ``D/2`` up to 256-d, else ``D/4``).
+            k_factor: PQ candidates re-ranked exactly, as a multiple of k.
+            seed: IVF / PQ training sample seed.
 
         Raises:
             ValueError: bad arguments or vectors.
-            UserError: ``hnsw``/``ivf`` without faiss installed.
+            UserError: an approximate kind without faiss installed.
         """
         x = _check_2d(vectors, None, "vectors")
         if len(x) == 0:
@@ -167,16 +175,31 @@ class VectorIndex:
             nprobe = int(nprobe or max(1, nlist // 16))
             return cls(kind, metric, d, n, {"nlist": nlist, "nprobe": min(nprobe, nlist)},
                        faiss_index=index)  # faiss's wrapper keeps the quantizer alive
+        if kind == "pq":
+            faiss = _faiss(kind)
+            pq_m = int(pq_m or (d // 2 if d <= 256 else d // 4))
+            if pq_m < 1 or d % pq_m:
+                raise ValueError(f"pq_m must divide the dimension {d}, got {pq_m}")
+            if n < 64:
+                raise ValueError(f"the pq index needs at least 64 vectors, got {n}; use kind='exact'")
+            base = faiss.IndexPQFastScan(d, pq_m, 4, faiss.METRIC_L2)
+            rng = np.random.default_rng(seed)
+            train = x if n <= 65_536 else x[np.sort(rng.choice(n, 65_536, replace=False))]
+            base.pq.cp.min_points_per_centroid = min(39, max(1, len(train) // 16))
+            base.train(train)
+            index = faiss.IndexRefineFlat(base)  # the wrapper keeps `base` alive
+            index.add(x)
+            return cls(kind, metric, d, n, {"pq_m": pq_m, "k_factor": int(k_factor)}, faiss_index=index)
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
     # -- searching -----------------------------------------------------------------------------
     @property
     def search_param(self) -> Optional[str]:
-        """The speed/recall knob of this kind: ``ef_search`` (HNSW), ``nprobe`` (IVF) or ``None``."""
-        return {"hnsw": "ef_search", "ivf": "nprobe"}.get(self.kind)
+        """The speed/recall knob: ``ef_search`` (HNSW), ``nprobe`` (IVF), ``k_factor`` (PQ) or ``None``."""
+        return {"hnsw": "ef_search", "ivf": "nprobe", "pq": "k_factor"}.get(self.kind)
 
     def set_search_param(self, value: int) -> None:
-        """Set ``ef_search`` (HNSW) or ``nprobe`` (IVF, capped at ``nlist``)."""
+        """Set ``ef_search`` (HNSW), ``nprobe`` (IVF, capped at ``nlist``) or ``k_factor`` (PQ)."""
         if self.search_param is None:
             raise ValueError("the exact index has no search parameter")
         if int(value) < 1:
@@ -194,6 +217,8 @@ class VectorIndex:
             idx.hnsw.efSearch = int(self.params["ef_search"])
         elif self.kind == "ivf":
             idx.nprobe = int(self.params["nprobe"])
+        elif self.kind == "pq":
+            idx.k_factor = float(self.params["k_factor"])
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest ids of each query and their distances, nearest first.
@@ -217,10 +242,8 @@ class VectorIndex:
             if have_faiss():
                 import faiss
 
-                if self._faiss_index is None:
-                    self._faiss_index = (faiss.IndexFlatIP if self.metric == "cosine" else faiss.IndexFlatL2)(self.dim)
-                    self._faiss_index.add(self.vectors)
-                d, ids = self._faiss_index.search(q, k)
+                metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+                d, ids = faiss.knn(q, self.vectors, k, metric=metric)  # BLAS blocks, no copy of the vectors
                 d = 1.0 - d if self.metric == "cosine" else d
             else:
                 d, ids = _numpy_search(self.vectors, q, k, self.metric)
@@ -295,7 +318,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
     """Measure recall@k against exact search on a sample of the collection's own vectors.
 
     Each sampled vector queries the index; its own id is removed from both result lists, so the
-    trivial self-match does not inflate recall. For HNSW/IVF, the search parameter is raised
+    trivial self-match does not inflate recall. For HNSW/IVF/PQ, the search parameter is raised
     through ``values`` until the recall reaches ``target``; the index keeps the first value that
     does (or the largest tried).
 
@@ -318,9 +341,13 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
         return [{"param": None, "value": None, "recall": recall_at_k(found, truth),
                  "qps": len(queries) / max(time.perf_counter() - start, 1e-9)}]
     if values is None:
-        values = ([16, 32, 64, 128, 256, 512, 1024, 2048] if index.kind == "hnsw"
-                  else sorted({v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < index.params["nlist"]}
-                              | {index.params["nlist"]}))
+        if index.kind == "hnsw":
+            values = [16, 32, 64, 128, 256, 512, 1024, 2048]
+        elif index.kind == "pq":
+            values = [1, 2, 5, 10, 20, 40, 80, 160]
+        else:
+            nlist = index.params["nlist"]
+            values = sorted({v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < nlist} | {nlist})
     rows = []
     for v in values:
         index.set_search_param(v)
