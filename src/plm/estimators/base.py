@@ -69,13 +69,13 @@ class Neighbors:
         return Neighbors(self.distances[:, :k], self.indices[:, :k])
 
 
-def compute_neighbors(x: np.ndarray, k: int, approximate: Optional[bool] = None, block_size: int = 2048) -> Neighbors:
+def compute_neighbors(x: np.ndarray, k: int, approximate: bool = False, block_size: int = 2048) -> Neighbors:
     """The k-NN table of (already normalised) features, blockwise with bounded memory.
 
     Args:
         x: (N, d) features.
         k: neighbours per point (clipped to N - 1).
-        approximate: see :func:`plm.manifold.knn_candidates` (None = exact up to 20,000 points).
+        approximate: faiss IVF instead of exact search (see :func:`plm.manifold.knn_candidates`).
         block_size: queries per exact block.
     """
     from plm.manifold.neighbors import knn_candidates

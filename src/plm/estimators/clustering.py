@@ -27,8 +27,12 @@ def _check_int(name: str, value: object, low: int) -> None:
 
 
 def kmeans_pseudo_labels(x: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 1, max_iter: int = 50,
-                         use_faiss: Optional[bool] = None) -> np.ndarray:
+                         use_faiss: Optional[bool] = None, reduce_dim: int = 128) -> np.ndarray:
     """k-means cluster ids of the rows of ``x`` (the per-epoch pseudo-labels of k-means peers).
+
+    Small problems run scikit-learn's Lloyd k-means. Large ones (N·K·d > 2·10⁹, e.g. SOP's 60,000
+    images in 11,318 clusters) run faiss k-means, at most 20 iterations, on the top ``reduce_dim``
+    principal components of ``x``, so that one iteration stays about a second on two cores.
 
     Args:
         x: (N, d) features (used as given; normalise them first for cosine geometry).
@@ -36,7 +40,9 @@ def kmeans_pseudo_labels(x: np.ndarray, n_clusters: int, seed: int = 0, n_init: 
         seed: random seed.
         n_init: restarts (the best inertia wins).
         max_iter: Lloyd iterations per restart.
-        use_faiss: faiss k-means (``None`` = when installed and N·K·d is large).
+        use_faiss: force (True) or forbid (False) the large-problem path; ``None`` = by size, when
+            faiss is installed.
+        reduce_dim: principal components kept on the large-problem path.
 
     Returns:
         (N,) int64 cluster ids in [0, K).
@@ -45,6 +51,8 @@ def kmeans_pseudo_labels(x: np.ndarray, n_clusters: int, seed: int = 0, n_init: 
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"expected a non-empty (N, d) array, got shape {x.shape}")
     _check_int("n_clusters", n_clusters, 1)
+    _check_int("n_init", n_init, 1)
+    _check_int("max_iter", max_iter, 1)
     k = min(n_clusters, len(x))
     if use_faiss is None:
         use_faiss = len(x) * k * x.shape[1] > 2e9
@@ -52,10 +60,16 @@ def kmeans_pseudo_labels(x: np.ndarray, n_clusters: int, seed: int = 0, n_init: 
         try:
             import faiss
 
-            km = faiss.Kmeans(x.shape[1], k, niter=max_iter, nredo=n_init, seed=seed, verbose=False,
+            data = x
+            if x.shape[1] > reduce_dim:
+                sample = x[np.random.default_rng(seed).choice(len(x), size=min(len(x), 20_000), replace=False)]
+                mean = sample.mean(0)
+                _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+                data = np.ascontiguousarray((x - mean) @ vt[:reduce_dim].T, dtype=np.float32)
+            km = faiss.Kmeans(data.shape[1], k, niter=min(max_iter, 20), nredo=n_init, seed=seed, verbose=False,
                               max_points_per_centroid=max(256, -(-len(x) // k)))
-            km.train(x)
-            return km.index.search(x, 1)[1][:, 0].astype(np.int64)
+            km.train(data)
+            return km.index.search(data, 1)[1][:, 0].astype(np.int64)
         except ImportError:
             pass
     from sklearn.cluster import KMeans

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from plm.estimators.base import Neighbors, SimilarityEstimator, topk_csr
-from plm.manifold import ManifoldConfig, fit_pieces, pair_similarity, pairwise_similarity
+from plm.manifold import ManifoldConfig, fit_pieces, neighbor_similarity, pair_similarity, pairwise_similarity
 
 
 class PLManifoldEstimator(SimilarityEstimator):
@@ -46,8 +46,7 @@ class PLManifoldEstimator(SimilarityEstimator):
             return
         k = min(self.top_k, neighbors.k)
         cols = torch.from_numpy(neighbors.indices[:, :k])
-        rows = torch.arange(len(x))[:, None].expand_as(cols)
-        values = pair_similarity(self.pieces_, rows.reshape(-1), cols.reshape(-1), cfg).view(len(x), k)
+        values = neighbor_similarity(self.pieces_, cols, cfg)
         self._sparse = topk_csr(values.numpy(), cols.numpy(), len(x))
 
     def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ def default_options(name: str, n_classes: int) -> dict:
 def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] = DEFAULT_ESTIMATORS,
                        options: Optional[dict[str, dict]] = None, exact_max_pairs: int = 20_000_000,
                        pair_knn: int = 10, n_samples: int = 200_000, seed: int = 0,
-                       approximate_knn: Optional[bool] = None, progress: bool = True) -> dict:
+                       approximate_knn: bool = False, progress: bool = True) -> dict:
     """Fit every named estimator on ``x`` and measure purity and correlation with ``labels``.
 
     Args:
@@ -44,7 +44,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
         pair_knn: K of the k-NN stratum of the sampled correlation.
         n_samples: pairs sampled per sampled stratum.
         seed: seed of the pair sample (shared by all estimators).
-        approximate_knn: passed to the shared k-NN search.
+        approximate_knn: approximate (faiss IVF) shared k-NN search instead of exact.
         progress: show a tqdm bar over estimators.
 
     Returns:

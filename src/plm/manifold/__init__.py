@@ -10,6 +10,7 @@ from plm.manifold.neighbors import knn_candidates
 from plm.manifold.pieces import fit_error, fit_pieces, nearest_candidates
 from plm.manifold.similarity import (
     directed_similarity,
+    neighbor_similarity,
     pair_similarity,
     paired_directed_similarity,
     pairwise_similarity,
@@ -19,6 +20,6 @@ from plm.manifold.similarity import (
 
 __all__ = [
     "CRITERIA", "SYMMETRIZE", "ManifoldConfig", "Pieces", "directed_similarity", "fit_error", "fit_pieces",
-    "knn_candidates", "nearest_candidates", "pair_similarity", "paired_directed_similarity",
+    "knn_candidates", "nearest_candidates", "neighbor_similarity", "pair_similarity", "paired_directed_similarity",
     "pairwise_similarity", "similarity_matrix", "sparse_similarity",
 ]

@@ -70,7 +70,7 @@ def nearest_candidates(x: Tensor, k: int, block_size: int = 2048) -> Tensor:
 
 @torch.no_grad()
 def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates: Optional[Tensor] = None,
-               block_size: int = 2048) -> Pieces:
+               block_size: int = 512) -> Pieces:
     """Subset selection + local PCA for every point (no gradient).
 
     Args:
@@ -111,7 +111,8 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
         z = pts - pts[:, :1]  # relative to the anchor
         gram = (z @ z.transpose(1, 2)).double()
         mask = _select(gram, valid, config)
-        mu, basis, rank = _local_pca(pts, z, gram, mask, m)
+        mu, basis, rank = _local_pca(pts[:, 0], z, gram, mask, m)
+        del pts
         means[start:stop] = mu
         bases[start:stop] = basis
         ranks[start:stop] = rank
@@ -199,20 +200,20 @@ def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
     return w > 0.5
 
 
-def _local_pca(pts: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+def _local_pca(anchor: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, orthonormal top-m basis (zero columns past the set's rank) and rank of each member set.
 
     Args:
-        pts: (b, n, d) candidate points (anchor first).
-        z: (b, n, d) the same relative to the anchor.
+        anchor: (b, d) the anchors.
+        z: (b, n, d) the candidates relative to their anchor (anchor first, so z[:, 0] = 0).
         gram: (b, n, n) float64 Gram matrix of ``z``.
         mask: (b, n) members.
         m: piece dimension.
     """
-    b, n, d = pts.shape
+    b, n, d = z.shape
     w = mask.to(gram.dtype)
-    count = w.sum(1, keepdim=True)
-    mu = (pts * mask.to(pts.dtype)[:, :, None]).sum(1) / count.to(pts.dtype)
+    wz = mask.to(z.dtype)
+    mu = anchor + (z * wz[:, :, None]).sum(1) / wz.sum(1, keepdim=True)
     gc = _centered_gram(gram, w)
     lam, vec = torch.linalg.eigh(gc)  # ascending
     lam, vec = lam.flip(1)[:, :m], vec.flip(2)[:, :, :m]
@@ -222,15 +223,17 @@ def _local_pca(pts: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) -> tu
         vec = torch.cat([vec, vec.new_zeros(b, n, pad)], 2)
     total = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
     scale = torch.diagonal(gram, dim1=1, dim2=2).amax(1, keepdim=True)
-    good = (lam > _REL_TOL * total) & (lam > 1e3 * torch.finfo(pts.dtype).eps * scale)
+    good = (lam > _REL_TOL * total) & (lam > 1e3 * torch.finfo(z.dtype).eps * scale)
     # eigenvectors of non-zero eigenvalues vanish off the members and sum to zero over them, so
     # zᵀv equals the centred members' (z − z̄)ᵀv without centring z
-    raw = (z.transpose(1, 2) @ (vec * w[:, :, None]).to(z.dtype)).double()  # (b, d, m), column norms ≈ sqrt(λ)
+    raw = z.transpose(1, 2) @ (vec * w[:, :, None]).to(z.dtype)  # (b, d, m), column norms ≈ sqrt(λ)
     basis = torch.zeros_like(raw)
-    for j in range(m):  # Gram-Schmidt keeps the columns exactly orthonormal
-        col = raw[:, :, j] - (basis[:, :, :j] @ (basis[:, :, :j].transpose(1, 2) @ raw[:, :, j:j + 1])).squeeze(2)
+    for j in range(m):  # Gram-Schmidt keeps the columns orthonormal to working precision
+        col = raw[:, :, j]
+        if j:
+            col = col - (basis[:, :, :j] @ (basis[:, :, :j].transpose(1, 2) @ col[:, :, None])).squeeze(2)
         norm = col.norm(dim=1, keepdim=True)
         ok = good[:, j:j + 1] & (norm > 0)
-        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=1e-300), torch.zeros_like(col))
+        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(z.dtype).tiny), torch.zeros_like(col))
     rank = (basis.abs().sum(1) > 0).sum(1)
-    return mu, basis.to(pts.dtype), rank
+    return mu, basis, rank

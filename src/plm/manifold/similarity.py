@@ -154,7 +154,7 @@ def similarity_matrix(x: Tensor, config: ManifoldConfig = ManifoldConfig()) -> T
 
 @torch.no_grad()
 def pair_similarity(pieces: Pieces, rows: Tensor, cols: Tensor, config: ManifoldConfig = ManifoldConfig(),
-                    block_size: int = 65536) -> Tensor:
+                    block_size: int = 4096) -> Tensor:
     """Symmetrised PL similarity of arbitrary pairs (rows[q], cols[q]), in blocks of pairs.
 
     Args:
@@ -186,8 +186,62 @@ def pair_similarity(pieces: Pieces, rows: Tensor, cols: Tensor, config: Manifold
 
 
 @torch.no_grad()
+def neighbor_similarity(pieces: Pieces, neighbors: Tensor, config: ManifoldConfig = ManifoldConfig(),
+                        block_size: int = 256) -> Tensor:
+    """Symmetrised PL similarity of every point with each of its listed neighbours.
+
+    Structured like the k-NN table, so both directions are batched matrix products: the neighbours
+    of i against piece i, and i against each neighbour's piece (memory ≈ block_size × K × (m+2) × d).
+
+    Args:
+        pieces: pieces fitted on N points.
+        neighbors: (N, K) indices (-1 = none).
+        config: the PL options.
+        block_size: anchors per block.
+
+    Returns:
+        (N, K) similarities in (0, 1] (0 where the index is -1, 1 where it is the point itself).
+    """
+    x, means, bases = pieces.anchors, pieces.means, pieces.bases
+    n, k = neighbors.shape
+    if n != len(pieces):
+        raise ValueError(f"neighbors has {n} rows for {len(pieces)} pieces")
+    neighbors = neighbors.to(device=x.device, dtype=torch.long)
+    m = bases.shape[2]
+    basis_t = bases.transpose(1, 2).contiguous()  # (N, m, d): gathers give (b, K, m, d) rows
+    off = means - x
+    e = torch.einsum("nd,ndk->nk", off, bases)  # Uᵀ(μ − a)
+    r2 = ((off * off).sum(1) - (e * e).sum(1)).clamp(min=0)
+    out = torch.zeros(n, k, dtype=x.dtype, device=x.device)
+    for start in range(0, n, block_size):
+        stop = min(n, start + block_size)
+        nb = neighbors[start:stop]
+        valid = nb >= 0
+        j = nb.clamp(min=0)
+        xi = x[start:stop]  # (b, d)
+        xj = x[j]  # (b, K, d)
+        # s′(x_j, P_i): neighbours against the anchor's piece
+        diff_a = xj - means[start:stop, None, :]  # (b, K, d)
+        c_a = diff_a @ bases[start:stop]  # (b, K, m)
+        o_a = (diff_a * diff_a).sum(2) - (c_a * c_a).sum(2)
+        p_a = r2[start:stop, None] + ((e[start:stop, None, :] + c_a) ** 2).sum(2)
+        s_a = _alpha_beta(o_a, p_a, config.n_alpha, config.n_beta)
+        # s′(x_i, P_j): the anchor against each neighbour's piece
+        diff_b = xi[:, None, :] - means[j]  # (b, K, d)
+        c_b = (basis_t[j] @ diff_b[:, :, :, None]).squeeze(3)  # (b, K, m)
+        o_b = (diff_b * diff_b).sum(2) - (c_b * c_b).sum(2)
+        p_b = r2[j] + ((e[j] + c_b) ** 2).sum(2)
+        s_b = _alpha_beta(o_b, p_b, config.n_alpha, config.n_beta)
+        s = _symmetrize(s_a, s_b, config.symmetrize)
+        rows = torch.arange(start, stop, device=x.device)[:, None]
+        s = torch.where(nb == rows, torch.ones_like(s), s)
+        out[start:stop] = torch.where(valid, s, torch.zeros_like(s))
+    return out
+
+
+@torch.no_grad()
 def sparse_similarity(x: Tensor, config: ManifoldConfig = ManifoldConfig(), k: Optional[int] = None,
-                      neighbors: Optional[Tensor] = None, approximate: Optional[bool] = None,
+                      neighbors: Optional[Tensor] = None, approximate: bool = False,
                       return_pieces: bool = False):
     """Dataset-scale PL similarity: each point's ``k`` most similar among its nearest neighbours.
 
@@ -201,7 +255,7 @@ def sparse_similarity(x: Tensor, config: ManifoldConfig = ManifoldConfig(), k: O
         config: the PL options.
         k: neighbours scored per point (default: ``config.max_candidates`` or 16).
         neighbors: optional precomputed (N, ≥max(k, K_c)) neighbour indices, nearest first.
-        approximate: passed to the k-NN search when ``neighbors`` is None.
+        approximate: approximate (faiss IVF) k-NN search when ``neighbors`` is None.
         return_pieces: also return the fitted pieces.
 
     Returns:
@@ -225,8 +279,7 @@ def sparse_similarity(x: Tensor, config: ManifoldConfig = ManifoldConfig(), k: O
     pieces = fit_pieces(xp, ManifoldConfig(**{**config.to_dict(), "normalize_inputs": False}),
                         candidates=neighbors[:, :kc])
     cols = neighbors[:, :k]
-    rows = torch.arange(n, device=x.device)[:, None].expand_as(cols)
-    values = pair_similarity(pieces, rows.reshape(-1), cols.reshape(-1), config).view(n, k)
+    values = neighbor_similarity(pieces, cols, config)
     values, order = torch.sort(values, dim=1, descending=True, stable=True)
     indices = cols.gather(1, order)
     return (values, indices, pieces) if return_pieces else (values, indices)
