@@ -34,13 +34,25 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def make_data(n: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` database and ``queries`` query vectors, random unit vectors, float32."""
+def make_data(n: int, dim: int, queries: int, seed: int, intrinsic: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` database and ``queries`` query vectors: random unit vectors, float32.
+
+    With ``intrinsic > 0`` the vectors lie near an ``intrinsic``-dimensional subspace (a Gaussian
+    latent mapped by a random orthonormal matrix, plus 10% isotropic noise), like real embeddings.
+    """
     rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, intrinsic)))[0].T.astype(np.float32) if intrinsic else None
+
+    def draw(m: int) -> np.ndarray:
+        if basis is None:
+            return _unit(rng.standard_normal((m, dim), dtype=np.float32))
+        z = rng.standard_normal((m, intrinsic), dtype=np.float32) @ basis
+        return _unit(z + 0.1 * np.sqrt(intrinsic / dim) * rng.standard_normal((m, dim), dtype=np.float32))
+
     x = np.empty((n, dim), np.float32)
     for s in range(0, n, 100_000):  # in chunks: no float64 copy of the whole set
-        x[s:s + 100_000] = _unit(rng.standard_normal((min(100_000, n - s), dim), dtype=np.float32))
-    return x, _unit(rng.standard_normal((queries, dim), dtype=np.float32))
+        x[s:s + 100_000] = draw(min(100_000, n - s))
+    return x, draw(queries)
 
 
 def _sweep(name: str, build_s: float, index: Any, values: list, q: np.ndarray, truth: np.ndarray, k: int,
@@ -54,7 +66,7 @@ def _sweep(name: str, build_s: float, index: Any, values: list, q: np.ndarray, t
         secs = time.perf_counter() - start
         row = {"index": name, "build_s": round(build_s, 1), "param": index.search_param or "-",
                "value": v if index.search_param else "-", "recall": round(_recall(ids, truth), 4),
-               "qps": round(len(q) / secs)}
+               "qps": round(len(q) / secs), "load": round(os.getloadavg()[0], 1)}
         rows.append(row)
         meets = row["recall"] >= TARGET_RECALL and row["qps"] >= TARGET_QPS
         print(f"  {name:<24} {row['param']}={row['value']!s:<5} recall@{k}={row['recall']:.4f} {row['qps']:>7} q/s"
@@ -74,15 +86,16 @@ def _build(name: str, vectors: np.ndarray, kind: str, **params: Any) -> tuple[An
 
 
 def run(n: int, dim: int, nq: int, k: int, seed: int, hnsw: list[tuple[int, int]], ef_search: list[int],
-        nlist: int, nprobe: list[int], pq_m: int, k_factors: list[int]) -> list[dict[str, Any]]:
+        nlist: int, nprobe: list[int], pq_m: int, k_factors: list[int], intrinsic: int = 0) -> list[dict[str, Any]]:
     """Build and measure every index through :class:`plm.search.VectorIndex` (what ``plm index`` builds).
 
     Returns one row per (index, search setting).
     """
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    x, q = make_data(n, dim, nq, seed)
-    print(f"data: {n:,} × {dim}-d random unit vectors, {nq} queries, k={k} ({time.perf_counter() - t0:.1f} s)",
+    x, q = make_data(n, dim, nq, seed, intrinsic)
+    kind = f"near a {intrinsic}-d subspace" if intrinsic else "i.i.d. random"
+    print(f"data: {n:,} × {dim}-d unit vectors, {kind}; {nq} queries, k={k} ({time.perf_counter() - t0:.1f} s)",
           flush=True)
 
     exact, secs = _build("exact (faiss flat, IP)", x, "exact")
@@ -90,7 +103,7 @@ def run(n: int, dim: int, nq: int, k: int, seed: int, hnsw: list[tuple[int, int]
     _, truth = exact.search(q, k)
     qps = round(nq / (time.perf_counter() - start))
     rows.append({"index": "exact (flat)", "build_s": round(secs, 1), "param": "-", "value": "-", "recall": 1.0,
-                 "qps": qps})
+                 "qps": qps, "load": round(os.getloadavg()[0], 1)})
     print(f"  {'exact (flat)':<24} {qps} q/s (the ground truth)", flush=True)
     del exact
 
@@ -113,10 +126,11 @@ def run(n: int, dim: int, nq: int, k: int, seed: int, hnsw: list[tuple[int, int]
 
 def table(rows: list[dict[str, Any]], k: int) -> str:
     """The rows as a Markdown table."""
-    out = [f"| index | build (s) | search setting | recall@{k} | queries/s |", "|---|---:|---|---:|---:|"]
+    out = [f"| index | build (s) | search setting | recall@{k} | queries/s | load avg |",
+           "|---|---:|---|---:|---:|---:|"]
     for r in rows:
         setting = "-" if r["param"] == "-" else f"{r['param']}={r['value']}"
-        out.append(f"| {r['index']} | {r['build_s']} | {setting} | {r['recall']:.4f} | {r['qps']:,} |")
+        out.append(f"| {r['index']} | {r['build_s']} | {setting} | {r['recall']:.4f} | {r['qps']:,} | {r['load']} |")
     return "\n".join(out)
 
 
@@ -128,6 +142,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--intrinsic-dim", type=int, default=0,
+                   help="0: i.i.d. random vectors (hardest); D > 0: vectors near a D-dim subspace, like real embeddings")
     p.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     p.add_argument("--hnsw", nargs="*", default=["16,40", "32,64"], help="HNSW builds as M,efConstruction")
     p.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
@@ -144,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     hnsw = [tuple(int(v) for v in s.split(",")) for s in args.hnsw]
     rows = run(args.n, args.dim, args.queries, args.k, args.seed, hnsw, args.ef_search, args.nlist, args.nprobe,
-               args.pq_m, args.k_factor)
+               args.pq_m, args.k_factor, args.intrinsic_dim)
     load = os.getloadavg()[0]
     print(f"\n{table(rows, args.k)}\n\ntarget: recall@{args.k} >= {TARGET_RECALL} at >= {TARGET_QPS:.0f} q/s; "
           f"faiss {faiss.__version__}, {args.threads} threads, load average {load:.1f} at the end, "

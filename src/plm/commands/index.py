@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--out", required=True, help="index file to write (.npz)")
     parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf", "pq"],
-                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors, hnsw above; pq = 4-bit PQ fast scan of "
+                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors (or without faiss), hnsw above; pq = 4-bit PQ fast scan of "
                              f"every vector + exact re-rank (for embeddings without cluster structure)")
     parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
                         help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
 def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.errors import UserError
     from plm.search import EmbeddingStore, SearchIndex, VectorIndex, tune_search
+    from plm.search.index import have_faiss
 
     store = EmbeddingStore.load(args.embeddings)
     if len(store) == 0:
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
                         f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")
     if not 0 < args.target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
-    kind = args.kind if args.kind != "auto" else ("exact" if len(store) <= AUTO_EXACT_MAX else "hnsw")
+    kind = args.kind
+    if kind == "auto":
+        kind = "exact" if len(store) <= AUTO_EXACT_MAX or not have_faiss() else "hnsw"
+        if len(store) > AUTO_EXACT_MAX and kind == "exact":
+            log.warning("faiss is not installed: building an exact index (pip install faiss-cpu for hnsw/ivf/pq)")
     fixed = {"hnsw": args.ef_search, "ivf": args.nprobe, "pq": args.k_factor}.get(kind)
     index = VectorIndex.build(store.vectors, kind, args.metric, M=args.m, ef_construction=args.ef_construction,
                               ef_search=args.ef_search or 128, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,

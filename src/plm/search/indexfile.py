@@ -8,7 +8,7 @@ key           dtype      content
 ``paths``     unicode    (N,) image paths relative to ``meta.root``; id i is ``paths[i]``
 ``labels``    int64      (N,) class index from the sub-folder, -1 if none
 ``vectors``   float32    (N, D) the (unit-normalised for cosine) vectors — exact kind only
-``faiss``     uint8      ``faiss.serialize_index`` bytes — ``hnsw`` and ``ivf`` kinds only
+``faiss``     uint8      ``faiss.serialize_index`` bytes — ``hnsw``, ``ivf``, ``pq`` kinds only
 ``meta``      unicode    0-d JSON string, see below
 ============  =========  ===============================================================
 
