@@ -11,6 +11,7 @@ import torch
 from plm.evaluation import knn, map_and_r_precision, neighbour_hits, nmi, recall_at_k, retrieval_metrics
 from plm.evaluation.knn import smallest_k
 from plm.evaluation.metrics import NO_HIT, query_ranks
+from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys
 
 
 # ---------------------------------------------------------------- explicit references
@@ -51,6 +52,12 @@ def ref_metrics(x: np.ndarray, labels: np.ndarray, ks) -> dict:
             "r_precision": float(np.mean(rps)) if rps else math.nan}
 
 
+def scan(x: np.ndarray, labels: np.ndarray, ks, symmetric: bool, block_size=None) -> dict:
+    """Our metrics through one scan or the other."""
+    qr = query_ranks(x, labels, max_k=max(ks), block_size=block_size, symmetric=symmetric)
+    return {"recall_at": qr.recall_at(ks), "map_at_r": qr.map_at_r(), "r_precision": qr.mean_r_precision()}
+
+
 def assert_same(ours: dict, ref: dict) -> None:
     assert ours["recall_at"].keys() == ref["recall_at"].keys()
     for k in ref["recall_at"]:
@@ -75,12 +82,13 @@ def tied_data(rng: np.random.Generator, n: int = 160, dim: int = 3, n_classes: i
 
 # ---------------------------------------------------------------- metrics vs explicit loops
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_metrics_match_explicit_loops_with_ties_and_singletons(seed: int) -> None:
+def test_metrics_match_explicit_loops_with_ties_and_singletons(seed: int, symmetric: bool) -> None:
     x, labels = tied_data(np.random.default_rng(seed))
     ks = [1, 2, 3, 4, 8, 16, 50, 159, 1000]
-    ours = retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=37)
-    assert_same(ours, ref_metrics(x, labels, ks))
+    assert_same(scan(x, labels, ks, symmetric, block_size=37), ref_metrics(x, labels, ks))
+    assert_same(retrieval_metrics(x, labels, ks=ks, with_nmi=False), ref_metrics(x, labels, ks))
 
 
 def test_metrics_match_explicit_loops_continuous(rng: np.random.Generator) -> None:
@@ -90,21 +98,23 @@ def test_metrics_match_explicit_loops_continuous(rng: np.random.Generator) -> No
     assert_same(retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=50), ref_metrics(x, labels, ks))
 
 
-def test_block_size_does_not_change_the_result(rng: np.random.Generator) -> None:
+def test_block_size_and_scan_do_not_change_the_result(rng: np.random.Generator) -> None:
     x, labels = tied_data(rng)
-    results = [retrieval_metrics(x, labels, ks=[1, 5, 40], with_nmi=False, block_size=b) for b in (1, 7, 64, 4096)]
+    results = [scan(x, labels, [1, 5, 40], sym, block_size=b) for b in (3, 7, 64, 4096) for sym in (True, False)]
     assert all(r == results[0] for r in results)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("block_size,max_k", [(16, None), (90, 3), (5, 1000)])
-def test_first_hit_ranks_match_reference_exactly(rng: np.random.Generator, block_size: int, max_k) -> None:
+def test_first_hit_ranks_match_reference_exactly(rng: np.random.Generator, block_size: int, max_k,
+                                                 symmetric: bool) -> None:
     x, labels = tied_data(rng, n=90)
     order = ref_neighbours(x)
-    qr = query_ranks(x, labels, max_k=max_k, block_size=block_size)
+    qr = query_ranks(x, labels, max_k=max_k, block_size=block_size, symmetric=symmetric)
     for i, nb in enumerate(order):
         ranks = [t for t, j in enumerate(nb) if labels[j] == labels[i]]
         true = ranks[0] if ranks else NO_HIT
-        if max_k is None or true < max_k or true == NO_HIT:
+        if max_k is None or true < max_k or true == NO_HIT or symmetric:  # the symmetric scan is always exact
             assert qr.first_hit[i] == true, i
         else:  # beyond max_k only a lower bound, itself at least max_k, is promised
             assert max_k <= qr.first_hit[i] <= true, i
@@ -128,19 +138,21 @@ def dense_reference(x: np.ndarray, labels: np.ndarray, ks) -> dict:
     return {"recall_at": recall, "map_at_r": float(ap.mean()), "r_precision": float(rp.mean())}
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("kind", ["tied", "continuous"])
-def test_wide_rows_take_the_two_level_path_and_stay_exact(rng: np.random.Generator, kind: str) -> None:
-    # N > 1024 and classes of up to 40 items: the chunked top-k and first-hit paths both run
-    n = 1400
-    labels = rng.integers(0, 60, size=n)
-    labels[:5] = [500, 501, 502, 503, 504]
+def test_wide_rows_take_the_two_level_path_and_stay_exact(rng: np.random.Generator, kind: str,
+                                                          symmetric: bool) -> None:
+    # N > 1024, blocks of 1024, classes of 1-4 items: the two-level top-k runs (and its tie
+    # fallbacks, on integer data), as do the chunked first-hit counts of the row scan
+    n = 2100
+    labels = np.repeat(np.arange(700), 3)[:n]
+    labels[:40] = rng.integers(0, 30, size=40) * 1000 + 5000  # some larger classes and singletons
     if kind == "tied":
-        x = rng.integers(-1, 2, size=(n, 4)).astype(np.float32)
+        x = rng.integers(-1, 2, size=(n, 5)).astype(np.float32)
     else:
-        x = (np.eye(60, 16)[labels % 60] * 2 + rng.normal(size=(n, 16))).astype(np.float32)
+        x = (np.eye(700, 16, dtype=np.float32)[labels % 700] + rng.normal(scale=0.3, size=(n, 16))).astype(np.float32)
     ks = [1, 4, 10, 100, 1000]
-    ref = dense_reference(x, labels, ks)
-    assert_same(retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=300), ref)
+    assert_same(scan(x, labels, ks, symmetric, block_size=1024), dense_reference(x, labels, ks))
 
 
 def test_hand_made_example() -> None:
@@ -184,6 +196,24 @@ def test_hits_based_helpers_agree_with_the_scan(rng: np.random.Generator) -> Non
 
 
 # ---------------------------------------------------------------- exact k-NN and ties
+
+def test_order_keys_sort_like_value_then_index() -> None:
+    values = torch.tensor([0.5, -0.0, 0.0, -2.5, float("inf"), 0.5, -1e-40, 1e-40, 3.0, -2.5])
+    index = torch.tensor([7, 3, 1, 9, 0, 2, 4, 5, 6, 8])
+    keys = order_keys(values, index)
+    ranked = [(float(v), int(i)) for v, i in zip(key_value(keys), key_index(keys))]
+    assert ranked == [(float(v), int(i)) for v, i in zip(values, index)]  # decodes back (−0 read as 0)
+    by_key = [ranked[j] for j in torch.argsort(keys).tolist()]
+    assert by_key == sorted(ranked)
+
+
+def test_symmetric_scan_falls_back_for_huge_classes(rng: np.random.Generator) -> None:
+    x = torch.from_numpy(rng.normal(size=(30, 4)).astype(np.float32))
+    inverse = np.zeros(30, dtype=np.int64)
+    assert class_pair_distances(x, inverse, max_entries=899) is None
+    a, b, d = class_pair_distances(x, inverse, max_entries=900)
+    assert len(a) == 30 * 29 // 2 and (a < b).all()
+    assert np.allclose(d, ((x[a] - x[b]) ** 2).sum(1).numpy(), atol=1e-5)
 
 def test_knn_orders_by_distance_then_index_across_the_topk_boundary() -> None:
     # every gallery point at the same distance from every query: all ties

@@ -14,13 +14,21 @@ distances by lower index, as in :mod:`plm.evaluation.knn`):
   so its precision_at_1 equals our Recall@1 only when there are no singleton classes.
 - NMI: k-means with as many clusters as classes, normalised mutual information with the labels.
 
-How it is computed: :func:`query_ranks` scans the distance matrix in blocks of query rows
-(memory O(block × N); SOP's 60,502² matrix is never held) and records, per query, the rank of its
-nearest same-class item plus its AP@R and R-precision. It needs no top-K list for Recall@K: a
-query is a hit at K exactly when fewer than K other-class items precede its nearest same-class
-item, which one comparison pass per row counts. Only the rows whose nearest same-class item
-is within R take an exact top-R (for MAP@R). ``use_faiss=True`` computes the same quantities from
-a faiss k-NN list instead (cross-check; slower for large K).
+How it is computed (memory stays O(block × N): SOP's 60,502² matrix is never held):
+:func:`query_ranks` records, per query, the rank of its nearest same-class item ("first hit")
+plus its AP@R and R-precision. Recall@K needs no top-K list: a query is a hit at K exactly when
+fewer than K items precede its nearest same-class item, which a comparison pass counts. By
+default the scan is symmetric (:mod:`plm.evaluation.symmetric`): each block of the distance
+matrix serves its rows and its columns, halving the matrix products; distances within a class
+are computed apart in float64 (per-class Gram matrices) and written into the blocks. When
+classes are too large for that, or with ``symmetric=False``, blocks of query rows are scanned
+against all items instead. ``use_faiss=True`` takes the same quantities from a faiss k-NN list
+(cross-check; slower for large K).
+
+Precision: distances are float32. Pairs whose distances differ by less than float32 rounding
+may be ordered differently by the two scans and by faiss (each is exact with respect to its own
+computed values, equal values broken by the lower index); exact ties (duplicates, small
+integer-valued embeddings) are ordered identically by all three.
 """
 
 from __future__ import annotations
@@ -142,26 +150,60 @@ def _first_hit_ranks(kb: torch.Tensor, mins: torch.Tensor, p1: torch.Tensor, j1:
 
 
 def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k: Optional[int] = None,
-                block_size: int = 512) -> QueryRanks:
+                block_size: Optional[int] = None, symmetric: bool = True) -> QueryRanks:
     """Rank of each query's nearest same-class item, and its AP@R and R-precision, exactly.
 
     Args:
         embeddings: (N, D) float array.
         labels: (N,) non-negative integer class labels.
-        max_k: the largest K that Recall@K will be asked for: first-hit ranks below it are
-            exact, larger ones are reported as a lower bound ≥ ``max_k`` (enough for any
-            Recall@K with K ≤ max_k, and much cheaper). ``None``: exact everywhere.
-        block_size: query rows per block; memory ≈ block_size × N × 4 bytes.
+        max_k: the largest K that Recall@K will be asked for. The row-block scan reports
+            first-hit ranks beyond it as a lower bound ≥ ``max_k``; the symmetric scan is
+            exact everywhere. ``None``: exact everywhere.
+        block_size: rows (and columns, symmetric scan) per block; default 4096 (symmetric:
+            two block buffers of 64 MiB; fewer, larger operations also suffer less when other
+            processes compete for the cores) or 1024 (row blocks, memory ≈ block_size × N × 4 bytes).
+        symmetric: use :func:`~plm.evaluation.symmetric.symmetric_scan` (each distance computed
+            once for both its rows: half the matrix products) unless the classes are so large
+            that their pairwise distances would not fit; otherwise scan blocks of query rows.
 
     Returns:
         :class:`QueryRanks`.
     """
     x, labels = _check(embeddings, labels)
-    if block_size <= 0:
+    if block_size is not None and block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    classes = _Classes(labels)
+    if symmetric:
+        from plm.evaluation.symmetric import class_pair_distances, symmetric_scan
+
+        pairs = class_pair_distances(x, classes.inverse)
+        if pairs is not None:
+            first, top = symmetric_scan(x, pairs, block_size or 4096)
+            has = classes.r > 0
+            first_hit = np.where(has, first, NO_HIT).astype(np.int64)
+            ap, rp = _ap_from_top(top, torch.from_numpy(labels), torch.from_numpy(classes.r))
+            return QueryRanks(first_hit, np.where(has, ap, np.nan), np.where(has, rp, np.nan), classes.r.copy())
+    return _row_scan(x, labels, classes, max_k, block_size or 1024)
+
+
+def _ap_from_top(idx: torch.Tensor, lab: torch.Tensor, r: torch.Tensor,
+                 query_labels: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
+    """AP@R and R-precision per row from its top-k neighbour indices (k ≥ the row's R)."""
+    k = idx.shape[1]
+    q = lab if query_labels is None else query_labels
+    hits = lab[idx.clamp(max=len(lab) - 1)] == q.unsqueeze(1)
+    hits &= torch.arange(1, k + 1).unsqueeze(0) <= r.unsqueeze(1)
+    hf = hits.double()
+    prec = hf.cumsum(1) / torch.arange(1, k + 1, dtype=torch.float64)
+    rn = r.double().clamp(min=1)
+    return ((prec * hf).sum(1) / rn).numpy(), (hf.sum(1) / rn).numpy()
+
+
+def _row_scan(x: torch.Tensor, labels: np.ndarray, classes: "_Classes", max_k: Optional[int],
+              block_size: int) -> QueryRanks:
+    """Scan blocks of query rows against all items (memory ≈ block_size × N × 4 bytes)."""
     n = x.shape[0]
     max_k = n if max_k is None else max(1, min(int(max_k), n))
-    classes = _Classes(labels)
     lab = torch.from_numpy(labels)
     sq = (x * x).sum(1)
     first_hit = np.full(n, NO_HIT, dtype=np.int64)
@@ -195,13 +237,8 @@ def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k
         if len(need):
             k = int(r[need].max())
             _, idx = smallest_k(kb, k, rows=need, minima=mins)
-            rn = r[need]
-            hits = lab[idx] == lab[need + start].unsqueeze(1)
-            hits &= torch.arange(1, k + 1).unsqueeze(0) <= rn.unsqueeze(1)
-            hf = hits.double()
-            prec = hf.cumsum(1) / torch.arange(1, k + 1, dtype=torch.float64)
-            ap[start + need.numpy()] = ((prec * hf).sum(1) / rn).numpy()
-            rp[start + need.numpy()] = (hf.sum(1) / rn).numpy()
+            ap_n, rp_n = _ap_from_top(idx, lab, r[need], query_labels=lab[need + start])
+            ap[start + need.numpy()], rp[start + need.numpy()] = ap_n, rp_n
     return QueryRanks(first_hit, ap, rp, classes.r.copy())
 
 
@@ -260,7 +297,8 @@ def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                      with_nmi: bool = True, block_size: int = 512, use_faiss: bool = False) -> dict:
+                      with_nmi: bool = True, block_size: Optional[int] = None, use_faiss: bool = False,
+                      symmetric: bool = True) -> dict:
     """All retrieval metrics of a labelled embedding set.
 
     Args:
@@ -268,8 +306,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         labels: (N,) non-negative integer labels.
         ks: the K of Recall@K (any positive integers).
         with_nmi: run k-means for NMI (slow for many classes).
-        block_size: query rows per block of the exact scan.
+        block_size: block side of the exact scan (see :func:`query_ranks`).
         use_faiss: take the neighbours from faiss (k = max(max K, max R)) instead of the scan.
+        symmetric: scan each distance once for both its rows (see :func:`query_ranks`).
 
     Returns:
         ``{"num_queries", "recall_at": {"1": …}, "map_at_r", "r_precision", "nmi"}``
@@ -282,9 +321,10 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     if use_faiss:
         r_max = int(_Classes(labels).r.max())
         k = min(len(labels) - 1, max(max(ks), r_max))
-        qr = query_ranks_from_hits(neighbour_hits(x, labels, k, block_size=block_size, use_faiss=True), labels)
+        qr = query_ranks_from_hits(neighbour_hits(x, labels, k, block_size=block_size or 1024, use_faiss=True),
+                                   labels)
     else:
-        qr = query_ranks(x, labels, max_k=max(ks), block_size=block_size)
+        qr = query_ranks(x, labels, max_k=max(ks), block_size=block_size, symmetric=symmetric)
     return {
         "num_queries": int(len(labels)),
         "recall_at": qr.recall_at(ks),
