@@ -195,6 +195,21 @@ def test_purity_and_correlation_definitions() -> None:
     assert exact_correlation(lambda r, c: s[r, c], labels) == pytest.approx(want, abs=1e-6)
 
 
+def test_knn_correlation_is_pearson_over_neighbour_pairs() -> None:
+    from plm.estimators.quality import knn_correlation, knn_pairs
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 60)
+    nb = compute_neighbors(as_features(x), 5)
+    s = rng.random((60, 60))
+    s = (s + s.T) / 2
+    pairs = {(min(i, int(j)), max(i, int(j))) for i in range(60) for j in nb.indices[i, :5]}
+    assert len(pairs) == len(knn_pairs(nb, 5))
+    want = np.corrcoef([s[i, j] for i, j in sorted(pairs)], [float(labels[i] == labels[j]) for i, j in sorted(pairs)])[0, 1]
+    assert knn_correlation(lambda r, c: s[r, c], labels, nb, k=5) == pytest.approx(want)
+
+
 def test_stratified_correlation_is_close_to_exact() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 30, 900)
@@ -214,6 +229,7 @@ def test_similarity_quality_report(blobs) -> None:
     for name in ("kmeans", "random_walk", "gaussian", "stml", "plm"):
         r = out["estimators"][name]
         assert -1 <= r["correlation"] <= 1
+        assert r["knn_correlation"] is None or -1 <= r["knn_correlation"] <= 1
         assert (r["purity"] is None) == (name in ("random_walk", "gaussian"))
     sampled = similarity_quality(x, y, estimators=["plm", "gaussian"], exact_max_pairs=100, progress=False)
     assert sampled["correlation_method"] == "stratified"

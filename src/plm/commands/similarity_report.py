@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                         help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")
     parser.add_argument("--exact-pairs", type=int, default=20_000_000,
                         help="largest number of pairs scored exactly; above it, stratified pair sampling")
+    parser.add_argument("--approximate-knn", action="store_true",
+                        help="approximate shared k-NN table (faiss IVF) instead of exact blockwise search")
     parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
 
@@ -113,16 +115,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     if "kmeans" in options:
         options["kmeans"]["seed"] = args.seed
     result = similarity_quality(vectors, labels, args.estimators, options=options, exact_max_pairs=args.exact_pairs,
-                                seed=args.seed)
+                                seed=args.seed, approximate_knn=args.approximate_knn)
     rows = []
     for name, r in result["estimators"].items():
         if "skipped" in r:
             print(f"note: {name} skipped: {r['skipped']}")
-        rows.append([name, r["purity"], r["correlation"], r.get("mean_group_size"), r.get("mode", "skipped"),
-                     r.get("seconds")])
+        rows.append([name, r["purity"], r["correlation"], r.get("knn_correlation"), r.get("mean_group_size"),
+                     r.get("mode", "skipped"), r.get("seconds")])
     print(f"{args.dataset} / {args.split}: {result['num_points']} points, {result['num_classes']} classes, "
           f"features from {source}; correlation over pairs: {result['correlation_method']}")
-    print(format_table(["estimator", "purity", "correlation", "group size", "mode", "seconds"], rows))
+    print(format_table(["estimator", "purity", "correlation", "k-NN corr", "group size", "mode", "seconds"], rows))
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
                            "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],

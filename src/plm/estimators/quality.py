@@ -13,6 +13,9 @@ Definitions (exact; docs/similarity.md explains them):
   uniformly; (C) the other different-label pairs, ``n_samples`` drawn uniformly. The sums
   Σs, Σs², Σs·y over all pairs are estimated as A's sums + |B|·mean_B + |C|·mean_C (unbiased),
   and Σy is exact. The sample is seeded, so two estimators see the same pairs.
+- **k-NN correlation** (supplementary, local) = the same Pearson correlation over the unique
+  k-NN pairs only (j among i's 10 nearest or i among j's): how well s separates same-label from
+  different-label pairs among near neighbours, where the hard decisions are.
 """
 
 from __future__ import annotations
@@ -169,6 +172,19 @@ def _sample_pairs(rng: np.random.Generator, n: int, size: int, exclude: np.ndarr
     if len(r) == 0:
         raise ValueError("could not sample any pair for a non-empty stratum")
     return r, c
+
+
+def knn_correlation(pairs: PairFn, labels: np.ndarray, neighbors: Neighbors, k: int = 10) -> Optional[float]:
+    """Pearson correlation of s and 1[same label] over the unique k-NN pairs only (a local measure)."""
+    labels = np.asarray(labels)
+    codes = knn_pairs(neighbors, k)
+    n = len(labels)
+    r, c = codes // n, codes % n
+    y = (labels[r] == labels[c]).astype(np.float64)
+    s = pairs(r, c).astype(np.float64)
+    if len(s) < 2 or y.std() == 0 or s.std() == 0:
+        return None
+    return float(np.corrcoef(s, y)[0, 1])
 
 
 def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict) -> float:

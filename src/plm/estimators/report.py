@@ -11,6 +11,7 @@ import numpy as np
 from plm.estimators.base import ScaleError, as_features, compute_neighbors
 from plm.estimators.quality import (
     exact_correlation,
+    knn_correlation,
     mean_group_size,
     purity,
     sample_strata,
@@ -49,7 +50,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
 
     Returns:
         ``{"num_points", "correlation_method", "knn_seconds", "estimators": {name: {"purity",
-        "correlation", "mode", "mean_group_size", "seconds"} or {"skipped": reason}}}``.
+        "correlation", "knn_correlation", "mode", "mean_group_size", "seconds"} or {"skipped": reason}}}``.
     """
     from tqdm.auto import tqdm
 
@@ -85,6 +86,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
         results[name] = {
             "purity": purity(est.groups_, labels),
             "correlation": None if np.isnan(corr) else corr,
+            "knn_correlation": knn_correlation(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1)),
             "mode": est.mode_,
             "mean_group_size": mean_group_size(est.groups_),
             "seconds": round(time.perf_counter() - start, 3),

@@ -31,7 +31,7 @@ class ManifoldConfig:
     """
 
     piece_dim: int = 2
-    eps: float = 0.2
+    eps: float = 0.3
     criterion: str = "residual_variance"
     max_candidates: Optional[int] = 16
     n_alpha: float = 4.0
