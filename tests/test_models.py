@@ -25,6 +25,17 @@ from plm.models import (
     save_model,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
+    compete for the cores (every operation then waits for both threads to be scheduled)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 EXPECTED = {  # name: (feature dim, input size, resize size, mean)
     "efficientnet_lite0": (1280, 224, 256, (0.5, 0.5, 0.5)),
     "googlenet": (1024, 227, 256, (0.485, 0.456, 0.406)),
@@ -129,6 +140,7 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"

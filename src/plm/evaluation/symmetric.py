@@ -2,7 +2,7 @@
 
 When every item queries every other item, the distance matrix is symmetric: the block of rows I
 and columns J also serves rows J against columns I. Scanning only the blocks with I ≤ J halves
-the matrix products, the dominant cost (3.75 of 3.75 TFLOP at SOP scale → 1.9).
+the matrix products, the dominant cost (at SOP scale 3.75 TFLOP become 1.9).
 
 What each row needs is accumulated block by block:
 
