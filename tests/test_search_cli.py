@@ -81,7 +81,7 @@ def test_index_reports_recall_of_approximate_kinds(built: dict[str, Path], capsy
     assert "recall@10 vs exact search on 25 of the collection's own vectors" in text
     assert "estimated recall@10: 1.0000" in text or "estimated recall@10: 0.9" in text
     assert main(["index", str(built["emb"]), "--out", str(built["tmp"] / "pq.npz"), "--kind", "pq"]) == 2
-    _one_line_error(capsys, "at least 64 vectors", "kind='exact'")
+    _one_line_error(capsys, "at least 64 vectors", "use the exact kind")
 
 
 def test_search_html_escapes_hostile_names(built: dict[str, Path]) -> None:

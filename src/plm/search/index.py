@@ -181,7 +181,7 @@ class VectorIndex:
             if pq_m < 1 or d % pq_m:
                 raise ValueError(f"pq_m must divide the dimension {d}, got {pq_m}")
             if n < 64:
-                raise ValueError(f"the pq index needs at least 64 vectors, got {n}; use kind='exact'")
+                raise ValueError(f"the pq index needs at least 64 vectors, got {n}; use the exact kind")
             base = faiss.IndexPQFastScan(d, pq_m, 4, faiss.METRIC_L2)
             rng = np.random.default_rng(seed)
             train = x if n <= 65_536 else x[np.sort(rng.choice(n, 65_536, replace=False))]
