@@ -65,6 +65,14 @@ def test_training_curves(rng: np.random.Generator) -> None:
         training_curves_png([{"epoch": 1, "note": "x"}])
 
 
+def test_curve_points_keep_epoch_zero() -> None:
+    from plm.viz.curves import curve_points
+
+    history = [{"epoch": 0, "val": 0.5}, {"epoch": 1, "loss": 2.0, "val": 0.6}, {"loss": 1.0, "val": float("nan")}]
+    assert curve_points(history, "val") == [(0.0, 0.5), (1.0, 0.6)]
+    assert curve_points(history, "loss") == [(1.0, 2.0), (3.0, 1.0)]
+
+
 def test_retrieval_rows_and_gallery(rng: np.random.Generator) -> None:
     x, y = _blobs(rng, 30)
     rows = retrieval_rows(x, [0, 1, 2], k=4, labels=y)

@@ -16,6 +16,20 @@ def _number(v: Any) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
+def curve_points(history: Sequence[Mapping[str, Any]], key: str, x: str = "epoch") -> list[tuple[float, float]]:
+    """The (x, value) points of one metric; rows without a numeric ``key`` are skipped.
+
+    A row without a numeric ``x`` is placed at its position (1, 2, …); ``x = 0`` (e.g. the untrained
+    model's epoch 0) is a real coordinate.
+    """
+    points = []
+    for j, row in enumerate(history):
+        value, xv = _number(row.get(key)), _number(row.get(x))
+        if value is not None:
+            points.append((float(j + 1) if xv is None else xv, value))
+    return points
+
+
 def training_curves_png(history: Sequence[Mapping[str, Any]], keys: Optional[Sequence[str]] = None, *,
                         x: str = "epoch", title: str = "Training", columns: int = 3) -> bytes:
     """One small plot per metric against ``x``, as PNG bytes.
@@ -44,8 +58,7 @@ def training_curves_png(history: Sequence[Mapping[str, Any]], keys: Optional[Seq
     fig = new_figure(3.6 * cols, 2.8 * rows)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
-        pts = [(_number(r.get(x)) or float(j + 1), _number(r.get(key))) for j, r in enumerate(history)]
-        pts = [(a, b) for a, b in pts if b is not None]
+        pts = curve_points(history, key, x)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=PALETTE[i % len(PALETTE)])
         ax.set_title(key, fontsize=10)
