@@ -115,25 +115,41 @@ def topk_csr(rows_values: np.ndarray, rows_indices: np.ndarray, n: int) -> sp.cs
                          shape=(nrows, n))
 
 
-def keep_topk(matrix: sp.spmatrix, k: int, keep_diagonal: bool = False) -> sp.csr_matrix:
-    """Each row's ``k`` largest stored entries (plus the diagonal when asked)."""
+def keep_topk(matrix: sp.spmatrix, k: int, keep_diagonal: bool = False, block_rows: int = 8192) -> sp.csr_matrix:
+    """Each row's ``k`` largest stored off-diagonal entries (plus the diagonal entry when asked).
+
+    Works row block by row block on a padded copy (memory ≈ block_rows × longest row).
+    """
     m = sp.csr_matrix(matrix)
     m.sum_duplicates()
     n = m.shape[0]
     counts = np.diff(m.indptr)
-    if counts.max(initial=0) <= k and not keep_diagonal:
+    rows_all = np.repeat(np.arange(n), counts)
+    is_diag = m.indices == rows_all
+    if counts.max(initial=0) <= k and not is_diag.any():
         return m
-    rows = np.repeat(np.arange(n), counts)
-    # sort each row by value descending: lexsort on (−value, row)
-    order = np.lexsort((-m.data, rows))
-    rank = np.arange(len(order)) - np.repeat(m.indptr[:-1], counts)
-    chosen = order[rank < k]
     keep = np.zeros(len(m.data), bool)
-    keep[chosen] = True
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        lo, hi = m.indptr[start], m.indptr[stop]
+        cnt = counts[start:stop]
+        width = int(cnt.max(initial=0))
+        if width == 0:
+            continue
+        rows = rows_all[lo:hi] - start
+        pos = np.arange(hi - lo) - np.repeat(m.indptr[start:stop] - lo, cnt)
+        padded = np.full((stop - start, width), -np.inf)
+        padded[rows, pos] = np.where(is_diag[lo:hi], -np.inf, m.data[lo:hi])
+        if width > k:
+            top = np.argpartition(-padded, k - 1, axis=1)[:, :k]
+            chosen = np.zeros(padded.shape, dtype=bool)
+            np.put_along_axis(chosen, top, True, axis=1)
+        else:
+            chosen = np.ones(padded.shape, dtype=bool)
+        keep[lo:hi] = chosen[rows, pos] & ~is_diag[lo:hi]
     if keep_diagonal:
-        keep |= m.indices == rows
-    out = sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape)
-    return out
+        keep |= is_diag
+    return sp.csr_matrix((m.data[keep], (rows_all[keep], m.indices[keep])), shape=m.shape)
 
 
 class SimilarityEstimator:

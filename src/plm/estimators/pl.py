@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from plm.estimators.base import Neighbors, SimilarityEstimator, topk_csr
+from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, topk_csr
 from plm.manifold import ManifoldConfig, fit_pieces, neighbor_similarity, pair_similarity, pairwise_similarity
 
 
@@ -50,5 +50,13 @@ class PLManifoldEstimator(SimilarityEstimator):
         self._sparse = topk_csr(values.numpy(), cols.numpy(), len(x))
 
     def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        # s is defined for every pair: evaluate it exactly from the pieces
-        return pair_similarity(self.pieces_, torch.from_numpy(rows), torch.from_numpy(cols), self.config).numpy()
+        # s is defined for every pair: reuse the stored neighbour values (s > 0, so 0 = not stored)
+        # and evaluate the others exactly from the pieces
+        if self._lookup is None:
+            self._lookup = PairLookup(self._sparse)
+        out = np.maximum(self._lookup(rows, cols), self._lookup(cols, rows))
+        todo = np.flatnonzero(out == 0)
+        if len(todo):
+            out[todo] = pair_similarity(self.pieces_, torch.from_numpy(rows[todo]), torch.from_numpy(cols[todo]),
+                                        self.config).numpy()
+        return out

@@ -9,8 +9,8 @@ Definitions (exact; docs/similarity.md explains them):
   over all unordered pairs i < j. Up to ``exact_max_pairs`` pairs it is computed exactly. Beyond,
   it is estimated by stratified sampling: the pairs split into three disjoint strata, (A) the
   k-NN pairs (i, j with j among i's K nearest or i among j's), computed exactly; (B) the other
-  same-label pairs, all of them when there are at most ``n_samples``, else ``n_samples`` drawn
-  uniformly; (C) the other different-label pairs, ``n_samples`` drawn uniformly. The sums
+  same-label pairs, all of them when there are at most ``n_samples`` (100,000), else ``n_samples``
+  drawn uniformly; (C) the other different-label pairs, ``n_samples`` drawn uniformly. The sums
   Σs, Σs², Σs·y over all pairs are estimated as A's sums + |B|·mean_B + |C|·mean_C (unbiased),
   and Σy is exact. The sample is seeded, so two estimators see the same pairs.
 - **k-NN correlation** (supplementary, local) = the same Pearson correlation over the unique
@@ -93,7 +93,7 @@ def knn_pairs(neighbors: Neighbors, k: int) -> np.ndarray:
     return np.unique(lo.astype(np.int64) * n + hi)
 
 
-def sample_strata(labels: np.ndarray, neighbors: Neighbors, k: int = 10, n_samples: int = 200_000,
+def sample_strata(labels: np.ndarray, neighbors: Neighbors, k: int = 10, n_samples: int = 100_000,
                   seed: int = 0) -> dict:
     """The stratified pair sample of the module docstring (reused for every estimator).
 
@@ -187,11 +187,16 @@ def knn_correlation(pairs: PairFn, labels: np.ndarray, neighbors: Neighbors, k: 
     return float(np.corrcoef(s, y)[0, 1])
 
 
-def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict) -> float:
-    """Pearson correlation of s and 1[same label] estimated from a :func:`sample_strata` sample."""
+def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict,
+                           with_knn: bool = False) -> float | tuple[float, Optional[float]]:
+    """Pearson correlation of s and 1[same label] estimated from a :func:`sample_strata` sample.
+
+    With ``with_knn`` also returns the k-NN correlation, from the same stratum-A values.
+    """
     labels = np.asarray(labels)
     s1 = s2 = sy = 0.0
-    for r, c, weight in sample["strata"]:
+    knn = None
+    for index, (r, c, weight) in enumerate(sample["strata"]):
         if len(r) == 0:
             continue
         s = pairs(r, c).astype(np.float64)
@@ -199,4 +204,7 @@ def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict) -> f
         s1 += weight * s.sum()
         s2 += weight * (s * s).sum()
         sy += weight * s[y].sum()
-    return _pearson(sample["n_pairs"], s1, s2, sy, sample["n_pos"])
+        if index == 0 and len(s) > 1 and y.std() > 0 and s.std() > 0:
+            knn = float(np.corrcoef(s, y.astype(np.float64))[0, 1])
+    corr = _pearson(sample["n_pairs"], s1, s2, sy, sample["n_pos"])
+    return (corr, knn) if with_knn else corr

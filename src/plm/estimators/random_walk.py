@@ -74,7 +74,9 @@ class RandomWalkEstimator(SimilarityEstimator):
         total = sp.identity(n, format="csr", dtype=np.float64)
         power = sp.identity(n, format="csr", dtype=np.float64)
         for t in range(1, self.steps + 1):
-            power = keep_topk(power @ s, self.prune, keep_diagonal=True)
+            # row blocks bound the memory of the unpruned product (≈ block × prune × k entries)
+            power = sp.vstack([keep_topk(power[r:r + 8192] @ s, self.prune, keep_diagonal=True)
+                               for r in range(0, n, 8192)]).tocsr()
             total = total + (self.alpha ** t) * power
         total = total.tocsr()
         diag = np.sqrt(np.maximum(total.diagonal(), 1e-30))

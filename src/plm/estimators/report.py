@@ -32,7 +32,7 @@ def default_options(name: str, n_classes: int) -> dict:
 
 def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] = DEFAULT_ESTIMATORS,
                        options: Optional[dict[str, dict]] = None, exact_max_pairs: int = 20_000_000,
-                       pair_knn: int = 10, n_samples: int = 200_000, seed: int = 0,
+                       pair_knn: int = 10, n_samples: int = 100_000, seed: int = 0,
                        approximate_knn: bool = False, progress: bool = True) -> dict:
     """Fit every named estimator on ``x`` and measure purity and correlation with ``labels``.
 
@@ -81,12 +81,15 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
             results[name] = {"purity": None, "correlation": None, "skipped": str(err)}
             continue
         fit_seconds = time.perf_counter() - start
-        corr = (exact_correlation(est.pair_similarity, labels) if exact
-                else stratified_correlation(est.pair_similarity, labels, sample))
+        if exact:
+            corr = exact_correlation(est.pair_similarity, labels)
+            knn_corr = knn_correlation(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1))
+        else:
+            corr, knn_corr = stratified_correlation(est.pair_similarity, labels, sample, with_knn=True)
         results[name] = {
             "purity": purity(est.groups_, labels),
             "correlation": None if np.isnan(corr) else corr,
-            "knn_correlation": knn_correlation(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1)),
+            "knn_correlation": knn_corr,
             "mode": est.mode_,
             "mean_group_size": mean_group_size(est.groups_),
             "seconds": round(time.perf_counter() - start, 3),
