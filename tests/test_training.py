@@ -16,15 +16,31 @@ from plm.training import default_config, train
 from plm.training.trainer import Trainer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _digits_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("digits-features")
 
 
 @pytest.fixture
 def shared_cache(_digits_cache, monkeypatch):
-    """One feature cache for every digits run of the session (the backbone never changes)."""
+    """One feature cache for every digits run of the module (the backbone never changes)."""
     monkeypatch.setenv("PLM_CACHE_DIR", str(_digits_cache))
+
+
+@pytest.fixture(scope="module")
+def finished_run(_digits_cache, tmp_path_factory):
+    """A finished one-epoch run (tests copy it before touching it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLM_CACHE_DIR", str(_digits_cache))
+        result = train(tiny(epochs=1), out, progress=False)
+    return out, result
+
+
+def _copy_run(finished_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    return out
 
 
 def tiny(**kw):
@@ -69,18 +85,19 @@ def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> Non
         assert col in rows[0], col
 
 
-def test_checkpoint_loads_with_load_model_and_plm_eval(tmp_path, shared_cache) -> None:
+def test_checkpoint_loads_with_load_model_and_plm_eval(finished_run, shared_cache, tmp_path) -> None:
     from plm.models import load_model
 
-    result = train(tiny(epochs=1), tmp_path / "run", progress=False)
-    model = load_model(result.best_checkpoint)
+    out, result = finished_run
+    model = load_model(out / "best.pt")
     assert model.out_dim == 128
+    expected = result.model.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
     js = tmp_path / "eval.json"
-    assert main(["eval", "--dataset", "digits", "--checkpoint", str(result.best_checkpoint), "--no-nmi",
+    assert main(["eval", "--dataset", "digits", "--checkpoint", str(out / "best.pt"), "--limit", "100", "--no-nmi",
                  "--json", str(js)]) == 0
-    got = json.loads(js.read_text())
-    assert got["recall_at"]["1"] == pytest.approx(result.test_metrics["recall_at"]["1"], abs=2e-3)
-    assert got["map_at_r"] == pytest.approx(result.test_metrics["map_at_r"], abs=2e-3)
+    assert 0.5 < json.loads(js.read_text())["recall_at"]["1"] <= 1.0
 
 
 def test_resume_gives_the_same_weights(tmp_path, shared_cache) -> None:
@@ -97,26 +114,24 @@ def test_resume_gives_the_same_weights(tmp_path, shared_cache) -> None:
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
 
 
-def test_existing_run_and_changed_config_are_refused(tmp_path, shared_cache) -> None:
-    cfg = tiny(epochs=1)
-    train(cfg, tmp_path / "run", progress=False)
+def test_existing_run_and_changed_config_are_refused(finished_run, tmp_path, shared_cache) -> None:
+    out = _copy_run(finished_run, tmp_path)
     with pytest.raises(ValueError, match="--resume"):
-        train(cfg, tmp_path / "run", progress=False)
+        train(tiny(epochs=1), out, progress=False)
     with pytest.raises(ValueError, match="loss.delta"):
-        train(tiny(epochs=1, loss={"delta": 1.2}), tmp_path / "run", progress=False, resume=True)
+        train(tiny(epochs=1, loss={"delta": 1.2}), out, progress=False, resume=True)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_damaged_checkpoint_gives_a_clear_error(tmp_path, shared_cache, damage, capsys) -> None:
+def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path, shared_cache, damage, capsys) -> None:
     from plm.models import load_model
 
-    cfg = tiny(epochs=1)
-    train(cfg, tmp_path / "run", progress=False)
-    last = tmp_path / "run" / "last.pt"
+    out = _copy_run(finished_run, tmp_path)
+    last = out / "last.pt"
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"not a checkpoint" * 10)
     with pytest.raises(ValueError, match="corrupt, truncated"):
-        train(cfg, tmp_path / "run", progress=False, resume=True)
+        train(tiny(epochs=1), out, progress=False, resume=True)
     with pytest.raises(ValueError, match="corrupt, truncated"):
         load_model(last)
     assert main(["eval", "--dataset", "digits", "--checkpoint", str(last)]) == 2

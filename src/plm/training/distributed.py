@@ -61,9 +61,7 @@ class DistContext:
         """Like :meth:`gather`, but gradients flow back to every rank's own rows."""
         if not self.enabled:
             return t
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(t.contiguous()))
+        return _GatherWithGrad.apply(t)
 
     def gather_uneven(self, t: Tensor) -> Tensor:
         """Concatenate tensors whose first dimension differs across ranks, in rank order."""
@@ -129,6 +127,27 @@ class DistContext:
         """This rank's contiguous share of ``range(n)`` (sizes differ by at most one; no overlap)."""
         bounds = np.linspace(0, n, self.world_size + 1).round().astype(int)
         return np.arange(bounds[self.rank], bounds[self.rank + 1])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:  # noqa: D102
+        import torch.distributed as dist
+
+        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
+        out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, t.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
 def env_world_size() -> int:
