@@ -231,6 +231,7 @@ def test_similarity_quality_report(blobs) -> None:
         assert -1 <= r["correlation"] <= 1
         assert r["knn_correlation"] is None or -1 <= r["knn_correlation"] <= 1
         assert (r["purity"] is None) == (name in ("random_walk", "gaussian"))
+    assert 0 < out["estimators"]["plm"]["knn_purity_same_size"] <= 1
     sampled = similarity_quality(x, y, estimators=["plm", "gaussian"], exact_max_pairs=100, progress=False)
     assert sampled["correlation_method"] == "stratified"
     for name in ("plm", "gaussian"):

@@ -123,10 +123,15 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
         rows.append([name, r["purity"], r["correlation"], r.get("knn_correlation"), r.get("mean_group_size"),
                      r.get("mode", "skipped"), r.get("seconds")])
     print(f"{args.dataset} / {args.split}: {result['num_points']} points, {result['num_classes']} classes, "
-          f"features from {source}; correlation over pairs: {result['correlation_method']}")
+          f"features from {source}; correlation over pairs: {result['correlation_method']}; "
+          f"shared k-NN table {result['knn_seconds']:.1f} s")
     print(format_table(["estimator", "purity", "correlation", "k-NN corr", "group size", "mode", "seconds"], rows))
+    pl = result["estimators"].get("plm", {})
+    if pl.get("knn_purity_same_size") is not None:
+        print(f"plm: purity of plain nearest-neighbour groups of the same sizes as S_i: {pl['knn_purity_same_size']:.4f}")
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
                            "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],
+                           "knn_seconds": result["knn_seconds"], "knn_cpu_seconds": result["knn_cpu_seconds"],
                            "plm_config": config.to_dict(), "estimators": result["estimators"]}, args.json)
     return 0
