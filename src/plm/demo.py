@@ -32,10 +32,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 #: What each preset trains (``pretrained`` is always evaluated) and on how many training images.
+#: Every method gets the same budget: ``epochs`` × ``steps`` batches of 120 images.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"methods": ["plm"], "train_limit": 8000},
-    "standard": {"methods": ["plm", "stml", "kmeans"], "train_limit": 8000},
-    "full": {"methods": list(VARIANTS), "train_limit": None},
+    "quick": {"methods": ["plm"], "train_limit": 8000, "epochs": 4, "steps": 100},
+    "standard": {"methods": ["plm", "stml", "kmeans"], "train_limit": 8000, "epochs": 4, "steps": 100},
+    "full": {"methods": list(VARIANTS), "train_limit": None, "epochs": 10, "steps": 200},
 }
 
 
@@ -103,7 +104,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
             ablations, on every training image).
         methods: explicit list of :data:`VARIANTS` names (overrides the preset's).
         seeds: one training run per seed and method; metrics are averaged.
-        epochs: training epochs (default: the training config's).
+        epochs: training epochs (default: the preset's).
         data_root: Fashion-MNIST folder (default: the usual places, see :mod:`plm.data.fashion_mnist`).
         overrides: extra ``key=value`` training-config overrides applied to every run.
         report: write ``report.html``.
@@ -128,12 +129,14 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
     if reason:
         notes.append(f"Fashion-MNIST is not available ({reason}); using scikit-learn digits instead.")
         echo(notes[-1])
-    limit = PRESETS[preset]["train_limit"] if dataset == "fashion-mnist" else None
-    base: dict[str, Any] = {"data_root": data_root if dataset == "fashion-mnist" else None}
+    settings = PRESETS[preset]
+    limit = settings["train_limit"] if dataset == "fashion-mnist" else None
+    base: dict[str, Any] = {"data_root": data_root if dataset == "fashion-mnist" else None,
+                            "epochs": epochs or settings["epochs"]}
+    if dataset == "fashion-mnist":  # digits is small enough for whole epochs
+        base["sampler"] = {"batches_per_epoch": settings["steps"]}
     if limit:
         base["data"] = {"limit": limit}
-    if epochs:
-        base["epochs"] = epochs
 
     runs: dict[str, list[dict]] = {"pretrained": []}
     histories: dict[str, list[dict]] = {}

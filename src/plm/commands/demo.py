@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=None,
                         help="train exactly these (overrides --quick/--full)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed; metrics are averaged")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 4, or 10 with --full)")
     parser.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
