@@ -50,12 +50,12 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return float(np.median(times))
 
 
@@ -74,9 +74,8 @@ def run_case(case: str, arg: str, threads: int) -> dict:
         x = torch.from_numpy(make_points(120, d))
         similarity_matrix(x, cfg)  # warm-up
         base = _rss_mib()
-        cpu = time.process_time()
         out["seconds"] = _median_time(lambda: similarity_matrix(x, cfg), 20)
-        out["cpu_seconds"] = (time.process_time() - cpu) / 20
+        out["cpu_seconds"] = _median_time(lambda: similarity_matrix(x, cfg), 20, time.process_time)
         out["peak_rss_mib"], out["rss_before_mib"] = _rss_mib(), base
         start = time.perf_counter()
         ref = reference_similarity(x.numpy(), cfg)
@@ -169,8 +168,11 @@ def _training_steps(torch) -> dict:
         head_opt.step()
 
     finetune(), frozen(), head_only()  # warm-up
+    cpu = time.process_time
     return {"finetune_seconds": _median_time(finetune, 5), "frozen_seconds": _median_time(frozen, 5),
-            "head_only_seconds": _median_time(head_only, 20), "peak_rss_mib": _rss_mib()}
+            "head_only_seconds": _median_time(head_only, 20), "finetune_cpu_seconds": _median_time(finetune, 3, cpu),
+            "frozen_cpu_seconds": _median_time(frozen, 3, cpu), "head_only_cpu_seconds": _median_time(head_only, 20, cpu),
+            "peak_rss_mib": _rss_mib()}
 
 
 def _report(n: int, threads: int) -> dict:
@@ -224,23 +226,27 @@ def main(argv: list[str]) -> int:
         step = _subprocess("step", "-", args.threads)
         results.append(step)
         if "error" not in step:
-            print(f"\ntraining step, EfficientNet-Lite0, 120 images at 64 px: fine-tune {step['finetune_seconds']:.3f} s, "
-                  f"frozen backbone + head {step['frozen_seconds']:.3f} s, head only {step['head_only_seconds'] * 1e3:.1f} ms")
+            print(f"\ntraining step, EfficientNet-Lite0, 120 images at 64 px: fine-tune {step['finetune_seconds']:.3f} s "
+                  f"(CPU {step['finetune_cpu_seconds']:.3f} s), frozen backbone + head {step['frozen_seconds']:.3f} s "
+                  f"(CPU {step['frozen_cpu_seconds']:.3f} s), head only {step['head_only_seconds'] * 1e3:.1f} ms "
+                  f"(CPU {step['head_only_cpu_seconds'] * 1e3:.1f} ms)")
         else:
             print("step:", step["error"])
     if "batch" in args.cases:
-        print(f"\n{'case':<22}{'PL s':>9}{'ref s':>9}{'ratio':>8}{'peak MiB':>10}{'max|Δ|':>10}"
-              + ("  % finetune  % frozen" if step and "error" not in step else ""))
+        print(f"\n{'case':<22}{'PL s':>9}{'PL CPU s':>10}{'ref s':>9}{'ratio':>8}{'peak MiB':>10}{'max|Δ|':>10}"
+              + ("  % finetune  % frozen  (CPU-time ratios)" if step and "error" not in step else ""))
         for d in (128, 512):
             r = _subprocess("batch", str(d), args.threads)
             results.append(r)
             if "error" in r:
                 print(f"B=120 d={d}: {r['error']}")
                 continue
-            line = (f"{'B=120 d=' + str(d):<22}{r['seconds']:>9.4f}{r['reference_seconds']:>9.2f}"
+            line = (f"{'B=120 d=' + str(d):<22}{r['seconds']:>9.4f}{r['cpu_seconds']:>10.4f}{r['reference_seconds']:>9.2f}"
                     f"{r['reference_seconds'] / r['seconds']:>7.0f}x{r['peak_rss_mib']:>10.0f}{r['max_abs_diff_vs_reference']:>10.1e}")
             if step and "error" not in step:
-                line += f"  {100 * r['seconds'] / step['finetune_seconds']:>9.1f}%  {100 * r['seconds'] / step['frozen_seconds']:>7.1f}%"
+                line += (f"  {100 * r['seconds'] / step['finetune_seconds']:>9.1f}%  {100 * r['seconds'] / step['frozen_seconds']:>7.1f}%"
+                         f"  ({100 * r['cpu_seconds'] / step['finetune_cpu_seconds']:.1f}%, "
+                         f"{100 * r['cpu_seconds'] / step['frozen_cpu_seconds']:.1f}%)")
             print(line)
     if "dataset" in args.cases:
         print(f"\n{'case':<22}{'total s':>9}{'CPU s':>8}{'k-NN s':>9}{'pieces s':>10}{'pairs s':>9}{'peak MiB':>10}  notes")
