@@ -160,6 +160,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.splits = load_splits(cfg)
         self.pipeline = build_pipeline(cfg, self.splits, self.device, ctx, self.progress)
+        if ckpt is not None:  # networks first: the teacher pass below then serves the resumed epoch
+            self.pipeline.student.load_state_dict(ckpt["student_state"])
+            self.pipeline.teacher.module.load_state_dict(ckpt["teacher_state"])
         # the first teacher pass also drops unreadable training images (finetune mode)
         first = self.pipeline.train_embeddings("teacher")
         self.method = build_method(cfg, self.pipeline.model.out_dim).to(self.device)
@@ -181,11 +184,9 @@ class Trainer:
         else:
             self.method.prepare(first)
             ctx.broadcast_module(self.method)
-            self._train_emb = first
+        self._train_emb = first  # the k-NN table of the first epoch to run comes from this pass
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.pipeline.student.load_state_dict(ckpt["student_state"])
-        self.pipeline.teacher.module.load_state_dict(ckpt["teacher_state"])
         self.method.load_state_dict(ckpt["method_state"])
         self.method.to(self.device)
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
