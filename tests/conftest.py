@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -33,4 +31,11 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use tiny tensors: they gain nothing from a second thread and lose a lot when other
+    processes compete for the cores (each operation then waits for both threads to be scheduled)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -7,19 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from plm.cli import build_parser, main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
-    compete for the cores (every operation then waits for both threads to be scheduled)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_help_lists_eval() -> None:

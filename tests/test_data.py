@@ -21,15 +21,6 @@ from plm.data.cub import load_cub200
 from plm.data.sop import load_sop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
-    compete for the cores (every operation then waits for both threads to be scheduled)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ---------------------------------------------------------------- fixture writers (used by test_eval*.py too)
 

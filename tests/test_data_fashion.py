@@ -11,22 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import plm.data.fashion_mnist as fm
 from plm.data import DatasetNotFoundError, UnsafePathError, load_dataset
 from plm.data.folder import load_image_folder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
-    compete for the cores (every operation then waits for both threads to be scheduled)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

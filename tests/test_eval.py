@@ -6,21 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from plm.cli import main
 from plm.models.embedding import EmbeddingModel
 from test_data import break_files, write_cub
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
-    compete for the cores (every operation then waits for both threads to be scheduled)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 JSON_KEYS = {"dataset", "split", "num_queries", "recall_at", "map_at_r", "r_precision", "nmi", "skipped"}

@@ -14,15 +14,6 @@ from plm.evaluation.metrics import NO_HIT, query_ranks
 from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
-    compete for the cores (every operation then waits for both threads to be scheduled)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ---------------------------------------------------------------- explicit references
 

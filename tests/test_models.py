@@ -26,15 +26,6 @@ from plm.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and lose a lot when other processes
-    compete for the cores (every operation then waits for both threads to be scheduled)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 EXPECTED = {  # name: (feature dim, input size, resize size, mean)
     "efficientnet_lite0": (1280, 224, 256, (0.5, 0.5, 0.5)),
