@@ -152,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="0: i.i.d. random vectors (hardest); D > 0: vectors near a D-dim subspace, like real embeddings")
     p.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     p.add_argument("--hnsw", nargs="*", default=["32,40"], help="HNSW builds as M,efConstruction")
-    p.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    p.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 192, 256, 512, 1024])
     p.add_argument("--nlist", type=int, default=1024, help="IVF cells (0: skip IVF)")
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 128, 256])
     p.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantizers (0: skip PQ)")
