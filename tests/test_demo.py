@@ -30,7 +30,7 @@ def test_missing_fashion_mnist_falls_back_to_digits(tmp_path: Path) -> None:
 def test_results_json_contract(demo_out: Path) -> None:
     data = json.loads((demo_out / "results.json").read_text())
     assert data["dataset"] == "digits"
-    assert set(data["methods"]) == {"pretrained", "plm"}
+    assert set(data["methods"]) == {"pretrained", "initial", "plm"}
     for metrics in data["methods"].values():
         assert set(metrics["recall_at"]) == {"1", "2", "4", "8"}
         values = [metrics["recall_at"][k] for k in ("1", "2", "4", "8")]
@@ -48,6 +48,23 @@ def test_report_is_self_contained_with_all_figures(demo_out: Path) -> None:
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert "http://" not in html and "https://" not in html
     assert "pretrained" in html and "plm" in html
+
+
+def test_initial_row_is_the_model_training_started_from(demo_out: Path) -> None:
+    import csv
+
+    from plm.demo import initial_head_metrics
+    from plm.training.config import resolve_config
+
+    config = resolve_config(demo_out / "runs" / "plm-seed0" / "config.yaml")
+    with open(demo_out / "runs" / "plm-seed0" / "metrics.csv") as fh:
+        epoch0 = next(row for row in csv.DictReader(fh) if row["epoch"] == "0")
+    assert initial_head_metrics(config, "val")["map_at_r"] == pytest.approx(float(epoch0["val_map_at_r"]), abs=1e-6)
+    data = json.loads((demo_out / "results.json").read_text())
+    again = initial_head_metrics(config)
+    assert data["methods"]["initial"]["recall_at"] == pytest.approx(again["recall_at"])
+    assert data["methods"]["initial"]["map_at_r"] == pytest.approx(again["map_at_r"])
+    assert data["methods"]["initial"]["map_at_r"] != data["methods"]["pretrained"]["map_at_r"]
 
 
 def test_each_run_writes_training_outputs(demo_out: Path) -> None:

@@ -225,3 +225,42 @@ def test_transform_follows_the_preprocess_config() -> None:
     assert build_transform(cfg, train=True)(image(3)).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="image size must be positive"):
         cfg.with_input_size(0)
+
+
+def test_pca_head_init_is_the_centred_pca_projection() -> None:
+    from plm.models.embedding import EmbeddingHead
+
+    rng = np.random.default_rng(0)
+    # anisotropic features with a non-zero mean: the PCA directions are well separated
+    feats = (rng.standard_normal((300, 12)) * np.linspace(3.0, 0.2, 12) + 5.0) @ np.linalg.qr(
+        rng.standard_normal((12, 12)))[0]
+    head = EmbeddingHead(12, 4)
+    head.init_pca(torch.from_numpy(feats).float())
+    # reference: numpy SVD of the centred features, top-4 right singular vectors, up to sign
+    centred = feats - feats.mean(0)
+    ref = np.linalg.svd(centred, full_matrices=False)[2][:4]
+    w = head.linear.weight.detach().double().numpy()
+    np.testing.assert_allclose(np.abs(np.sum(w * ref, axis=1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(w @ w.T, np.eye(4), atol=1e-5)
+    # the head maps each feature to its normalised centred projection (mean of the outputs ~ 0)
+    z = head.linear(torch.from_numpy(feats).float()).detach().double().numpy()
+    np.testing.assert_allclose(np.abs(z), np.abs(centred @ ref.T), atol=1e-3)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    # deterministic signs: each direction's largest entry is positive
+    assert (w[np.arange(4), np.abs(w).argmax(1)] > 0).all()
+    again = EmbeddingHead(12, 4)
+    again.init_pca(torch.from_numpy(feats).float())
+    assert torch.equal(again.linear.weight, head.linear.weight)
+
+
+def test_pca_head_init_errors() -> None:
+    from plm.models.embedding import EmbeddingHead
+
+    with pytest.raises(ValueError, match="at most 3"):
+        EmbeddingHead(3, 4).init_pca(torch.randn(10, 3))
+    with pytest.raises(ValueError, match="features"):
+        EmbeddingHead(5, 2).init_pca(torch.randn(10, 4))
+    with pytest.raises(ValueError, match="features"):
+        EmbeddingHead(5, 2).init_pca(torch.randn(1, 5))
+    with pytest.raises(ValueError, match="linear"):
+        EmbeddingHead(5, None).init_pca(torch.randn(10, 5))

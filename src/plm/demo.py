@@ -138,7 +138,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
     if limit:
         base["data"] = {"limit": limit}
 
-    runs: dict[str, list[dict]] = {"pretrained": []}
+    runs: dict[str, list[dict]] = {"pretrained": [], "initial": []}
     histories: dict[str, list[dict]] = {}
     first_result = None
     for name in chosen:
@@ -159,6 +159,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
                     first_result = result
             if not runs["pretrained"] and result.baseline_metrics is not None:
                 runs["pretrained"].append(_metrics_only(result.baseline_metrics))
+                runs["initial"].append(initial_head_metrics(config))
     summary = {name: _aggregate(r) for name, r in runs.items() if r}
     demo = DemoResult(dataset, summary, 0.0, out, notes)
     if report and first_result is not None:
@@ -169,6 +170,28 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
 
     atomic_write_json(demo.to_json(), out / "results.json")
     return demo
+
+
+def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
+    """Metrics of the untrained embedding head the runs start from (frozen mode, cached features).
+
+    With ``model.head_init: pca`` this is the centred PCA of the pretrained features, the same for
+    every seed; it shows what training adds to (or takes from) its starting point.
+    """
+    import torch
+
+    from plm.evaluation import retrieval_metrics
+    from plm.training.distributed import init_distributed
+    from plm.training.pipeline import build_pipeline
+    from plm.training.splits import load_splits
+    from plm.training.trainer import default_ks, seed_everything
+
+    seed_everything(config.seed)  # the orthogonal head is drawn from the seeded global RNG, as in training
+    splits = load_splits(config)
+    pipeline = build_pipeline(config, splits, torch.device("cpu"), init_distributed("cpu"), progress=False)
+    vectors, labels = pipeline.embed_split(getattr(splits, split), "student")
+    ks = config.eval.recall_at or default_ks(config.dataset)
+    return _metrics_only(retrieval_metrics(vectors, labels, ks=ks, with_nmi=config.eval.nmi))
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -64,6 +64,37 @@ class EmbeddingHead(nn.Module):
             self.out_dim = embed_dim
         self.normalize = normalize
 
+    @torch.no_grad()
+    def init_pca(self, features: torch.Tensor) -> None:
+        """Start as the centred projection onto the top principal directions of ``features``.
+
+        ``linear(f) = Vᵀ(f − μ)`` with μ the mean of the (N, in_dim) ``features`` and V their top
+        ``embed_dim`` covariance eigenvectors (signs fixed: each one's largest entry positive), so
+        the initial embedding is the normalised PCA of the pooled features. Deterministic.
+
+        Raises:
+            ValueError: no linear layer, wrong feature width, fewer than 2 rows, or
+                ``embed_dim`` > ``in_dim``.
+        """
+        if not isinstance(self.linear, nn.Linear):
+            raise ValueError("init_pca needs a linear embedding layer (embed_dim is None)")
+        out_dim, in_dim = self.linear.weight.shape
+        if features.ndim != 2 or features.shape[1] != in_dim or features.shape[0] < 2:
+            raise ValueError(f"init_pca needs (N >= 2, {in_dim}) features, got {tuple(features.shape)}")
+        if out_dim > in_dim:
+            raise ValueError(f"PCA gives at most {in_dim} directions, embed_dim is {out_dim}")
+        f = features.detach().double()
+        mean = f.mean(0)
+        centred = f - mean
+        cov = centred.T @ centred / (len(f) - 1)
+        _, vec = torch.linalg.eigh(cov)  # ascending
+        top = vec.flip(1)[:, :out_dim]  # (in_dim, out_dim)
+        pivot = top.abs().argmax(0)
+        top = top * torch.sign(top[pivot, torch.arange(out_dim)])[None, :]
+        weight = top.T.to(self.linear.weight.dtype)
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(-(weight.double() @ mean).to(self.linear.bias.dtype))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # noqa: D102
         z = self.linear(features)
         return F.normalize(z, dim=-1) if self.normalize else z

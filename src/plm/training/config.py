@@ -32,6 +32,7 @@ POOLINGS = ("avg", "avg+max")
 SCHEDULES = ("cosine", "constant")
 EVAL_MODELS = ("student", "teacher")
 PROXY_INITS = ("kmeans", "random")
+HEAD_INITS = ("pca", "orthogonal")
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,9 @@ class ModelSection:
         pooling: ``avg`` or ``avg+max`` (GAP + GMP).
         image_size: input resolution; ``None`` = the backbone's own.
         freeze_bn: keep BatchNorm layers in eval mode with frozen affine weights (finetune mode).
+        head_init: ``pca`` (the linear layer starts as the centred projection onto the top
+            ``embed_dim`` principal directions of the training images' pretrained features; no
+            labels) or ``orthogonal`` (random orthogonal weights, zero bias).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -100,10 +104,12 @@ class ModelSection:
     pooling: str = "avg+max"
     image_size: Optional[int] = None
     freeze_bn: bool = True
+    head_init: str = "pca"
 
     def __post_init__(self) -> None:
         _positive("model.embed_dim", self.embed_dim)
         _choice("model.pooling", self.pooling, POOLINGS)
+        _choice("model.head_init", self.head_init, HEAD_INITS)
         _positive("model.image_size", self.image_size, allow_none=True)
 
 

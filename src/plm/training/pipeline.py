@@ -119,7 +119,8 @@ class Pipeline:
 class FrozenPipeline(Pipeline):
     """Cached pooled features; trains the embedding head (see module docs)."""
 
-    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True):
+    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
+                 fresh: bool = True):
         super().__init__(config, device, ctx, progress)
         if config.data.augment:
             log.info("frozen mode: backbone features are computed once from un-augmented images, so data "
@@ -134,6 +135,8 @@ class FrozenPipeline(Pipeline):
         self.splits = splits
         self._features: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.train_features, _ = self._split_features(splits.train)
+        if fresh and m.head_init == "pca":
+            self.model.head.init_pca(self.train_features.cpu())
         self.student = self.model.head.to(device)
         self.student.requires_grad_(True)
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
@@ -247,12 +250,19 @@ def freeze_batchnorm(model: nn.Module) -> None:
 class FinetunePipeline(Pipeline):
     """The whole network is trained on images (see module docs)."""
 
-    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True):
+    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
+                 fresh: bool = True):
         super().__init__(config, device, ctx, progress)
         self.model = build_model(config).to(device)
         self.student = self.model
         self.splits = splits
         self.train_ds = splits.train
+        if fresh and config.model.head_init == "pca":  # one pass of the pretrained backbone over the images
+            m = config.model
+            features_model = EmbeddingModel(self.model.backbone, ModelConfig(
+                backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False, image_size=m.image_size))
+            feats, _, _ = self._embed(features_model, self.train_ds, self.progress)
+            self.model.head.init_pca(feats.cpu())
         self._train_transform = build_transform(self.model.preprocess, train=config.data.augment)
         self.set_train()
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
@@ -315,7 +325,8 @@ class FinetunePipeline(Pipeline):
         return {k: v.detach().cpu().clone() for k, v in self._net(which).state_dict().items()}
 
 
-def build_pipeline(config, splits, device: torch.device, ctx: DistContext, progress: bool = True) -> Pipeline:
-    """The pipeline of ``config.mode``."""
+def build_pipeline(config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
+                   fresh: bool = True) -> Pipeline:
+    """The pipeline of ``config.mode``; ``fresh=False`` (resuming) skips the head initialisation pass."""
     cls = FrozenPipeline if config.mode == "frozen" else FinetunePipeline
-    return cls(config, splits, device, ctx, progress)
+    return cls(config, splits, device, ctx, progress, fresh)

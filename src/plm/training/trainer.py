@@ -159,7 +159,7 @@ class Trainer:
             atomic_write_bytes(cfg.to_yaml().encode(), self.out / "config.yaml")
         seed_everything(cfg.seed)
         self.splits = load_splits(cfg)
-        self.pipeline = build_pipeline(cfg, self.splits, self.device, ctx, self.progress)
+        self.pipeline = build_pipeline(cfg, self.splits, self.device, ctx, self.progress, fresh=ckpt is None)
         if ckpt is not None:  # networks first: the teacher pass below then serves the resumed epoch
             self.pipeline.student.load_state_dict(ckpt["student_state"])
             self.pipeline.teacher.module.load_state_dict(ckpt["teacher_state"])
