@@ -251,6 +251,18 @@ def test_pca_head_init_is_the_centred_pca_projection() -> None:
     again = EmbeddingHead(12, 4)
     again.init_pca(torch.from_numpy(feats).float())
     assert torch.equal(again.linear.weight, head.linear.weight)
+    chunked = EmbeddingHead(12, 4)
+    chunked.init_pca(torch.from_numpy(feats).float(), chunk=7)  # covariance accumulated over 43 chunks
+    torch.testing.assert_close(chunked.linear.weight, head.linear.weight, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.linear.bias, head.linear.bias, atol=1e-4, rtol=0)
+
+
+def test_pca_head_init_warns_when_there_are_too_few_rows(caplog) -> None:
+    from plm.models.embedding import EmbeddingHead
+
+    with caplog.at_level("WARNING", logger="plm.models.embedding"):
+        EmbeddingHead(8, 6).init_pca(torch.randn(4, 8))
+    assert "only 3 of the 6 directions" in caplog.text
 
 
 def test_pca_head_init_errors() -> None:

@@ -61,6 +61,30 @@ def _states(path):
             for k, v in ckpt[part].items()}
 
 
+def test_pipeline_starts_from_the_pca_head_unless_resuming(shared_cache, monkeypatch) -> None:
+    from plm.models.embedding import EmbeddingHead
+    from plm.training.distributed import init_distributed
+    from plm.training.pipeline import build_pipeline
+    from plm.training.splits import load_splits
+
+    cfg = tiny()
+    splits = load_splits(cfg)
+    ctx = init_distributed("cpu")
+    pipe = build_pipeline(cfg, splits, torch.device("cpu"), ctx, progress=False)
+    ref = EmbeddingHead(pipe.train_features.shape[1], cfg.model.embed_dim)
+    ref.init_pca(pipe.train_features)
+    assert torch.equal(pipe.student.linear.weight, ref.linear.weight)
+    assert torch.equal(pipe.teacher.module.linear.weight, ref.linear.weight)  # the teacher starts as the student
+    ortho = build_pipeline(tiny(model={"head_init": "orthogonal"}), splits, torch.device("cpu"), ctx, progress=False)
+    assert not torch.allclose(ortho.student.linear.weight, ref.linear.weight)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("init_pca must not run when resuming")
+
+    monkeypatch.setattr(EmbeddingHead, "init_pca", refuse)
+    build_pipeline(cfg, splits, torch.device("cpu"), ctx, progress=False, fresh=False)
+
+
 def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> None:
     # from a random head, so that anything the loop learns shows (the PCA head is already a good model)
     result = train(tiny(epochs=4, optim={"lr_embedding": 3e-3}, model={"head_init": "orthogonal"}), tmp_path / "run",

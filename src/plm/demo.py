@@ -159,6 +159,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
                     first_result = result
             if not runs["pretrained"] and result.baseline_metrics is not None:
                 runs["pretrained"].append(_metrics_only(result.baseline_metrics))
+            if not runs["initial"]:  # the PCA head is the same for every seed (see initial_head_metrics)
                 runs["initial"].append(initial_head_metrics(config))
     summary = {name: _aggregate(r) for name, r in runs.items() if r}
     demo = DemoResult(dataset, summary, 0.0, out, notes)
@@ -176,7 +177,8 @@ def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
     """Metrics of the untrained embedding head the runs start from (frozen mode, cached features).
 
     With ``model.head_init: pca`` this is the centred PCA of the pretrained features, the same for
-    every seed; it shows what training adds to (or takes from) its starting point.
+    every seed; with ``orthogonal`` it is the random head of ``config.seed``. It shows what training
+    adds to (or takes from) its starting point. Reseeds the global RNGs with ``config.seed``.
     """
     import torch
 
@@ -184,11 +186,12 @@ def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
     from plm.training.distributed import init_distributed
     from plm.training.pipeline import build_pipeline
     from plm.training.splits import load_splits
-    from plm.training.trainer import default_ks, seed_everything
+    from plm.training.trainer import default_ks, resolve_device, seed_everything
 
     seed_everything(config.seed)  # the orthogonal head is drawn from the seeded global RNG, as in training
     splits = load_splits(config)
-    pipeline = build_pipeline(config, splits, torch.device("cpu"), init_distributed("cpu"), progress=False)
+    ctx = init_distributed("cpu")
+    pipeline = build_pipeline(config, splits, resolve_device(config.device, ctx), ctx, progress=False)
     vectors, labels = pipeline.embed_split(getattr(splits, split), "student")
     ks = config.eval.recall_at or default_ks(config.dataset)
     return _metrics_only(retrieval_metrics(vectors, labels, ks=ks, with_nmi=config.eval.nmi))

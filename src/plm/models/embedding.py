@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
@@ -12,6 +13,8 @@ from torch import nn
 
 from plm.models.backbones import Backbone, Pretrained, create_backbone
 from plm.models.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("avg", "avg+max")
 
@@ -65,12 +68,15 @@ class EmbeddingHead(nn.Module):
         self.normalize = normalize
 
     @torch.no_grad()
-    def init_pca(self, features: torch.Tensor) -> None:
+    def init_pca(self, features: torch.Tensor, chunk: int = 16384) -> None:
         """Start as the centred projection onto the top principal directions of ``features``.
 
         ``linear(f) = Vᵀ(f − μ)`` with μ the mean of the (N, in_dim) ``features`` and V their top
         ``embed_dim`` covariance eigenvectors (signs fixed: each one's largest entry positive), so
-        the initial embedding is the normalised PCA of the pooled features. Deterministic.
+        the initial embedding is the normalised PCA of the pooled features. The covariance is
+        accumulated in float64 over ``chunk`` rows at a time (memory ≈ in_dim² + chunk × in_dim).
+        With fewer than ``embed_dim + 1`` rows the trailing directions span no data (a warning
+        says so): they are whatever the eigen-solver returns for a zero eigenvalue.
 
         Raises:
             ValueError: no linear layer, wrong feature width, fewer than 2 rows, or
@@ -83,17 +89,22 @@ class EmbeddingHead(nn.Module):
             raise ValueError(f"init_pca needs (N >= 2, {in_dim}) features, got {tuple(features.shape)}")
         if out_dim > in_dim:
             raise ValueError(f"PCA gives at most {in_dim} directions, embed_dim is {out_dim}")
-        f = features.detach().double()
-        mean = f.mean(0)
-        centred = f - mean
-        cov = centred.T @ centred / (len(f) - 1)
-        _, vec = torch.linalg.eigh(cov)  # ascending
+        n = features.shape[0]
+        if n - 1 < out_dim:
+            log.warning("PCA head from %d images: only %d of the %d directions are fitted to data", n, n - 1, out_dim)
+        feats = features.detach().cpu()
+        mean = sum(feats[i:i + chunk].double().sum(0) for i in range(0, n, chunk)) / n
+        cov = torch.zeros(in_dim, in_dim, dtype=torch.float64)
+        for i in range(0, n, chunk):
+            c = feats[i:i + chunk].double() - mean
+            cov += c.T @ c
+        _, vec = torch.linalg.eigh(cov / (n - 1))  # ascending
         top = vec.flip(1)[:, :out_dim]  # (in_dim, out_dim)
         pivot = top.abs().argmax(0)
         top = top * torch.sign(top[pivot, torch.arange(out_dim)])[None, :]
-        weight = top.T.to(self.linear.weight.dtype)
-        self.linear.weight.copy_(weight)
-        self.linear.bias.copy_(-(weight.double() @ mean).to(self.linear.bias.dtype))
+        weight = top.T
+        self.linear.weight.copy_(weight.to(self.linear.weight))
+        self.linear.bias.copy_((-(weight @ mean)).to(self.linear.bias))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # noqa: D102
         z = self.linear(features)

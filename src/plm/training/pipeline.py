@@ -37,7 +37,8 @@ def model_config_of(config) -> ModelConfig:
 
 
 def build_model(config) -> EmbeddingModel:
-    """The pretrained embedding model (random orthogonal head, from the global torch RNG)."""
+    """The pretrained embedding model with a random orthogonal head (global torch RNG); the
+    pipelines then apply ``model.head_init``."""
     from plm.errors import UserError
 
     try:
@@ -138,6 +139,7 @@ class FrozenPipeline(Pipeline):
         if fresh and m.head_init == "pca":
             self.model.head.init_pca(self.train_features.cpu())
         self.student = self.model.head.to(device)
+        ctx.broadcast_module(self.student)  # every rank starts from rank 0's head
         self.student.requires_grad_(True)
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
 
@@ -263,6 +265,7 @@ class FinetunePipeline(Pipeline):
                 backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False, image_size=m.image_size))
             feats, _, _ = self._embed(features_model, self.train_ds, self.progress)
             self.model.head.init_pca(feats.cpu())
+        ctx.broadcast_module(self.model.head)  # every rank starts from rank 0's head
         self._train_transform = build_transform(self.model.preprocess, train=config.data.augment)
         self.set_train()
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)

@@ -39,7 +39,8 @@ from plm.utils.io import atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 #: config keys that may differ between a run and its resumption
-RESUME_FREE_KEYS = ("device", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size")
+RESUME_FREE_KEYS = ("device", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size",
+                    "model.head_init")  # the head comes from the checkpoint
 
 
 @dataclass
