@@ -63,6 +63,10 @@ def training_curves_png(history: Sequence[Mapping[str, Any]], keys: Optional[Seq
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=PALETTE[i % len(PALETTE)])
         ax.set_title(key, fontsize=10)
         ax.set_xlabel(x, fontsize=8)
+        if pts and all(float(p[0]).is_integer() for p in pts):  # epochs and steps: no 1.5 ticks
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
