@@ -85,6 +85,34 @@ def test_pipeline_starts_from_the_pca_head_unless_resuming(shared_cache, monkeyp
     build_pipeline(cfg, splits, torch.device("cpu"), ctx, progress=False, fresh=False)
 
 
+def test_finetune_mode_trains_the_backbone_from_the_pca_head(tmp_path, shared_cache) -> None:
+    from plm.evaluation import embed_dataset
+    from plm.models import EmbeddingModel, ModelConfig
+    from plm.models.embedding import EmbeddingHead
+    from plm.training.distributed import init_distributed
+    from plm.training.pipeline import build_pipeline
+    from plm.training.splits import load_splits
+
+    cfg = tiny(mode="finetune", epochs=1, sampler={"batch_size": 20, "k": 5, "batches_per_epoch": 2},
+               data={"limit": 120})
+    splits = load_splits(cfg)
+    pipe = build_pipeline(cfg, splits, torch.device("cpu"), init_distributed("cpu"), progress=False)
+    m = cfg.model
+    feats = embed_dataset(EmbeddingModel(pipe.model.backbone, ModelConfig(m.backbone, None, m.pooling, False,
+                                                                          m.image_size)),
+                          splits.train, features=True, progress=False).vectors
+    ref = EmbeddingHead(feats.shape[1], m.embed_dim)
+    ref.init_pca(torch.from_numpy(feats))
+    torch.testing.assert_close(pipe.model.head.linear.weight, ref.linear.weight)
+    before = {k: v.clone() for k, v in pipe.model.backbone.state_dict().items()}
+    result = train(cfg, tmp_path / "run", progress=False)
+    after = result.model.backbone.state_dict()
+    changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])]
+    assert changed, "fine-tuning left the backbone unchanged"
+    assert all(np.isfinite(h["loss"]) for h in result.history if h["epoch"] > 0)
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
 def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> None:
     # from a random head, so that anything the loop learns shows (the PCA head is already a good model)
     result = train(tiny(epochs=4, optim={"lr_embedding": 3e-3}, model={"head_init": "orthogonal"}), tmp_path / "run",

@@ -260,11 +260,7 @@ class FinetunePipeline(Pipeline):
         self.splits = splits
         self.train_ds = splits.train
         if fresh and config.model.head_init == "pca":  # one pass of the pretrained backbone over the images
-            m = config.model
-            features_model = EmbeddingModel(self.model.backbone, ModelConfig(
-                backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False, image_size=m.image_size))
-            feats, _, _ = self._embed(features_model, self.train_ds, self.progress)
-            self.model.head.init_pca(feats.cpu())
+            self.model.head.init_pca(self._pretrained_train_features())
         ctx.broadcast_module(self.model.head)  # every rank starts from rank 0's head
         self._train_transform = build_transform(self.model.preprocess, train=config.data.augment)
         self.set_train()
@@ -272,6 +268,23 @@ class FinetunePipeline(Pipeline):
         self._pretrained_backbone: Optional[dict] = None
         if config.eval.baseline and splits.test is not None:
             self._pretrained_backbone = {k: v.detach().cpu().clone() for k, v in self.model.backbone.state_dict().items()}
+
+    def _pretrained_train_features(self) -> Tensor:
+        """Pooled features of the training images from the (still pretrained) backbone, on CPU.
+
+        A single process reads and fills the feature cache that frozen mode uses (same feature
+        model, same key); several processes shard the pass and gather it.
+        """
+        from plm.evaluation import embed_dataset
+
+        m = self.config.model
+        features_model = EmbeddingModel(self.model.backbone, ModelConfig(
+            backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False, image_size=m.image_size))
+        if self.ctx.enabled or not self.config.data.cache:
+            return self._embed(features_model, self.train_ds, self.progress)[0].cpu()
+        emb = embed_dataset(features_model, self.train_ds, batch_size=self.config.eval.batch_size, features=True,
+                            device=self.device, num_workers=self.config.data.num_workers, progress=self.progress)
+        return torch.from_numpy(emb.vectors)
 
     def set_train(self) -> None:  # noqa: D102
         self.student.train()
