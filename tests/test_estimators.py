@@ -26,14 +26,6 @@ from plm.estimators.quality import exact_correlation, purity, sample_strata, str
 from plm.estimators.report import similarity_quality
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def blobs() -> tuple[np.ndarray, np.ndarray]:
     """Six well-separated Gaussian blobs of 40 points in 16-D."""

@@ -25,15 +25,6 @@ from plm.manifold.reference import reference_directed, reference_fit, reference_
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _points(seed: int, n: int, d: int, dtype=torch.float64) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, d))).to(dtype)
 

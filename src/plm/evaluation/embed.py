@@ -96,11 +96,8 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     result = Embeddings(vectors.astype(np.float32), dataset.labels[kept_idx], [dataset.ids[i] for i in kept_idx],
                         [dataset.ids[i] for i in missing])
     if cache_file is not None:
-        from plm.utils.io import atomic_write_bytes
-        import io
+        from plm.utils.io import atomic_write_npz
 
-        buf = io.BytesIO()
-        np.savez(buf, vectors=result.vectors, labels=result.labels, ids=np.array(result.ids, dtype=str),
-                 skipped=np.array(result.skipped, dtype=str))
-        atomic_write_bytes(buf.getvalue(), cache_file)
+        atomic_write_npz(cache_file, vectors=result.vectors, labels=result.labels, ids=np.array(result.ids, dtype=str),
+                         skipped=np.array(result.skipped, dtype=str))
     return result

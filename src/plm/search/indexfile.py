@@ -19,7 +19,6 @@ key           dtype      content
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -55,15 +54,13 @@ class SearchIndex:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ``.npz`` atomically; returns its path."""
-        from plm.utils.io import atomic_write_bytes
+        from plm.utils.io import atomic_write_npz
 
         meta = {"format": FORMAT, "version": VERSION, "index": self.index.describe(), "root": self.root,
                 "model": self.model, "class_names": {str(k): v for k, v in self.class_names.items()}, **self.extra}
-        buf = io.BytesIO()
-        np.savez(buf, paths=np.array(self.paths, dtype=str), labels=self.labels, meta=np.array(json.dumps(meta)),
-                 **self.index.to_arrays())
         path = Path(path)
-        atomic_write_bytes(buf.getvalue(), path)
+        atomic_write_npz(path, paths=np.array(self.paths, dtype=str), labels=self.labels,
+                         meta=np.array(json.dumps(meta)), **self.index.to_arrays())
         return path
 
     @classmethod

@@ -22,7 +22,6 @@ key                       dtype        content
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -77,17 +76,15 @@ class EmbeddingStore:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ``.npz`` atomically; returns its path."""
-        from plm.utils.io import atomic_write_bytes
+        from plm.utils.io import atomic_write_npz
 
         meta = {"format": FORMAT, "version": VERSION, "root": self.root, "model": self.model,
                 "class_names": {str(k): v for k, v in self.class_names.items()}}
-        buf = io.BytesIO()
-        np.savez(buf, vectors=self.vectors, paths=np.array(self.paths, dtype=str), labels=self.labels,
-                 sizes=self.sizes, mtimes_ns=self.mtimes_ns, skipped=np.array(self.skipped, dtype=str),
-                 skipped_sizes=self.skipped_sizes, skipped_mtimes_ns=self.skipped_mtimes_ns,
-                 meta=np.array(json.dumps(meta)))
         path = Path(path)
-        atomic_write_bytes(buf.getvalue(), path)
+        atomic_write_npz(path, vectors=self.vectors, paths=np.array(self.paths, dtype=str), labels=self.labels,
+                         sizes=self.sizes, mtimes_ns=self.mtimes_ns, skipped=np.array(self.skipped, dtype=str),
+                         skipped_sizes=self.skipped_sizes, skipped_mtimes_ns=self.skipped_mtimes_ns,
+                         meta=np.array(json.dumps(meta)))
         return path
 
     @classmethod

@@ -36,6 +36,13 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda fh: fh.write(data))
 
 
+def atomic_write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """``numpy.savez`` (uncompressed, no pickled objects needed to read it back) atomically."""
+    import numpy as np
+
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write pretty JSON atomically."""
     atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), path)
