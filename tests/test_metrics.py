@@ -312,3 +312,13 @@ def test_nmi_against_pytorch_metric_learning(rng: np.random.Generator) -> None:
     assert nmi(x, labels) == pytest.approx(theirs, abs=1e-6) == pytest.approx(1.0)
     # and random labels give an NMI far below 1
     assert nmi(x, rng.permutation(labels)) < 0.5
+
+
+def test_nmi_is_skipped_above_the_class_limit_unless_asked_for() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    labels = np.arange(40) // 2  # 20 classes
+    assert retrieval_metrics(x, labels, ks=[1], nmi_max_classes=10)["nmi"] is None
+    forced = retrieval_metrics(x, labels, ks=[1], nmi_max_classes=None)["nmi"]
+    assert forced is not None and 0.0 <= forced <= 1.0
+    assert retrieval_metrics(x, labels, ks=[1])["nmi"] == forced  # 20 classes: under the default limit

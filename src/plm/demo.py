@@ -112,6 +112,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
         echo: where progress lines go.
     """
     from plm.training import default_config, train
+    from plm.training.config import deep_merge
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -145,8 +146,11 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
         method, extra = VARIANTS[name]
         runs[name] = []
         for seed in seeds:
+            per_run: dict[str, Any] = {"seed": int(seed)}
+            if runs["pretrained"]:  # the pretrained baseline is the same for every run: score it once
+                per_run["eval"] = {"baseline": False}
             config = default_config(dataset, method=method, mode="frozen", overrides=list(overrides or []),
-                                    **_merge(_merge(base, extra), {"seed": int(seed)}))
+                                    **deep_merge(deep_merge(base, extra), per_run))
             echo(f"training {name} (seed {seed}, {config.epochs} epochs) ...")
             t0 = time.perf_counter()
             result = train(config, out / "runs" / f"{name}-seed{seed}", progress=progress)
@@ -180,13 +184,12 @@ def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
     every seed; with ``orthogonal`` it is the random head of ``config.seed``. It shows what training
     adds to (or takes from) its starting point. Reseeds the global RNGs with ``config.seed``.
     """
-    import torch
-
     from plm.evaluation import retrieval_metrics
+    from plm.evaluation.metrics import default_ks
     from plm.training.distributed import init_distributed
     from plm.training.pipeline import build_pipeline
     from plm.training.splits import load_splits
-    from plm.training.trainer import default_ks, resolve_device, seed_everything
+    from plm.training.trainer import resolve_device, seed_everything
 
     seed_everything(config.seed)  # the orthogonal head is drawn from the seeded global RNG, as in training
     splits = load_splits(config)
@@ -195,13 +198,6 @@ def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
     vectors, labels = pipeline.embed_split(getattr(splits, split), "student")
     ks = config.eval.recall_at or default_ks(config.dataset)
     return _metrics_only(retrieval_metrics(vectors, labels, ks=ks, with_nmi=config.eval.nmi))
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _test_views(result) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
@@ -213,13 +209,12 @@ def _test_views(result) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
 
     from plm.data import load_dataset
     from plm.evaluation import embed_dataset
-    from plm.models import ModelConfig, create_model
+    from plm.models import create_model
+    from plm.training.pipeline import feature_config_of
 
     cfg = result.config
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
-    m = cfg.model
-    feature_model = create_model(ModelConfig(backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False,
-                                             image_size=m.image_size), pretrained=m.backbone_weights or True)
+    feature_model = create_model(feature_config_of(cfg), pretrained=cfg.model.backbone_weights or True)
     feats = embed_dataset(feature_model, test, features=True, batch_size=cfg.eval.batch_size, progress=False)
     with torch.no_grad():
         x = torch.from_numpy(feats.vectors)

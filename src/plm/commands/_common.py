@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from typing import Any, Optional, Sequence
 
 from plm.data import DATASETS
+
+log = logging.getLogger(__name__)
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
@@ -51,6 +54,27 @@ def model_from_args(args: argparse.Namespace):
             raise UserError(f"{args.backbone} ships without ImageNet weights and nothing is downloaded: "
                             f"pass --weights FILE (a torchvision state dict)") from err
         raise
+
+
+def embed_labelled_split(args: argparse.Namespace, needed_for: str) -> tuple[Any, Any]:
+    """(dataset, embeddings) of the labelled split named by the dataset and model arguments.
+
+    Raises:
+        UserError: the split has no labels (``needed_for``, a plural, names what needs them).
+    """
+    from plm.data import load_dataset
+    from plm.errors import UserError
+    from plm.evaluation import embed_dataset
+
+    dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
+    if not dataset.is_labelled:
+        raise UserError(f"{args.dataset}: {needed_for} need class labels; this split has unlabelled images "
+                        f"(for --dataset folder, put each class in its own sub-folder)")
+    emb = embed_dataset(model_from_args(args), dataset, batch_size=args.batch_size,
+                        cache_dir=False if args.no_cache else None)
+    if emb.skipped:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
+    return dataset, emb
 
 
 def _fmt(value: Any) -> str:

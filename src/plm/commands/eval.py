@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from plm.commands._common import (
-    add_dataset_arguments, add_model_arguments, format_table, metrics_headers, metrics_row, model_from_args,
+    add_dataset_arguments, add_model_arguments, embed_labelled_split, format_table, metrics_headers, metrics_row,
 )
+from plm.evaluation.metrics import NMI_MAX_CLASSES, default_ks
 
 NAME = "eval"
 HELP = "zero-shot retrieval metrics (Recall@K, MAP@R, R-precision, NMI) on a dataset split"
-log = logging.getLogger(__name__)
-NMI_MAX_CLASSES = 1000  # k-means with more clusters than this is skipped unless --nmi is given
-
-
-def default_ks(dataset: str) -> list[int]:
-    """The field's Recall@K list: 1/10/100/1000 on SOP, 1/2/4/8 elsewhere."""
-    return [1, 10, 100, 1000] if dataset == "sop" else [1, 2, 4, 8]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
@@ -33,27 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: D103
-    from plm.data import load_dataset
-    from plm.evaluation import embed_dataset, retrieval_metrics
+    from plm.evaluation import retrieval_metrics
     from plm.utils.io import atomic_write_json
 
-    from plm.errors import UserError
-
-    dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
-    if not dataset.is_labelled:
-        raise UserError(f"{args.dataset}: retrieval metrics need class labels; this split has unlabelled images "
-                        f"(for --dataset folder, put each class in its own sub-folder)")
-    model = model_from_args(args)
-    emb = embed_dataset(model, dataset, batch_size=args.batch_size, cache_dir=False if args.no_cache else None)
-    if emb.skipped:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
+    dataset, emb = embed_labelled_split(args, "retrieval metrics")
     ks = args.recall_at or default_ks(args.dataset)
-    with_nmi = not args.no_nmi
-    n_classes = len(set(emb.labels.tolist()))
-    if with_nmi and not args.nmi and n_classes > NMI_MAX_CLASSES:
-        log.info("NMI skipped: k-means with %d clusters is very slow (pass --nmi to compute it anyway)", n_classes)
-        with_nmi = False
-    metrics = retrieval_metrics(emb.vectors, emb.labels, ks=ks, with_nmi=with_nmi, use_faiss=args.faiss)
+    metrics = retrieval_metrics(emb.vectors, emb.labels, ks=ks, with_nmi=not args.no_nmi, use_faiss=args.faiss,
+                                nmi_max_classes=None if args.nmi else NMI_MAX_CLASSES)
     name = args.backbone or args.checkpoint
     print(f"{args.dataset} / {args.split}: {metrics['num_queries']} queries, {dataset.num_classes} classes")
     print(format_table(metrics_headers([str(k) for k in ks]), [metrics_row(name, metrics)]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from plm.commands._common import add_dataset_arguments, format_table
 
@@ -11,7 +10,6 @@ NAME = "similarity-report"
 HELP = "label purity and correlation of the PL manifold similarity and its peers on a dataset split"
 DESCRIPTION = (HELP + ". Embeds the split with a frozen backbone (or a checkpoint), runs every estimator on the "
                "embeddings and prints one row per estimator. Labels are used only for scoring.")
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
@@ -78,17 +76,9 @@ def _load_features(args: argparse.Namespace):
             idx = np.sort(np.random.default_rng(0).choice(len(vectors), size=args.limit, replace=False))
             vectors, labels = vectors[idx], labels[idx]
         return vectors, labels, args.features
-    from plm.commands._common import model_from_args
-    from plm.data import load_dataset
-    from plm.evaluation import embed_dataset
+    from plm.commands._common import embed_labelled_split
 
-    dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
-    if not dataset.is_labelled:
-        raise UserError("similarity-report needs a labelled split (labels are used for scoring only)")
-    model = model_from_args(args)
-    emb = embed_dataset(model, dataset, batch_size=args.batch_size, cache_dir=False if args.no_cache else None)
-    if emb.skipped:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
+    _, emb = embed_labelled_split(args, "similarity-report's scores (purity, correlation)")
     return emb.vectors, emb.labels, args.backbone or args.checkpoint
 
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from plm.estimators.base import Neighbors, SimilarityEstimator, topk_csr
+from plm.estimators.base import Neighbors, SimilarityEstimator, compute_neighbors, topk_csr
 
 LINKAGES = ("ward", "average", "complete", "single")
 GRADES = ("height", "rank")
@@ -110,8 +110,6 @@ class KMeansEstimator(SimilarityEstimator):
             self._dense = (self.labels_[:, None] == self.labels_[None, :]).astype(np.float32)
         else:
             if neighbors is None or neighbors.k < self.top_k:
-                from plm.estimators.base import compute_neighbors
-
                 neighbors = compute_neighbors(x, self.top_k)
             idx = neighbors.indices[:, :self.top_k]
             values = (self.labels_[idx] == self.labels_[:, None]).astype(np.float32)

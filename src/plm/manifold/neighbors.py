@@ -1,8 +1,8 @@
 """Nearest-neighbour candidate lists with bounded memory.
 
-Exact search (the default) uses faiss's flat index on CPU tensors when faiss is installed (it
-scans the data in blocks internally, with BLAS) and otherwise torch, one block of queries at a time
-(memory ≈ block × N floats), on whatever device the points live on. ``approximate=True`` uses a
+Exact search (the default) on CPU tensors is :func:`plm.evaluation.knn` (faiss's flat index when
+installed, else torch blocks; ties broken by index); on other devices it runs in torch blocks of
+queries (memory ≈ block × N floats) where the points live. ``approximate=True`` uses a
 faiss inverted-file index (``IVF√N,Flat``, ``nprobe`` lists probed per query): several times less
 work at N in the tens of thousands, at a recall below 1 (the benchmark reports it).
 """
@@ -38,11 +38,17 @@ def knn_candidates(x: Tensor, k: int, approximate: bool = False, block_size: int
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} points, got {k}")
-    if use_faiss and x.device.type == "cpu":
-        try:
-            return _knn_ivf(x, k, nprobe, seed) if approximate else _knn_flat(x, k)
-        except ImportError:
-            pass
+    if x.device.type == "cpu":
+        if not approximate:  # the project's exact search (faiss flat when allowed and installed)
+            from plm.evaluation.knn import knn
+
+            d, i = knn(x, k=k, block_size=block_size, use_faiss=use_faiss)
+            return torch.from_numpy(d).to(x.dtype), torch.from_numpy(i)
+        if use_faiss:
+            try:
+                return _knn_ivf(x, k, nprobe, seed)
+            except ImportError:
+                pass
     return _knn_exact(x, k, block_size)
 
 
@@ -69,16 +75,6 @@ def _drop_self(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, n
     keep = idx != np.arange(n)[:, None]
     keep[keep.all(1), -1] = False  # self not returned (exact duplicates): drop the last column
     return dist[keep].reshape(n, k), idx[keep].reshape(n, k)
-
-
-def _knn_flat(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    import faiss
-
-    data = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
-    index = faiss.IndexFlatL2(data.shape[1])
-    index.add(data)
-    dist, idx = _drop_self(*index.search(data, k + 1), k)
-    return torch.from_numpy(np.maximum(dist, 0)).to(x.dtype), torch.from_numpy(idx.astype(np.int64))
 
 
 def _knn_ivf(x: Tensor, k: int, nprobe: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from plm.data.base import IMAGE_EXTENSIONS, ImageLoadError, open_image
+from plm.data.base import IMAGE_EXTENSIONS
+from plm.search.queries import readable
 from plm.search.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,6 @@ def _why_unreadable(path: Path) -> str:
     try:
         if path.stat().st_size == 0:
             return "zero-byte file"
-        open_image(path)
-    except ImageLoadError as err:
-        return str(err.__cause__ or err)
     except OSError as err:
         return str(err)
-    return "could not be decoded"
+    return readable(path) or "could not be decoded"

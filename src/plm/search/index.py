@@ -23,7 +23,6 @@ from plm.errors import UserError
 
 KINDS = ("exact", "hnsw", "ivf", "pq")
 METRICS = ("cosine", "l2")
-HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
 
 
 def have_faiss() -> bool:

@@ -476,11 +476,12 @@ def _manifold_section(value: Any) -> dict:
     return out
 
 
-def _merge(base: dict, update: Mapping[str, Any], prefix: str = "") -> dict:
+def deep_merge(base: dict, update: Mapping[str, Any], prefix: str = "") -> dict:
+    """``base`` updated by ``update``, nested mappings merged key by key (neither is modified)."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, prefix + key + ".")
+            out[key] = deep_merge(out[key], value, prefix + key + ".")
         else:
             out[key] = value
     return out
@@ -548,10 +549,10 @@ def default_config(dataset: str = "fashion-mnist", method: str = "plm", mode: st
         ConfigError: unknown key or invalid value.
     """
     data: dict = {"dataset": dataset, "method": method, "mode": mode}
-    data = _merge(data, DATASET_PRESETS.get(dataset, {}))
+    data = deep_merge(data, DATASET_PRESETS.get(dataset, {}))
     if overrides:
-        data = _merge(data, overrides_to_dict(overrides) if not isinstance(overrides, Mapping) else overrides)
-    data = _merge(data, kwargs)
+        data = deep_merge(data, overrides_to_dict(overrides) if not isinstance(overrides, Mapping) else overrides)
+    data = deep_merge(data, kwargs)
     return TrainConfig.from_dict(data)
 
 
@@ -596,12 +597,12 @@ def resolve_config(file: Optional[str | os.PathLike] = None, flags: Optional[Map
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     over = overrides_to_dict(overrides)
-    layered = _merge(_merge(file_data, flag_data), over)
+    layered = deep_merge(deep_merge(file_data, flag_data), over)
     dataset = layered.get("dataset", "fashion-mnist")
     base: dict = {}
     if isinstance(dataset, str):
-        base = _merge(base, DATASET_PRESETS.get(dataset, {}))
-    return TrainConfig.from_dict(_merge(base, layered))
+        base = deep_merge(base, DATASET_PRESETS.get(dataset, {}))
+    return TrainConfig.from_dict(deep_merge(base, layered))
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

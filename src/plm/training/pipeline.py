@@ -36,6 +36,13 @@ def model_config_of(config) -> ModelConfig:
                        image_size=m.image_size)
 
 
+def feature_config_of(config, normalize: bool = False) -> ModelConfig:
+    """The head-less config of a training config: its pooled backbone features (the feature-cache key)."""
+    m = config.model
+    return ModelConfig(backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=normalize,
+                       image_size=m.image_size)
+
+
 def build_model(config) -> EmbeddingModel:
     """The pretrained embedding model with a random orthogonal head (global torch RNG); the
     pipelines then apply ``model.head_init``."""
@@ -129,10 +136,8 @@ class FrozenPipeline(Pipeline):
         self.model = build_model(config)
         self.model.requires_grad_(False)
         m = config.model
-        feature_cfg = ModelConfig(backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False,
-                                  image_size=m.image_size)
         # shares the backbone; its fingerprint does not depend on the randomly initialised head
-        self._feature_model = EmbeddingModel(self.model.backbone, feature_cfg)
+        self._feature_model = EmbeddingModel(self.model.backbone, feature_config_of(config))
         self.splits = splits
         self._features: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.train_features, _ = self._split_features(splits.train)
@@ -277,9 +282,7 @@ class FinetunePipeline(Pipeline):
         """
         from plm.evaluation import embed_dataset
 
-        m = self.config.model
-        features_model = EmbeddingModel(self.model.backbone, ModelConfig(
-            backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=False, image_size=m.image_size))
+        features_model = EmbeddingModel(self.model.backbone, feature_config_of(self.config))
         if self.ctx.enabled or not self.config.data.cache:
             return self._embed(features_model, self.train_ds, self.progress)[0].cpu()
         emb = embed_dataset(features_model, self.train_ds, batch_size=self.config.eval.batch_size, features=True,
@@ -331,8 +334,7 @@ class FinetunePipeline(Pipeline):
         if self._pretrained_backbone is None:
             return None
         ref = EmbeddingModel(create_model(model_config_of(self.config), pretrained=False).backbone,
-                             ModelConfig(self.config.model.backbone, None, self.config.model.pooling, True,
-                                         self.config.model.image_size))
+                             feature_config_of(self.config, normalize=True))
         ref.backbone.load_state_dict(self._pretrained_backbone)
         vec, labels, _ = self._embed(ref.to(self.device), split, self.progress)
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from plm.evaluation.metrics import default_ks
 from plm.models import EmbeddingModel
 from plm.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from plm.training.config import TrainConfig, config_diff
@@ -98,11 +99,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's epoch (independent streams for every (seed, epoch, rank))."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def default_ks(dataset: str) -> list[int]:
-    """Recall@K list of a dataset: 1/10/100/1000 on SOP, 1/2/4/8 elsewhere."""
-    return [1, 10, 100, 1000] if dataset == "sop" else [1, 2, 4, 8]
 
 
 class Trainer:
