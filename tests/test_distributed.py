@@ -35,16 +35,16 @@ def _spawn(fn, world: int, *args) -> None:
     mp.spawn(fn, args=(world, _free_port(), *args), nprocs=world, join=True)
 
 
-def _tiny_config(epochs: int):
+def _tiny_config(epochs: int, method: str = "plm"):
     from plm.training import default_config
 
-    return default_config("digits", epochs=epochs, log={"progress": False, "tensorboard": False},
+    return default_config("digits", method=method, epochs=epochs, log={"progress": False, "tensorboard": False},
                           sampler={"batch_size": 30, "k": 5, "batches_per_epoch": 3}, proxies={"num": 6},
                           eval={"nmi": False, "baseline": False}, data={"limit": 300})
 
 
 def _train_worker(rank: int, world: int, port: int, out: str, epochs: int, stop_after, resume: bool,
-                  cache: str) -> None:
+                  cache: str, method: str = "plm") -> None:
     os.environ["PLM_CACHE_DIR"] = cache
     _init(rank, world, port)
     try:
@@ -53,7 +53,7 @@ def _train_worker(rank: int, world: int, port: int, out: str, epochs: int, stop_
 
         ctx = init_distributed("cpu")
         assert ctx.world_size == world and ctx.rank == rank
-        Trainer(_tiny_config(epochs), out, progress=False, resume=resume, ctx=ctx).run(stop_after=stop_after)
+        Trainer(_tiny_config(epochs, method), out, progress=False, resume=resume, ctx=ctx).run(stop_after=stop_after)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -95,6 +95,19 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
 
     Trainer(_tiny_config(3), dist, progress=False, resume=True).run()  # resume the 2-rank run on 1 process
     _assert_close(dist / "last.pt", single / "last.pt", atol=1e-5)
+
+
+def test_kmeans_pseudo_labels_from_rank_zero_reach_every_rank(tmp_path, monkeypatch) -> None:
+    """k-means runs on rank 0 only; the broadcast labels give the single-process weights."""
+    from plm.training.trainer import Trainer
+
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv("PLM_CACHE_DIR", cache)
+    Trainer(_tiny_config(2, "kmeans"), tmp_path / "single", progress=False).run()
+    _spawn(_train_worker, 2, str(tmp_path / "dist"), 2, None, False, cache, "kmeans")
+    labels = torch.load(tmp_path / "dist" / "last.pt", weights_only=True)["method_state"]["pseudo_labels"]
+    assert labels.numel() == 300 and labels.unique().numel() > 1
+    _assert_close(tmp_path / "dist" / "last.pt", tmp_path / "single" / "last.pt", atol=1e-5)
 
 
 def _embed_worker(rank: int, world: int, port: int, out: str, n: int) -> None:

@@ -230,6 +230,10 @@ class KMeansMethod(Method):
         self.num_clusters, self.margin, self.seed = int(num_clusters), float(margin), int(seed)
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long))
 
+    def prepare(self, train_embeddings: Tensor) -> None:
+        """Size the pseudo-label buffer (every rank, so that rank 0's labels can be broadcast)."""
+        self._set_size(len(train_embeddings))
+
     def on_epoch_start(self, train_embeddings: Tensor, epoch: int) -> None:  # noqa: D102
         from plm.estimators import kmeans_pseudo_labels
 

@@ -30,7 +30,7 @@ from plm.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state
 from plm.training.config import TrainConfig, config_diff
 from plm.training.distributed import DistContext, init_distributed
 from plm.training.history import TensorBoardLogger, write_csv
-from plm.training.methods import BatchView, KMeansMethod, build_method
+from plm.training.methods import BatchView, build_method
 from plm.training.optim import build_optimizer, build_scheduler
 from plm.training.pipeline import build_pipeline, model_config_of
 from plm.training.sampler import NeighbourhoodSampler
@@ -163,8 +163,6 @@ class Trainer:
         # the first teacher pass also drops unreadable training images (finetune mode)
         first = self.pipeline.train_embeddings("teacher")
         self.method = build_method(cfg, self.pipeline.model.out_dim).to(self.device)
-        if isinstance(self.method, KMeansMethod):
-            self.method._set_size(self.pipeline.num_train)
         self.sampler = NeighbourhoodSampler(self.pipeline.num_train, cfg.sampler.batch_size, cfg.sampler.k, cfg.seed,
                                             ctx.rank, ctx.world_size, cfg.sampler.batches_per_epoch)
         groups = self.pipeline.param_groups()
@@ -258,7 +256,8 @@ class Trainer:
         self._train_emb = None
         self.sampler.set_neighbours(self.knn_table(emb))
         self.sampler.set_epoch(epoch)
-        self.method.on_epoch_start(emb, epoch)
+        if ctx.is_main:  # e.g. k-means pseudo-labels: computed once, then sent to every rank
+            self.method.on_epoch_start(emb, epoch)
         ctx.broadcast_module(self.method)
         self.pipeline.set_train()
 
