@@ -47,6 +47,12 @@ def stml_similarity(t: Tensor, sigma: float = 3.0, k: int = 5) -> Tensor:
         raise ValueError(f"expected (B, d) embeddings, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise ValueError("embeddings contain NaN or inf values")
+    return stml_target(t, sigma, k)
+
+
+@torch.no_grad()
+def stml_target(t: Tensor, sigma: float, k: int) -> Tensor:
+    """:func:`stml_similarity` without the input checks (the training step: no device sync)."""
     t = torch.nn.functional.normalize(t.detach().float(), dim=1)
     n = t.shape[0]
     sq = (t * t).sum(1)
@@ -72,13 +78,31 @@ def _check(sigma: float, k: int) -> None:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
 
 
-def contextual_matrix(neighbors: np.ndarray, n: int, k: int) -> sp.csr_matrix:
-    """STML's W_C as a sparse (N, N) matrix from each point's k−1 nearest other points."""
-    rows = np.arange(n)
-    nk = np.concatenate([rows[:, None], neighbors[:, :k - 1]], axis=1)  # the point itself first
-    w_nn = sp.csr_matrix((np.ones(nk.size, np.float32), (np.repeat(rows, nk.shape[1]), nk.ravel())), shape=(n, n))
-    v = w_nn.multiply(w_nn.T).tocsr()  # k-reciprocal sets R(i)
+def _with_self(neighbors: np.ndarray, n: int, k: int) -> np.ndarray:
+    """N_k(i): each point itself first, then its k−1 nearest other points."""
+    return np.concatenate([np.arange(n)[:, None], neighbors[:, :k - 1]], axis=1)
+
+
+def reciprocal_sets(neighbors: np.ndarray, n: int, k: int) -> sp.csr_matrix:
+    """The k-reciprocal sets R(i) as a 0/1 (N, N) CSR matrix with sorted indices."""
+    nk = _with_self(neighbors, n, k)
+    w_nn = sp.csr_matrix((np.ones(nk.size, np.float32), (np.repeat(np.arange(n), nk.shape[1]), nk.ravel())),
+                         shape=(n, n))
+    v = w_nn.multiply(w_nn.T).tocsr()
     v.data[:] = 1.0
+    v.sort_indices()
+    return v
+
+
+def contextual_matrix(neighbors: np.ndarray, n: int, k: int,
+                      reciprocal: Optional[sp.csr_matrix] = None) -> sp.csr_matrix:
+    """STML's W_C as a sparse (N, N) matrix from each point's k−1 nearest other points.
+
+    ``reciprocal``: the :func:`reciprocal_sets` of the same inputs, when already computed.
+    """
+    rows = np.arange(n)
+    nk = _with_self(neighbors, n, k)
+    v = reciprocal_sets(neighbors, n, k) if reciprocal is None else reciprocal
     size = np.asarray(v.sum(1)).ravel()
     w_c_tilde = sp.csr_matrix((v @ v).multiply(v))
     w_c_tilde = sp.diags(1.0 / size) @ w_c_tilde
@@ -113,15 +137,13 @@ class STMLEstimator(SimilarityEstimator):
         n = len(x)
         k = min(self.k, n)
         self._x = x
-        self._wc_lookup = None
-        w_c = contextual_matrix(neighbors.indices, n, k)
+        rec = reciprocal_sets(neighbors.indices, n, k)
+        w_c = contextual_matrix(neighbors.indices, n, k, reciprocal=rec)
         self._w_c = w_c
-        rec = self._reciprocal(neighbors.indices, n, k)
+        self._wc_lookup = PairLookup(w_c)
         self.groups_ = [rec.indices[rec.indptr[i]:rec.indptr[i + 1]].astype(np.int64) for i in range(n)]
         if self.mode_ == "dense":
-            d2 = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
-            np.fill_diagonal(d2, 0.0)
-            self._dense = ((np.exp(-d2 / self.sigma) + w_c.toarray()) / 2).astype(np.float32)
+            self._dense = ((_gaussian_dense(x, self.sigma) + w_c.toarray()) / 2).astype(np.float32)
             return
         kk = min(self.top_k, neighbors.k)
         idx = neighbors.indices[:, :kk]
@@ -134,27 +156,10 @@ class STMLEstimator(SimilarityEstimator):
         full = candidates.maximum(sp.csr_matrix((extra_vals, (extra.row, extra.col)), shape=(n, n)))
         self._sparse = keep_topk(full, self.top_k)
 
-    @staticmethod
-    def _reciprocal(neighbors: np.ndarray, n: int, k: int) -> sp.csr_matrix:
-        rows = np.arange(n)
-        nk = np.concatenate([rows[:, None], neighbors[:, :k - 1]], axis=1)
-        w_nn = sp.csr_matrix((np.ones(nk.size, np.float32), (np.repeat(rows, nk.shape[1]), nk.ravel())), shape=(n, n))
-        rec = w_nn.multiply(w_nn.T).tocsr()
-        rec.sort_indices()
-        return rec
-
     def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """W at arbitrary pairs: W_P from the features, W_C from the sparse matrix."""
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        out = np.empty(len(rows), np.float32)
-        if getattr(self, "_wc_lookup", None) is None:
-            self._wc_lookup = PairLookup(self._w_c)
-        for start in range(0, len(rows), 262144):
-            r, c = rows[start:start + 262144], cols[start:start + 262144]
-            d2 = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", self._x[r], self._x[c]), 0.0)
-            d2[r == c] = 0.0
-            out[start:start + len(r)] = (np.exp(-d2 / self.sigma) + self._wc_lookup(r, c)) / 2
-        return out
+        return (_gaussian_pairs(self._x, rows, cols, self.sigma) + self._wc_lookup(rows, cols)) / 2
 
     def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.pair_values(rows, cols)
@@ -188,17 +193,28 @@ class GaussianEstimator(SimilarityEstimator):
         sigma = float(np.median(kth)) if self.sigma is None else float(self.sigma)
         self.sigma_ = sigma if sigma > 0 else 1.0
         if self.mode_ == "dense":
-            d2 = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
-            np.fill_diagonal(d2, 0.0)
-            self._dense = np.exp(-d2 / self.sigma_).astype(np.float32)
+            self._dense = _gaussian_dense(x, self.sigma_).astype(np.float32)
             return
         self._sparse = topk_csr(np.exp(-neighbors.distances / self.sigma_), neighbors.indices, n)
 
     def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        out = np.empty(len(rows), np.float32)
-        for start in range(0, len(rows), 262144):
-            r, c = rows[start:start + 262144], cols[start:start + 262144]
-            d2 = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", self._x[r], self._x[c]), 0.0)
-            d2[r == c] = 0.0
-            out[start:start + len(r)] = np.exp(-d2 / self.sigma_)
-        return out
+        return _gaussian_pairs(self._x, rows, cols, self.sigma_)
+
+
+def _gaussian_dense(x: np.ndarray, sigma: float) -> np.ndarray:
+    """exp(−‖x_i − x_j‖² / σ) for all pairs of unit rows (diagonal exactly 1)."""
+    d2 = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
+    np.fill_diagonal(d2, 0.0)
+    return np.exp(-d2 / sigma)
+
+
+def _gaussian_pairs(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, sigma: float,
+                    chunk: int = 262144) -> np.ndarray:
+    """exp(−‖x_r − x_c‖² / σ) for the listed pairs of unit rows, in chunks (float32)."""
+    out = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), chunk):
+        r, c = rows[start:start + chunk], cols[start:start + chunk]
+        d2 = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", x[r], x[c]), 0.0)
+        d2[r == c] = 0.0
+        out[start:start + len(r)] = np.exp(-d2 / sigma)
+    return out

@@ -199,9 +199,9 @@ class STMLMethod(Method):
         self.sigma, self.k, self.delta = float(sigma), int(k), float(delta)
 
     def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:  # noqa: D102
-        from plm.estimators import stml_similarity
+        from plm.estimators.stml import stml_target
 
-        return stml_similarity(teacher, self.sigma, self.k).to(teacher.dtype)
+        return stml_target(teacher, self.sigma, self.k).to(teacher.dtype)
 
     def forward(self, batch: BatchView) -> dict[str, Tensor]:  # noqa: D102
         w = self.target_similarity(batch.teacher_all)
