@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
         kind = "exact" if len(store) <= AUTO_EXACT_MAX or not have_faiss() else "hnsw"
         if len(store) > AUTO_EXACT_MAX and kind == "exact":
             log.warning("faiss is not installed: building an exact index (pip install faiss-cpu for hnsw/ivf/pq)")
-    fixed = {"hnsw": args.ef_search, "ivf": args.nprobe, "pq": args.k_factor}.get(kind)
     index = VectorIndex.build(store.vectors, kind, args.metric, M=args.m, ef_construction=args.ef_construction,
-                              ef_search=args.ef_search or 128, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
-                              k_factor=args.k_factor or 20)
+                              ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+                              k_factor=args.k_factor)
     rows = []
-    if kind != "exact":
+    if index.search_param is not None:  # the knob's flag has the knob's name: --ef-search, --nprobe, --k-factor
+        fixed = getattr(args, index.search_param)
         rows = tune_search(index, store.vectors, target=args.target_recall, k=args.k, sample=args.recall_sample,
                            values=[fixed] if fixed else None)
     extra = {"embeddings": str(Path(args.embeddings).resolve()), "recall_k": args.k, "recall": rows}

@@ -116,8 +116,8 @@ class VectorIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, kind: str = "exact", metric: str = "auto", *, M: int = 32,
-              ef_construction: int = 80, ef_search: int = 128, nlist: Optional[int] = None,
-              nprobe: Optional[int] = None, pq_m: Optional[int] = None, k_factor: int = 20,
+              ef_construction: int = 80, ef_search: Optional[int] = None, nlist: Optional[int] = None,
+              nprobe: Optional[int] = None, pq_m: Optional[int] = None, k_factor: Optional[int] = None,
               seed: int = 0) -> "VectorIndex":
         """Index ``vectors`` (N, D).
 
@@ -127,11 +127,11 @@ class VectorIndex:
             metric: ``cosine``, ``l2`` or ``auto`` (cosine when every row has unit norm).
             M: HNSW links per node.
             ef_construction: HNSW build-time beam width.
-            ef_search: HNSW search-time beam width (tune with :func:`tune_search`).
+            ef_search: HNSW search-time beam width (default 128; tune with :func:`tune_search`).
             nlist: IVF cells (default ``4·sqrt(N)``, at most N/39).
             nprobe: IVF cells visited per query (default ``nlist/16``).
             pq_m: PQ sub-quantizers of 4 bits each; must divide D (default ``D/2`` up to 256-d, else ``D/4``).
-            k_factor: PQ candidates re-ranked exactly, as a multiple of k.
+            k_factor: PQ candidates re-ranked exactly, as a multiple of k (default 20).
             seed: IVF / PQ training sample seed.
 
         Raises:
@@ -148,6 +148,8 @@ class VectorIndex:
         if metric == "cosine":
             x = unit_rows(x)
         n, d = x.shape
+        ef_search = 128 if ef_search is None else ef_search
+        k_factor = 20 if k_factor is None else k_factor
         if kind == "exact":
             return cls(kind, metric, d, n, {}, vectors=x)
         if kind == "hnsw":
