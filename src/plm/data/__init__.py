@@ -1,4 +1,4 @@
-"""Datasets: CUB-200-2011, Cars-196, Stanford Online Products, Fashion-MNIST, digits, image folders.
+"""Datasets: CUB-200-2011, Cars-196, Stanford Online Products, Fashion-MNIST, glyphs, digits, image folders.
 
 ``load_dataset(name, split, root=...)`` is the one entry point; see :data:`DATASETS`.
 """
@@ -27,6 +27,12 @@ def _fashion(split: str, root, val_classes: int) -> ImageDataset:
     from plm.data.fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist(split, root=root, val_classes=val_classes)
+
+
+def _glyphs(split: str, root, val_classes: int) -> ImageDataset:
+    from plm.data.glyphs import load_glyphs
+
+    return load_glyphs(split, root=root, val_classes=val_classes)
 
 
 def _digits(split: str, root, val_classes: int) -> ImageDataset:
@@ -59,6 +65,7 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "cars196": _official("plm.data.cars", "load_cars196"),
     "sop": _official("plm.data.sop", "load_sop"),
     "fashion-mnist": _fashion,
+    "glyphs": _glyphs,
     "digits": _digits,
     "folder": _folder,
 }
@@ -69,10 +76,11 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | os.PathLi
     """Load a dataset split by name.
 
     Args:
-        name: one of ``cub200``, ``cars196``, ``sop``, ``fashion-mnist``, ``digits``, ``folder``.
+        name: one of ``cub200``, ``cars196``, ``sop``, ``fashion-mnist``, ``glyphs``, ``digits``, ``folder``.
         split: ``train`` (seen classes), ``val`` (held-out seen classes), ``test`` (unseen
             classes) or ``all``.
-        root: dataset root; required for cub200, cars196, sop and folder.
+        root: dataset root; required for cub200, cars196, sop and folder (for glyphs: an optional
+            folder of font files instead of the system's fonts).
         val_classes: how many seen classes form the class-disjoint ``val`` split.
     """
     if name not in DATASETS:
