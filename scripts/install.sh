@@ -10,13 +10,16 @@ with_test=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
 if command -v apt-get >/dev/null; then
-  pkgs="dataset-fashion-mnist"
+  # fonts: the glyphs benchmark (plm.data.glyphs.FONT_PACKAGES); fontconfig lists them
+  pkgs="dataset-fashion-mnist fontconfig fonts-noto-core fonts-urw-base35 fonts-texgyre fonts-cmu fonts-dejavu-core
+        fonts-dejavu-extra fonts-freefont-ttf fonts-roboto-unhinted fonts-lato fonts-open-sans fonts-linuxlibertine
+        fonts-crosextra-carlito fonts-crosextra-caladea fonts-inter fonts-hack fonts-liberation2"
   [ $with_test -eq 1 ] && pkgs="$pkgs chromium"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq || echo "install.sh: apt-get update failed; continuing" >&2
   # shellcheck disable=SC2086
   $SUDO apt-get install -y -qq --no-install-recommends $pkgs >/dev/null \
-    || echo "install.sh: could not install $pkgs (the demo falls back to scikit-learn digits)" >&2
+    || echo "install.sh: could not install $pkgs (the demo needs the fonts; without Fashion-MNIST and fonts it falls back to scikit-learn digits)" >&2
 fi
 
 PY="${PYTHON:-python3}"

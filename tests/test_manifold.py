@@ -197,10 +197,12 @@ def _crossing(dim: int, per_axis: np.ndarray, flat_dim: int, seed: int = 0) -> t
 
 @pytest.mark.parametrize("flat_dim,axis,far", [(1, np.round(np.arange(-1.0, 1.0001, 0.05), 10), 0.25),
                                                (2, np.round(np.arange(-1.0, 1.0001, 0.2), 10), 0.5)])
-def test_same_flat_beats_across_flats_at_equal_distance(flat_dim: int, axis: np.ndarray, far: float) -> None:
+@pytest.mark.parametrize("criterion,eps", [("residual_variance", 0.01), ("relative_candidate_residual", 1.2)])
+def test_same_flat_beats_across_flats_at_equal_distance(flat_dim: int, axis: np.ndarray, far: float, criterion: str,
+                                                        eps: float) -> None:
     """Lines (planes) crossing in 64-D: at equal Euclidean distance, same-flat pairs score higher."""
     x, flat, crossing = _crossing(64, axis, flat_dim)
-    cfg = ManifoldConfig(piece_dim=flat_dim, eps=0.01, max_candidates=16, normalize_inputs=False)
+    cfg = ManifoldConfig(piece_dim=flat_dim, eps=eps, criterion=criterion, max_candidates=16, normalize_inputs=False)
     s = similarity_matrix(torch.from_numpy(x), cfg).numpy()
     dist = np.round(np.linalg.norm(x[:, None] - x[None], axis=2), 6)
     away = np.linalg.norm(x - crossing, axis=1) >= far  # pieces at the crossing may mix the flats

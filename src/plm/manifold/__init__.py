@@ -5,11 +5,12 @@
 pieces (proxies included); ``sparse_similarity`` is the dataset-scale version.
 """
 
-from plm.manifold.config import CRITERIA, SYMMETRIZE, ManifoldConfig, Pieces
+from plm.manifold.config import CRITERIA, NORMALIZATIONS, ON_BREACH, SYMMETRIZE, ManifoldConfig, Pieces
 from plm.manifold.neighbors import knn_candidates
-from plm.manifold.pieces import fit_error, fit_pieces, nearest_candidates
+from plm.manifold.pieces import candidate_residual, fit_error, fit_pieces, nearest_candidates
 from plm.manifold.similarity import (
     directed_similarity,
+    normalize_similarity,
     neighbor_similarity,
     pair_similarity,
     paired_directed_similarity,
@@ -19,7 +20,8 @@ from plm.manifold.similarity import (
 )
 
 __all__ = [
-    "CRITERIA", "SYMMETRIZE", "ManifoldConfig", "Pieces", "directed_similarity", "fit_error", "fit_pieces",
+    "CRITERIA", "NORMALIZATIONS", "ON_BREACH", "SYMMETRIZE", "ManifoldConfig", "Pieces", "candidate_residual",
+    "directed_similarity", "fit_error", "fit_pieces", "normalize_similarity",
     "knn_candidates", "nearest_candidates", "neighbor_similarity", "pair_similarity", "paired_directed_similarity",
     "pairwise_similarity", "similarity_matrix", "sparse_similarity",
 ]

@@ -8,8 +8,10 @@ from typing import Optional
 
 from torch import Tensor
 
-CRITERIA = ("residual_variance", "relative_residual")
+CRITERIA = ("residual_variance", "relative_residual", "candidate_residual", "relative_candidate_residual")
 SYMMETRIZE = ("mean", "max")
+ON_BREACH = ("skip", "stop")
+NORMALIZATIONS = ("none", "row_max", "row_minmax", "row_rank")
 
 
 @dataclass
@@ -19,26 +21,41 @@ class ManifoldConfig:
     Attributes:
         piece_dim: m, the dimension of every linear piece.
         eps: ε, the largest scale-free fit error at which a candidate joins a neighbourhood.
-        criterion: the fit error: ``"residual_variance"`` (share of the set's variance outside its
-            top-m principal directions) or ``"relative_residual"`` (mean orthogonal residual over
-            the mean distance to the anchor).
+        criterion: the test a candidate must pass to join (docs/method.md, "Subset selection"):
+            ``"residual_variance"`` (share of the grown set's variance outside its top-m principal
+            directions ≤ ε), ``"relative_residual"`` (the grown set's mean orthogonal residual over
+            its mean distance to the anchor ≤ ε), ``"candidate_residual"`` (the candidate's own
+            orthogonal distance to the piece fitted to the current set ≤ ε, absolute: on unit-norm
+            inputs a chord length) or ``"relative_candidate_residual"`` (that distance over the
+            anchor's nearest-neighbour distance ≤ ε). The first two are scale-free errors of the
+            set and fall when a far point joins; the last two judge the candidate itself.
+        on_breach: ``"skip"`` (a rejected candidate is skipped and the next one tried) or
+            ``"stop"`` (the neighbourhood stops growing at the first rejection).
         max_candidates: K_c, candidates per anchor (its nearest other points); ``None`` = all.
         n_alpha: N_α, the exponent of the orthogonal-distance term α.
         n_beta: N_β, the exponent of the in-piece-distance term β.
         symmetrize: ``"mean"`` (½(s′(i,j) + s′(j,i))) or ``"max"``.
         subset_selection: ``False`` is the ablation "no subset selection": every candidate joins.
-        normalize_inputs: L2-normalise the inputs before fitting (METHOD.md §2).
+        normalize_inputs: L2-normalise the inputs before fitting.
+        normalization: how the batch similarity (``similarity_matrix``) is mapped onto [0, 1]
+            before it becomes a training target: ``"none"`` (s as the formula gives it),
+            ``"row_max"`` (each row divided by its largest off-diagonal value),
+            ``"row_minmax"`` (each row's off-diagonal values stretched to [0, 1]) or
+            ``"row_rank"`` (each off-diagonal value replaced by its quantile within the row);
+            the row-wise results are symmetrised again (mean of the two directions).
     """
 
     piece_dim: int = 2
-    eps: float = 0.3
-    criterion: str = "residual_variance"
+    eps: float = 1.5
+    criterion: str = "relative_candidate_residual"
     max_candidates: Optional[int] = 16
-    n_alpha: float = 4.0
-    n_beta: float = 1.0
+    n_alpha: float = 2.0
+    n_beta: float = 0.5
     symmetrize: str = "mean"
     subset_selection: bool = True
     normalize_inputs: bool = True
+    on_breach: str = "skip"
+    normalization: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.piece_dim, bool) or not isinstance(self.piece_dim, int) or self.piece_dim < 1:
@@ -57,6 +74,10 @@ class ManifoldConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.symmetrize not in SYMMETRIZE:
             raise ValueError(f"symmetrize must be one of {SYMMETRIZE}, got {self.symmetrize!r}")
+        if self.on_breach not in ON_BREACH:
+            raise ValueError(f"on_breach must be one of {ON_BREACH}, got {self.on_breach!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         for name in ("subset_selection", "normalize_inputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

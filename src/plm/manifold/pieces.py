@@ -6,12 +6,25 @@ S_i ∪ {c_t} has a scale-free error ≤ ε (METHOD.md §3). All anchors advance
 over the K candidate positions, never over points. Each step needs only the (K+1)×(K+1) Gram matrix
 of the anchor's candidates, so the work per anchor is a handful of tiny batched eigen-decompositions.
 
-Fit errors (both in [0, 1], invariant to scale, rotation and translation):
+Set errors (both in [0, 1], invariant to scale, rotation and translation), computed on the grown
+set S_i ∪ {c_t}:
 
 - ``residual_variance``: share of the set's total variance outside its top-m principal directions,
   (Σ_{k>m} λ_k) / (Σ_k λ_k) with λ the PCA eigenvalues of the set.
 - ``relative_residual``: mean over the set of each point's orthogonal distance to the fitted
   m-dim affine subspace, divided by the mean distance of the other members to the anchor.
+
+Both *fall* when a far point joins (it dominates the set's variance), so they accept far
+candidates. The candidate criteria judge the candidate against the piece fitted to the current
+set S_i (its mean and top-min(m, |S_i|−1) principal directions), before it joins:
+
+- ``candidate_residual``: the candidate's orthogonal distance to that piece (absolute; on
+  unit-norm inputs a chord length in [0, 2]);
+- ``relative_candidate_residual``: the same distance over the anchor's nearest-candidate distance.
+
+With the candidate criteria the nearest candidate always joins (so every piece is at least a
+line); with the set errors the first m do (a set of ≤ m+1 points fits exactly). ``on_breach``
+``"stop"`` ends the growth at the first rejection instead of skipping to the next candidate.
 """
 
 from __future__ import annotations
@@ -187,17 +200,62 @@ def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
         return mask | valid
     m = config.piece_dim
     anchor_dist = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=0).sqrt()
+    candidate_test = config.criterion in ("candidate_residual", "relative_candidate_residual")
+    free = 1 if candidate_test else m  # candidates that join without a test
+    radius = _nearest_valid_distance(anchor_dist, valid)
     w = mask.to(gram.dtype)
+    growing = torch.ones_like(valid[:, 0])
     for t in range(1, gram.shape[1]):
-        if t <= m:
+        if t <= free:
             accept = valid[:, t]
+        elif candidate_test:
+            res = candidate_residual(gram[:, :t + 1, :t + 1], w[:, :t + 1], m)
+            if config.criterion == "relative_candidate_residual":
+                res = res / radius.clamp(min=torch.finfo(res.dtype).tiny)
+            accept = valid[:, t] & (res <= config.eps + ERR_SLACK)
         else:
             trial = w[:, :t + 1].clone()
             trial[:, t] = 1.0
             err = fit_error(gram[:, :t + 1, :t + 1], trial, m, config.criterion, anchor_dist[:, :t + 1])
             accept = valid[:, t] & (err <= config.eps + ERR_SLACK)
+        if config.on_breach == "stop":
+            growing = growing & (accept | ~valid[:, t])  # an empty slot is no breach
+            accept = accept & growing
         w[:, t] = accept.to(w.dtype)
     return w > 0.5
+
+
+def _nearest_valid_distance(anchor_dist: Tensor, valid: Tensor) -> Tensor:
+    """(b,) the distance from each anchor to its nearest valid candidate (inf when it has none)."""
+    d = torch.where(valid[:, 1:], anchor_dist[:, 1:], torch.full_like(anchor_dist[:, 1:], float("inf")))
+    return d.amin(1) if d.shape[1] else anchor_dist.new_full((anchor_dist.shape[0],), float("inf"))
+
+
+def candidate_residual(gram: Tensor, w: Tensor, m: int) -> Tensor:
+    """Orthogonal distance of the last point to the piece of the current members.
+
+    The piece is the members' mean plus their top-min(m, rank) principal directions; the last
+    column of ``gram`` is the candidate, which is not a member.
+
+    Args:
+        gram: (b, n, n) Gram matrices relative to the anchor (float64), candidate last.
+        w: (b, n) member indicator (the candidate's entry is ignored).
+        m: piece dimension.
+    """
+    w = w.clone()
+    w[:, -1] = 0.0
+    count = w.sum(1).clamp(min=1)[:, None]
+    row = (gram * w[:, None, :]).sum(2) / count  # z_k · z̄ for every k, candidate included
+    total = (row * w).sum(1, keepdim=True) / count  # ||z̄||²
+    full = gram - row[:, :, None] - row[:, None, :] + total[:, :, None]  # (z_a − z̄)·(z_b − z̄)
+    gc = full * w[:, :, None] * w[:, None, :]
+    lam, vec = torch.linalg.eigh(gc)  # ascending
+    lam, vec = lam[:, -m:], vec[:, :, -m:]
+    scale = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
+    keep = lam > _REL_TOL * scale
+    cross = torch.einsum("bn,bnk->bk", full[:, -1, :] * w, vec)  # (c − z̄)·(z_a − z̄) along each direction
+    proj2 = torch.where(keep, cross ** 2 / lam.clamp(min=torch.finfo(lam.dtype).tiny), torch.zeros_like(lam)).sum(1)
+    return (full[:, -1, -1] - proj2).clamp(min=0).sqrt()
 
 
 def _local_pca(anchor: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -27,17 +27,64 @@ def reference_fit(x: np.ndarray, config: ManifoldConfig = ManifoldConfig()) -> l
         dists = [(float(np.sum((x[i] - x[j]) ** 2)), j) for j in range(n) if j != i]
         candidates = [j for _, j in sorted(dists)][:k]
         members = [i]
-        for j in candidates:
+        radius = float(np.linalg.norm(x[candidates[0]] - x[i])) if candidates else float("inf")
+        for t, j in enumerate(candidates):
             if not config.subset_selection:
                 members.append(j)
                 continue
-            trial = members + [j]
-            err = 0.0 if len(trial) <= m + 1 else reference_fit_error(x[trial], m, config.criterion)
-            if err <= config.eps + 1e-6:  # same rounding slack as the batched code
+            if config.criterion in ("candidate_residual", "relative_candidate_residual"):
+                if t == 0:
+                    ok = True
+                else:
+                    res = reference_candidate_residual(x[members], x[j], m)
+                    if config.criterion == "relative_candidate_residual":
+                        res = res / radius if radius > 0 else float("inf")
+                    ok = res <= config.eps + 1e-6
+            else:
+                trial = members + [j]
+                err = 0.0 if len(trial) <= m + 1 else reference_fit_error(x[trial], m, config.criterion)
+                ok = err <= config.eps + 1e-6  # same rounding slack as the batched code
+            if ok:
                 members.append(j)
+            elif config.on_breach == "stop":
+                break
         mean, basis = _pca(x[members], m)
         out.append({"members": members, "mean": mean, "basis": basis})
     return out
+
+
+def reference_candidate_residual(members: np.ndarray, candidate: np.ndarray, m: int) -> float:
+    """Distance from ``candidate`` to the piece of ``members`` (mean + top-m principal directions)."""
+    mean, basis = _pca(members, m)
+    c = candidate - mean
+    return float(np.linalg.norm(c - basis @ (basis.T @ c)))
+
+
+def reference_normalize(s: np.ndarray, how: str) -> np.ndarray:
+    """Row-wise normalisation of a similarity matrix by loops, then symmetrised (see
+    :func:`plm.manifold.normalize_similarity`)."""
+    n = len(s)
+    if how == "none" or n < 3:
+        return s.copy()
+    out = np.ones_like(s)
+    for i in range(n):
+        others = [s[i, j] for j in range(n) if j != i]
+        for j in range(n):
+            if j == i:
+                continue
+            v = s[i, j]
+            if how == "row_max":
+                out[i, j] = min(v / max(others), 1.0)
+            elif how == "row_minmax":
+                span = max(others) - min(others)
+                out[i, j] = (v - min(others)) / span if span > 0 else 1.0
+            else:  # row_rank: mean rank among the others, over n - 2
+                below = sum(o < v for o in others)
+                ties = sum(o == v for o in others) - 1
+                out[i, j] = (below + 0.5 * ties) / (n - 2)
+    sym = 0.5 * (out + out.T)
+    np.fill_diagonal(sym, 1.0)
+    return sym
 
 
 def reference_fit_error(points: np.ndarray, m: int, criterion: str) -> float:

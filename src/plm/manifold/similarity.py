@@ -137,19 +137,62 @@ def pairwise_similarity(x: Tensor, pieces: Pieces, config: ManifoldConfig = Mani
     return s
 
 
+def normalize_similarity(s: Tensor, how: str = "none") -> Tensor:
+    """Map a batch similarity onto [0, 1] row by row, then symmetrise (mean of both directions).
+
+    Args:
+        s: (N, N) symmetric similarities, diagonal 1.
+        how: ``none`` (returned as is), ``row_max`` (each row over its largest off-diagonal value),
+            ``row_minmax`` (each row's off-diagonal values stretched to [0, 1]) or ``row_rank``
+            (each off-diagonal value → its rank among the row's N − 1 off-diagonal values, over
+            N − 2: 0 for the least similar, 1 for the most similar; ties get their mean rank).
+
+    Returns:
+        (N, N) symmetric, diagonal 1, values in [0, 1].
+    """
+    if how == "none":
+        return s
+    n = s.shape[0]
+    if n < 3:
+        return s
+    eye = torch.eye(n, dtype=torch.bool, device=s.device)
+    tiny = torch.finfo(s.dtype).tiny
+    if how == "row_max":
+        top = s.masked_fill(eye, float("-inf")).amax(1, keepdim=True)
+        out = (s / top.clamp(min=tiny)).clamp(max=1.0)
+    elif how == "row_minmax":
+        top = s.masked_fill(eye, float("-inf")).amax(1, keepdim=True)
+        low = s.masked_fill(eye, float("inf")).amin(1, keepdim=True)
+        span = top - low
+        out = torch.where(span > 0, (s - low) / span.clamp(min=tiny), torch.ones_like(s)).clamp(0.0, 1.0)
+    elif how == "row_rank":
+        off = s.masked_fill(eye, float("-inf"))
+        below = (off[:, None, :] < off[:, :, None]).sum(2).to(s.dtype)  # off-diagonal values below s_ij
+        ties = (off[:, None, :] == off[:, :, None]).sum(2).to(s.dtype)  # including s_ij itself
+        below = below - 1.0  # the diagonal's −inf is below every value
+        out = (below + 0.5 * (ties - 1.0)) / (n - 2)
+    else:
+        raise ValueError(f"unknown normalization {how!r}")
+    out = 0.5 * (out + out.T)
+    return out.masked_fill(eye, 1.0)
+
+
 def similarity_matrix(x: Tensor, config: ManifoldConfig = ManifoldConfig()) -> Tensor:
     """Fit the PL model to a batch and return its (N, N) similarity (the per-step entry point).
+
+    ``config.normalization`` is applied here (and only here: the dataset-scale functions return
+    the formula's values).
 
     Args:
         x: (N, d) teacher embeddings of the batch (gradient never flows).
         config: the PL options.
 
     Returns:
-        (N, N) symmetric similarities in (0, 1], diagonal 1, never NaN.
+        (N, N) symmetric similarities in [0, 1], diagonal 1, never NaN.
     """
     with torch.no_grad():
         pieces = fit_pieces(x, config)
-        return pairwise_similarity(x, pieces, config)
+        return normalize_similarity(pairwise_similarity(x, pieces, config), config.normalization)
 
 
 @torch.no_grad()

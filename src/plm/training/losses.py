@@ -42,9 +42,27 @@ def _check_pairs(z: Tensor, z_all: Tensor, target: Tensor, row_start: int) -> No
         raise ValueError(f"row_start {row_start} out of range for {z.shape[0]} rows in a batch of {z_all.shape[0]}")
 
 
+def balanced_pair_weights(target: Tensor, row_start: int = 0) -> Tensor:
+    """Per-pair weights that give each row's similar and dissimilar pairs equal total weight.
+
+    w_ij = ½·(s_ij / S⁺_i + (1 − s_ij) / S⁻_i)·(B − 1) with S⁺_i = Σ_{j≠i} s_ij and
+    S⁻_i = Σ_{j≠i} (1 − s_ij): a row's weights average to 1, the few similar pairs of a row count
+    as much as its many dissimilar ones. Zero on the diagonal.
+
+    Args:
+        target: (R, B) detached similarities in [0, 1].
+        row_start: global index of the first row (its diagonal entry is at column row_start + r).
+    """
+    t = target.detach()
+    mask = _offdiag_mask(t.shape[0], t.shape[1], row_start, t.device).to(t.dtype)
+    pos = (t * mask).sum(1, keepdim=True).clamp_min(_EPS)
+    neg = ((1.0 - t) * mask).sum(1, keepdim=True).clamp_min(_EPS)
+    return 0.5 * (t / pos + (1.0 - t) / neg) * (t.shape[1] - 1) * mask
+
+
 def point_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.5, row_start: int = 0,
-               denom: Optional[float] = None) -> Tensor:
-    """L_point = mean over pairs i ≠ j of (δ·(1 − s_ij) − ‖z_i − z_j‖)² (METHOD.md §6).
+               denom: Optional[float] = None, weights: Optional[Tensor] = None) -> Tensor:
+    """L_point = mean over pairs i ≠ j of w_ij·(δ·(1 − s_ij) − ‖z_i − z_j‖)² (w = 1 by default).
 
     Args:
         z: (R, d) student embeddings of the local rows.
@@ -53,10 +71,13 @@ def point_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.5, row
         delta: δ, the distance of a pair with similarity 0.
         row_start: global index of the first local row.
         denom: normaliser of the sum; default R·(B−1) minus nothing (the local pair count).
+        weights: optional (R, B) detached per-pair weights (e.g. :func:`balanced_pair_weights`).
     """
     _check_pairs(z, z_all, target, row_start)
     mask = _offdiag_mask(z.shape[0], z_all.shape[0], row_start, z.device)
     err = (delta * (1.0 - target.detach()) - pairwise_distance(z, z_all)).pow(2)
+    if weights is not None:
+        err = err * weights.detach()
     total = err.masked_select(mask).sum()
     return total / (denom if denom is not None else max(int(mask.sum()), 1))
 
@@ -78,8 +99,27 @@ def proxy_loss(z: Tensor, locations: Tensor, target: Tensor, delta: float = 1.5,
     return err.sum() / (denom if denom is not None else max(err.numel(), 1))
 
 
+def proxy_contrastive_loss(z: Tensor, locations: Tensor, target: Tensor, delta: float = 1.0,
+                           denom: Optional[float] = None) -> Tensor:
+    """Relaxed contrastive loss of points against proxies: Σ_{i,k} w_ik·d_ik² + (1 − w_ik)·[δ − d_ik]₊²,
+    each distance divided by the mean of its row (over the K proxies), over the pair count.
+
+    Args:
+        z: (R, d) student embeddings; locations: (K, d) proxies; target: (R, K) weights in [0, 1].
+        delta: δ, the push margin on row-normalised distances.
+        denom: normaliser of the sum; default R·K.
+    """
+    if target.shape != (z.shape[0], locations.shape[0]):
+        raise ValueError(f"target must be (R, K) = {(z.shape[0], locations.shape[0])}, got {tuple(target.shape)}")
+    d = pairwise_distance(z, locations)
+    d = d / d.mean(1, keepdim=True).clamp_min(_EPS)
+    w = target.detach()
+    per_pair = w * d.pow(2) + (1.0 - w) * torch.relu(delta - d).pow(2)
+    return per_pair.sum() / (denom if denom is not None else max(per_pair.numel(), 1))
+
+
 def neighbourhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
-                       lam: float = 0.5) -> Tensor:
+                       lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
     """L_neighbourhood: each proxy's piece is pulled toward its n most similar points (METHOD.md §6).
 
     For proxy k and each of the ``n`` points x with the largest (detached) s_ik:
@@ -93,6 +133,8 @@ def neighbourhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similar
         similarity: (P, K) point-to-proxy similarities used only to pick the points.
         n: points per proxy (at most P).
         lam: λ, weight of the squared distance to ρ_k.
+        radius: when given, only chosen points within this distance of ρ_k count (a proxy with
+            none contributes nothing); the mean is over the points that count.
     """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
@@ -103,7 +145,11 @@ def neighbourhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similar
     r = points.detach()[idx] - locations.unsqueeze(1)  # (K, n, d)
     coords = torch.einsum("knd,kdm->knm", r, bases)
     orth = r - torch.einsum("knm,kdm->knd", coords, bases)
-    return (orth.pow(2).sum(-1) + lam * r.pow(2).sum(-1)).mean()
+    per_point = orth.pow(2).sum(-1) + lam * r.pow(2).sum(-1)
+    if radius is None:
+        return per_point.mean()
+    near = (r.detach().pow(2).sum(-1) <= radius * radius).to(per_point.dtype)
+    return (per_point * near).sum() / near.sum().clamp_min(1.0)
 
 
 def relaxed_contrastive_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.0, row_start: int = 0,

@@ -21,8 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plm.training.losses import contrastive_loss, neighbourhood_loss, point_loss, proxy_loss, relaxed_contrastive_loss
+from plm.training.losses import (
+    balanced_pair_weights,
+    contrastive_loss,
+    neighbourhood_loss,
+    point_loss,
+    proxy_contrastive_loss,
+    proxy_loss,
+    relaxed_contrastive_loss,
+)
 from plm.training.proxies import ProxyBank
+
+PLM_LOSSES = ("regression", "weighted_regression", "relaxed_contrastive")
+PROXY_UPDATES = ("all", "neighbourhood")
 
 
 @dataclass
@@ -113,6 +124,18 @@ class PLMMethod(Method):
         neighbourhood_lambda: λ in L_neighbourhood.
         similarity: ``continuous`` or ``binary`` (same-piece ablation).
         seed: seed of the proxy initialisation.
+        loss_kind: how the target similarity trains the student (docs/method.md, "Losses"):
+            ``regression`` (L_point: distances regress onto δ(1 − s)), ``weighted_regression``
+            (the same with per-pair weights that give each row's similar and dissimilar pairs
+            equal total weight) or ``relaxed_contrastive`` (STML's loss with the PL similarity as
+            its soft weights, margin ``margin``).
+        margin: δ of the relaxed contrastive loss.
+        proxies_on_sphere: proxies live on the unit sphere with the embeddings (their locations
+            are normalised wherever they are used).
+        proxy_update: ``all`` (L_proxy and L_neighbourhood move the proxies) or
+            ``neighbourhood`` (only L_neighbourhood does; L_proxy moves the points only).
+        neighbourhood_radius: L_neighbourhood uses only points within this distance of the
+            proxy (``None``: the n most similar points, wherever they are).
     """
 
     name = "plm"
@@ -120,10 +143,18 @@ class PLMMethod(Method):
     def __init__(self, embed_dim: int, manifold, delta: float = 1.5, weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  num_proxies: int = 100, proxy_init: str = "kmeans", proxy_local_points: int = 20,
                  neighbourhood_points: int = 4, neighbourhood_lambda: float = 0.5, similarity: str = "continuous",
-                 seed: int = 0):
+                 seed: int = 0, loss_kind: str = "regression", margin: float = 1.0, proxies_on_sphere: bool = False,
+                 proxy_update: str = "all", neighbourhood_radius: Optional[float] = None):
         super().__init__()
         if similarity not in ("continuous", "binary"):
             raise ValueError(f"similarity must be 'continuous' or 'binary', got {similarity!r}")
+        if loss_kind not in PLM_LOSSES:
+            raise ValueError(f"loss_kind must be one of {PLM_LOSSES}, got {loss_kind!r}")
+        if proxy_update not in PROXY_UPDATES:
+            raise ValueError(f"proxy_update must be one of {PROXY_UPDATES}, got {proxy_update!r}")
+        self.loss_kind, self.margin = loss_kind, float(margin)
+        self.proxies_on_sphere, self.proxy_update = bool(proxies_on_sphere), proxy_update
+        self.neighbourhood_radius = neighbourhood_radius
         if delta <= 0:
             raise ValueError(f"delta must be positive, got {delta}")
         self.manifold = manifold
@@ -138,7 +169,14 @@ class PLMMethod(Method):
     def prepare(self, train_embeddings: Tensor) -> None:  # noqa: D102
         if self.proxies is not None:
             self.proxies.init_from_embeddings(train_embeddings, method=self.proxy_init,
-                                              local_points=self.proxy_local_points, seed=self.seed)
+                                              local_points=self.proxy_local_points, seed=self.seed,
+                                              on_sphere=self.proxies_on_sphere)
+
+    def proxy_locations(self) -> Tensor:
+        """(K, d) ρ_k as the losses see them (on the unit sphere with ``proxies_on_sphere``)."""
+        assert self.proxies is not None
+        rho = self.proxies.locations
+        return F.normalize(rho, dim=1) if self.proxies_on_sphere else rho
 
     def _points(self, teacher: Tensor) -> Tensor:
         return F.normalize(teacher, dim=1) if self.manifold.normalize_inputs else teacher
@@ -157,24 +195,38 @@ class PLMMethod(Method):
         from plm.manifold import directed_similarity
 
         assert self.proxies is not None
-        rho = self.proxies.locations
+        rho = self.proxy_locations()
         return directed_similarity(self._points(teacher), rho, rho, self.proxies.orthonormal_bases(),
                                    self.manifold.n_alpha, self.manifold.n_beta)
 
+    def point_term(self, batch: BatchView, s: Tensor) -> Tensor:
+        """The point-pair loss of this process's rows under :attr:`loss_kind`."""
+        rows = s[batch.rows]
+        if self.loss_kind == "relaxed_contrastive":
+            return relaxed_contrastive_loss(batch.student, batch.student_all, rows, self.margin, batch.row_start,
+                                            denom=batch.num_pairs)
+        weights = balanced_pair_weights(rows, batch.row_start) if self.loss_kind == "weighted_regression" else None
+        return point_loss(batch.student, batch.student_all, rows, self.delta, batch.row_start, denom=batch.num_pairs,
+                          weights=weights)
+
     def forward(self, batch: BatchView) -> dict[str, Tensor]:  # noqa: D102
         s = self.target_similarity(batch.teacher_all, batch.indices_all)
-        l_point = point_loss(batch.student, batch.student_all, s[batch.rows], self.delta, batch.row_start,
-                             denom=batch.num_pairs)
+        l_point = self.point_term(batch, s)
         terms = {"point": l_point}
         total = self.w_point * l_point
         if self.proxies is not None:
             s_p = self.proxy_similarity(batch.teacher_all)  # (B, K)
             num = batch.student_all.shape[0] * self.proxies.num
-            l_proxy = proxy_loss(batch.student, self.proxies.locations, s_p[batch.rows], self.delta, denom=num)
+            rho = self.proxy_locations()
+            ref = rho if self.proxy_update == "all" else rho.detach()
+            if self.loss_kind == "relaxed_contrastive":
+                l_proxy = proxy_contrastive_loss(batch.student, ref, s_p[batch.rows], self.margin, denom=num)
+            else:
+                l_proxy = proxy_loss(batch.student, ref, s_p[batch.rows], self.delta, denom=num)
             # computed identically on every rank from the global batch: each contributes 1/world
-            l_neigh = neighbourhood_loss(self._points(batch.teacher_all), self.proxies.locations,
-                                         self.proxies.orthonormal_bases(), s_p, self.neighbourhood_points,
-                                         self.neighbourhood_lambda) / batch.world_size
+            l_neigh = neighbourhood_loss(self._points(batch.teacher_all), rho, self.proxies.orthonormal_bases(), s_p,
+                                         self.neighbourhood_points, self.neighbourhood_lambda,
+                                         radius=self.neighbourhood_radius) / batch.world_size
             terms.update(proxy=l_proxy, neighbourhood=l_neigh)
             total = total + self.w_proxy * l_proxy + self.w_neigh * l_neigh
         terms["loss"] = total
@@ -275,7 +327,9 @@ def build_method(config, embed_dim: int) -> Method:
                          proxy_local_points=config.proxies.local_points,
                          neighbourhood_points=config.loss.neighbourhood_points,
                          neighbourhood_lambda=config.loss.neighbourhood_lambda, similarity=config.similarity,
-                         seed=config.seed)
+                         seed=config.seed, loss_kind=config.loss.kind, margin=config.loss.margin,
+                         proxies_on_sphere=config.proxies.on_sphere, proxy_update=config.proxies.update,
+                         neighbourhood_radius=config.loss.neighbourhood_radius)
     if config.method == "stml":
         return STMLMethod(config.stml.sigma, config.stml.k, config.stml.delta)
     if config.method == "kmeans":

@@ -54,7 +54,7 @@ class ProxyBank(nn.Module):
 
     @torch.no_grad()
     def init_from_embeddings(self, embeddings: Tensor | np.ndarray, method: str = "kmeans", local_points: int = 20,
-                             seed: int = 0, max_points: Optional[int] = 20000) -> None:
+                             seed: int = 0, max_points: Optional[int] = 20000, on_sphere: bool = False) -> None:
         """Place the proxies on the data.
 
         Args:
@@ -63,6 +63,8 @@ class ProxyBank(nn.Module):
             local_points: nearest embeddings of each location used for its PCA basis.
             seed: seed of k-means and of the sampling.
             max_points: k-means runs on a seeded subsample of at most this many points.
+            on_sphere: put the locations on the unit sphere (k-means centres of unit vectors lie
+                inside the ball) and fit each basis in the tangent space there.
 
         Raises:
             ValueError: fewer embeddings than proxies, wrong width, or unknown method.
@@ -86,10 +88,15 @@ class ProxyBank(nn.Module):
         else:
             raise ValueError(f"method must be 'kmeans' or 'random', got {method!r}")
         centres = centres.astype(np.float32)
+        if on_sphere:
+            centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
         k = min(max(local_points, self.piece_dim + 1), len(x))
         _, idx = knn(centres, x, k=k, exclude_self=False)
         local = torch.from_numpy(x[idx])  # (K, k, d)
         centred = local - local.mean(1, keepdim=True)
+        if on_sphere:  # tangent directions: remove the radial component at each location
+            c = torch.from_numpy(centres)[:, None, :]
+            centred = centred - (centred * c).sum(2, keepdim=True) * c
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (K, min(k, d), d)
         basis = vh[:, : self.piece_dim].transpose(1, 2)  # (K, d, m')
         if basis.shape[2] < self.piece_dim:  # fewer local points than m: pad with random directions
