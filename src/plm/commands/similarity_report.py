@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                         help="clusters for kmeans / hierarchical (default: the number of classes)")
     parser.add_argument("--piece-dim", type=int, default=None, help="PL piece dimension m")
     parser.add_argument("--eps", type=float, default=None, help="PL subset-selection threshold ε")
-    parser.add_argument("--criterion", default=None, choices=["residual_variance", "relative_residual"],
-                        help="PL fit-error criterion")
+    parser.add_argument("--criterion", default=None,
+                        choices=["residual_variance", "relative_residual", "candidate_residual",
+                                 "relative_candidate_residual"],
+                        help="PL subset-selection criterion")
     parser.add_argument("--candidates", type=int, default=None, help="PL candidates per anchor K_c")
     parser.add_argument("--n-alpha", type=float, default=None, help="PL exponent N_α")
     parser.add_argument("--n-beta", type=float, default=None, help="PL exponent N_β")
@@ -44,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                         help="largest number of pairs scored exactly; above it, stratified pair sampling")
     parser.add_argument("--approximate-knn", action="store_true",
                         help="approximate shared k-NN table (faiss IVF) instead of exact blockwise search")
+    parser.add_argument("--regime", choices=["split", "batch"], default="split",
+                        help="split: every estimator on the whole split; batch: on neighbourhood-sampled batches "
+                             "as the trainer builds them (rank measures averaged over --batches batches)")
+    parser.add_argument("--batches", type=int, default=50, help="batches averaged in --regime batch")
+    parser.add_argument("--batch-k", type=int, default=5, help="group size (a seed and its k-1 neighbours) in --regime batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
 
@@ -104,24 +111,47 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
             options[name]["n_clusters"] = args.clusters
     if "kmeans" in options:
         options["kmeans"]["seed"] = args.seed
+    if args.regime == "batch":
+        return _run_batch(args, vectors, labels, source, options, config)
     result = similarity_quality(vectors, labels, args.estimators, options=options, exact_max_pairs=args.exact_pairs,
                                 seed=args.seed, approximate_knn=args.approximate_knn)
     rows = []
     for name, r in result["estimators"].items():
         if "skipped" in r:
             print(f"note: {name} skipped: {r['skipped']}")
-        rows.append([name, r["purity"], r["correlation"], r.get("knn_correlation"), r.get("mean_group_size"),
-                     r.get("mode", "skipped"), r.get("seconds")])
+        rows.append([name, r.get("auc"), r.get("ap"), r.get("knn_auc"), r.get("knn_ap"), r["purity"],
+                     r.get("knn_purity_same_size"), r["correlation"], r.get("knn_correlation"),
+                     r.get("mean_group_size"), r.get("mode", "skipped"), r.get("seconds")])
     print(f"{args.dataset} / {args.split}: {result['num_points']} points, {result['num_classes']} classes, "
           f"features from {source}; correlation over pairs: {result['correlation_method']}; "
           f"shared k-NN table {result['knn_seconds']:.1f} s")
-    print(format_table(["estimator", "purity", "correlation", "k-NN corr", "group size", "mode", "seconds"], rows))
-    pl = result["estimators"].get("plm", {})
-    if pl.get("knn_purity_same_size") is not None:
-        print(f"plm: purity of plain nearest-neighbour groups of the same sizes as S_i: {pl['knn_purity_same_size']:.4f}")
+    print(format_table(["estimator", "AUC", "AP", "k-NN AUC", "k-NN AP", "purity", "k-NN purity", "correlation",
+                        "k-NN corr", "group size", "mode", "seconds"], rows))
+    print("k-NN purity: plain nearest-neighbour groups of the estimator's group sizes (purity falls with size)")
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
                            "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],
                            "knn_seconds": result["knn_seconds"], "knn_cpu_seconds": result["knn_cpu_seconds"],
                            "plm_config": config.to_dict(), "estimators": result["estimators"]}, args.json)
+    return 0
+
+
+def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: dict, config) -> int:
+    from plm.errors import UserError
+    from plm.estimators.report import batch_quality
+    from plm.utils.io import atomic_write_json
+
+    if args.batches < 1 or args.batch_k < 1:
+        raise UserError(f"--batches and --batch-k must be positive, got {args.batches} and {args.batch_k}")
+    batch_size = 120 - 120 % args.batch_k
+    result = batch_quality(vectors, labels, args.estimators, options=options, batch_size=batch_size, k=args.batch_k,
+                           num_batches=args.batches, seed=args.seed)
+    print(f"{args.dataset} / {args.split}: {result['num_points']} points, features from {source}; "
+          f"{result['num_batches']} neighbourhood batches of {batch_size} (k = {args.batch_k})")
+    rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["batches"]]
+            for name, r in result["estimators"].items()]
+    print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", "batches"], rows))
+    if args.json:
+        atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(), **result},
+                          args.json)
     return 0

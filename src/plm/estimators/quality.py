@@ -13,6 +13,13 @@ Definitions (exact; docs/similarity.md explains them):
   drawn uniformly; (C) the other different-label pairs, ``n_samples`` drawn uniformly. The sums
   Σs, Σs², Σs·y over all pairs are estimated as A's sums + |B|·mean_B + |C|·mean_C (unbiased),
   and Σy is exact. The sample is seeded, so two estimators see the same pairs.
+- **ROC-AUC and average precision** of s as a score for the same-class indicator, over all pairs
+  (exact up to ``rank_exact_max`` pairs, else from the stratified sample with its weights) and over
+  the k-NN pairs: rank measures, so unlike the correlation they do not depend on how an estimator
+  calibrates its scale (raising s to a power changes the correlation, not the ranking).
+- **Size-matched k-NN purity**: the purity of each point with its nearest neighbours, in groups of
+  the sizes the estimator's groups have (purity falls with group size, so smaller groups look
+  purer for that reason alone).
 - **k-NN correlation** (supplementary, local) = the same Pearson correlation over the unique
   k-NN pairs only (j among i's 10 nearest or i among j's): how well s separates same-label from
   different-label pairs among near neighbours, where the hard decisions are.
@@ -208,3 +215,69 @@ def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict,
             knn = float(np.corrcoef(s, y.astype(np.float64))[0, 1])
     corr = _pearson(sample["n_pairs"], s1, s2, sy, sample["n_pos"])
     return (corr, knn) if with_knn else corr
+
+
+def _auc_ap(s: np.ndarray, y: np.ndarray, weight: Optional[np.ndarray] = None) -> tuple[Optional[float], Optional[float]]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if len(s) < 2 or y.all() or not y.any():
+        return None, None
+    return (float(roc_auc_score(y, s, sample_weight=weight)),
+            float(average_precision_score(y, s, sample_weight=weight)))
+
+
+def rank_measures(pairs: PairFn, labels: np.ndarray, neighbors: Neighbors, k: int = 10,
+                  sample: Optional[dict] = None, rank_exact_max: int = 5_000_000) -> dict[str, Optional[float]]:
+    """ROC-AUC and average precision of s for 1[same label]: all pairs, and the k-NN pairs.
+
+    Args:
+        pairs: the estimator's pair lookup.
+        labels: (N,) labels.
+        neighbors: the shared k-NN table (the k-NN pairs: j among i's ``k`` nearest or i among j's).
+        k: neighbours per point of the k-NN pairs.
+        sample: a :func:`sample_strata` sample, used (with its stratum weights) when there are more
+            than ``rank_exact_max`` pairs; it is required then.
+        rank_exact_max: largest number of pairs scored exactly.
+
+    Returns:
+        ``{"auc", "ap", "knn_auc", "knn_ap"}`` (None where a class indicator is constant).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n * (n - 1) // 2 <= rank_exact_max:
+        r, c = np.triu_indices(n, 1)
+        auc, ap = _auc_ap(pairs(r, c).astype(np.float64), labels[r] == labels[c])
+    else:
+        if sample is None:
+            raise ValueError("more pairs than rank_exact_max: pass the stratified sample")
+        ss, yy, ww = [], [], []
+        for r, c, weight in sample["strata"]:
+            ss.append(pairs(r, c).astype(np.float64))
+            yy.append(labels[r] == labels[c])
+            ww.append(np.full(len(r), weight))
+        auc, ap = _auc_ap(np.concatenate(ss), np.concatenate(yy), np.concatenate(ww))
+    codes = knn_pairs(neighbors, k)
+    r, c = codes // n, codes % n
+    knn_auc, knn_ap = _auc_ap(pairs(r, c).astype(np.float64), labels[r] == labels[c])
+    return {"auc": auc, "ap": ap, "knn_auc": knn_auc, "knn_ap": knn_ap}
+
+
+def knn_purity_same_size(groups: Optional[Sequence[np.ndarray]], neighbors: Neighbors,
+                         labels: np.ndarray) -> Optional[float]:
+    """Purity of plain nearest-neighbour groups with the sizes of ``groups``: point i with its
+    ``len(groups[i]) − 1`` nearest neighbours for point-centred groups (one per point), else, for
+    clusters, the cluster's first member with as many nearest neighbours (capped by the table)."""
+    if groups is None:
+        return None
+    n = neighbors.indices.shape[0]
+    point_centred = len(groups) == n
+    same = []
+    for gi, g in enumerate(groups):
+        g = np.asarray(g, dtype=np.int64)
+        if len(g) == 0:
+            continue
+        centre = gi if point_centred else int(g[0])
+        row = neighbors.indices[centre]
+        row = row[(row >= 0) & (row != centre)][: len(g) - 1]
+        same.append(np.r_[centre, row])
+    return purity(same, labels)

@@ -12,8 +12,10 @@ from plm.estimators.base import ScaleError, as_features, compute_neighbors
 from plm.estimators.quality import (
     exact_correlation,
     knn_correlation,
+    knn_purity_same_size,
     mean_group_size,
     purity,
+    rank_measures,
     sample_strata,
     stratified_correlation,
 )
@@ -71,7 +73,10 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
     neighbors = compute_neighbors(feats, min(k_needed, n - 1), approximate=approximate_knn)
     knn_seconds, knn_cpu = time.perf_counter() - start, time.process_time() - cpu
     exact = n * (n - 1) / 2 <= exact_max_pairs
-    sample = None if exact else sample_strata(labels, neighbors, k=min(pair_knn, n - 1), n_samples=n_samples, seed=seed)
+    rank_exact_max = 5_000_000
+    need_sample = not exact or n * (n - 1) / 2 > rank_exact_max
+    sample = (sample_strata(labels, neighbors, k=min(pair_knn, n - 1), n_samples=n_samples, seed=seed)
+              if need_sample else None)
     results: dict[str, dict] = {}
     for name, est in tqdm(built.items(), desc="estimators", unit="est", disable=not progress, leave=False):
         start, cpu = time.perf_counter(), time.process_time()
@@ -87,8 +92,12 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
             knn_corr = knn_correlation(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1))
         else:
             corr, knn_corr = stratified_correlation(est.pair_similarity, labels, sample, with_knn=True)
+        ranks = rank_measures(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1), sample=sample,
+                              rank_exact_max=rank_exact_max)
         results[name] = {
+            **ranks,
             "purity": purity(est.groups_, labels),
+            "knn_purity_same_size": knn_purity_same_size(est.groups_, neighbors, labels),
             "correlation": None if np.isnan(corr) else corr,
             "knn_correlation": knn_corr,
             "mode": est.mode_,
@@ -97,8 +106,79 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
             "fit_seconds": round(fit_seconds, 3),
             "cpu_seconds": round(time.process_time() - cpu, 3),
         }
-        if name == "plm":  # does subset selection beat plain nearest neighbours of the same sizes?
-            same_size = [np.r_[i, neighbors.indices[i, :len(g) - 1]] for i, g in enumerate(est.groups_)]
-            results[name]["knn_purity_same_size"] = purity(same_size, labels)
     return {"num_points": n, "num_classes": n_classes, "correlation_method": "exact" if exact else "stratified",
             "knn_seconds": round(knn_seconds, 3), "knn_cpu_seconds": round(knn_cpu, 3), "estimators": results}
+
+
+def neighbourhood_batches(neighbors_indices: np.ndarray, batch_size: int = 120, k: int = 5, num_batches: int = 50,
+                          seed: int = 0) -> list[np.ndarray]:
+    """Batches as the trainer samples them: ``batch_size / k`` random seeds, each followed by its
+    ``k − 1`` nearest neighbours (positions into the point set; a point may occur twice)."""
+    n = neighbors_indices.shape[0]
+    if batch_size % k or batch_size < k:
+        raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of k ({k})")
+    seeds_per = batch_size // k
+    if seeds_per > n:
+        raise ValueError(f"{seeds_per} seeds per batch but only {n} points")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(num_batches):
+        seeds = rng.choice(n, size=seeds_per, replace=False)
+        groups = np.concatenate([seeds[:, None], neighbors_indices[seeds, : k - 1]], axis=1)
+        out.append(groups.reshape(-1))
+    return out
+
+
+def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+                  options: Optional[dict[str, dict]] = None, batch_size: int = 120, k: int = 5,
+                  num_batches: int = 50, seed: int = 0, progress: bool = True) -> dict:
+    """Every estimator where the training target is made: on neighbourhood-sampled batches.
+
+    Each batch (:func:`neighbourhood_batches` over the exact k-NN table of ``x``) is given to every
+    estimator on its own; ROC-AUC and average precision of its similarity for the same-class
+    indicator are computed over the batch's pairs (duplicate points excluded) and averaged over the
+    batches where both classes of pairs occur. Clustering peers get as many clusters as the batch
+    has classes (an oracle count, as in the whole-split mode).
+
+    Returns:
+        ``{"regime": "batch", "num_points", "num_batches", "batch_size", "k", "estimators": {name:
+        {"auc", "ap", "auc_std", "ap_std", "batches"}}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from plm.estimators import create_estimator
+    from plm.estimators.quality import _auc_ap
+
+    feats = as_features(x)
+    labels = np.asarray(labels)
+    if len(labels) != len(feats):
+        raise ValueError(f"got {len(feats)} points and {len(labels)} labels")
+    neighbors = compute_neighbors(feats, min(k - 1, len(feats) - 1) if k > 1 else 1)
+    batches = neighbourhood_batches(neighbors.indices, batch_size, k, num_batches, seed)
+    options = options or {}
+    scores: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
+    for b in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False):
+        b = np.unique(b)  # a point drawn twice would make a trivially similar pair
+        xb, yb = feats[b], labels[b]
+        r, c = np.triu_indices(len(b), 1)
+        y = yb[r] == yb[c]
+        if y.all() or not y.any():
+            continue
+        n_classes = int(np.unique(yb).size)
+        for name in estimators:
+            est = create_estimator(name, **{**default_options(name, n_classes),
+                                            **{kk: v for kk, v in options.get(name, {}).items()
+                                               if kk not in ("n_clusters", "dense_max")}})
+            est.fit(xb)
+            auc, ap = _auc_ap(est.pair_similarity(r, c).astype(np.float64), y)
+            if auc is not None:
+                scores[name].append((auc, ap))
+    results = {}
+    for name, vals in scores.items():
+        arr = np.asarray(vals) if vals else np.zeros((0, 2))
+        results[name] = {"auc": float(arr[:, 0].mean()) if len(arr) else None,
+                         "ap": float(arr[:, 1].mean()) if len(arr) else None,
+                         "auc_std": float(arr[:, 0].std()) if len(arr) else None,
+                         "ap_std": float(arr[:, 1].std()) if len(arr) else None, "batches": len(arr)}
+    return {"regime": "batch", "num_points": len(feats), "num_batches": len(batches), "batch_size": batch_size,
+            "k": k, "estimators": results}

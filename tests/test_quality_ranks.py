@@ -1,0 +1,88 @@
+"""Rank measures of the similarity report against scikit-learn, size-matched purity, and the batch regime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from plm.estimators.base import compute_neighbors
+from plm.estimators.quality import knn_purity_same_size, rank_measures, sample_strata
+from plm.estimators.report import batch_quality, neighbourhood_batches
+
+
+def _data(seed: int = 0, n: int = 60):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, size=n)
+    x = rng.normal(size=(n, 5)) + labels[:, None] * 0.8
+    return x.astype(np.float32), labels
+
+
+def test_rank_measures_match_sklearn_on_all_and_knn_pairs() -> None:
+    x, labels = _data()
+    n = len(x)
+    s = np.random.default_rng(1).uniform(size=(n, n))
+    s = 0.5 * (s + s.T)
+    pairs = lambda r, c: s[r, c]  # noqa: E731
+    neighbors = compute_neighbors(x, 10)
+    got = rank_measures(pairs, labels, neighbors, k=10)
+    r, c = np.triu_indices(n, 1)
+    y = labels[r] == labels[c]
+    assert got["auc"] == pytest.approx(roc_auc_score(y, s[r, c]))
+    assert got["ap"] == pytest.approx(average_precision_score(y, s[r, c]))
+    knn = {(min(i, int(j)), max(i, int(j))) for i in range(n) for j in neighbors.indices[i, :10] if j != i}
+    kr, kc = np.array(sorted(knn)).T
+    assert got["knn_auc"] == pytest.approx(roc_auc_score(labels[kr] == labels[kc], s[kr, kc]))
+    assert got["knn_ap"] == pytest.approx(average_precision_score(labels[kr] == labels[kc], s[kr, kc]))
+
+
+def test_rank_measures_ignore_a_monotone_rescaling() -> None:
+    x, labels = _data(2)
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    neighbors = compute_neighbors(x, 10)
+    a = rank_measures(lambda r, c: np.exp(-d[r, c]), labels, neighbors)
+    b = rank_measures(lambda r, c: np.exp(-d[r, c]) ** 4, labels, neighbors)
+    assert a == pytest.approx(b)
+
+
+def test_stratified_rank_measures_are_close_to_exact() -> None:
+    x, labels = _data(3, n=300)
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    pairs = lambda r, c: -d[r, c]  # noqa: E731
+    neighbors = compute_neighbors(x, 10)
+    exact = rank_measures(pairs, labels, neighbors)
+    sample = sample_strata(labels, neighbors, k=10, n_samples=20_000, seed=0)
+    approx = rank_measures(pairs, labels, neighbors, sample=sample, rank_exact_max=10)
+    assert approx["auc"] == pytest.approx(exact["auc"], abs=0.01)
+    assert approx["ap"] == pytest.approx(exact["ap"], abs=0.02)
+
+
+def test_knn_purity_same_size_uses_each_groups_size() -> None:
+    labels = np.array([0, 0, 1, 1, 0])
+    indices = np.array([[1, 4, 2, 3], [0, 4, 2, 3], [3, 0, 1, 4], [2, 0, 1, 4], [0, 1, 2, 3]])
+    from plm.estimators.base import Neighbors
+
+    nb = Neighbors(indices=indices, distances=np.zeros(indices.shape, dtype=np.float32))
+    groups = [np.array([0, 1]), np.array([1, 0, 4, 2]), np.array([2]), np.array([3, 2]), np.array([4, 0])]
+    # point groups: {0,1} 1.0, {1,0,4,2} 0.75, {2} skipped, {3,2} 1.0, {4,0} 1.0
+    assert knn_purity_same_size(groups, nb, labels) == pytest.approx((1 + 0.75 + 1 + 1) / 4)
+
+
+def test_batches_hold_each_seeds_neighbours() -> None:
+    x, _ = _data(4, n=80)
+    neighbors = compute_neighbors(x, 4)
+    batches = neighbourhood_batches(neighbors.indices, batch_size=20, k=5, num_batches=6, seed=0)
+    assert len(batches) == 6
+    for b in batches:
+        groups = b.reshape(-1, 5)
+        assert len(set(groups[:, 0])) == 4  # distinct seeds
+        for g in groups:
+            assert list(g[1:]) == list(neighbors.indices[g[0], :4])
+
+
+def test_batch_quality_scores_every_estimator() -> None:
+    x, labels = _data(5, n=120)
+    out = batch_quality(x, labels, ["gaussian", "plm", "kmeans"], batch_size=40, k=4, num_batches=4, progress=False)
+    assert out["regime"] == "batch" and set(out["estimators"]) == {"gaussian", "plm", "kmeans"}
+    for r in out["estimators"].values():
+        assert r["batches"] >= 1 and 0.5 < r["auc"] <= 1.0 and 0.0 < r["ap"] <= 1.0
