@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
 
     src, out = Path(args.input), Path(args.out)
     kind = _input_kind(src)
+    if out.resolve() == src.resolve():
+        raise UserError(f"--out {out} is the input file; choose another name")
     fmt = args.format or FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise UserError(f"cannot tell the format from --out {out}: use .csv, .parquet, .faiss or .safetensors, "
@@ -60,8 +62,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
         what = {"plm-embeddings": "an embeddings", "plm-index": "an index", "checkpoint": "a checkpoint"}[kind]
         raise UserError(f"{src} is {what} file, which exports to {' or '.join(INPUT_KINDS[kind])}, "
                         f"not {fmt}")
-    if out.resolve() == src.resolve():
-        raise UserError(f"--out {out} is the input file; choose another name")
     if fmt in ("csv", "parquet"):
         store = EmbeddingStore.load(src)
         (ex.write_embeddings_csv if fmt == "csv" else ex.write_embeddings_parquet)(store, out)

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                         help="the index's checkpoint at a new location (it must be the same model)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MB")
     parser.add_argument("--no-upload", action="store_true", help="browse only: do not load the model, refuse uploads")
+    parser.add_argument("--max-requests", type=int, default=None, metavar="N",
+                        help="stop after answering N requests (scripted use, tests); default: until Ctrl-C")
     add_runtime_arguments(parser, workers=False)
 
 
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
         raise UserError(f"-k must be >= 1, got {args.k}")
     if not 0 < args.max_upload_mb <= 1024:
         raise UserError(f"--max-upload-mb must be in (0, 1024], got {args.max_upload_mb}")
+    if args.max_requests is not None and args.max_requests < 1:
+        raise UserError(f"--max-requests must be >= 1, got {args.max_requests}")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
     idx = SearchIndex.load(args.index)
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     service = SearchService(idx, root, embed=embed, k=args.k, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                             title=f"plm serve: {Path(args.index).name}")
     try:
-        server = make_server(service, args.host, args.port)
+        server = make_server(service, args.host, args.port, max_requests=args.max_requests)
     except OSError as err:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
     if args.host not in ("127.0.0.1", "localhost", "::1"):

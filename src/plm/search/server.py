@@ -42,8 +42,9 @@ from plm.viz.html import Page, escape, image_data_uri
 log = logging.getLogger(__name__)
 
 #: what the pages may load: images from this server or data: URIs, inline styles, forms posted here
-SERVE_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; form-action 'self'; "
-             "base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
+#: the response header adds what a <meta> policy cannot say: no framing by other sites
+SERVE_CSP = PAGE_CSP + "; frame-ancestors 'none'"
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 MAX_UPLOAD_PIXELS = 40_000_000
 PER_PAGE = 60
@@ -176,7 +177,7 @@ class SearchService:
 
     # -- pages ---------------------------------------------------------------------------------
     def _page(self, subtitle: str) -> Page:
-        return Page(self.title, subtitle, css=SERVE_CSS, csp=SERVE_CSP)
+        return Page(self.title, subtitle, css=SERVE_CSS, csp=PAGE_CSP)
 
     def _upload_form(self) -> str:
         if self.embed is None:

@@ -18,7 +18,7 @@ from plm.viz.html import Page, escape, image_data_uri
 
 MAP_CSS = """
 .map{position:relative;width:900px;height:900px;max-width:100%;border:1px solid #ddd;background:#fcfcfc;margin:12px 0}
-.pt{position:absolute;width:10px;height:10px;margin:-5px 0 0 -5px;border-radius:50%;outline:none}
+.pt{position:absolute;width:12px;height:12px;margin:-6px 0 0 -6px;border-radius:50%;outline:none}
 .pt:hover,.pt:focus{z-index:10;box-shadow:0 0 0 2px #222}
 .pt .tip{display:none;position:absolute;left:14px;top:-8px;background:#fff;border:1px solid #bbb;padding:4px;
 width:140px;font-size:.75em;overflow-wrap:anywhere;box-shadow:0 2px 6px rgba(0,0,0,.25)}
