@@ -1,8 +1,9 @@
 """The ``plm`` command line. Each subcommand lives in its own module under :mod:`plm.commands`.
 
-A command module defines ``NAME`` (the subcommand), ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int``; modules are discovered automatically, and heavy imports (torch) stay
-inside ``run`` so that ``plm --help`` is instant.
+A command module defines ``NAME`` (the subcommand), ``HELP`` (one line), ``EXAMPLE`` (a worked
+example, shown under ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+discovered automatically, and heavy imports (torch) stay inside ``run`` so that ``plm --help`` is
+instant. Every command gets ``-q/--quiet`` here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import textwrap
 from typing import Optional, Sequence
 
 import plm
@@ -24,16 +26,47 @@ def _command_modules() -> list:
     return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: m.NAME)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Defaults shown once and only when they say something; indented text (examples) kept as written.
+
+    A flag's default is appended as ``(default: X)`` unless it is ``None``, ``False`` or
+    suppressed, or the help text already mentions its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + " (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            lines = para.split("\n")
+            if any(line.startswith(" ") for line in lines[1:]) or para.startswith(" "):
+                out.append("\n".join(indent + line for line in lines))  # an example block: keep it
+            else:
+                out.append(textwrap.fill(" ".join(lines), width, initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="plm", description="Unsupervised deep metric learning with piecewise-linear manifolds.")
+    parser = argparse.ArgumentParser(prog="plm", description="Unsupervised deep metric learning with piecewise-linear manifolds.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"plm {plm.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _command_modules():
+        example = getattr(mod, "EXAMPLE", "")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           epilog=f"example:\n  {example.strip()}" if example else None, formatter_class=HelpFormatter)
         mod.add_arguments(p)
+        if "quiet" not in {a.dest for a in p._actions}:
+            p.add_argument("-q", "--quiet", action="store_true",
+                           help="no progress output or notices (warnings and errors still show)")
         p.set_defaults(func=mod.run)
     return parser
 
@@ -42,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``plm`` and ``python -m plm``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -30,8 +30,35 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="local ImageNet weights file for backbones that ship without weights (googlenet, resnet50)")
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's own)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    add_runtime_arguments(parser)
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, amp: bool = True, workers: bool = True) -> None:
+    """``--device``, ``--amp`` and ``--workers``: where and how a model runs (see :mod:`plm.utils.device`)."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the model runs; auto = CUDA when a GPU is present, else the CPU")
+    if amp:
+        parser.add_argument("--amp", nargs="?", const="auto", default="off", choices=["off", "auto", "bf16", "fp16"],
+                            help="mixed precision (autocast): bare --amp = bf16 where the GPU supports it, else "
+                                 "fp16; on the CPU only bf16 (slower unless the CPU has bfloat16 instructions)")
+    if workers:
+        parser.add_argument("--workers", type=int, default=None, metavar="N",
+                            help="DataLoader processes decoding images (default: up to 4 on CUDA, 0 on the CPU)")
+
+
+def runtime_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"device", "amp", "num_workers"}`` keyword arguments for :func:`plm.evaluation.embed_dataset`.
+
+    Raises:
+        UserError: ``--device cuda`` without a GPU, ``--amp fp16`` on the CPU, negative ``--workers``.
+    """
+    from plm.utils.device import amp_dtype, default_workers, resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto") or "auto")
+    return {"device": device, "amp": amp_dtype(getattr(args, "amp", "off"), device),
+            "num_workers": default_workers(device, getattr(args, "workers", None))}
 
 
 def model_from_args(args: argparse.Namespace):
@@ -66,12 +93,14 @@ def embed_labelled_split(args: argparse.Namespace, needed_for: str) -> tuple[Any
     from plm.errors import UserError
     from plm.evaluation import embed_dataset
 
+    runtime = runtime_from_args(args)  # a bad --device fails before any loading
     dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
     if not dataset.is_labelled:
         raise UserError(f"{args.dataset}: {needed_for} need class labels; this split has unlabelled images "
                         f"(for --dataset folder, put each class in its own sub-folder)")
     emb = embed_dataset(model_from_args(args), dataset, batch_size=args.batch_size,
-                        cache_dir=False if args.no_cache else None)
+                        cache_dir=False if args.no_cache else None, progress=not getattr(args, "quiet", False),
+                        **runtime)
     if emb.skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
     return dataset, emb

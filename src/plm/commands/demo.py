@@ -12,6 +12,7 @@ DESCRIPTION = (
     "Writes results.json and a self-contained report.html to --out. Falls back to scikit-learn digits when "
     "Fashion-MNIST is not available."
 )
+EXAMPLE = "plm demo --quick --out plm-demo --device auto"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
@@ -31,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 4, or 10 with --full)")
     parser.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                        help="where training runs (same as the override device=...; default auto)")
+    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
+                        help="mixed precision of the training forward passes (same as amp=...; default off)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
 
 
@@ -38,8 +43,17 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.commands._common import format_table, metrics_headers, metrics_row
     from plm.demo import run_demo
 
+    overrides = list(args.overrides)
+    if args.device:
+        from plm.utils.device import resolve_device
+
+        resolve_device(args.device)  # a clear error before any work when cuda is absent
+        overrides.append(f"device={args.device}")
+    if args.amp:
+        overrides.append(f"amp={args.amp}")
     demo = run_demo(args.out, preset=args.preset, methods=args.methods, seeds=args.seeds, epochs=args.epochs,
-                    data_root=args.data_root, overrides=args.overrides, report=not args.no_report)
+                    data_root=args.data_root, overrides=overrides, report=not args.no_report,
+                    progress=not args.quiet)
     ks = list(next(iter(demo.methods.values()))["recall_at"])
     seeds = "" if len(args.seeds) == 1 else f" (mean of {len(args.seeds)} seeds)"
     print(f"\n{demo.dataset}: zero-shot retrieval on the unseen classes{seeds}")

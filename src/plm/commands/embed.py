@@ -12,6 +12,7 @@ NAME = "embed"
 HELP = "embed every image under a folder (recursive) into an embeddings file; re-runs embed only new/changed files"
 DESCRIPTION = (HELP + ". Unreadable files (zero-byte, truncated, not an image) are skipped and listed. The file "
                "records the model, so re-running with another model re-embeds everything. Format: docs/search.md.")
+EXAMPLE = "plm embed photos/ --out photos.npz --backbone efficientnet_lite0 --device auto --amp"
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--out", required=True, help="embeddings file to write or update (.npz)")
     add_model_arguments(parser)
     parser.add_argument("--full", action="store_true", help="ignore an existing --out file and re-embed everything")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _listing(items: list[str], limit: int = 20) -> str:
@@ -31,9 +31,11 @@ def _listing(items: list[str], limit: int = 20) -> str:
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from plm.commands._common import runtime_from_args
     from plm.errors import UserError
     from plm.search import EmbeddingStore, describe, embed_folder, model_identity
 
+    runtime = runtime_from_args(args)
     folder, out = Path(args.folder), Path(args.out)
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     model = model_from_args(args)
     identity = model_identity(model, backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights)
     store, stats = embed_folder(model, folder, identity, previous=previous, batch_size=args.batch_size,
-                                progress=not args.quiet)
+                                progress=not args.quiet, **runtime)
     if stats.reason:
         log.warning("re-embedding all images: %s", stats.reason)
     if len(store) == 0:

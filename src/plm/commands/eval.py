@@ -11,6 +11,7 @@ from plm.evaluation.metrics import NMI_MAX_CLASSES, default_ks
 
 NAME = "eval"
 HELP = "zero-shot retrieval metrics (Recall@K, MAP@R, R-precision, NMI) on a dataset split"
+EXAMPLE = "plm eval --dataset folder --data-root photos/ --split all --backbone efficientnet_lite0 --json metrics.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103

@@ -10,6 +10,7 @@ from plm.commands._common import format_table
 
 NAME = "index"
 HELP = "build a search index (exact, HNSW, IVF or PQ) from a plm embed file, and report its recall vs exact search"
+EXAMPLE = "plm index photos.npz --out photos-index.npz --kind hnsw --hnsw-m 32 --recall-k 10"
 log = logging.getLogger(__name__)
 AUTO_EXACT_MAX = 100_000
 
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                              f"every vector + exact re-rank (for embeddings without cluster structure)")
     parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
                         help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
-    parser.add_argument("--M", dest="m", type=int, default=32, help="HNSW links per node")
+    parser.add_argument("--hnsw-m", dest="m", type=int, default=32, help="HNSW links per node (M)")
+    parser.add_argument("--M", dest="m", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
     parser.add_argument("--ef-construction", type=int, default=80, help="HNSW build beam width")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW search beam width (default: tuned)")
     parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4·sqrt(N))")
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--k-factor", type=int, default=None, help="PQ candidates re-ranked, × k (default: tuned)")
     parser.add_argument("--target-recall", type=float, default=0.95,
                         help="tune ef-search / nprobe / k-factor until the estimated recall@k vs exact reaches this")
-    parser.add_argument("-k", type=int, default=10, help="k of the recall@k check")
+    parser.add_argument("--recall-k", dest="recall_k", type=int, default=10, help="k of the recall@k check")
+    parser.add_argument("-k", dest="recall_k", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
     parser.add_argument("--recall-sample", type=int, default=1000, help="vectors of the collection used as check queries")
 
 
@@ -59,14 +62,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     rows = []
     if index.search_param is not None:  # the knob's flag has the knob's name: --ef-search, --nprobe, --k-factor
         fixed = getattr(args, index.search_param)
-        rows = tune_search(index, store.vectors, target=args.target_recall, k=args.k, sample=args.recall_sample,
+        rows = tune_search(index, store.vectors, target=args.target_recall, k=args.recall_k, sample=args.recall_sample,
                            values=[fixed] if fixed else None)
-    extra = {"embeddings": str(Path(args.embeddings).resolve()), "recall_k": args.k, "recall": rows}
+    extra = {"embeddings": str(Path(args.embeddings).resolve()), "recall_k": args.recall_k, "recall": rows}
     SearchIndex(index, store.paths, store.labels, store.root, store.model, store.class_names, extra).save(args.out)
     print(f"{args.out}: {kind} index of {index.count} vectors ({index.dim}-d, {index.metric})"
           + (f", {index.params}" if index.params else ""))
     if rows:
-        k = min(args.k, index.count - 1)
+        k = min(args.recall_k, index.count - 1)
         sample = min(args.recall_sample, index.count)
         print(f"recall@{k} vs exact search on {sample} of the collection's own vectors (self-match excluded):")
         print(format_table([rows[0]["param"], f"recall@{k}", "queries/s"],

@@ -7,8 +7,11 @@ import logging
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
+from plm.commands._common import add_runtime_arguments
+
 NAME = "search"
 HELP = "find the nearest images of an index to query images (files or folders); print, --json or --html"
+EXAMPLE = "plm search photos-index.npz query.jpg more-queries/ -k 5 --html results.html"
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW search beam width")
     parser.add_argument("--nprobe", type=int, default=None, help="override the IVF cells visited per query")
     parser.add_argument("--k-factor", type=int, default=None, help="override the PQ candidates re-ranked (× k)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="query images per forward pass")
+    add_runtime_arguments(parser)
 
 
 def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optional[int]:
@@ -48,8 +52,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.search.queries import PathListDataset, collect_queries
     from plm.utils.io import atomic_write_json
 
+    from plm.commands._common import runtime_from_args
+
     if args.k < 1:
         raise UserError(f"-k must be >= 1, got {args.k}")
+    runtime = runtime_from_args(args)
     idx = SearchIndex.load(args.index)
     queries, unreadable = collect_queries(args.queries)
     if unreadable:
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
             idx.index.set_search_param(value)
     model = model_from_identity(idx.model, checkpoint=args.checkpoint)
     emb = embed_dataset(model, PathListDataset(queries), batch_size=args.batch_size, cache_dir=False,
-                        progress=len(queries) > args.batch_size)
+                        progress=len(queries) > args.batch_size and not args.quiet, **runtime)
     if emb.skipped:  # decoded fine a moment ago; reaching here means the files changed under us
         raise UserError(f"query image(s) became unreadable while searching: {', '.join(emb.skipped[:5])}")
     dist, ids = idx.index.search(emb.vectors, args.k)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from plm.commands._common import add_dataset_arguments, format_table
+from plm.commands._common import add_dataset_arguments, add_runtime_arguments, format_table
 
 NAME = "similarity-report"
 HELP = "label purity and correlation of the PL manifold similarity and its peers on a dataset split"
 DESCRIPTION = (HELP + ". Embeds the split with a frozen backbone (or a checkpoint), runs every estimator on the "
                "embeddings and prints one row per estimator. Labels are used only for scoring.")
+EXAMPLE = "plm similarity-report --dataset folder --data-root photos/ --split all --backbone efficientnet_lite0"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                        help="precomputed features: an .npz with 'vectors' (N, d) and 'labels' (N,)")
     parser.add_argument("--weights", default=None, help="local ImageNet weights file for backbones that ship without them")
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's own)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    add_runtime_arguments(parser)
     parser.add_argument("--estimators", nargs="+", default=list(DEFAULT_ESTIMATORS), metavar="NAME",
                         help="estimators to run (plm, kmeans, hierarchical, random_walk, stml, gaussian)")
     parser.add_argument("--clusters", type=int, default=None,
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     if args.regime == "batch":
         return _run_batch(args, vectors, labels, source, options, config)
     result = similarity_quality(vectors, labels, args.estimators, options=options, exact_max_pairs=args.exact_pairs,
-                                seed=args.seed, approximate_knn=args.approximate_knn)
+                                seed=args.seed, approximate_knn=args.approximate_knn, progress=not args.quiet)
     rows = []
     for name, r in result["estimators"].items():
         if "skipped" in r:

@@ -16,7 +16,10 @@ FILE (YAML), the flags below, and KEY=VALUE overrides with dotted keys (loss.del
 proxies.num=0, manifold.subset_selection=false, similarity=binary); values are YAML scalars.
 Outputs in --out: config.yaml (resolved), last.pt / best.pt, metrics.csv (per epoch),
 metrics.json (test metrics of best.pt, as plm eval --json) and summary.json.
+Sizes the training set cannot support (proxies.num, kmeans.num_clusters, sampler.batch_size) are
+capped with a one-line notice before any feature extraction.
 Distributed: torchrun --nproc_per_node=N -m plm train ... (gloo on CPU, NCCL on CUDA)."""
+EXAMPLE = "plm train --dataset folder --data-root photos/ --epochs 5 --out runs/photos --device auto"
 log = logging.getLogger(__name__)
 
 
@@ -33,19 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                              "finetune: the whole network")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device")
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                        help="where training runs (config default: auto = CUDA when a GPU is present)")
+    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
+                        help="mixed precision of the training forward passes (config default: off); bare --amp = "
+                             "bf16 where the GPU supports it, else fp16 with loss scaling; on the CPU only bf16")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="DataLoader processes decoding images (data.num_workers; config default 0); "
+                             "4 or so help finetune mode on a GPU")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default runs/<dataset>-<method>-<mode>-seed<seed>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from last.pt (its config.yaml is used when no --config)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress output or notices (warnings and errors still show)")
+    parser.add_argument("--no-progress", dest="quiet", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # old spelling of --quiet
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.delta=1.2")
 
 
 def _flags(args: argparse.Namespace) -> dict:
     return {"dataset": args.dataset, "data_root": args.data_root, "model.backbone": args.backbone,
-            "method": args.method, "mode": args.mode, "epochs": args.epochs, "seed": args.seed, "device": args.device}
+            "method": args.method, "mode": args.mode, "epochs": args.epochs, "seed": args.seed, "device": args.device,
+            "amp": args.amp, "data.num_workers": args.workers}
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: D103
@@ -70,7 +84,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
 def _train(config, out: Path, args: argparse.Namespace):
     from plm.training import train
 
-    return train(config, out, progress=not args.no_progress, resume=args.resume)
+    return train(config, out, progress=not args.quiet, resume=args.resume)
 
 
 def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:

@@ -48,16 +48,15 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
         n_samples: pairs sampled per sampled stratum.
         seed: seed of the pair sample (shared by all estimators).
         approximate_knn: approximate (faiss IVF) shared k-NN search instead of exact.
-        progress: show a tqdm bar over estimators.
+        progress: show progress over estimators (a bar on a terminal, lines in a log).
 
     Returns:
         ``{"num_points", "correlation_method", "knn_seconds", "knn_cpu_seconds", "estimators": {name:
         {"purity", "correlation", "knn_correlation", "mode", "mean_group_size", "seconds", "cpu_seconds"}
         or {"skipped": reason}}}`` (CPU seconds count every thread of the process).
     """
-    from tqdm.auto import tqdm
-
     from plm.estimators import create_estimator
+    from plm.utils.progress import progress as progress_bar
 
     feats = as_features(x)
     labels = np.asarray(labels)
@@ -78,7 +77,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
     sample = (sample_strata(labels, neighbors, k=min(pair_knn, n - 1), n_samples=n_samples, seed=seed)
               if need_sample else None)
     results: dict[str, dict] = {}
-    for name, est in tqdm(built.items(), desc="estimators", unit="est", disable=not progress, leave=False):
+    for name, est in progress_bar(built.items(), desc="estimators", unit="est", disable=not progress, leave=False):
         start, cpu = time.perf_counter(), time.process_time()
         try:
             est.fit(feats, neighbors=neighbors)

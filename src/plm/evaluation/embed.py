@@ -49,7 +49,7 @@ def model_fingerprint(model: EmbeddingModel) -> str:
 @torch.no_grad()
 def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int = 64, features: bool = False,
                   cache_dir: Optional[str | os.PathLike] | bool = None, device: str | torch.device = "cpu",
-                  num_workers: int = 0, progress: bool = True) -> Embeddings:
+                  num_workers: int = 0, progress: bool = True, amp: Optional[torch.dtype] = None) -> Embeddings:
     """Embed every image of ``dataset`` with the model's own test-time preprocessing.
 
     Args:
@@ -60,11 +60,16 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
         cache_dir: feature cache folder; ``None`` uses :func:`default_cache_dir`, ``False`` disables it.
         device: where to run the model.
         num_workers: DataLoader workers decoding images.
-        progress: show a tqdm progress bar.
+        progress: show progress (:func:`plm.utils.progress.progress`: a bar on a terminal, lines in a log).
+        amp: autocast dtype (``torch.bfloat16`` / ``torch.float16``, see :func:`plm.utils.device.amp_dtype`);
+            ``None`` runs in full precision. Vectors are returned as float32 either way.
     """
-    from tqdm.auto import tqdm
+    from plm.utils.device import autocast
+    from plm.utils.progress import progress as progress_bar
 
     kind = "features" if features else "embeddings"
+    if amp is not None:  # reduced-precision vectors are cached apart from full-precision ones
+        kind += "-" + str(amp).removeprefix("torch.")
     cache_file = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -76,15 +81,16 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     transform_before = dataset.transform
     dataset.transform = build_transform(model.preprocess, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=collate_skip)
+                                         collate_fn=collate_skip, pin_memory=torch.device(device).type == "cuda")
     vecs, kept = [], []
     try:
-        for images, _, indices, _ in tqdm(loader, desc=f"embed {dataset.name}/{dataset.split}", unit="batch",
-                                          disable=not progress, leave=False):
+        for images, _, indices, _ in progress_bar(loader, desc=f"embed {dataset.name}/{dataset.split}", unit="batch",
+                                                  disable=not progress, leave=False):
             if len(indices) == 0:
                 continue
-            images = images.to(device)
-            out = model.features(images) if features else model(images)
+            images = images.to(device, non_blocking=True)
+            with autocast(device, amp):
+                out = model.features(images) if features else model(images)
             vecs.append(out.float().cpu().numpy())
             kept.append(indices.numpy())
     finally:

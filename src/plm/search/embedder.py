@@ -71,7 +71,8 @@ def _reuse_reason(previous: EmbeddingStore, identity: dict[str, Any], root: str)
 
 def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
                  previous: Optional[EmbeddingStore] = None, batch_size: int = 64,
-                 progress: bool = True) -> tuple[EmbeddingStore, EmbedStats]:
+                 progress: bool = True, device: Any = "cpu", amp: Any = None,
+                 num_workers: int = 0) -> tuple[EmbeddingStore, EmbedStats]:
     """Embed every image under ``root`` (recursive), reusing unchanged entries of ``previous``.
 
     Args:
@@ -80,7 +81,10 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
         identity: the model's record from :func:`plm.search.identity.model_identity`.
         previous: the embeddings file of an earlier run, or ``None``.
         batch_size: images per forward pass.
-        progress: show a progress bar.
+        progress: show progress.
+        device: where the model runs.
+        amp: autocast dtype or ``None`` (see :func:`plm.evaluation.embed_dataset`).
+        num_workers: DataLoader workers decoding images.
 
     Raises:
         DatasetNotFoundError: ``root`` is missing or holds no image files.
@@ -121,7 +125,8 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     stats.reused = len(dataset) - len(todo) - len(bad)
 
     if todo:
-        emb = embed_dataset(model, dataset.subset(todo), batch_size=batch_size, cache_dir=False, progress=progress)
+        emb = embed_dataset(model, dataset.subset(todo), batch_size=batch_size, cache_dir=False, progress=progress,
+                            device=device, amp=amp, num_workers=num_workers)
         row_of = {rel: v for rel, v in zip(emb.ids, emb.vectors)}
         for i in todo:
             rel = dataset.ids[i]

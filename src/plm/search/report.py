@@ -1,4 +1,8 @@
-"""The ``plm search --html`` gallery: each query with its results as thumbnails, all text escaped."""
+"""The ``plm search --html`` gallery: each query with its results as thumbnails, all text escaped.
+
+Each thumbnail links to its full image (a ``file:`` URI of the file on this machine); a legend
+explains the border colours.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,17 @@ def _thumb(path: Path) -> Any:
         return None
 
 
+def _file_uri(path: Path) -> Optional[str]:
+    try:
+        return path.resolve().as_uri()
+    except (OSError, ValueError):
+        return None
+
+
+LEGEND = [("query", "query image"), ("right", "result of the query's class"),
+          ("wrong", "result of another class"), (None, "class unknown (the query is not in a class sub-folder)")]
+
+
 def search_page(results: Sequence[dict[str, Any]], idx: Any, root: Path, title: str, subtitle: str = "",
                 query_label: Optional[Callable[[str], Optional[int]]] = None) -> Page:
     """A :class:`~plm.viz.html.Page` with one gallery row per query.
@@ -30,19 +45,22 @@ def search_page(results: Sequence[dict[str, Any]], idx: Any, root: Path, title: 
     """
     page = Page(title, subtitle)
     section = page.section("Results")
+    section.legend(LEGEND)
+    section.paragraph("Click a thumbnail to open the full image.")
     label_of = {p: int(y) for p, y in zip(idx.paths, idx.labels)}
     for item in results:
         q = item["query"]
         qy = query_label(q) if query_label else None
         tiles = [Tile(_thumb(Path(q)), caption=q, detail="query" + (f" · {idx.class_names.get(qy, qy)}" if qy is not None else ""),
-                      mark="query")]
+                      mark="query", href=_file_uri(Path(q)))]
         for hit in item["results"]:
             try:
-                image = _thumb(safe_join(root, str(PurePosixPath(hit["path"]))))
+                full = safe_join(root, str(PurePosixPath(hit["path"])))
+                image, href = _thumb(full), _file_uri(full)
             except UnsafePathError:
-                image = None
+                image = href = None
             mark = None if qy is None or label_of.get(hit["path"], -1) < 0 else ("right" if label_of[hit["path"]] == qy else "wrong")
             detail = f"#{hit['rank']} · d={hit['distance']:.4f}" + (f" · {hit['label']}" if hit.get("label") else "")
-            tiles.append(Tile(image, caption=hit["path"], detail=detail, mark=mark))
+            tiles.append(Tile(image, caption=hit["path"], detail=detail, mark=mark, href=href))
         section.gallery_row(tiles, heading=f"query: {q}")
     return page

@@ -28,6 +28,7 @@ MODES = ("frozen", "finetune")
 METHODS = ("plm", "stml", "kmeans")
 SIMILARITIES = ("continuous", "binary")
 DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("off", "auto", "bf16", "fp16")
 POOLINGS = ("avg", "avg+max")
 SCHEDULES = ("cosine", "constant")
 EVAL_MODELS = ("student", "teacher")
@@ -67,14 +68,15 @@ class DataConfig:
             selection; ``None`` = automatic (20% of the seen classes, at least 2, and none when
             there are fewer than 4 seen classes); ``0`` = no validation, select on training loss.
         limit: train on a seeded random subset of this many training images.
-        augment: random resized crop + flip in finetune mode (impossible in frozen mode).
+        augment: random resized crop + flip; ``None`` (default) = on in finetune mode, off in frozen
+            mode, where it is impossible (asking for it there prints a notice).
         num_workers: DataLoader workers decoding images (finetune mode and embedding passes).
         cache: use the on-disk feature cache for the pretrained features of frozen mode.
     """
 
     val_classes: Optional[int] = None
     limit: Optional[int] = None
-    augment: bool = True
+    augment: Optional[bool] = None
     num_workers: int = 0
     cache: bool = True
 
@@ -321,6 +323,8 @@ class TrainConfig:
         epochs: training epochs.
         seed: seed of every random choice (runs are reproducible on CPU).
         device: ``auto``, ``cpu`` or ``cuda``.
+        amp: mixed precision of the training forward passes: ``off``, ``auto``, ``bf16`` or ``fp16``
+            (see :mod:`plm.utils.device`).
     """
 
     dataset: str = "fashion-mnist"
@@ -331,6 +335,7 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"
+    amp: str = "off"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -353,6 +358,7 @@ class TrainConfig:
         _choice("mode", self.mode, MODES)
         _choice("similarity", self.similarity, SIMILARITIES)
         _choice("device", self.device, DEVICES)
+        _choice("amp", self.amp, AMP_MODES)
         _positive("epochs", self.epochs)
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                f"seed must be a non-negative integer; got {self.seed!r}")
@@ -362,6 +368,11 @@ class TrainConfig:
             raise ConfigError(f"manifold: {err}") from err
         if self.method != "plm":
             _check(self.similarity == "continuous", "similarity=binary is an ablation of method plm only")
+
+    @property
+    def augment(self) -> bool:
+        """Whether training images are augmented: ``data.augment``, or by default in finetune mode only."""
+        return self.mode == "finetune" and self.data.augment is not False
 
     def manifold_config(self):
         """The ``manifold`` section as a :class:`plm.manifold.ManifoldConfig`."""

@@ -37,7 +37,8 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed
-            log.debug("tensorboard is not installed: metrics go to the CSV only")
+            log.info("note: tensorboard is not installed, so metrics go to metrics.csv only "
+                     "(pip install tensorboard for TensorBoard logs, or log.tensorboard=false to silence this)")
             return
         self.writer = SummaryWriter(str(Path(folder)))
 

@@ -267,7 +267,7 @@ class FinetunePipeline(Pipeline):
         if fresh and config.model.head_init == "pca":  # one pass of the pretrained backbone over the images
             self.model.head.init_pca(self._pretrained_train_features())
         ctx.broadcast_module(self.model.head)  # every rank starts from rank 0's head
-        self._train_transform = build_transform(self.model.preprocess, train=config.data.augment)
+        self._train_transform = build_transform(self.model.preprocess, train=config.augment)
         self.set_train()
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
         self._pretrained_backbone: Optional[dict] = None

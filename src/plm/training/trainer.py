@@ -34,13 +34,15 @@ from plm.training.methods import BatchView, build_method
 from plm.training.optim import build_optimizer, build_scheduler
 from plm.training.pipeline import build_pipeline, model_config_of
 from plm.training.sampler import NeighbourhoodSampler
+from plm.training.sizing import fit_to_data
 from plm.training.splits import load_splits
+from plm.utils.device import autocast
 from plm.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 #: config keys that may differ between a run and its resumption
-RESUME_FREE_KEYS = ("device", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size",
+RESUME_FREE_KEYS = ("device", "amp", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size",
                     "model.head_init")  # the head comes from the checkpoint
 
 
@@ -75,18 +77,23 @@ class TrainResult:
 
 
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` uses ``cuda:LOCAL_RANK`` in distributed runs.
+    """``auto`` → CUDA when available, else CPU; ``cuda`` uses ``cuda:LOCAL_RANK`` in distributed runs
+    (:func:`plm.utils.device.resolve_device`).
 
     Raises:
-        ValueError: ``cuda`` requested without a GPU.
+        UserError: ``cuda`` requested without a GPU.
     """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device=cuda but no CUDA GPU is available; use --device cpu or auto")
-        return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
-    return torch.device("cpu")
+    from plm.utils.device import resolve_device as _resolve
+
+    return _resolve(name, ctx.local_rank if ctx.enabled else None)
+
+
+def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with ``data.augment`` as it takes effect (old checkpoints stored ``true`` in frozen mode)."""
+    out = {**config, "data": dict(config.get("data", {}))}
+    augment = out["data"].get("augment")
+    out["data"]["augment"] = config.get("mode") == "finetune" and augment is not False
+    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -119,6 +126,11 @@ class Trainer:
         self.ctx = ctx if ctx is not None else init_distributed(
             "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(config.device, self.ctx)
+        from plm.utils.device import amp_dtype
+
+        self.amp = amp_dtype(config.amp, self.device)
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         self.progress = progress and config.log.progress
         self.resume_requested = resume
         self.last_path, self.best_path = checkpoint_paths(self.out)
@@ -145,17 +157,25 @@ class Trainer:
                 raise ValueError(f"{self.out} already holds a run ({self.last_path.name}); pass --resume to continue "
                                  f"it or choose another --out")
             ckpt = load_checkpoint(self.last_path)
-            diff = [k for k in config_diff(ckpt["config"], cfg.to_dict()) if k not in RESUME_FREE_KEYS]
+        elif self.resume_requested and ctx.is_main:
+            log.info("no checkpoint in %s: starting from scratch", self.out)
+        seed_everything(cfg.seed)
+        self.splits = load_splits(cfg)
+        # sizes the data cannot support (proxies, clusters, batch) are capped before any feature extraction
+        cfg, notices = fit_to_data(cfg, len(self.splits.train), ctx.world_size)
+        self.config = cfg
+        if ctx.is_main:
+            for line in notices:
+                log.info("note: %s", line)
+        if ckpt is not None:
+            diff = [k for k in config_diff(_resume_view(ckpt["config"]), _resume_view(cfg.to_dict()))
+                    if k not in RESUME_FREE_KEYS]
             if diff:
                 raise ValueError(f"cannot resume {self.last_path}: the config differs in {', '.join(diff)} "
                                  f"(a resumed run must use the same settings; see {self.out / 'config.yaml'})")
-        elif self.resume_requested and ctx.is_main:
-            log.info("no checkpoint in %s: starting from scratch", self.out)
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(cfg.to_yaml().encode(), self.out / "config.yaml")
-        seed_everything(cfg.seed)
-        self.splits = load_splits(cfg)
         self.pipeline = build_pipeline(cfg, self.splits, self.device, ctx, self.progress, fresh=ckpt is None)
         if ckpt is not None:  # networks first: the teacher pass below then serves the resumed epoch
             self.pipeline.student.load_state_dict(ckpt["student_state"])
@@ -211,9 +231,11 @@ class Trainer:
         ctx, pipe = self.ctx, self.pipeline
         timing = self.timings is not None
         t0 = time.perf_counter()
-        z = pipe.student(inputs)
-        with torch.no_grad():
-            t = pipe.teacher(inputs)
+        with autocast(self.device, self.amp):
+            z = pipe.student(inputs)
+            with torch.no_grad():
+                t = pipe.teacher(inputs)
+        z, t = z.float(), t.float()  # the method and the losses run in float32
         z_all = ctx.gather_with_grad(z)
         t_all = ctx.gather(t)
         idx_all = ctx.gather(positions)
@@ -226,11 +248,20 @@ class Trainer:
             self._sync()
             t2 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        if self.scaler is not None:
+            self.scaler.scale(terms["loss"]).backward()
+        else:
+            terms["loss"].backward()
         ctx.all_reduce_grads(self.params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.config.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         pipe.teacher.update(pipe.student)
         self.global_step += 1
@@ -263,14 +294,14 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; returns its metrics row (without validation)."""
-        from tqdm.auto import tqdm
+        from plm.utils.progress import progress as progress_bar
 
         cfg = self.config
         self.start_epoch_state(epoch)
         start = time.perf_counter()
         sums: dict[str, float] = {}
         steps = 0
-        bar = tqdm(total=len(self.sampler), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+        bar = progress_bar(total=len(self.sampler), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (self.progress and self.ctx.is_main), leave=False)
         for inputs, positions in self.pipeline.batches(self.sampler):
             terms = self.step(inputs, positions)

@@ -43,6 +43,10 @@ th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4
 .tile .missing{display:flex;align-items:center;justify-content:center;color:#999}
 .tile.query img{border-color:#1f77b4}.tile.right img{border-color:#2ca02c}.tile.wrong img{border-color:#d62728}
 .detail{color:#666}
+.tile a{text-decoration:none;color:inherit}
+.legend{display:flex;flex-wrap:wrap;gap:16px;font-size:.9em;color:#444;margin:8px 0}
+.legend .swatch{display:inline-block;width:12px;height:12px;border:4px solid #ddd;vertical-align:middle;margin-right:6px}
+.legend .query .swatch{border-color:#1f77b4}.legend .right .swatch{border-color:#2ca02c}.legend .wrong .swatch{border-color:#d62728}
 """
 
 
@@ -85,12 +89,14 @@ class Tile:
         caption: first caption line (e.g. the file path), shown as text.
         detail: second, greyed line (e.g. ``"d=0.123 · cat"``).
         mark: ``"query"``, ``"right"``, ``"wrong"`` (border colour) or ``None``.
+        href: where a click on the thumbnail leads (e.g. the full image's ``file:`` URI), or ``None``.
     """
 
     image: Optional[Image.Image]
     caption: str = ""
     detail: str = ""
     mark: Optional[str] = None
+    href: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.mark is not None and self.mark not in MARKS:
@@ -102,6 +108,8 @@ class Tile:
         alt = escape(self.caption or "image")
         pic = (f'<img src="{image_data_uri(self.image, max_side)}" alt="{alt}">' if self.image is not None
                else '<div class="missing">missing</div>')
+        if self.href:
+            pic = f'<a href="{escape(self.href)}" title="open the full image">{pic}</a>'
         mark = f'<div class="detail">{escape(self.mark)}</div>' if self.mark in ("right", "wrong") else ""
         return (f'<div class="{cls}">{pic}<div>{escape(self.caption)}</div>'
                 f'<div class="detail">{escape(self.detail)}</div>{mark}</div>')
@@ -148,6 +156,16 @@ class Section:
         self.blocks.append(f'<div class="row">{head}{"".join(t.render(max_side) for t in tiles)}</div>')
         return self
 
+    def legend(self, items: Sequence[tuple[Optional[str], str]]) -> "Section":
+        """A row of border-colour swatches: ``(mark, meaning)`` pairs, ``mark`` one of :data:`MARKS` or ``None``."""
+        for mark, _ in items:
+            if mark is not None and mark not in MARKS:
+                raise ValueError(f"mark must be one of {MARKS} or None, got {mark!r}")
+        spans = "".join(f'<span class="{escape(mark or "neutral")}"><span class="swatch"></span>{escape(text)}</span>'
+                        for mark, text in items)
+        self.blocks.append(f'<div class="legend">{spans}</div>')
+        return self
+
     def raw(self, trusted_html: str) -> "Section":
         """Append HTML as is. Only for markup you built yourself: it is *not* escaped."""
         self.blocks.append(trusted_html)
@@ -160,11 +178,13 @@ class Section:
 
 @dataclass
 class Page:
-    """A self-contained HTML page: a title, an optional subtitle, and sections."""
+    """A self-contained HTML page: a title, an optional subtitle, and sections (``css``: extra trusted rules)."""
 
     title: str
     subtitle: str = ""
     sections: list[Section] = field(default_factory=list)
+    css: str = ""
+    csp: str = CSP
 
     def section(self, title: str, text: str = "") -> Section:
         """Append a new section (with an optional first paragraph) and return it."""
@@ -179,9 +199,9 @@ class Page:
         sub = f'<p class="subtitle">{escape(self.subtitle)}</p>' if self.subtitle else ""
         body = "".join(s.render() for s in self.sections)
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+                f'<meta http-equiv="Content-Security-Policy" content="{self.csp}">'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                f"<title>{escape(self.title)}</title><style>{_CSS}</style></head>"
+                f"<title>{escape(self.title)}</title><style>{_CSS}{self.css}</style></head>"
                 f"<body><h1>{escape(self.title)}</h1>{sub}{body}</body></html>\n")
 
     def write(self, path: str | os.PathLike) -> Path:

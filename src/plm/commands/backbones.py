@@ -1,0 +1,28 @@
+"""``plm backbones``: the registered backbones, their input size and feature dimension, and their weights."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "backbones"
+HELP = "list the registered backbones with input size, feature dimension and whether weights are available here"
+EXAMPLE = "plm backbones --json backbones.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the list as JSON")
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    from dataclasses import asdict
+
+    from plm.commands._common import format_table
+    from plm.models.catalog import backbone_catalog
+    from plm.utils.io import atomic_write_json
+
+    rows = backbone_catalog()
+    print(format_table(["backbone", "input px", "feature dim", "weights here", "note"],
+                       [[b.name, b.input_size, b.feature_dim, "yes" if b.weights else "no", b.note] for b in rows]))
+    if args.json:
+        atomic_write_json([asdict(b) for b in rows], args.json)
+    return 0

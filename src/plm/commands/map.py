@@ -1,0 +1,77 @@
+"""``plm map``: a 2-D map of an embeddings file as a self-contained HTML page, thumbnails on hover."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path, PurePosixPath
+
+NAME = "map"
+HELP = "a 2-D map (t-SNE, or UMAP when installed) of a plm embed file as an HTML page with thumbnails on hover"
+DESCRIPTION = (HELP + ". Dots are coloured by class (first-level sub-folder) when there is one. Large collections "
+               "are drawn as a seeded random sample of --max-points images.")
+EXAMPLE = "plm map photos.npz --html photos-map.html"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+    parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
+    parser.add_argument("--html", required=True, metavar="OUT", help="HTML page to write")
+    parser.add_argument("--method", default="auto", choices=["auto", "tsne", "umap", "pca"],
+                        help="projection; auto = UMAP when umap-learn is installed, else t-SNE")
+    parser.add_argument("--max-points", type=int, default=2000,
+                        help="draw a seeded random sample of at most this many images")
+    parser.add_argument("--thumb-size", type=int, default=96, help="longest side of the hover thumbnails (px)")
+    parser.add_argument("--root", default=None, help="the embedded image folder at a new location (for thumbnails)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the projection")
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: D103
+    import numpy as np
+
+    from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
+    from plm.errors import UserError
+    from plm.search import EmbeddingStore, describe
+    from plm.viz.interactive_map import group_names, map_page
+    from plm.viz.maps import project_2d
+
+    if args.max_points < 1 or args.thumb_size < 8:
+        raise UserError("--max-points must be >= 1 and --thumb-size >= 8")
+    store = EmbeddingStore.load(args.embeddings)
+    if len(store) == 0:
+        raise UserError(f"{args.embeddings} holds no vectors; run plm embed on a folder with readable images")
+    method = args.method
+    if method == "auto":
+        try:
+            import umap  # noqa: F401
+
+            method = "umap"
+        except ImportError:
+            method = "tsne"
+    n = len(store)
+    rows = np.arange(n)
+    if n > args.max_points:
+        rows = np.sort(np.random.default_rng(args.seed).choice(n, size=args.max_points, replace=False))
+        log.info("note: drawing %d of %d images (--max-points)", len(rows), n)
+    try:
+        coords = project_2d(store.vectors[rows], method, seed=args.seed)
+    except ImportError as err:
+        raise UserError(str(err)) from err
+    root = Path(args.root) if args.root else Path(store.root)
+    resolved = root.resolve()
+    paths = [store.paths[i] for i in rows]
+
+    def thumbnail(j: int):
+        try:
+            return open_image(safe_join(root, str(PurePosixPath(paths[j])), resolved))
+        except (ImageLoadError, UnsafePathError, OSError):
+            return None
+
+    groups = group_names(paths, store.labels[rows], store.class_names)
+    shown = method if len(rows) >= 4 else "pca"
+    page = map_page(coords, paths, groups, thumbnail, title=f"plm map: {Path(args.embeddings).name}",
+                    subtitle=f"{len(rows)} of {n} images · {shown} of {store.dim}-d embeddings · {describe(store.model)}",
+                    thumb_side=args.thumb_size)
+    page.write(args.html)
+    print(f"wrote {args.html} ({len(rows)} images, {shown})")
+    return 0

@@ -1,0 +1,65 @@
+"""Sizes that fit the data: settings larger than the training set allows are capped, with a notice.
+
+Checked on the training split's size, before any feature extraction, by :class:`~plm.training.Trainer`:
+
+- ``sampler.batch_size`` at most the training set, rounded down to a multiple of
+  ``sampler.k × world size`` (the sampler's unit);
+- ``proxies.num`` (method ``plm``) and ``kmeans.num_clusters`` (method ``kmeans``) at most one per
+  ``sampler.k`` training images, the size of one neighbourhood group (at least 1 proxy, 2 clusters);
+
+so that ``plm train --dataset folder --data-root <60 images>`` trains with what 60 images support.
+Only a training set too small for a single neighbourhood group (fewer than ``max(2, sampler.k)``
+images, or than one batch unit) is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plm.errors import UserError
+
+
+def fit_to_data(config: Any, num_train: int, world_size: int = 1) -> tuple[Any, list[str]]:
+    """``config`` with its data-bound sizes capped to ``num_train`` training images, and one notice per change.
+
+    Args:
+        config: a :class:`~plm.training.config.TrainConfig` (not modified).
+        num_train: images in the training split.
+        world_size: training processes (the batch is split over them).
+
+    Returns:
+        (the config, unchanged when nothing needed capping; the notices).
+
+    Raises:
+        UserError: the training set is too small to form one neighbourhood group or one batch.
+    """
+    from plm.training.config import TrainConfig, deep_merge
+
+    k = config.sampler.k
+    unit = k * world_size
+    need = max(2, k, unit)
+    if num_train < need:
+        raise UserError(f"the training split has {num_train} image(s); plm train needs at least {need} "
+                        f"(a seed and its sampler.k-1={k - 1} neighbours{f' on each of {world_size} processes' if world_size > 1 else ''}); "
+                        f"add images or lower sampler.k")
+    changes: dict[str, dict[str, int]] = {}
+    notices: list[str] = []
+    batch = config.sampler.batch_size
+    if batch > num_train:
+        new = num_train // unit * unit
+        changes["sampler"] = {"batch_size": new}
+        notices.append(f"sampler.batch_size={batch} is more than the {num_train} training images: using {new} "
+                       f"(a multiple of sampler.k={k}{f' x {world_size} processes' if world_size > 1 else ''})")
+    per_group = max(1, num_train // k)
+    if config.method == "plm" and config.proxies.num > per_group:
+        changes["proxies"] = {"num": per_group}
+        notices.append(f"proxies.num={config.proxies.num} is more than {num_train} training images allow (one proxy "
+                       f"per sampler.k={k} images): using {per_group}")
+    if config.method == "kmeans" and config.kmeans.num_clusters > max(2, per_group):
+        new = max(2, per_group)
+        changes["kmeans"] = {"num_clusters": new}
+        notices.append(f"kmeans.num_clusters={config.kmeans.num_clusters} is more than {num_train} training images "
+                       f"allow (one cluster per sampler.k={k} images): using {new}")
+    if not changes:
+        return config, []
+    return TrainConfig.from_dict(deep_merge(config.to_dict(), changes)), notices

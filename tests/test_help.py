@@ -1,0 +1,65 @@
+"""--help of every command: a help line per flag, defaults shown once, one worked example, one --quiet."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from plm.cli import build_parser, main
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+COMMANDS = sorted(_subparsers())
+
+
+def test_the_new_commands_are_registered() -> None:
+    assert {"export", "map", "serve", "backbones"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_reads_well(name: str) -> None:
+    parser = _subparsers()[name]
+    text = parser.format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for line_block in re.split(r"\n  (?=-)", text):
+        assert line_block.count("(default") <= 1, line_block
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"plm {name}: {action.option_strings or action.dest} has no help"
+    assert f"example:\n  plm {name}" in text
+    assert "-q, --quiet" in text or "--quiet" in text
+
+
+def test_old_spellings_still_parse_but_are_hidden() -> None:
+    parsers = _subparsers()
+    args = build_parser().parse_args(["index", "e.npz", "--out", "i.npz", "--M", "8", "-k", "5"])
+    assert args.m == 8 and args.recall_k == 5
+    args = build_parser().parse_args(["index", "e.npz", "--out", "i.npz"])
+    assert args.m == 32 and args.recall_k == 10
+    index_help = parsers["index"].format_help()
+    assert "--M " not in index_help and "--hnsw-m" in index_help and "--recall-k" in index_help
+    assert build_parser().parse_args(["train", "--no-progress"]).quiet is True
+    assert build_parser().parse_args(["train"]).quiet is False
+    assert "--no-progress" not in parsers["train"].format_help()
+    assert build_parser().parse_args(["search", "i.npz", "q.jpg", "-k", "3"]).k == 3
+
+
+def test_backbones_lists_sizes_and_weights(capsys: pytest.CaptureFixture, tmp_path) -> None:
+    import json
+
+    assert main(["backbones", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_lite0" in out and "googlenet" in out and "resnet50" in out
+    rows = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())}
+    assert rows["efficientnet_lite0"] == {**rows["efficientnet_lite0"], "input_size": 224, "feature_dim": 1280,
+                                          "weights": True}
+    assert rows["googlenet"]["feature_dim"] == 1024 and rows["googlenet"]["input_size"] == 227
+    assert rows["resnet50"]["feature_dim"] == 2048 and rows["resnet50"]["weights"] is False
+    assert "--weights" in rows["resnet50"]["note"]
