@@ -22,9 +22,21 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_missing_fashion_mnist_falls_back_to_digits(tmp_path: Path) -> None:
-    name, reason = pick_dataset(str(tmp_path / "missing"))
+    name, reason = pick_dataset(str(tmp_path / "missing"), "fashion-mnist")
     assert name == "digits"
     assert "train-images-idx3-ubyte.gz" in reason
+
+
+def test_missing_fonts_fall_back_and_say_why(tmp_path: Path) -> None:
+    name, reason = pick_dataset(str(tmp_path / "missing"))
+    assert name == "digits"
+    assert "fonts-noto-core" in reason and "train-images-idx3-ubyte.gz" in reason
+
+
+def test_the_demo_runs_on_glyphs_by_default() -> None:
+    """scripts/install.sh installs the fonts; with them the default demo dataset is glyphs."""
+    name, reason = pick_dataset()
+    assert (name, reason) == ("glyphs", None)
 
 
 def test_results_json_contract(demo_out: Path) -> None:
