@@ -1,6 +1,6 @@
 """STML's contextual similarity (Kim et al., CVPR 2022) and the plain Gaussian kernel.
 
-For L2-normalised teacher embeddings t (METHOD.md §8, following the authors' released code):
+For L2-normalised teacher embeddings t (docs/method.md §8, following the authors' released code):
 
 - W_P = exp(−‖t_i − t_j‖² / σ), σ = 3;
 - N_k(i): the k largest entries of row i of W_P (i itself included, k = 5); the k-reciprocal set

@@ -1,4 +1,4 @@
-"""The piecewise-linear (PL) manifold model and its similarity (METHOD.md §3-§5).
+"""The piecewise-linear (PL) manifold model and its similarity (docs/method.md §3-§5).
 
 ``similarity_matrix(x, config)`` is the per-training-step entry point; ``fit_pieces`` +
 ``pairwise_similarity`` split it in two; ``directed_similarity`` scores points against any

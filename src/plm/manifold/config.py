@@ -16,7 +16,7 @@ NORMALIZATIONS = ("none", "row_max", "row_minmax", "row_rank")
 
 @dataclass
 class ManifoldConfig:
-    """Options of the PL model (METHOD.md §3-§4).
+    """Options of the PL model (docs/method.md §3-§4).
 
     Attributes:
         piece_dim: m, the dimension of every linear piece.

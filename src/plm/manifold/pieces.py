@@ -2,7 +2,7 @@
 
 For anchor i with candidates c_1..c_K (its nearest other points, nearest first), the selected
 neighbourhood starts as S_i = {i}; candidate c_t joins when the m-dimensional PCA fit of
-S_i ∪ {c_t} has a scale-free error ≤ ε (METHOD.md §3). All anchors advance together: the loop runs
+S_i ∪ {c_t} has a scale-free error ≤ ε (docs/method.md §3). All anchors advance together: the loop runs
 over the K candidate positions, never over points. Each step needs only the (K+1)×(K+1) Gram matrix
 of the anchor's candidates, so the work per anchor is a handful of tiny batched eigen-decompositions.
 

@@ -1,4 +1,4 @@
-"""Point-to-piece and point-to-point similarity of the PL model (METHOD.md §4).
+"""Point-to-piece and point-to-point similarity of the PL model (docs/method.md §4).
 
 For a point x and the piece (anchor a, mean μ, orthonormal basis U) of another point:
 x̂ = μ + U Uᵀ (x − μ) is the projection of x on the piece, o = ‖x − x̂‖ the orthogonal distance,

@@ -119,7 +119,7 @@ class ModelSection:
 
 @dataclass
 class SamplerConfig:
-    """Neighbourhood batch sampling (METHOD.md §2).
+    """Neighbourhood batch sampling (docs/method.md §2).
 
     Attributes:
         batch_size: |B|, images per (global) batch; a multiple of ``k``.
@@ -152,7 +152,7 @@ class EMAConfig:
 
 @dataclass
 class ProxyConfig:
-    """Learnable proxy pieces (METHOD.md §5).
+    """Learnable proxy pieces (docs/method.md §5).
 
     Attributes:
         num: N_ρ; ``0`` disables proxies (and L_proxy, L_neighbourhood).
@@ -207,7 +207,7 @@ class LossConfig:
 
 @dataclass
 class STMLConfig:
-    """STML peer (METHOD.md §8): W = (W_P + W_C)/2 (σ, k-reciprocal k), relaxed contrastive loss (δ)."""
+    """STML peer (docs/method.md §8): W = (W_P + W_C)/2 (σ, k-reciprocal k), relaxed contrastive loss (δ)."""
 
     sigma: float = 3.0
     k: int = 5

@@ -1,4 +1,4 @@
-"""The momentum (EMA) teacher: φ ← m·φ + (1−m)·θ after every optimiser step (METHOD.md §2)."""
+"""The momentum (EMA) teacher: φ ← m·φ + (1−m)·θ after every optimiser step (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def point_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.5, row
 
 def proxy_loss(z: Tensor, locations: Tensor, target: Tensor, delta: float = 1.5,
                denom: Optional[float] = None) -> Tensor:
-    """L_proxy = mean over i, k of (δ·(1 − s_ik) − ‖z_i − ρ_k‖)² (METHOD.md §6).
+    """L_proxy = mean over i, k of (δ·(1 − s_ik) − ‖z_i − ρ_k‖)² (docs/method.md §6).
 
     Args:
         z: (R, d) student embeddings.
@@ -120,7 +120,7 @@ def proxy_contrastive_loss(z: Tensor, locations: Tensor, target: Tensor, delta: 
 
 def neighbourhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
                        lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
-    """L_neighbourhood: each proxy's piece is pulled toward its n most similar points (METHOD.md §6).
+    """L_neighbourhood: each proxy's piece is pulled toward its n most similar points (docs/method.md §6).
 
     For proxy k and each of the ``n`` points x with the largest (detached) s_ik:
     ‖(x − ρ_k) − W_k W_kᵀ(x − ρ_k)‖² + λ‖x − ρ_k‖², averaged over proxies and points.

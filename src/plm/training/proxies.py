@@ -1,4 +1,4 @@
-"""Learnable proxy pieces (METHOD.md §5): a location ρ_k and a basis W_k per proxy.
+"""Learnable proxy pieces (docs/method.md §5): a location ρ_k and a basis W_k per proxy.
 
 The bases are free (K, d, m) parameters, orthonormalised by QR whenever they are used, so the
 optimiser never has to keep them orthonormal. Initialisation: locations from k-means centres of

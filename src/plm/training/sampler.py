@@ -1,4 +1,4 @@
-"""Neighbourhood batch sampling (METHOD.md §2): N seeds, each with its k−1 nearest neighbours.
+"""Neighbourhood batch sampling (docs/method.md §2): N seeds, each with its k−1 nearest neighbours.
 
 An epoch draws seeds from seeded permutations of the training set, so its batches depend only on
 ``(seed, epoch)`` and the k-NN table: the sampler's whole state is the epoch number, and the same
