@@ -95,11 +95,15 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     root_abs = str(Path(root).resolve())
     stats = EmbedStats(total=len(dataset), ignored=non_image_files(root))
     stamps = []
-    for p in dataset.paths:
+    for p, rel in zip(dataset.paths, dataset.ids):
         try:
             st = p.stat()
         except OSError:  # a dangling or looping symbolic link: stamp the link itself, skip it below
-            st = p.lstat()
+            try:
+                st = (Path(root) / rel).lstat()
+            except OSError:
+                stamps.append((-1, -1))
+                continue
         stamps.append((int(st.st_size), int(st.st_mtime_ns)))
 
     reuse: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime, row in previous.vectors)
@@ -139,7 +143,7 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
                 stats.skipped_reasons[rel] = "the model gave a NaN, infinite or all-zero vector"
             else:
                 bad.add(i)
-                stats.skipped_reasons[rel] = _why_unreadable(dataset.paths[i])
+                stats.skipped_reasons[rel] = _why_unreadable(Path(root) / rel)
         stats.embedded = len(emb.ids) - sum(1 for i in todo if i in bad and dataset.ids[i] in row_of)
     stats.skipped = len(bad)
 
