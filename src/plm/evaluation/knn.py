@@ -46,7 +46,7 @@ def as_float32_matrix(x: np.ndarray | torch.Tensor, name: str = "embeddings") ->
     return t
 
 
-def condition(*arrays: torch.Tensor, chunk: int = 65536) -> tuple[list[torch.Tensor], float]:
+def condition(*arrays: torch.Tensor, chunk: int = 8192) -> tuple[list[torch.Tensor], float]:
     """Translate and scale float32 matrices jointly so that float32 distances stay exact enough.
 
     Squared distances are computed by the expansion ``‖a‖² + ‖b‖² − 2⟨a, b⟩``, which loses every
@@ -95,7 +95,7 @@ def condition(*arrays: torch.Tensor, chunk: int = 65536) -> tuple[list[torch.Ten
     return out, 4.0 ** exponent
 
 
-def has_duplicate_rows(x: torch.Tensor, chunk: int = 65536) -> bool:
+def has_duplicate_rows(x: torch.Tensor, chunk: int = 8192) -> bool:
     """Whether two rows of a float32 matrix are bitwise identical (hash, then exact check)."""
     n = x.shape[0]
     if n < 2:
