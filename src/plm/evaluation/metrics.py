@@ -32,7 +32,7 @@ against all items instead. ``use_faiss=True`` takes the same quantities from a f
 
 Precision: distances are float32, computed after :func:`~plm.evaluation.knn.condition` has
 translated and scaled the embeddings (in float64) so that a common offset (tested up to 1e4 on
-unit-scale data) or an extreme scale (1e-19 … 1e19) does not change the answer. Pairs whose
+unit-scale data) or an extreme scale (tested from 1e-25 to 1e19) does not change the answer. Pairs whose
 distances differ by less than float32 rounding may be ordered differently by the scans and by
 faiss (each is exact with respect to its own computed values, equal values broken by the lower
 index). Exact ties are ordered identically by all paths: small integer-valued embeddings give
