@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from plm.evaluation import knn, map_and_r_precision, neighbour_hits, nmi, recall_at_k, retrieval_metrics
-from plm.evaluation.knn import smallest_k
+from plm.evaluation.knn import has_duplicate_rows, smallest_k
 from plm.evaluation.metrics import NO_HIT, query_ranks
 from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys
 
@@ -30,13 +30,14 @@ def ref_neighbours(x: np.ndarray) -> list[list[int]]:
 def ref_metrics(x: np.ndarray, labels: np.ndarray, ks) -> dict:
     """Recall@K, MAP@R, R-precision by explicit loops over queries and ranks."""
     order = ref_neighbours(x)
+    valid = [i for i in range(len(x)) if (labels == labels[i]).sum() > 1]  # singletons are left out
     recall = {}
     for k in ks:
         hits = 0
-        for i, nb in enumerate(order):
-            if any(labels[j] == labels[i] for j in nb[:k]):
+        for i in valid:
+            if any(labels[j] == labels[i] for j in order[i][:k]):
                 hits += 1
-        recall[str(k)] = hits / len(x)
+        recall[str(k)] = hits / len(valid) if valid else math.nan
     aps, rps = [], []
     for i, nb in enumerate(order):
         r = int((labels == labels[i]).sum()) - 1
@@ -115,7 +116,9 @@ def test_first_hit_ranks_match_reference_exactly(rng: np.random.Generator, block
     for i, nb in enumerate(order):
         ranks = [t for t, j in enumerate(nb) if labels[j] == labels[i]]
         true = ranks[0] if ranks else NO_HIT
-        if max_k is None or true < max_k or true == NO_HIT or symmetric:  # the symmetric scan is always exact
+        # the symmetric scan is always exact (with duplicate rows, as here, the row scan runs instead)
+        exact_scan = symmetric and not has_duplicate_rows(torch.from_numpy(x))
+        if max_k is None or true < max_k or true == NO_HIT or exact_scan:
             assert qr.first_hit[i] == true, i
         else:  # beyond max_k only a lower bound, itself at least max_k, is promised
             assert max_k <= qr.first_hit[i] <= true, i
@@ -130,10 +133,10 @@ def dense_reference(x: np.ndarray, labels: np.ndarray, ks) -> dict:
     hits = labels[order] == labels[:, None]
     r = np.bincount(labels)[labels] - 1
     first = np.where(hits.any(1), hits.argmax(1), len(x) + 10**9)
-    recall = {str(k): float((first < k).mean()) for k in ks}
+    valid = r > 0
+    recall = {str(k): float((first[valid] < k).mean()) for k in ks}
     cols = np.arange(1, hits.shape[1] + 1)
     h = hits & (cols[None] <= r[:, None])
-    valid = r > 0
     ap = ((np.cumsum(h, 1) / cols) * h).sum(1)[valid] / r[valid]
     rp = h.sum(1)[valid] / r[valid]
     return {"recall_at": recall, "map_at_r": float(ap.mean()), "r_precision": float(rp.mean())}
@@ -169,11 +172,13 @@ def test_hand_made_example() -> None:
     assert m["r_precision"] == pytest.approx((1 + 1 + 0.5 + 0.5 + 1) / 5)
 
 
-def test_all_singletons_gives_zero_recall_and_nan_map() -> None:
+def test_all_singletons_gives_nan_with_a_warning(caplog) -> None:
     x = np.arange(10, dtype=np.float32).reshape(5, 2)
-    m = retrieval_metrics(x, np.arange(5), ks=[1, 4], with_nmi=False)
-    assert m["recall_at"] == {"1": 0.0, "4": 0.0}
+    with caplog.at_level("WARNING"):
+        m = retrieval_metrics(x, np.arange(5), ks=[1, 4], with_nmi=False)
+    assert all(math.isnan(v) for v in m["recall_at"].values())
     assert math.isnan(m["map_at_r"]) and math.isnan(m["r_precision"])
+    assert m["num_left_out"] == 5 and "undefined" in caplog.text
 
 
 def test_bad_inputs_are_refused() -> None:
@@ -184,15 +189,16 @@ def test_bad_inputs_are_refused() -> None:
         retrieval_metrics(x, np.array([0, -1, 1, 1]), with_nmi=False)
     with pytest.raises(ValueError, match="N labels"):
         retrieval_metrics(x, np.array([0, 1]), with_nmi=False)
-    with pytest.raises(ValueError, match="positive K"):
-        retrieval_metrics(x, np.array([0, 0, 1, 1]), ks=[0], with_nmi=False)
+    for ks in ([0], [1.7], [2.0], [True], [], [-1]):
+        with pytest.raises(ValueError, match="positive integer K"):
+            retrieval_metrics(x, np.array([0, 0, 1, 1]), ks=ks, with_nmi=False)
 
 
 def test_hits_based_helpers_agree_with_the_scan(rng: np.random.Generator) -> None:
     x, labels = tied_data(rng)
     hits = neighbour_hits(x, labels, k=20)
     m = retrieval_metrics(x, labels, ks=[1, 5, 20], with_nmi=False)
-    assert recall_at_k(hits, [1, 5, 20]) == m["recall_at"]
+    assert recall_at_k(hits, [1, 5, 20], labels=labels) == m["recall_at"]
     assert map_and_r_precision(hits, labels) == pytest.approx((m["map_at_r"], m["r_precision"]))
 
 
@@ -288,8 +294,8 @@ def test_faiss_metrics_equal_torch_metrics(rng: np.random.Generator) -> None:
 
 def test_against_pytorch_metric_learning(rng: np.random.Generator) -> None:
     acc = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
-    # no singleton classes: pml leaves those queries out of every metric, we count them as misses
-    labels = np.repeat(np.arange(40), rng.integers(2, 9, size=40))
+    # singleton classes included: pml leaves those queries out of every metric, and so do we
+    labels = np.concatenate([np.repeat(np.arange(40), rng.integers(2, 9, size=40)), [100, 101, 102]])
     x = rng.normal(size=(len(labels), 32)).astype(np.float32)
     calc = acc.AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
                                   k="max_bin_count")

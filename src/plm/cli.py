@@ -82,6 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from plm.errors import UserError
 
+    if callable(getattr(sys.stdout, "reconfigure", None)):  # file names that are not UTF-8 print as escapes
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as err:

@@ -12,9 +12,9 @@ from plm.data import DATASETS
 log = logging.getLogger(__name__)
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "test", required: bool = True) -> None:
     """``--dataset``, ``--data-root``, ``--split``, ``--limit``."""
-    parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="dataset name")
+    parser.add_argument("--dataset", required=required, choices=list(DATASETS), help="dataset name")
     parser.add_argument("--data-root", default=None, help="dataset root folder (official layout)")
     parser.add_argument("--split", default=default_split, choices=["train", "val", "test", "all"],
                         help="train = seen classes, val = held-out seen classes, test = unseen classes")

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
 
 
 def _listing(items: list[str], limit: int = 20) -> str:
-    lines = [f"  {s}" for s in items[:limit]]
+    from plm.utils.paths import display_path
+
+    lines = [f"  {display_path(s)}" for s in items[:limit]]
     if len(items) > limit:
         lines.append(f"  … and {len(items) - limit} more")
     return "\n".join(lines)

@@ -46,6 +46,13 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     store = EmbeddingStore.load(args.embeddings)
     if len(store) == 0:
         raise UserError(f"{args.embeddings} holds no vectors; run plm embed on a folder with readable images")
+    bad = store.bad_rows()
+    if bad.any():
+        from plm.search.checks import bad_rows, describe_bad_rows
+        from plm.utils.paths import display_path
+
+        raise UserError(f"{args.embeddings}: {describe_bad_rows(store.paths, *bad_rows(store.vectors), display_path)}; "
+                        f"such vectors cannot be searched: re-run plm embed with the same --out (it recomputes them)")
     if store.dim != int(store.model.get("dim", store.dim)):
         raise UserError(f"dimension mismatch in {args.embeddings}: vectors are {store.dim}-d but the recorded model "
                         f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")

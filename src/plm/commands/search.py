@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.search import SearchIndex, describe, model_from_identity
     from plm.search.queries import PathListDataset, collect_queries
     from plm.utils.io import atomic_write_json
+    from plm.utils.paths import display_path
 
     from plm.commands._common import runtime_from_args
 
@@ -84,9 +85,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
                  "distance": float(d), "label": label_name(int(idx.labels[i]))}
                 for r, (d, i) in enumerate(zip(drow, irow)) if i >= 0]
         results.append({"query": q, "results": hits})
-        print(f"query: {q}")
+        print(f"query: {display_path(q)}")
         for h in hits:
-            print(f"  {h['rank']:>3}. {h['distance']:.4f}  {h['path']}" + (f"  [{h['label']}]" if h["label"] else ""))
+            print(f"  {h['rank']:>3}. {h['distance']:.4f}  {display_path(h['path'])}"
+                  + (f"  [{display_path(h['label'])}]" if h["label"] else ""))
     metric = "1 - cosine similarity" if idx.index.metric == "cosine" else "Euclidean distance"
     if args.json:
         atomic_write_json({"index": str(Path(args.index).resolve()), "root": str(root), "k": args.k,

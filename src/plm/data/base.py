@@ -38,7 +38,10 @@ class ImageLoadError(OSError):
 def safe_join(root: Path, relative: str, resolved_root: Optional[Path] = None) -> Path:
     """``root / relative``, refusing absolute paths and anything that resolves outside ``root``.
 
-    Symbolic links are followed before the check, so a link pointing out of the root is refused.
+    Symbolic links are followed before the check, so a link pointing out of the root is refused
+    (whether its target exists or not). An entry that cannot be resolved at all (a symbolic link
+    loop) cannot be read either: it is returned unresolved, and reading it fails like any
+    unreadable image.
 
     Args:
         root: the dataset root.
@@ -53,7 +56,13 @@ def safe_join(root: Path, relative: str, resolved_root: Optional[Path] = None) -
     rel = Path(relative)
     if rel.is_absolute():
         raise UnsafePathError(f"index entry {relative!r} is an absolute path; entries must stay inside {root}")
-    target = (root_resolved / rel).resolve()
+    try:
+        target = (root_resolved / rel).resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        lexical = Path(os.path.normpath(root_resolved / rel))
+        if lexical != root_resolved and root_resolved not in lexical.parents:
+            raise UnsafePathError(f"index entry {relative!r} leaves the dataset root {root}") from None
+        return lexical
     if target != root_resolved and root_resolved not in target.parents:
         raise UnsafePathError(f"index entry {relative!r} leaves the dataset root {root}")
     return target
@@ -139,7 +148,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def fingerprint(self) -> str:
         """A hash of name, split, ids and labels: the key of on-disk feature caches."""
         h = hashlib.sha1(f"{self.name}|{self.split}|{len(self)}".encode())
-        h.update("\n".join(self.ids).encode())
+        h.update("\n".join(self.ids).encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         h.update(self._content_key().encode())
         return h.hexdigest()[:16]

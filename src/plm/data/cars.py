@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from plm.data.base import DatasetNotFoundError, FileImageDataset, class_split
-from plm.data.layout import check_split_not_empty, find_root
+from plm.data.layout import check_folders, check_split_not_empty, find_root
 
 NUM_SEEN = 98  # classes 1-98 are seen (training), 99-196 unseen (test)
 LAYOUT = """    <root>/
@@ -86,5 +86,6 @@ def load_cars196(root: str | os.PathLike, split: str = "train", val_classes: int
     keep = set(class_split(classes, split, n_train=n_seen, val_classes=val_classes))
     chosen = [(p, y) for p, y in zip(paths, labels) if y in keep]
     check_split_not_empty(len(chosen), "cars196", split, folder, classes)
+    check_folders(folder, [p for p, _ in chosen], LAYOUT)
     return FileImageDataset(folder, [p for p, _ in chosen], [y for _, y in chosen], "cars196", split,
                             class_names=names)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from plm.data.base import FileImageDataset, class_split
-from plm.data.layout import check_split_not_empty, find_root, read_rows, to_int
+from plm.data.layout import check_folders, check_split_not_empty, find_root, read_rows, to_int
 
 NUM_SEEN = 100  # classes 1-100 are seen (training), 101-200 unseen (test)
 LAYOUT = """    CUB_200_2011/
@@ -60,5 +60,6 @@ def load_cub200(root: str | os.PathLike, split: str = "train", val_classes: int 
     keep = set(class_split(classes, split, n_train=n_seen, val_classes=val_classes))
     chosen = [(path, label_of[i]) for i, path in images if label_of[i] in keep]
     check_split_not_empty(len(chosen), "cub200", split, folder, classes)
+    check_folders(folder / "images", [p for p, _ in chosen], LAYOUT)
     return FileImageDataset(folder / "images", [p for p, _ in chosen], [y for _, y in chosen], "cub200", split,
                             class_names=class_names)

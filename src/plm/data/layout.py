@@ -26,7 +26,9 @@ def find_root(root: str | os.PathLike, marker: str, subfolder: str, layout: str)
 def read_rows(path: Path, columns: int, layout: str, header: bool = False) -> list[list[str]]:
     """Whitespace-separated rows of exactly ``columns`` fields (the last one may hold spaces).
 
-    Blank lines are ignored; ``header`` drops the first non-blank line.
+    Blank lines are ignored. ``header``: the file may start with a header line, recognised by its
+    content (its first field is not an integer, as in "image_id class_id …"), and dropped; a file
+    without it loses no row.
 
     Raises:
         DatasetNotFoundError: the file is missing.
@@ -43,12 +45,31 @@ def read_rows(path: Path, columns: int, layout: str, header: bool = False) -> li
                 continue
             if not seen_header:
                 seen_header = True
-                continue
+                first = line.split(maxsplit=1)[0]
+                if not first.lstrip("+-").isdigit():
+                    continue
             fields = line.split(maxsplit=columns - 1)
             if len(fields) != columns:
                 raise ValueError(f"{path}:{number}: expected {columns} fields, got {len(fields)}: {line[:80]!r}")
             rows.append(fields)
     return rows
+
+
+def check_folders(base: Path, relpaths: Sequence[str], layout: str) -> None:
+    """Every folder that the index entries start with (``car_ims/``, ``bicycle_final/``…) exists
+    under ``base``, and ``base`` itself.
+
+    Raises:
+        DatasetNotFoundError: one is missing; the message shows the expected layout.
+    """
+    if not base.is_dir():
+        raise DatasetNotFoundError(f"missing image folder {base}. Expected layout:\n{layout}")
+    tops = sorted({p.replace("\\", "/").split("/", 1)[0] for p in relpaths if "/" in p.replace("\\", "/")})
+    missing = [t for t in tops if not (base / t).is_dir()]
+    if missing:
+        names = ", ".join(f"{t}/" for t in missing[:3]) + (" …" if len(missing) > 3 else "")
+        raise DatasetNotFoundError(f"missing image folder(s) {names} under {base} ({len(missing)} of the "
+                                   f"{len(tops)} the index names). Expected layout:\n{layout}")
 
 
 def to_int(value: str, path: Path, what: str) -> int:

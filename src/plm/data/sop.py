@@ -3,7 +3,7 @@
 Layout (``--data-root`` is ``Stanford_Online_Products/`` or the folder holding it)::
 
     Stanford_Online_Products/
-        Ebay_train.txt   header line, then "image_id class_id super_class_id path" (11,318 classes)
+        Ebay_train.txt   header line (recognised by content), then "image_id class_id super_class_id path" (11,318 classes)
         Ebay_test.txt    same format (11,316 classes, disjoint from the training ones)
         <super>_final/<file>.JPG
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from plm.data.base import FileImageDataset, class_split
-from plm.data.layout import check_split_not_empty, find_root, read_rows, to_int
+from plm.data.layout import check_folders, check_split_not_empty, find_root, read_rows, to_int
 
 LAYOUT = """    Stanford_Online_Products/
         Ebay_train.txt   "image_id class_id super_class_id path" (one header line)
@@ -58,4 +58,5 @@ def load_sop(root: str | os.PathLike, split: str = "train", val_classes: int = 0
                                  f"e.g. {sorted(shared)[:3]}; the official split is class-disjoint")
     chosen = [(p, y) for p, y in entries if y in keep]
     check_split_not_empty(len(chosen), "sop", split, folder)
+    check_folders(folder, [p for p, _ in chosen], LAYOUT)
     return FileImageDataset(folder, [p for p, _ in chosen], [y for _, y in chosen], "sop", split)

@@ -10,10 +10,11 @@ from plm.evaluation.metrics import (
     nmi,
     query_ranks,
     recall_at_k,
+    reference_ranks,
     retrieval_metrics,
 )
 
 __all__ = [
     "Embeddings", "NO_HIT", "QueryRanks", "default_cache_dir", "embed_dataset", "knn", "map_and_r_precision",
-    "model_fingerprint", "neighbour_hits", "nmi", "query_ranks", "recall_at_k", "retrieval_metrics", "smallest_k",
+    "model_fingerprint", "neighbour_hits", "nmi", "query_ranks", "recall_at_k", "reference_ranks", "retrieval_metrics", "smallest_k",
 ]

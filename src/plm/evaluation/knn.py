@@ -5,6 +5,11 @@ float32 squared Euclidean distance, and **equal computed distances are broken by
 gallery index, also where a tie straddles the k-th position** (``torch.topk`` alone picks
 arbitrarily among equal values at that boundary; such rows are re-sorted with a stable sort).
 
+Before anything is computed, queries and gallery are translated and scaled jointly
+(:func:`condition`: a coarse rounding of the mean subtracted, a power-of-two scale applied, in
+float64), so a large common offset or an extreme scale does not cost the float32 expansion its
+precision; returned distances are scaled back.
+
 What is compared is the float32 ranking key ``‖g‖² − 2⟨q, g⟩`` (``‖q‖²`` is the same for a whole
 row, so it is added only to the returned distances). Two distances equal in exact arithmetic
 are equal keys whenever the arithmetic is exact (small integer-valued embeddings) or the two
@@ -39,6 +44,71 @@ def as_float32_matrix(x: np.ndarray | torch.Tensor, name: str = "embeddings") ->
         bad = int((~torch.isfinite(t)).any(1).sum())
         raise ValueError(f"{name} contain NaN or infinite values in {bad} row(s); fix or drop those items first")
     return t
+
+
+def condition(*arrays: torch.Tensor, chunk: int = 8192) -> tuple[list[torch.Tensor], float]:
+    """Translate and scale float32 matrices jointly so that float32 distances stay exact enough.
+
+    Squared distances are computed by the expansion ``‖a‖² + ‖b‖² − 2⟨a, b⟩``, which loses every
+    significant digit when the embeddings share a large common offset (every coordinate + 1000)
+    and overflows (or underflows) at extreme scales (× 1e19). Distances do not depend on a
+    translation, and a power-of-two scale changes them by an exact factor, so each column is
+    shifted by a coarse rounding of its mean and every entry multiplied by a power of two that
+    brings the largest magnitude to at most 1. All arithmetic is float64, one chunk of rows at a
+    time; the shift is a multiple of the largest power of two not above the column's range, so
+    integer-valued embeddings stay integer-valued (exact ties stay exact ties) and identical rows
+    stay identical.
+
+    Args:
+        arrays: (N_i, D) float32 tensors with finite values (a query and a gallery set, or one set).
+        chunk: rows converted at a time.
+
+    Returns:
+        the conditioned float32 tensors (new tensors), and ``scale``: conditioned squared
+        distances times ``scale`` are the original squared distances.
+    """
+    d = arrays[0].shape[1]
+    lo = torch.full((d,), float("inf"), dtype=torch.float64)
+    hi = torch.full((d,), float("-inf"), dtype=torch.float64)
+    total = torch.zeros(d, dtype=torch.float64)
+    count = 0
+    for a in arrays:
+        for s in range(0, a.shape[0], chunk):
+            part = a[s:s + chunk].double()
+            lo, hi = torch.minimum(lo, part.amin(0)), torch.maximum(hi, part.amax(0))
+            total += part.sum(0)
+            count += part.shape[0]
+    if count == 0:
+        return [a.clone() for a in arrays], 1.0
+    span = hi - lo
+    grid = torch.where(span > 0, torch.exp2(torch.floor(torch.log2(span.clamp(min=1e-300)))), torch.ones_like(span))
+    shift = torch.where(span > 0, torch.round(total / count / grid) * grid, lo)
+    biggest = float(torch.maximum((hi - shift).abs(), (lo - shift).abs()).max())
+    exponent = int(np.ceil(np.log2(biggest))) if biggest > 0 else 0
+    factor = 2.0 ** -exponent
+    out = []
+    for a in arrays:
+        c = torch.empty_like(a)
+        for s in range(0, a.shape[0], chunk):
+            c[s:s + chunk] = ((a[s:s + chunk].double() - shift) * factor).float() + 0.0  # + 0.0: no -0.0
+        out.append(c)
+    return out, 4.0 ** exponent
+
+
+def has_duplicate_rows(x: torch.Tensor, chunk: int = 8192) -> bool:
+    """Whether two rows of a float32 matrix are bitwise identical (hash, then exact check)."""
+    n = x.shape[0]
+    if n < 2:
+        return False
+    bits = x.contiguous().numpy().view(np.int32)
+    mult = np.random.default_rng(12345).integers(1, 2**62, size=bits.shape[1], dtype=np.int64) | 1
+    h = np.empty(n, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        for s in range(0, n, chunk):
+            h[s:s + chunk] = (bits[s:s + chunk].astype(np.int64) * mult).sum(1)
+    order = np.argsort(h, kind="stable")
+    same = np.flatnonzero(h[order][1:] == h[order][:-1])
+    return any(np.array_equal(bits[order[i]], bits[order[i + 1]]) for i in same)
 
 
 CHUNKS = 16  # interleaved column groups for the two-level top-k
@@ -155,9 +225,16 @@ def knn(queries: np.ndarray | torch.Tensor, gallery: Optional[np.ndarray | torch
         raise ValueError(f"k must be in [1, {g.shape[0] - skip}] for a gallery of {g.shape[0]} items, got {k}")
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if self_search:
+        (q,), scale = condition(q)
+        g = q
+    else:
+        (q, g), scale = condition(q, g)
     if use_faiss:
         try:
-            return _knn_faiss(q, g, k, skip, block_size)
+            d, i = _knn_faiss(q, g, k, skip, block_size)
+            with np.errstate(over="ignore"):
+                return (d * np.float32(scale)).astype(np.float32), i
         except ImportError:
             pass
     g_sq = (g * g).sum(1)
@@ -176,6 +253,9 @@ def knn(queries: np.ndarray | torch.Tensor, gallery: Optional[np.ndarray | torch
         dist = vals.add_((qb * qb).sum(1, keepdim=True)).clamp_(min=0)
         out_d[start:start + qb.shape[0]] = dist.numpy()
         out_i[start:start + qb.shape[0]] = idx.numpy()
+    if scale != 1.0:
+        with np.errstate(over="ignore"):
+            out_d *= np.float32(scale)
     return out_d, out_i
 
 

@@ -1,18 +1,23 @@
 """Retrieval metrics for zero-shot evaluation: Recall@K, MAP@R, R-precision, NMI.
 
-Definitions (each item queries all *other* items; neighbours ordered by distance, equal
+Definitions (leave-one-out, the default: each item queries all *other* items; with
+``reference=``: each query item queries every reference item, as pytorch-metric-learning's
+``AccuracyCalculator.get_accuracy(query, reference)``; neighbours ordered by distance, equal
 distances by lower index, as in :mod:`plm.evaluation.knn`):
 
-- Recall@K: share of queries with at least one same-class item among their K nearest neighbours.
-  Any K works, also K larger than the number of other items (then every query whose class has
-  another member is a hit).
-- R-precision: with R = number of other items of the query's class, the share of same-class
-  items among the R nearest. MAP@R (Musgrave et al., 2020): the sum, over the ranks i ≤ R that
-  hold a same-class item, of precision@i, divided by R.
-- Queries of a singleton class (R = 0) are left out of MAP@R and R-precision, and count as misses
-  for Recall@K (they can never succeed). pytorch-metric-learning leaves them out of every metric,
-  so its precision_at_1 equals our Recall@1 only when there are no singleton classes.
-- NMI: k-means with as many clusters as classes, normalised mutual information with the labels.
+- R: the number of items of the query's class it can retrieve (other items of its class;
+  with ``reference=``, reference items of its class).
+- Queries with R = 0 (a singleton class, or a class absent from the reference) are **left out of
+  every metric**, as pytorch-metric-learning and the papers' evaluation code do; how many were
+  left out is reported (``num_left_out``). When no query is left, Recall@K, MAP@R and
+  R-precision are NaN and a warning is logged.
+- Recall@K: among the remaining queries, the share with at least one same-class item among their
+  K nearest neighbours. K must be a positive integer; any K works, also K larger than the number
+  of items (then every remaining query is a hit).
+- R-precision: the share of same-class items among the R nearest. MAP@R (Musgrave et al.,
+  2020): the sum, over the ranks i ≤ R that hold a same-class item, of precision@i, divided by R.
+- NMI: k-means with as many clusters as classes (of the queries), normalised mutual information
+  with the labels.
 
 How it is computed (memory stays O(block × N): SOP's 60,502² matrix is never held):
 :func:`query_ranks` records, per query, the rank of its nearest same-class item ("first hit")
@@ -25,22 +30,31 @@ classes are too large for that, or with ``symmetric=False``, blocks of query row
 against all items instead. ``use_faiss=True`` takes the same quantities from a faiss k-NN list
 (cross-check; slower for large K).
 
-Precision: distances are float32. Pairs whose distances differ by less than float32 rounding
-may be ordered differently by the two scans and by faiss (each is exact with respect to its own
-computed values, equal values broken by the lower index); exact ties (duplicates, small
-integer-valued embeddings) are ordered identically by all three.
+Precision: distances are float32, computed after :func:`~plm.evaluation.knn.condition` has
+translated and scaled the embeddings (in float64) so that a common offset (tested up to 1e4 on
+unit-scale data) or an extreme scale (tested from 1e-25 to 1e19) does not change the answer. Pairs whose
+distances differ by less than float32 rounding may be ordered differently by the scans and by
+faiss (each is exact with respect to its own computed values, equal values broken by the lower
+index). Exact ties are ordered identically by all paths: small integer-valued embeddings give
+exact distances everywhere, and for exact duplicate rows the symmetric scan (whose block values
+and float64 same-class values round differently) is replaced by the row scan, where every
+distance of a query comes from one matrix row, so identical items get identical values and
+the lower index goes first.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from plm.evaluation.knn import as_float32_matrix, chunk_minima, knn, padded_width, smallest_k
+from plm.evaluation.knn import (
+    as_float32_matrix, chunk_minima, condition, has_duplicate_rows, knn, padded_width, smallest_k,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +68,19 @@ def default_ks(dataset: str) -> list[int]:
 
 
 NO_HIT = np.iinfo(np.int64).max  # first-hit rank of a query without any same-class item
+
+
+def check_ks(ks: Sequence[int]) -> list[int]:
+    """The K values of Recall@K as a list of ints.
+
+    Raises:
+        ValueError: empty, or a K that is not a positive integer (``1.7``, ``0``, ``True``).
+    """
+    ks = list(ks) if not isinstance(ks, (str, bytes)) else [ks]
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0]
+    if not ks or bad:
+        raise ValueError(f"Recall@K needs positive integer K values, got {ks}")
+    return [int(k) for k in ks]
 
 
 @dataclass
@@ -73,9 +100,16 @@ class QueryRanks:
     r_precision: np.ndarray
     r: np.ndarray
 
+    @property
+    def num_left_out(self) -> int:
+        """Queries with R = 0 (nothing of their class to retrieve), left out of every metric."""
+        return int((self.r <= 0).sum())
+
     def recall_at(self, ks: Sequence[int]) -> dict[str, float]:
-        """Recall@K for each K, keyed by ``str(K)``."""
-        return {str(k): float((self.first_hit < k).mean()) if len(self.first_hit) else float("nan") for k in ks}
+        """Recall@K for each K over the queries with R > 0, keyed by ``str(K)`` (NaN when there are none)."""
+        valid = self.r > 0
+        first = self.first_hit[valid]
+        return {str(k): float((first < k).mean()) if len(first) else float("nan") for k in check_ks(ks)}
 
     def map_at_r(self) -> float:
         """Mean AP@R over queries with R > 0 (NaN when there are none)."""
@@ -91,17 +125,18 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x[valid].mean()) if valid.any() else float("nan")
 
 
-def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    x = as_float32_matrix(embeddings)
+def _check(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, name: str = "embeddings",
+           min_items: int = 2) -> tuple[torch.Tensor, np.ndarray]:
+    x = as_float32_matrix(embeddings, name)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != x.shape[0]:
-        raise ValueError(f"expected (N, D) embeddings and N labels, got {tuple(x.shape)} and {labels.shape}")
+        raise ValueError(f"expected (N, D) {name} and N labels, got {tuple(x.shape)} and {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     if (labels < 0).any():
         raise ValueError("retrieval metrics need every item labelled (found label -1)")
-    if x.shape[0] < 2:
-        raise ValueError(f"need at least 2 items to retrieve among, got {x.shape[0]}")
+    if x.shape[0] < min_items:
+        raise ValueError(f"need at least {min_items} items to retrieve among, got {x.shape[0]}")
     return x, labels.astype(np.int64)
 
 
@@ -177,13 +212,19 @@ def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k
             once for both its rows: half the matrix products) unless the classes are so large
             that their pairwise distances would not fit; otherwise scan blocks of query rows.
 
+    The embeddings are first conditioned (:func:`~plm.evaluation.knn.condition`); with exact
+    duplicate rows the row scan is used (see the module docstring: one tie rule on every path).
+
     Returns:
         :class:`QueryRanks`.
     """
     x, labels = _check(embeddings, labels)
     if block_size is not None and block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    (x,), _ = condition(x)
     classes = _Classes(labels)
+    if symmetric and has_duplicate_rows(x):
+        symmetric = False
     if symmetric:
         from plm.evaluation.symmetric import class_pair_distances, symmetric_scan
 
@@ -253,16 +294,87 @@ def _row_scan(x: torch.Tensor, labels: np.ndarray, classes: "_Classes", max_k: O
     return QueryRanks(first_hit, ap, rp, classes.r.copy())
 
 
-def query_ranks_from_hits(hits: np.ndarray, labels: np.ndarray) -> QueryRanks:
+def reference_ranks(query: np.ndarray | torch.Tensor, query_labels: np.ndarray,
+                     reference: np.ndarray | torch.Tensor, reference_labels: np.ndarray,
+                     max_k: Optional[int] = None, block_size: int = 512) -> QueryRanks:
+    """:class:`QueryRanks` of queries retrieving among a separate reference set (every reference
+    item is a candidate, none is excluded), exactly, by blocks of query rows.
+
+    Args:
+        query: (Q, D) embeddings; query_labels: (Q,) non-negative integers.
+        reference: (M, D) embeddings; reference_labels: (M,).
+        max_k: as in :func:`query_ranks` (first-hit ranks beyond it are lower bounds ≥ ``max_k``).
+        block_size: query rows per block (memory ≈ block_size × M × 4 bytes).
+    """
+    q, ql = _check(query, query_labels, "query", min_items=1)
+    g, gl = _check(reference, reference_labels, "reference", min_items=1)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query and reference must have the same width, got {tuple(q.shape)} and {tuple(g.shape)}")
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    (q, g), _ = condition(q, g)
+    nq, n = q.shape[0], g.shape[0]
+    max_k = n if max_k is None else max(1, min(int(max_k), n))
+    # reference items of each class, ascending index; R of a query = size of its class there
+    uniq, counts = np.unique(gl, return_counts=True)
+    order = np.argsort(gl, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.clip(np.searchsorted(uniq, ql), 0, len(uniq) - 1)
+    present = uniq[slot] == ql
+    r_all = np.where(present, counts[slot], 0).astype(np.int64)
+    start_all = np.where(present, starts[slot], 0)
+    glab, qlab = torch.from_numpy(gl), torch.from_numpy(ql)
+    g_sq = (g * g).sum(1)
+    first_hit = np.full(nq, NO_HIT, dtype=np.int64)
+    ap = np.where(r_all > 0, 0.0, np.nan)
+    rp = ap.copy()
+    key = torch.full((min(block_size, nq), padded_width(n)), float("inf"))
+    gt = g.T
+    for s0 in range(0, nq, block_size):
+        s1 = min(s0 + block_size, nq)
+        r_np = r_all[s0:s1]
+        if not (r_np > 0).any():
+            continue
+        r = torch.from_numpy(r_np)
+        kb = key[:s1 - s0]
+        torch.addmm(g_sq.unsqueeze(0), q[s0:s1], gt, beta=1.0, alpha=-2.0, out=kb[:, :n])
+        width = max(1, int(r.max()))
+        t = np.arange(width)[None, :]
+        src = np.minimum(start_all[s0:s1, None] + t, len(order) - 1)
+        pos = torch.from_numpy(np.where(t < r_np[:, None], order[src], -1))
+        pkey = kb.gather(1, pos.clamp(min=0)).masked_fill_(pos < 0, float("inf"))
+        pkey, o = torch.sort(pkey, dim=1, stable=True)
+        p1 = torch.where(r > 0, pkey[:, 0], float("-inf"))
+        j1 = pos.gather(1, o)[:, 0]
+        mins = chunk_minima(kb)
+        first = _first_hit_ranks(kb, mins, p1, j1, max_k)
+        has = r_np > 0
+        first_hit[s0:s1][has] = first.numpy()[has]
+        need = ((first < r) & (r > 0)).nonzero().flatten()
+        if len(need):
+            k = int(r[need].max())
+            _, idx = smallest_k(kb, k, rows=need, minima=mins)
+            ap_n, rp_n = _ap_from_top(idx, glab, r[need], query_labels=qlab[need + s0])
+            ap[s0 + need.numpy()], rp[s0 + need.numpy()] = ap_n, rp_n
+    return QueryRanks(first_hit, ap, rp, r_all)
+
+
+def query_ranks_from_hits(hits: np.ndarray, labels: np.ndarray, r: Optional[np.ndarray] = None) -> QueryRanks:
     """:class:`QueryRanks` from a (N, k) neighbour-hit matrix with k ≥ max R.
 
     A query with no hit among the k columns gets ``first_hit = k`` (a lower bound, exact for
-    Recall@K with K ≤ k), or :data:`NO_HIT` when its class has no other item.
+    Recall@K with K ≤ k), or :data:`NO_HIT` when it has nothing to retrieve (R = 0).
+
+    Args:
+        hits: (N, k) booleans, leave-one-out neighbours (or reference neighbours, with ``r``).
+        labels: (N,) labels of the queries.
+        r: R per query; default: the number of other items of its class among ``labels``.
     """
     labels = np.asarray(labels)
     n = len(labels)
-    r = _Classes(labels).r
-    if hits.shape[1] < min(int(r.max()), n - 1):
+    leave_one_out = r is None
+    r = _Classes(labels).r if leave_one_out else np.asarray(r, dtype=np.int64)
+    if hits.shape[1] < (min(int(r.max()), n - 1) if leave_one_out else int(r.max())):
         raise ValueError(f"need {r.max()} neighbours per query for MAP@R, got {hits.shape[1]}")
     any_hit = hits.any(1)
     first_hit = np.where(any_hit, hits.argmax(1), np.where(r > 0, hits.shape[1], NO_HIT)).astype(np.int64)
@@ -284,10 +396,20 @@ def neighbour_hits(embeddings: np.ndarray, labels: np.ndarray, k: int, block_siz
     return labels[idx] == labels[:, None]
 
 
-def recall_at_k(hits: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+def recall_at_k(hits: np.ndarray, ks: Sequence[int], labels: Optional[np.ndarray] = None) -> dict[str, float]:
     """Recall@K for each K from a neighbour-hit matrix with at least max(ks) columns
-    (or every other item as a column)."""
-    return {str(k): float(hits[:, :k].any(1).mean()) for k in ks}
+    (or every other item as a column).
+
+    Args:
+        hits: (N, k) leave-one-out neighbour hits.
+        ks: positive integers.
+        labels: the rows' labels: rows whose class has no other item are left out, as in
+            :func:`retrieval_metrics`; without it every row counts.
+    """
+    ks = check_ks(ks)
+    if labels is not None:
+        hits = hits[_Classes(np.asarray(labels)).r > 0]
+    return {str(k): float(hits[:, :k].any(1).mean()) if len(hits) else float("nan") for k in ks}
 
 
 def map_and_r_precision(hits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -309,42 +431,76 @@ def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
                       with_nmi: bool = True, block_size: Optional[int] = None, use_faiss: bool = False,
-                      symmetric: bool = True, nmi_max_classes: Optional[int] = NMI_MAX_CLASSES) -> dict:
-    """All retrieval metrics of a labelled embedding set.
+                      symmetric: bool = True, nmi_max_classes: Optional[int] = NMI_MAX_CLASSES, *,
+                      reference: Optional[np.ndarray] = None,
+                      reference_labels: Optional[np.ndarray] = None) -> dict:
+    """All retrieval metrics of a labelled embedding set (leave-one-out), or of queries against a
+    separate reference set.
 
     Args:
-        embeddings: (N, D) float array.
+        embeddings: (N, D) float array: the items (leave-one-out) or the queries.
         labels: (N,) non-negative integer labels.
-        ks: the K of Recall@K (any positive integers).
-        with_nmi: run k-means for NMI (slow for many classes).
+        ks: the K of Recall@K (positive integers).
+        with_nmi: run k-means for NMI (slow for many classes); on the queries with ``reference=``.
         block_size: block side of the exact scan (see :func:`query_ranks`).
         use_faiss: take the neighbours from faiss (k = max(max K, max R)) instead of the scan.
-        symmetric: scan each distance once for both its rows (see :func:`query_ranks`).
+        symmetric: scan each distance once for both its rows (see :func:`query_ranks`;
+            leave-one-out only).
         nmi_max_classes: skip NMI (with a log line) above this many classes, where k-means with one
             cluster per class is very slow (SOP: 11,316); ``None`` = no limit.
+        reference: (M, D) reference embeddings: each query retrieves among all of them (none is
+            excluded), as pytorch-metric-learning's ``get_accuracy(query, reference)``.
+        reference_labels: (M,) labels of ``reference`` (required with it).
 
     Returns:
-        ``{"num_queries", "recall_at": {"1": …}, "map_at_r", "r_precision", "nmi"}``
-        (``nmi`` is ``None`` when it was not computed).
+        ``{"num_queries", "num_left_out", "recall_at": {"1": …}, "map_at_r", "r_precision", "nmi"}``
+        plus ``"num_reference"`` with ``reference=``. ``num_left_out`` queries had nothing of their
+        class to retrieve (R = 0) and are in none of the averages; ``nmi`` is ``None`` when it was
+        not computed. Recall@K, MAP@R and R-precision are NaN (with a warning) when every query
+        is left out.
     """
-    ks = [int(k) for k in ks]
-    if not ks or min(ks) <= 0:
-        raise ValueError(f"Recall@K needs positive K values, got {ks}")
-    x, labels = _check(embeddings, labels)
+    ks = check_ks(ks)
+    if (reference is None) != (reference_labels is None):
+        raise ValueError("give reference= and reference_labels= together")
+    if reference is None:
+        x, labels = _check(embeddings, labels)
+    else:
+        x, labels = _check(embeddings, labels, "query", min_items=1)
     n_classes = int(np.unique(labels).size)
     if with_nmi and nmi_max_classes is not None and n_classes > nmi_max_classes:
         log.info("NMI skipped: k-means with %d clusters is very slow (more than %d classes)", n_classes,
                  nmi_max_classes)
         with_nmi = False
-    if use_faiss:
+    extra = {}
+    if reference is not None:
+        g, gl = _check(reference, reference_labels, "reference", min_items=1)
+        extra["num_reference"] = int(len(gl))
+        if g.shape[1] != x.shape[1]:
+            raise ValueError(f"query and reference must have the same width, got {tuple(x.shape)} and "
+                             f"{tuple(g.shape)}")
+        if use_faiss:
+            uniq, counts = np.unique(gl, return_counts=True)
+            slot = np.clip(np.searchsorted(uniq, labels), 0, len(uniq) - 1)
+            r = np.where(uniq[slot] == labels, counts[slot], 0).astype(np.int64)
+            k = min(len(gl), max(max(ks), int(r.max())))
+            _, idx = knn(x, g, k=k, block_size=block_size or 1024, use_faiss=True)
+            qr = query_ranks_from_hits(gl[idx] == labels[:, None], labels, r=r)
+        else:
+            qr = reference_ranks(x, labels, g, gl, max_k=max(ks), block_size=block_size or 512)
+    elif use_faiss:
         r_max = int(_Classes(labels).r.max())
         k = min(len(labels) - 1, max(max(ks), r_max))
         qr = query_ranks_from_hits(neighbour_hits(x, labels, k, block_size=block_size or 1024, use_faiss=True),
                                    labels)
     else:
         qr = query_ranks(x, labels, max_k=max(ks), block_size=block_size, symmetric=symmetric)
+    if qr.num_left_out == len(labels):
+        log.warning("retrieval metrics undefined (NaN): none of the %d queries has another item of its class "
+                    "to retrieve", len(labels))
     return {
         "num_queries": int(len(labels)),
+        **extra,
+        "num_left_out": qr.num_left_out,
         "recall_at": qr.recall_at(ks),
         "map_at_r": qr.map_at_r(),
         "r_precision": qr.mean_r_precision(),

@@ -1,13 +1,16 @@
 """Embed an image folder incrementally: only new or changed files go through the model.
 
 A file is reused from the previous embeddings file when the model fingerprint and the folder
-are the same and its size and modification time are unchanged; deleted files are dropped.
-Unreadable files (zero-byte, truncated, not an image) are skipped and listed, and are not
-retried until they change.
+are the same, its size and modification time are unchanged and its stored vector is usable
+(finite, not all zeros; a bad stored row is recomputed); deleted files are dropped.
+Unreadable files (zero-byte, truncated, not an image, dangling or looping symbolic links,
+no read permission) are skipped and listed, and are not retried until they change; so is a file
+whose freshly computed vector is not finite or all zeros.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -96,8 +99,15 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     root_abs = str(Path(root).resolve())
     stats = EmbedStats(total=len(dataset), ignored=non_image_files(root))
     stamps = []
-    for p in dataset.paths:
-        st = p.stat()
+    for p, rel in zip(dataset.paths, dataset.ids):
+        try:
+            st = p.stat()
+        except OSError:  # a dangling or looping symbolic link: stamp the link itself, skip it below
+            try:
+                st = (Path(root) / rel).lstat()
+            except OSError:
+                stamps.append((-1, -1))
+                continue
         stamps.append((int(st.st_size), int(st.st_mtime_ns)))
 
     reuse: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime, row in previous.vectors)
@@ -105,8 +115,9 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     if previous is not None:
         stats.reason = _reuse_reason(previous, identity, root_abs)
         if not stats.reason:
+            usable = ~previous.bad_rows()  # NaN, infinite or all-zero rows are recomputed
             reuse = {p: (int(s), int(m), i) for i, (p, s, m) in
-                     enumerate(zip(previous.paths, previous.sizes, previous.mtimes_ns))}
+                     enumerate(zip(previous.paths, previous.sizes, previous.mtimes_ns)) if usable[i]}
             known_bad = {p: (int(s), int(m)) for p, s, m in
                          zip(previous.skipped, previous.skipped_sizes, previous.skipped_mtimes_ns)}
         current = set(dataset.ids)
@@ -130,12 +141,15 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
         row_of = {rel: v for rel, v in zip(emb.ids, emb.vectors)}
         for i in todo:
             rel = dataset.ids[i]
-            if rel in row_of:
+            if rel in row_of and np.isfinite(row_of[rel]).all() and (row_of[rel] != 0).any():
                 rows[i] = row_of[rel]
+            elif rel in row_of:
+                bad.add(i)
+                stats.skipped_reasons[rel] = "the model gave a NaN, infinite or all-zero vector"
             else:
                 bad.add(i)
-                stats.skipped_reasons[rel] = _why_unreadable(dataset.paths[i])
-        stats.embedded = len(emb.ids)
+                stats.skipped_reasons[rel] = _why_unreadable(Path(root) / rel)
+        stats.embedded = len(emb.ids) - sum(1 for i in todo if i in bad and dataset.ids[i] in row_of)
     stats.skipped = len(bad)
 
     good = [i for i in range(len(dataset)) if i not in bad]
@@ -156,5 +170,7 @@ def _why_unreadable(path: Path) -> str:
         if path.stat().st_size == 0:
             return "zero-byte file"
     except OSError as err:
-        return str(err)
+        if path.is_symlink():
+            return "symbolic link loop" if err.errno == errno.ELOOP else "dangling symbolic link"
+        return err.strerror or str(err)
     return readable(path) or "could not be decoded"

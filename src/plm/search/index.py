@@ -286,6 +286,14 @@ class VectorIndex:
             return cls(kind, info["metric"], dim, count, info.get("params", {}), vectors=vectors)
         faiss = _faiss(kind)
         index = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"], dtype=np.uint8))
+        expected = {"hnsw": "IndexHNSWFlat", "ivf": "IndexIVFFlat", "pq": "IndexRefineFlat"}[kind]
+        if type(index).__name__ != expected:
+            raise ValueError(f"the stored faiss index is a {type(index).__name__}, not the {expected} of the "
+                             f"{kind} kind its record names")
+        missing = [p for p in {"hnsw": ("ef_search",), "ivf": ("nlist", "nprobe"), "pq": ("k_factor",)}[kind]
+                   if p not in info.get("params", {})]
+        if missing:
+            raise ValueError(f"the {kind} index record lacks its parameter(s) {', '.join(missing)}")
         if index.d != dim or index.ntotal != count:
             raise ValueError(f"stored faiss index is {index.d}-d with {index.ntotal} vectors, "
                              f"expected {dim}-d with {count}")

@@ -28,10 +28,14 @@ from typing import Any
 import numpy as np
 
 from plm.errors import UserError
-from plm.search.index import VectorIndex
+from plm.search.checks import ArraySpec, FileProblem, bad_rows, check_class_names, check_common_meta, check_index_info
+from plm.search.index import KINDS, METRICS, VectorIndex
 from plm.search.store import read_npz
 
 FORMAT, VERSION = "plm-index", 1
+ARRAYS: ArraySpec = {"paths": ("U", 1), "labels": ("iu", 1)}
+KIND_ARRAYS: dict[str, ArraySpec] = {"exact": {"vectors": ("f", 2)}, "hnsw": {"faiss": ("u", 1)},
+                                     "ivf": {"faiss": ("u", 1)}, "pq": {"faiss": ("u", 1)}}
 
 
 @dataclass
@@ -70,13 +74,28 @@ class SearchIndex:
         Raises:
             UserError: missing, unreadable, foreign or inconsistent file.
         """
-        arrays, meta = read_npz(path, FORMAT, "plm index EMBEDDINGS.npz --out INDEX.npz", VERSION)
+        how = "plm index EMBEDDINGS.npz --out INDEX.npz"
+        arrays, meta = read_npz(path, FORMAT, how, VERSION, arrays=ARRAYS)
         try:
-            index = VectorIndex.from_arrays(meta["index"], arrays)
+            check_common_meta(meta)
+            check_index_info(meta.get("index"), KINDS, METRICS)
+            info = meta["index"]
+            for name, (kinds, ndim) in KIND_ARRAYS[info["kind"]].items():
+                a = arrays.get(name)
+                if a is None or a.dtype.kind not in kinds or a.ndim != ndim:
+                    raise FileProblem(f"a {info['kind']} index needs a {ndim}-d array {name!r}"
+                                      + ("" if a is None else f", got a {a.dtype} array of shape {a.shape}"))
+            if info["dim"] != meta["model"]["dim"]:
+                raise FileProblem(f"dimension mismatch: the index holds {info['dim']}-d vectors but the recorded model gives "
+                                  f"{meta['model']['dim']}-d embeddings")
+            if info["kind"] == "exact":
+                nonfinite, zero = bad_rows(arrays["vectors"])
+                if nonfinite.any():
+                    raise FileProblem(f"{int(nonfinite.sum())} stored vector(s) hold NaN or infinite values")
+            index = VectorIndex.from_arrays(info, arrays)
             extra = {k: v for k, v in meta.items()
                      if k not in ("format", "version", "index", "root", "model", "class_names")}
             return cls(index=index, paths=[str(p) for p in arrays["paths"]], labels=arrays["labels"],
-                       root=meta["root"], model=meta["model"],
-                       class_names={int(k): v for k, v in meta.get("class_names", {}).items()}, extra=extra)
-        except (KeyError, ValueError, RuntimeError) as err:
+                       root=meta["root"], model=meta["model"], class_names=check_class_names(meta), extra=extra)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise UserError(f"{path} is an inconsistent plm index file ({err}); rebuild it with plm index") from err

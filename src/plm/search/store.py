@@ -18,6 +18,12 @@ key                       dtype        content
 
 ``meta`` = ``{"format": "plm-embeddings", "version": 1, "root": "/abs/folder",
 "model": <identity, see plm.search.identity>, "class_names": {"0": "cats", …}}``.
+
+Reading checks, before loading any array, every member's header (:mod:`plm.utils.npzfile`: no
+pickles, sizes consistent, no zip bombs, within memory), then the arrays' dtypes and shapes and
+the metadata's types (:mod:`plm.search.checks`); any problem is one :class:`UserError` naming the
+file. Vectors that are NaN, infinite or all zeros are *not* refused here (``plm embed`` recomputes
+them, ``plm index`` refuses them): see :meth:`EmbeddingStore.bad_rows`.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from plm.errors import UserError
+from plm.search.checks import ArraySpec, FileProblem, bad_rows, check_class_names, check_common_meta, check_members
 
 FORMAT, VERSION = "plm-embeddings", 1
+ARRAYS: ArraySpec = {"vectors": ("f", 2), "paths": ("U", 1), "labels": ("iu", 1), "sizes": ("iu", 1),
+                     "mtimes_ns": ("iu", 1), "skipped": ("U", 1), "skipped_sizes": ("iu", 1),
+                     "skipped_mtimes_ns": ("iu", 1)}
+MAX_META_BYTES = 64 << 20
 
 
 @dataclass
@@ -74,6 +85,11 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def bad_rows(self) -> np.ndarray:
+        """Boolean mask of the rows that cannot be searched: NaN, infinite or all-zero vectors."""
+        nonfinite, zero = bad_rows(self.vectors)
+        return nonfinite | zero
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ``.npz`` atomically; returns its path."""
         from plm.utils.io import atomic_write_npz
@@ -94,38 +110,70 @@ class EmbeddingStore:
         Raises:
             UserError: missing file, or not a plm embeddings file.
         """
-        arrays, meta = read_npz(path, FORMAT, "plm embed FOLDER --out FILE.npz")
+        arrays, meta = read_npz(path, FORMAT, "plm embed FOLDER --out FILE.npz", arrays=ARRAYS)
         try:
-            return cls(vectors=arrays["vectors"], paths=[str(p) for p in arrays["paths"]], labels=arrays["labels"],
-                       sizes=arrays["sizes"], mtimes_ns=arrays["mtimes_ns"], root=meta["root"], model=meta["model"],
-                       class_names={int(k): v for k, v in meta.get("class_names", {}).items()},
-                       skipped=[str(p) for p in arrays["skipped"]], skipped_sizes=arrays["skipped_sizes"],
-                       skipped_mtimes_ns=arrays["skipped_mtimes_ns"])
+            check_common_meta(meta)
+            store = cls(vectors=arrays["vectors"], paths=[str(p) for p in arrays["paths"]], labels=arrays["labels"],
+                        sizes=arrays["sizes"], mtimes_ns=arrays["mtimes_ns"], root=meta["root"], model=meta["model"],
+                        class_names=check_class_names(meta), skipped=[str(p) for p in arrays["skipped"]],
+                        skipped_sizes=arrays["skipped_sizes"], skipped_mtimes_ns=arrays["skipped_mtimes_ns"])
+            if store.dim != meta["model"]["dim"]:
+                raise FileProblem(f"dimension mismatch: the vectors are {store.dim}-d but the recorded model gives "
+                                  f"{meta['model']['dim']}-d embeddings")
+            return store
         except (KeyError, ValueError) as err:
-            raise UserError(f"{path} is an inconsistent plm embeddings file ({err}); re-create it with plm embed") from err
+            raise UserError(f"{path} is an inconsistent plm embeddings file ({err}); re-create it with "
+                            f"plm embed --full") from err
 
 
-def read_npz(path: str | os.PathLike, fmt: str, how_to_make: str, version: int = VERSION) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_npz(path: str | os.PathLike, fmt: str, how_to_make: str, version: int = VERSION,
+             arrays: Optional[ArraySpec] = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every array of a plm ``.npz`` file and its decoded ``meta``, checking the format tag.
 
+    The members' headers are checked before anything is loaded (:func:`plm.utils.npzfile.npz_members`),
+    then ``meta``, then the dtype and dimension of each array named in ``arrays``.
+
     Raises:
-        UserError: missing file, unreadable ``.npz``, or another format.
+        UserError: missing file, unreadable, unsafe or oversized ``.npz``, another format, or
+            arrays of the wrong kind.
     """
+    from plm.utils.npzfile import NpzError, npz_members
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path} (make one with {how_to_make})")
     try:
+        members = npz_members(path)
+    except NpzError as err:
+        raise UserError(f"{err}; this is not a {fmt} file (make one with {how_to_make})") from err
+    info = members.get("meta")
+    if info is None or info.dtype.kind != "U" or info.shape != () or info.nbytes > MAX_META_BYTES:
+        raise UserError(f"{path} is not a {fmt} file (no JSON meta record); make one with {how_to_make}")
+    try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else None
-    except Exception as err:  # noqa: BLE001 - zip, EOF, pickle refusal, JSON: all "not our file"
-        raise UserError(f"{path} is not a {fmt} file: it cannot be read as one ({type(err).__name__}: {err}); "
-                        f"make one with {how_to_make}") from err
+            meta = json.loads(str(z["meta"]))
+    except Exception as err:  # noqa: BLE001 - zip, EOF, JSON: all "not our file"
+        raise UserError(f"{path} is not a {fmt} file: its meta record cannot be read ({type(err).__name__}: "
+                        f"{err}); make one with {how_to_make}") from err
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise UserError(f"{path} is not a {fmt} file{f' (it is a {found} file)' if found else ''}; "
+        raise UserError(f"{path} is not a {fmt} file{f' (it is a {found} file)' if isinstance(found, str) else ''}; "
                         f"make one with {how_to_make}")
-    if int(meta.get("version", 0)) > version:
-        raise UserError(f"{path} has {fmt} version {meta.get('version')}, newer than this plm reads ({version}); "
-                        f"upgrade plm")
-    return arrays, meta
+    ver = meta.get("version", 0)
+    if isinstance(ver, bool) or not isinstance(ver, int):
+        raise UserError(f"{path} is a damaged {fmt} file: meta.version must be an integer, got {ver!r}; "
+                        f"make a new one with {how_to_make}")
+    if ver > version:
+        raise UserError(f"{path} has {fmt} version {ver}, newer than this plm reads ({version}); upgrade plm")
+    try:
+        if arrays is not None:
+            check_members(members, arrays)
+    except FileProblem as err:
+        raise UserError(f"{path} is a damaged {fmt} file: {err}; make a new one with {how_to_make}") from err
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            loaded = {k: z[k] for k in z.files if k != "meta"}
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{path} is a damaged {fmt} file: its arrays cannot be read ({type(err).__name__}: "
+                        f"{err}); make a new one with {how_to_make}") from err
+    return loaded, meta

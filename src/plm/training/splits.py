@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from plm.data import ImageDataset, load_dataset
+from plm.data import ImageDataset, UnsafePathError, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def load_splits(config) -> Splits:
 def _load_test(name: str, root) -> Optional[ImageDataset]:
     try:
         test = load_dataset(name, "test", root=root)
+    except UnsafePathError:  # one rule for every command: an entry leaving the root refuses the dataset
+        raise
     except ValueError as err:
         log.info("no test split: %s", err)
         return None

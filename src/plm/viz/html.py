@@ -51,8 +51,13 @@ th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4
 
 
 def escape(value: Any) -> str:
-    """``str(value)`` with ``& < > " '`` escaped: safe inside element text and quoted attributes."""
-    return _html.escape(str(value), quote=True)
+    """``str(value)`` with ``& < > " '`` escaped: safe inside element text and quoted attributes.
+
+    Bytes of file names that are not UTF-8 are shown as ``\\xNN`` (:func:`plm.utils.paths.display_path`).
+    """
+    from plm.utils.paths import display_path
+
+    return _html.escape(display_path(str(value)), quote=True)
 
 
 def png_data_uri(png: bytes) -> str:
