@@ -30,10 +30,8 @@ from plm.training.losses import (
     proxy_loss,
     relaxed_contrastive_loss,
 )
+from plm.training.config import PLM_LOSSES, PROXY_UPDATES
 from plm.training.proxies import ProxyBank
-
-PLM_LOSSES = ("regression", "weighted_regression", "relaxed_contrastive")
-PROXY_UPDATES = ("all", "neighbourhood")
 
 
 @dataclass
