@@ -95,7 +95,7 @@ def _metrics_only(m: dict[str, Any]) -> dict[str, Any]:
 def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods: Optional[Sequence[str]] = None,
              seeds: Sequence[int] = (0,), epochs: Optional[int] = None, data_root: Optional[str] = None,
              overrides: Optional[Sequence[str]] = None, report: bool = True, progress: bool = True,
-             echo: Callable[[str], None] = print) -> DemoResult:
+             echo: Callable[[str], None] = print, force: bool = False) -> DemoResult:
     """Train the chosen methods on the seen classes and compare them on the unseen classes.
 
     Args:
@@ -110,6 +110,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
         report: write ``report.html``.
         progress: show progress bars.
         echo: where progress lines go.
+        force: replace a ``results.json`` / ``report.html`` in ``out_dir`` that plm did not write.
     """
     from plm.training import default_config, train
     from plm.training.config import deep_merge
@@ -122,9 +123,12 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
         raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if not seeds:
         raise ValueError("give at least one seed")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    from plm.utils.paths import DEMO_JSON, HTML, check_run_folder
+
     start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_run_folder(out_dir, {"results.json": DEMO_JSON, "report.html": HTML}, "--out", force=force)
     dataset, reason = pick_dataset(data_root)
     notes = []
     if reason:

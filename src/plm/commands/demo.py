@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from plm.utils.args import non_negative_int, positive_int
+
 NAME = "demo"
 HELP = "offline demo: unsupervised training on Fashion-MNIST classes 0-4, zero-shot retrieval on 5-9"
 DESCRIPTION = (
@@ -27,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.set_defaults(preset="standard")
     parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=None,
                         help="train exactly these (overrides --quick/--full)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed; metrics are averaged")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 4, or 10 with --full)")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed; metrics are averaged")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs, >= 1 (default: 4, or 10 with --full)")
     parser.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--force", action="store_true", help="replace a results.json / report.html in --out that plm did not write")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
 
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.demo import run_demo
 
     demo = run_demo(args.out, preset=args.preset, methods=args.methods, seeds=args.seeds, epochs=args.epochs,
-                    data_root=args.data_root, overrides=args.overrides, report=not args.no_report)
+                    data_root=args.data_root, overrides=args.overrides, report=not args.no_report, force=args.force)
     ks = list(next(iter(demo.methods.values()))["recall_at"])
     seeds = "" if len(args.seeds) == 1 else f" (mean of {len(args.seeds)} seeds)"
     print(f"\n{demo.dataset}: zero-shot retrieval on the unseen classes{seeds}")

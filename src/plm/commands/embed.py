@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     add_model_arguments(parser)
     parser.add_argument("--full", action="store_true", help="ignore an existing --out file and re-embed everything")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file that is not a plm embeddings file")
 
 
 def _listing(items: list[str], limit: int = 20) -> str:
@@ -37,8 +38,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     folder, out = Path(args.folder), Path(args.out)
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
+    from plm.utils.paths import EMBEDDINGS, check_output_file
+
+    check_output_file(out, "--out", inputs=[folder, args.checkpoint, args.weights], kind=EMBEDDINGS, force=args.force)
     previous = None
-    if out.exists() and not args.full:
+    if out.exists() and not args.full and not args.force:
         try:
             previous = EmbeddingStore.load(out)
         except UserError as err:  # never overwrite a file that is not ours

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from plm.utils.args import non_negative_int, positive_int
+
 NAME = "train"
 HELP = "train an embedding model without labels (PLM, STML or k-means pseudo-labels)"
 DESCRIPTION = """Train an embedding model without labels and evaluate the best checkpoint on the test split.
@@ -31,14 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--mode", default=None, choices=["frozen", "finetune"],
                         help="frozen: cached backbone features, trains the embedding head (no augmentation); "
                              "finetune: the whole network")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
-    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs (>= 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="random seed")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default runs/<dataset>-<method>-<mode>-seed<seed>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from last.pt (its config.yaml is used when no --config)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in --out with plm's names (config.yaml, metrics.json …) that plm did not write")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.delta=1.2")
 
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
 def _train(config, out: Path, args: argparse.Namespace):
     from plm.training import train
 
-    return train(config, out, progress=not args.no_progress, resume=args.resume)
+    return train(config, out, progress=not args.no_progress, resume=args.resume, force=args.force)
 
 
 def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:

@@ -181,6 +181,7 @@ class Page:
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                 f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<meta name="generator" content="plm">'
                 f"<title>{escape(self.title)}</title><style>{_CSS}</style></head>"
                 f"<body><h1>{escape(self.title)}</h1>{sub}{body}</body></html>\n")
 
