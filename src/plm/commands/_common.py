@@ -38,7 +38,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def model_from_args(args: argparse.Namespace):
     """The :class:`~plm.models.EmbeddingModel` the arguments name."""
     from plm.models import ModelConfig, create_model, load_model
-
     from plm.models.backbones import check_image_size
 
     if args.checkpoint:

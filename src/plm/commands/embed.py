@@ -42,12 +42,15 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
 
     check_output_file(out, "--out", inputs=[folder, args.checkpoint, args.weights], kind=EMBEDDINGS, force=args.force)
     previous = None
-    if out.exists() and not args.full and not args.force:
+    if out.exists() and not args.full:
         try:
             previous = EmbeddingStore.load(out)
-        except UserError as err:  # never overwrite a file that is not ours
-            raise UserError(f"--out {out} exists and is not a plm embeddings file; choose another --out or "
-                            f"remove it ({err})") from err
+        except UserError as err:  # never overwrite a file that is not ours (unless --force)
+            if args.force:
+                previous = None
+            else:
+                raise UserError(f"--out {out} exists and is not a plm embeddings file; choose another --out or "
+                                f"remove it ({err})") from err
     model = model_from_args(args)
     identity = model_identity(model, backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights)
     store, stats = embed_folder(model, folder, identity, previous=previous, batch_size=args.batch_size,

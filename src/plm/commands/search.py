@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.search import SearchIndex, describe, model_from_identity
     from plm.search.queries import PathListDataset, collect_queries
     from plm.utils.io import atomic_write_json
-
     from plm.utils.paths import HTML, SEARCH_JSON, check_output_file
 
     if args.k < 1:
