@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -48,44 +47,51 @@ def _states(path: Path) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------ 3. kills at every write step
 
+_KILL_DRIVER = """
+import json, os, sys
+out, point, counter = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real_fsync, real_replace = os.fsync, os.replace
+seen = [0]
+
+def step(path):
+    if out not in path:
+        return False
+    seen[0] += 1
+    with open(counter, "w") as fh:
+        fh.write(str(seen[0]))
+    return seen[0] == point
+
+def fsync(fd):
+    if step(os.readlink(f"/proc/self/fd/{fd}")):
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)  # killed during the write
+        os._exit(77)
+    return real_fsync(fd)
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if step(str(dst)):  # killed between writes
+        os._exit(77)
+
+os.fsync, os.replace = fsync, replace
+from plm.training import TrainConfig, train
+train(TrainConfig.from_dict(json.loads(sys.argv[4])), out, progress=False, resume=True)
+"""
+
+
 def _run_killed_at(cfg, out: Path, point: int, counter: Path) -> int:
-    """Train in a forked child that dies (``os._exit``, no clean-up) at write step ``point`` of the
-    run folder: the n-th fsync of a temporary file (it is first cut to half its size: a kill
-    during the write) or the n-th rename (a kill between writes). Returns the child's exit code."""
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            real_fsync, real_replace = os.fsync, os.replace
-            seen = [0]
+    """Train in a subprocess that dies (``os._exit``, no clean-up) at write step ``point`` of the
+    run folder: the n-th fsync of a temporary file (first cut to half its size: a kill during the
+    write) or the n-th rename (a kill between writes). Returns the subprocess's exit code."""
+    import subprocess
+    import sys
 
-            def step(path: str) -> bool:
-                if str(out) not in path:
-                    return False
-                seen[0] += 1
-                counter.write_text(str(seen[0]))
-                return seen[0] == point
+    import plm
 
-            def fsync(fd):
-                if step(os.readlink(f"/proc/self/fd/{fd}")):
-                    os.ftruncate(fd, os.fstat(fd).st_size // 2)
-                    os._exit(KILLED)
-                return real_fsync(fd)
-
-            def replace(src, dst):
-                real_replace(src, dst)
-                if step(str(dst)):
-                    os._exit(KILLED)
-
-            os.fsync, os.replace = fsync, replace
-            train(cfg, out, progress=False, resume=True)
-            code = 0
-        except BaseException:  # noqa: BLE001
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    env = {**os.environ, "PYTHONPATH": str(Path(plm.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _KILL_DRIVER, str(out), str(point), str(counter),
+                          json.dumps(cfg.to_dict())], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode in (0, KILLED), res.stderr[-3000:]
+    return res.returncode
 
 
 def test_a_run_killed_at_any_write_step_resumes_to_the_same_result(tmp_path, shared_cache) -> None:
