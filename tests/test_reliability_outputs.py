@@ -333,11 +333,12 @@ def test_image_size_below_the_backbone_minimum_is_refused(capsys) -> None:
     _one_line(capsys, "image size must be an integer >= 32", absent=("RuntimeError",))
 
 
-def test_demo_epochs_zero_never_trains() -> None:
+def test_demo_epochs_zero_never_trains(tmp_path) -> None:
     from plm.demo import run_demo
 
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
-        run_demo("unused", epochs=0)
+        run_demo(tmp_path / "demo", epochs=0)
+    assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.parametrize("item,needle", [
