@@ -89,6 +89,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UserError, FileNotFoundError, ValueError) as err:
         print(f"plm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # permission, read-only file system, disk full … outside plm's own writers
+        from plm.utils.io import describe_os_error
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"plm {args.command}: error: {where}{describe_os_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"plm {args.command}: interrupted", file=sys.stderr)
         return 130

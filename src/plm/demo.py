@@ -120,7 +120,7 @@ def _metrics_only(m: dict[str, Any]) -> dict[str, Any]:
 def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods: Optional[Sequence[str]] = None,
              seeds: Sequence[int] = (0,), epochs: Optional[int] = None, data_root: Optional[str] = None,
              overrides: Optional[Sequence[str]] = None, report: bool = True, progress: bool = True,
-             echo: Callable[[str], None] = print, dataset: str = "glyphs") -> DemoResult:
+             echo: Callable[[str], None] = print, dataset: str = "glyphs", force: bool = False) -> DemoResult:
     """Train the chosen methods on the seen classes and compare them on the unseen classes.
 
     Args:
@@ -136,6 +136,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
         progress: show progress bars.
         echo: where progress lines go.
         dataset: ``glyphs`` (default), ``fashion-mnist`` or ``digits`` (see :func:`pick_dataset`).
+        force: replace a ``results.json`` / ``report.html`` in ``out_dir`` that plm did not write.
     """
     from plm.training import default_config, train
     from plm.training.config import deep_merge
@@ -148,9 +149,12 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
         raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if not seeds:
         raise ValueError("give at least one seed")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    from plm.utils.paths import DEMO_JSON, HTML, check_run_folder
+
     start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_run_folder(out_dir, {"results.json": DEMO_JSON, "report.html": HTML}, "--out", force=force)
     asked = dataset
     dataset, reason = pick_dataset(data_root, asked)
     notes = []

@@ -3,3 +3,13 @@
 
 class UserError(Exception):
     """Bad input from the user: a wrong flag combination, a missing file, an unusable dataset."""
+
+
+class OutputError(UserError):
+    """An output path cannot be used (it is an input, a folder, below a file, not plm's) or written
+    (permission, read-only file system, disk full, file-size limit); the message names the path and
+    the cause in one line."""
+
+
+class TrainingDivergedError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""

@@ -8,6 +8,7 @@ import math
 from typing import Any, Optional, Sequence
 
 from plm.data import DATASETS
+from plm.utils.args import non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = 
     parser.add_argument("--data-root", default=None, help="dataset root folder (official layout)")
     parser.add_argument("--split", default=default_split, choices=["train", "val", "test", "all"],
                         help="train = seen classes, val = held-out seen classes, test = unseen classes")
-    parser.add_argument("--val-classes", type=int, default=0, help="seen classes held out as the val split")
-    parser.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N images")
+    parser.add_argument("--val-classes", type=non_negative_int, default=0, help="seen classes held out as the val split")
+    parser.add_argument("--limit", type=positive_int, default=None, help="use a seeded random subset of N images")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
     parser.add_argument("--weights", default=None,
                         help="local ImageNet weights file for backbones that ship without weights (googlenet, resnet50)")
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's own)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="input resolution (default: the model's own)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     add_runtime_arguments(parser)
 
@@ -64,10 +65,12 @@ def runtime_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def model_from_args(args: argparse.Namespace):
     """The :class:`~plm.models.EmbeddingModel` the arguments name."""
     from plm.models import ModelConfig, create_model, load_model
+    from plm.models.backbones import check_image_size
 
     if args.checkpoint:
         model = load_model(args.checkpoint)
-        if args.image_size:
+        if args.image_size is not None:
+            check_image_size(model.config.backbone, args.image_size, "--image-size")
             model.config.image_size = args.image_size
         return model
     config = ModelConfig(backbone=args.backbone, embed_dim=None, pooling="avg", normalize=True,

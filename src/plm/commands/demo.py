@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from plm.utils.args import non_negative_int, positive_int
+
 NAME = "demo"
 HELP = "offline demo: unsupervised training on Latin glyphs, zero-shot retrieval of Greek and Cyrillic ones"
 DESCRIPTION = (
@@ -29,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.set_defaults(preset="standard")
     parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=None,
                         help="train exactly these (overrides --quick/--full)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed; metrics are averaged")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed; metrics are averaged")
     parser.add_argument("--dataset", default="glyphs", choices=["glyphs", "fashion-mnist", "digits"],
                         help="the demo's data (default glyphs)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs (glyphs: 6, or 10 with --full; Fashion-MNIST: 4, or 10)")
     parser.add_argument("--data-root", default=None,
                         help="a folder of font files (glyphs) or of the Fashion-MNIST IDX files")
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                         help="where training runs (same as the override device=...; default auto)")
     parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
                         help="mixed precision of the training forward passes (same as amp=...; default off)")
+    parser.add_argument("--force", action="store_true", help="replace a results.json / report.html in --out that plm did not write")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
 
 
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
         overrides.append(f"amp={args.amp}")
     demo = run_demo(args.out, preset=args.preset, methods=args.methods, seeds=args.seeds, epochs=args.epochs,
                     data_root=args.data_root, overrides=overrides, report=not args.no_report,
-                    progress=not args.quiet, dataset=args.dataset)
+                    progress=not args.quiet, dataset=args.dataset,
+                    force=args.force)
     ks = list(next(iter(demo.methods.values()))["recall_at"])
     seeds = "" if len(args.seeds) == 1 else f" (mean of {len(args.seeds)} seeds)"
     print(f"\n{demo.dataset}: zero-shot retrieval on the unseen classes{seeds}")

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--out", required=True, help="embeddings file to write or update (.npz)")
     add_model_arguments(parser)
     parser.add_argument("--full", action="store_true", help="ignore an existing --out file and re-embed everything")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file that is not a plm embeddings file")
 
 
 def _listing(items: list[str], limit: int = 20) -> str:
@@ -41,13 +42,19 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     folder, out = Path(args.folder), Path(args.out)
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
+    from plm.utils.paths import EMBEDDINGS, check_output_file
+
+    check_output_file(out, "--out", inputs=[folder, args.checkpoint, args.weights], kind=EMBEDDINGS, force=args.force)
     previous = None
     if out.exists() and not args.full:
         try:
             previous = EmbeddingStore.load(out)
-        except UserError as err:  # never overwrite a file that is not ours
-            raise UserError(f"--out {out} exists and is not a plm embeddings file; choose another --out or "
-                            f"remove it ({err})") from err
+        except UserError as err:  # never overwrite a file that is not ours (unless --force)
+            if args.force:
+                previous = None
+            else:
+                raise UserError(f"--out {out} exists and is not a plm embeddings file; choose another --out or "
+                                f"remove it ({err})") from err
     model = model_from_args(args)
     identity = model_identity(model, backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights)
     store, stats = embed_folder(model, folder, identity, previous=previous, batch_size=args.batch_size,

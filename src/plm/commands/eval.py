@@ -8,6 +8,7 @@ from plm.commands._common import (
     add_dataset_arguments, add_model_arguments, embed_labelled_split, format_table, metrics_headers, metrics_row,
 )
 from plm.evaluation.metrics import NMI_MAX_CLASSES, default_ks
+from plm.utils.args import positive_int
 
 NAME = "eval"
 HELP = "zero-shot retrieval metrics (Recall@K, MAP@R, R-precision, NMI) on a dataset split"
@@ -21,13 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--gallery", default=None, metavar="DIR",
                         help="gallery images, one sub-folder per class: each query retrieves among all of them")
     add_model_arguments(parser)
-    parser.add_argument("--recall-at", type=int, nargs="+", default=None, help="K values (default by dataset)")
+    parser.add_argument("--recall-at", type=positive_int, nargs="+", default=None, help="K values (default by dataset)")
     nmi = parser.add_mutually_exclusive_group()
     nmi.add_argument("--no-nmi", action="store_true", help="skip NMI (k-means is the slow part on big splits)")
     nmi.add_argument("--nmi", action="store_true",
                      help=f"compute NMI even when the split has more than {NMI_MAX_CLASSES} classes (SOP: very slow)")
     parser.add_argument("--faiss", action="store_true", help="exact search with faiss when installed")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the metrics as JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file that is not plm's metrics")
 
 
 def _labelled_folder(path: str, flag: str):
@@ -83,7 +85,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.errors import UserError
     from plm.evaluation import retrieval_metrics
     from plm.utils.io import atomic_write_json
+    from plm.utils.paths import METRICS_JSON, check_output_file
 
+    if args.json:  # before the embedding pass, so an unusable path fails at once
+        check_output_file(args.json, "--json", [args.checkpoint, args.weights, args.data_root], METRICS_JSON, args.force)
     if args.query or args.gallery:
         if not (args.query and args.gallery) or args.dataset:
             raise UserError("give --query DIR and --gallery DIR together, without --dataset")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from plm.commands._common import format_table
+from plm.utils.args import positive_int
 
 NAME = "index"
 HELP = "build a search index (exact, HNSW, IVF or PQ) from a plm embed file, and report its recall vs exact search"
@@ -23,26 +24,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                              f"every vector + exact re-rank (for embeddings without cluster structure)")
     parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
                         help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
-    parser.add_argument("--hnsw-m", dest="m", type=int, default=32, help="HNSW links per node (M)")
-    parser.add_argument("--M", dest="m", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
-    parser.add_argument("--ef-construction", type=int, default=80, help="HNSW build beam width")
-    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search beam width (default: tuned)")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4·sqrt(N))")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query (default: tuned)")
-    parser.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantizers (must divide the dimension)")
-    parser.add_argument("--k-factor", type=int, default=None, help="PQ candidates re-ranked, × k (default: tuned)")
+    parser.add_argument("--hnsw-m", dest="m", type=positive_int, default=32, help="HNSW links per node (M)")
+    parser.add_argument("--M", dest="m", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
+    parser.add_argument("--ef-construction", type=positive_int, default=80, help="HNSW build beam width")
+    parser.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search beam width (default: tuned)")
+    parser.add_argument("--nlist", type=positive_int, default=None, help="IVF cells (default 4·sqrt(N))")
+    parser.add_argument("--nprobe", type=positive_int, default=None, help="IVF cells visited per query (default: tuned)")
+    parser.add_argument("--pq-m", type=positive_int, default=None, help="PQ sub-quantizers (must divide the dimension)")
+    parser.add_argument("--k-factor", type=positive_int, default=None, help="PQ candidates re-ranked, × k (default: tuned)")
     parser.add_argument("--target-recall", type=float, default=0.95,
                         help="tune ef-search / nprobe / k-factor until the estimated recall@k vs exact reaches this")
-    parser.add_argument("--recall-k", dest="recall_k", type=int, default=10, help="k of the recall@k check")
-    parser.add_argument("-k", dest="recall_k", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
-    parser.add_argument("--recall-sample", type=int, default=1000, help="vectors of the collection used as check queries")
+    parser.add_argument("--recall-k", dest="recall_k", type=positive_int, default=10, help="k of the recall@k check")
+    parser.add_argument("-k", dest="recall_k", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
+    parser.add_argument("--recall-sample", type=positive_int, default=1000, help="vectors of the collection used as check queries")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file that is not a plm index")
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.errors import UserError
     from plm.search import EmbeddingStore, SearchIndex, VectorIndex, tune_search
     from plm.search.index import have_faiss
+    from plm.utils.paths import INDEX, check_output_file
 
+    check_output_file(args.out, "--out", inputs=[args.embeddings], kind=INDEX, force=args.force)
     store = EmbeddingStore.load(args.embeddings)
     if len(store) == 0:
         raise UserError(f"{args.embeddings} holds no vectors; run plm embed on a folder with readable images")

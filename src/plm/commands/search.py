@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from plm.commands._common import add_runtime_arguments
+from plm.utils.args import positive_int
 
 NAME = "search"
 HELP = "find the nearest images of an index to query images (files or folders); print, --json or --html"
@@ -18,17 +19,19 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("index", help="index file from plm index (.npz)")
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="query image files or folders of images")
-    parser.add_argument("-k", type=int, default=10, help="results per query")
+    parser.add_argument("-k", type=positive_int, default=10, help="results per query")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--html", default=None, metavar="OUT", help="write a self-contained HTML gallery")
     parser.add_argument("--checkpoint", default=None,
                         help="the index's checkpoint at a new location (it must be the same model)")
     parser.add_argument("--root", default=None, help="the indexed image folder at a new location (for --html)")
-    parser.add_argument("--ef-search", type=int, default=None, help="override the HNSW search beam width")
-    parser.add_argument("--nprobe", type=int, default=None, help="override the IVF cells visited per query")
-    parser.add_argument("--k-factor", type=int, default=None, help="override the PQ candidates re-ranked (× k)")
-    parser.add_argument("--batch-size", type=int, default=64, help="query images per forward pass")
+    parser.add_argument("--ef-search", type=positive_int, default=None, help="override the HNSW search beam width")
+    parser.add_argument("--nprobe", type=positive_int, default=None, help="override the IVF cells visited per query")
+    parser.add_argument("--k-factor", type=positive_int, default=None, help="override the PQ candidates re-ranked (× k)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="query images per forward pass")
     add_runtime_arguments(parser)
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --json / --html file that is not a plm search report")
 
 
 def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optional[int]:
@@ -51,12 +54,17 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     from plm.search import SearchIndex, describe, model_from_identity
     from plm.search.queries import PathListDataset, collect_queries
     from plm.utils.io import atomic_write_json
-    from plm.utils.paths import display_path
+    from plm.utils.paths import HTML, SEARCH_JSON, check_output_file, display_path
 
     from plm.commands._common import runtime_from_args
 
     if args.k < 1:
         raise UserError(f"-k must be >= 1, got {args.k}")
+    inputs = [args.index, args.checkpoint, *args.queries]
+    if args.json:
+        check_output_file(args.json, "--json", inputs, SEARCH_JSON, args.force, others=[("--html", args.html)])
+    if args.html:
+        check_output_file(args.html, "--html", inputs, HTML, args.force)
     runtime = runtime_from_args(args)
     idx = SearchIndex.load(args.index)
     queries, unreadable = collect_queries(args.queries)

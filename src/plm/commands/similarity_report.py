@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from plm.commands._common import add_dataset_arguments, add_runtime_arguments, format_table
+from plm.utils.args import positive_int
 
 NAME = "similarity-report"
 HELP = "label purity and correlation of the PL manifold similarity and its peers on a dataset split"
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     group.add_argument("--features", metavar="NPZ",
                        help="precomputed features: an .npz with 'vectors' (N, d) and 'labels' (N,)")
     parser.add_argument("--weights", default=None, help="local ImageNet weights file for backbones that ship without them")
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's own)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="input resolution (default: the model's own)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     add_runtime_arguments(parser)
     parser.add_argument("--estimators", nargs="+", default=list(DEFAULT_ESTIMATORS), metavar="NAME",
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--batch-k", type=int, default=5, help="group size (a seed and its k-1 neighbours) in --regime batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file that is not plm's report")
 
 
 def _pl_config(args: argparse.Namespace):
@@ -101,6 +103,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
     if unknown:
         raise UserError(f"unknown estimator(s) {', '.join(unknown)}; choose from {', '.join(ESTIMATORS)}")
     config = _pl_config(args)
+    if args.json:
+        from plm.utils.paths import SIMILARITY_JSON, check_output_file
+
+        check_output_file(args.json, "--json", [args.checkpoint, args.weights, args.features, args.data_root],
+                          SIMILARITY_JSON, args.force)
     vectors, labels, source = _load_features(args)
     if len(vectors) < 3:
         raise UserError(f"need at least 3 items, got {len(vectors)}")

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from plm.utils.args import non_negative_int, positive_int
+
 NAME = "train"
 HELP = "train an embedding model without labels (PLM, STML or k-means pseudo-labels)"
 DESCRIPTION = """Train an embedding model without labels and evaluate the best checkpoint on the test split.
@@ -34,14 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--mode", default=None, choices=["frozen", "finetune"],
                         help="frozen: cached backbone features, trains the embedding head (no augmentation); "
                              "finetune: the whole network")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
-    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs (>= 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="random seed")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                         help="where training runs (config default: auto = CUDA when a GPU is present)")
     parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
                         help="mixed precision of the training forward passes (config default: off); bare --amp = "
                              "bf16 where the GPU supports it, else fp16 with loss scaling; on the CPU only bf16")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
+    parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                         help="DataLoader processes decoding images (data.num_workers; config default 0); "
                              "4 or so help finetune mode on a GPU")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -52,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
                         help="no progress output or notices (warnings and errors still show)")
     parser.add_argument("--no-progress", dest="quiet", action="store_true", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)  # old spelling of --quiet
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in --out with plm's names (config.yaml, metrics.json …) that plm did not write")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.delta=1.2")
 
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: D103
 def _train(config, out: Path, args: argparse.Namespace):
     from plm.training import train
 
-    return train(config, out, progress=not args.quiet, resume=args.resume)
+    return train(config, out, progress=not args.quiet, resume=args.resume, force=args.force)
 
 
 def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:

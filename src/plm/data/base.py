@@ -146,7 +146,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
     def fingerprint(self) -> str:
-        """A hash of name, split, ids and labels: the key of on-disk feature caches."""
+        """A hash of name, split, ids, labels and content (file sizes and times): the key of on-disk feature caches."""
         h = hashlib.sha1(f"{self.name}|{self.split}|{len(self)}".encode())
         h.update("\n".join(self.ids).encode("utf-8", "surrogateescape"))  # names need not be UTF-8
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
@@ -229,7 +229,15 @@ class FileImageDataset(ImageDataset):
         return open_image(self.paths[index])
 
     def _content_key(self) -> str:
-        return str(self.root.resolve())
+        # each file's size and modification time: replacing or repairing an image changes the key
+        h = hashlib.sha1(str(self.root.resolve()).encode("utf-8", "surrogateescape"))
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(b"-\n")
+        return h.hexdigest()
 
 
 def collate_skip(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:

@@ -1,14 +1,18 @@
 """Embed a dataset with a model, batched, with a progress bar and an on-disk feature cache.
 
 The cache key hashes the model's weights and config, its preprocessing, the output kind
-(pooled features or embedding) and the dataset's fingerprint, so a second run on the same model
-and data loads in milliseconds and any change recomputes.
+(pooled features or embedding) and the dataset's fingerprint (ids, labels, and each image file's
+size and modification time), so a second run on the same model and data loads in milliseconds
+and any change, a repaired image included, recomputes. An entry is checked when read (its
+digest, shapes, ids and labels); a damaged one is discarded with a notice and recomputed. A cache
+folder that cannot be written means running without the cache, with a notice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,8 @@ import torch
 from plm.data.base import ImageDataset, collate_skip
 from plm.models.embedding import EmbeddingModel
 from plm.models.preprocess import build_transform
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,13 +76,17 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     kind = "features" if features else "embeddings"
     if amp is not None:  # reduced-precision vectors are cached apart from full-precision ones
         kind += "-" + str(amp).removeprefix("torch.")
+    dim = model.backbone.feature_dim if features else model.out_dim
     cache_file = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
         cache_file = folder / f"{dataset.name}-{dataset.split}-{kind}-{model_fingerprint(model)}-{dataset.fingerprint()}.npz"
         if cache_file.is_file():
-            with np.load(cache_file, allow_pickle=False) as z:
-                return Embeddings(z["vectors"], z["labels"], [str(s) for s in z["ids"]], [str(s) for s in z["skipped"]])
+            cached = _read_cache(cache_file, dataset, dim)
+            if cached is not None:
+                return cached
+        if not _writable_cache(folder):
+            cache_file = None
     model = model.to(device).eval()
     transform_before = dataset.transform
     dataset.transform = build_transform(model.preprocess, train=False)
@@ -95,15 +105,92 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
             kept.append(indices.numpy())
     finally:
         dataset.transform = transform_before
-    dim = model.backbone.feature_dim if features else model.out_dim
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
     kept_idx = np.concatenate(kept) if kept else np.zeros(0, np.int64)
     missing = np.setdiff1d(np.arange(len(dataset)), kept_idx)
     result = Embeddings(vectors.astype(np.float32), dataset.labels[kept_idx], [dataset.ids[i] for i in kept_idx],
                         [dataset.ids[i] for i in missing])
     if cache_file is not None:
+        from plm.errors import OutputError
         from plm.utils.io import atomic_write_npz
 
-        atomic_write_npz(cache_file, vectors=result.vectors, labels=result.labels, ids=np.array(result.ids, dtype=str),
-                         skipped=np.array(result.skipped, dtype=str))
+        try:
+            atomic_write_npz(cache_file, vectors=result.vectors, labels=result.labels,
+                             ids=np.array(result.ids, dtype=str), skipped=np.array(result.skipped, dtype=str),
+                             digest=np.array(_digest(result)))
+        except OutputError as err:
+            log.warning("feature cache not written (%s); continuing without it", err)
     return result
+
+
+def _digest(emb: Embeddings) -> str:
+    """A hash of everything a cache entry holds (checked when it is read)."""
+    h = hashlib.sha1(np.ascontiguousarray(emb.vectors, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(emb.labels, dtype=np.int64).tobytes())
+    h.update("\n".join(emb.ids).encode("utf-8", "surrogateescape"))
+    h.update(b"\0" + "\n".join(emb.skipped).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _cache_problem(emb: Embeddings, digest: str, dataset: ImageDataset, dim: int) -> Optional[str]:
+    """Why a cache entry cannot be trusted for ``dataset`` (``None`` when it can)."""
+    v = emb.vectors
+    if v.dtype != np.float32 or v.ndim != 2 or v.shape[1] != dim:
+        return f"vectors are {v.dtype} {v.shape}, expected float32 (N, {dim})"
+    if not (len(v) == len(emb.labels) == len(emb.ids)):
+        return "vectors, labels and ids differ in length"
+    if digest != _digest(emb):
+        return "its content does not match its digest"
+    position = {item: i for i, item in enumerate(dataset.ids)}
+    pos = [position.get(item, -1) for item in emb.ids]
+    if -1 in pos or sorted(emb.ids + emb.skipped) != sorted(dataset.ids) or pos != sorted(pos):
+        return "its items are not the dataset's"
+    if not np.array_equal(emb.labels, dataset.labels[np.asarray(pos, dtype=np.int64)]):
+        return "its labels are not the dataset's"
+    if not np.isfinite(v).all():
+        return "it holds non-finite values"
+    return None
+
+
+def _read_cache(path: Path, dataset: ImageDataset, dim: int) -> Optional[Embeddings]:
+    """The cached embeddings at ``path``, or ``None`` (the entry discarded, with a notice) when damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            emb = Embeddings(np.asarray(z["vectors"]), np.asarray(z["labels"]), [str(s) for s in z["ids"]],
+                             [str(s) for s in z["skipped"]])
+            digest = str(z["digest"])
+        problem = _cache_problem(emb, digest, dataset, dim)
+    except Exception as err:  # noqa: BLE001 - truncated, zero-byte, random bytes, BadZipFile, EOFError, missing keys
+        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+    if problem is None:
+        return emb
+    log.warning("feature cache entry %s is damaged (%s): discarded, recomputing", path.name, problem)
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
+
+
+_UNWRITABLE_NOTED: set[str] = set()
+
+
+def _writable_cache(folder: Path) -> bool:
+    """Whether the cache folder can be created and written (a notice, once per folder, when not)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".plm-write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError as err:
+        from plm.utils.io import describe_os_error
+
+        if str(folder) not in _UNWRITABLE_NOTED:
+            _UNWRITABLE_NOTED.add(str(folder))
+            log.warning("feature cache folder %s cannot be written (%s): running without a cache "
+                        "(set PLM_CACHE_DIR to a writable folder to keep features between runs)",
+                        folder, describe_os_error(err))
+        return False

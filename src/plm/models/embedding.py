@@ -42,6 +42,10 @@ class ModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.embed_dim is not None and self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive or None, got {self.embed_dim}")
+        from plm.models.backbones import canonical_backbone, check_image_size
+
+        canonical_backbone(self.backbone)
+        check_image_size(self.backbone, self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for YAML configs and checkpoints."""
@@ -175,7 +179,13 @@ def load_model(path: str | os.PathLike) -> EmbeddingModel:
     try:
         config = ModelConfig(**ckpt["model_config"])
         model = create_model(config, pretrained=False)
-        model.load_state_dict(ckpt["model_state"])
     except (TypeError, ValueError, RuntimeError, KeyError) as err:
         raise ValueError(f"{path} holds a model plm cannot rebuild: {err}") from err
+    state = ckpt["model_state"]
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if not isinstance(state, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in state.items()} != own:
+        raise ValueError(f"{path} does not fit the model it records (backbone {config.backbone}, embed_dim "
+                         f"{config.embed_dim}): its weights have other names or shapes; the file is damaged or was "
+                         f"not written by plm (a plain weights file goes to --weights / model.backbone_weights)")
+    model.load_state_dict(state)
     return model.eval()

@@ -6,6 +6,13 @@ read it) plus everything needed to resume: student, teacher, method (proxies, ps
 optimiser, scheduler, epoch, sampler state, RNG states, history, best score and the resolved
 config. Only tensors and plain containers are stored (RNG states as tensors and lists, the config
 as a dict), so loading uses ``torch.load(weights_only=True)``.
+
+The pair is committed atomically at one point, the rename of ``last.pt`` (:func:`commit_checkpoints`):
+an improved epoch is first written to ``best.pt.pending``, then ``last.pt`` (which records the best
+epoch) replaces the previous one, then the pending file becomes ``best.pt``. A process killed at
+any instant leaves either the previous committed pair (the pending file is uncommitted and
+discarded) or the new ``last.pt`` with its best still pending (rolled forward);
+:func:`recover_checkpoints` does that and removes temporary files left by killed writes.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plm.utils.io import atomic_torch_save, safe_torch_load
+from plm.utils.io import atomic_torch_save, remove_stale_temp_files, safe_torch_load
 
 FORMAT = "plm-train-checkpoint"
 VERSION = 1
@@ -84,3 +91,53 @@ def checkpoint_paths(out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """(last.pt, best.pt) in ``out_dir``."""
     out = Path(out_dir)
     return out / "last.pt", out / "best.pt"
+
+
+def pending_best_path(best_path: str | os.PathLike) -> Path:
+    """Where an improved epoch waits until ``last.pt`` commits it (``best.pt.pending``)."""
+    best_path = Path(best_path)
+    return best_path.with_name(best_path.name + ".pending")
+
+
+def commit_checkpoints(payload: dict[str, Any], last_path: str | os.PathLike, best_path: str | os.PathLike,
+                       improved: bool) -> None:
+    """Write ``last.pt`` (and ``best.pt`` when ``improved``) with the rename of ``last.pt`` as the
+    single commit point (see the module docs). ``payload["best"]`` must name the best epoch."""
+    pending = pending_best_path(best_path)
+    if improved:
+        save_checkpoint(payload, pending)
+    save_checkpoint(payload, last_path)  # the commit point
+    if improved:
+        os.replace(pending, best_path)
+
+
+def _epoch_of(path: Path) -> int | None:
+    try:
+        return int(safe_torch_load(path).get("epoch"))
+    except (ValueError, TypeError, FileNotFoundError):
+        return None
+
+
+def recover_checkpoints(out_dir: str | os.PathLike) -> list[str]:
+    """Bring ``out_dir`` back to its last committed state after a kill; returns what was done.
+
+    Removes the temporary files of interrupted writes, rolls a pending ``best.pt`` forward when
+    ``last.pt`` committed it, and discards it otherwise.
+    """
+    last, best = checkpoint_paths(out_dir)
+    pending = pending_best_path(best)
+    done = [f"removed {p.name}" for p in remove_stale_temp_files(out_dir)]
+    if pending.is_file():
+        committed = None
+        if last.is_file():
+            try:
+                committed = int(safe_torch_load(last)["best"]["epoch"])
+            except (ValueError, KeyError, TypeError, FileNotFoundError):
+                committed = None
+        if committed is not None and _epoch_of(pending) == committed:
+            os.replace(pending, best)
+            done.append(f"completed {best.name} (epoch {committed})")
+        else:
+            pending.unlink()
+            done.append(f"discarded the uncommitted {pending.name}")
+    return done

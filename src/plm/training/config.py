@@ -16,6 +16,7 @@ Unknown keys are rejected with the list of valid ones; every section validates i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -54,8 +55,9 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
 def _positive(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    _check(ok, f"{name} must be a {'non-negative' if allow_zero else 'positive'} number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value >= 0 if allow_zero else value > 0)
+    _check(ok, f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number"
                f"{' or null' if allow_none else ''}; got {value!r}")
 
 
@@ -111,10 +113,16 @@ class ModelSection:
     head_init: str = "pca"
 
     def __post_init__(self) -> None:
+        from plm.models.backbones import canonical_backbone, check_image_size
+
         _positive("model.embed_dim", self.embed_dim)
         _choice("model.pooling", self.pooling, POOLINGS)
         _choice("model.head_init", self.head_init, HEAD_INITS)
-        _positive("model.image_size", self.image_size, allow_none=True)
+        try:
+            canonical_backbone(self.backbone, "model.backbone")
+            check_image_size(self.backbone, self.image_size, "model.image_size")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -133,7 +141,8 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         _positive("sampler.batch_size", self.batch_size)
-        _positive("sampler.k", self.k)
+        _check(isinstance(self.k, int) and self.k >= 2,
+               f"sampler.k must be an integer >= 2 (each seed comes with its k-1 nearest neighbours); got {self.k!r}")
         _positive("sampler.batches_per_epoch", self.batches_per_epoch, allow_none=True)
         _check(self.batch_size % self.k == 0,
                f"sampler.batch_size ({self.batch_size}) must be a multiple of sampler.k ({self.k})")
@@ -254,7 +263,9 @@ class OptimConfig:
     grad_clip: Optional[float] = None
 
     def __post_init__(self) -> None:
-        for name in ("lr_backbone", "lr_embedding", "lr_proxies", "weight_decay", "warmup_epochs"):
+        for name in ("lr_backbone", "lr_embedding", "lr_proxies"):
+            _positive(f"optim.{name}", getattr(self, name))
+        for name in ("weight_decay", "warmup_epochs"):
             _positive(f"optim.{name}", getattr(self, name), allow_zero=True)
         _choice("optim.schedule", self.schedule, SCHEDULES)
         _positive("optim.grad_clip", self.grad_clip, allow_none=True)
@@ -359,7 +370,8 @@ class TrainConfig:
         _choice("similarity", self.similarity, SIMILARITIES)
         _choice("device", self.device, DEVICES)
         _choice("amp", self.amp, AMP_MODES)
-        _positive("epochs", self.epochs)
+        _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
+               f"epochs must be a positive integer (>= 1); got {self.epochs!r}")
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                f"seed must be a non-negative integer; got {self.seed!r}")
         try:

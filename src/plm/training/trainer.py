@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ import torch
 
 from plm.evaluation.metrics import default_ks
 from plm.models import EmbeddingModel
-from plm.training.checkpoint import checkpoint_paths, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from plm.errors import TrainingDivergedError, UserError
+from plm.training.checkpoint import (
+    checkpoint_paths, commit_checkpoints, load_checkpoint, recover_checkpoints, rng_state, set_rng_state,
+)
 from plm.training.config import TrainConfig, config_diff
 from plm.training.distributed import DistContext, init_distributed
 from plm.training.history import TensorBoardLogger, write_csv
@@ -38,8 +42,14 @@ from plm.training.sizing import fit_to_data
 from plm.training.splits import load_splits
 from plm.utils.device import autocast
 from plm.utils.io import atomic_write_bytes, atomic_write_json
+from plm.utils.paths import CHECKPOINT, CONFIG_YAML, METRICS_CSV, METRICS_JSON, SUMMARY_JSON, check_run_folder
 
 log = logging.getLogger(__name__)
+
+#: the files of a run folder and the kind each must be to be replaced (``last.pt`` is never
+#: replaced without ``--resume``, which reads it first)
+RUN_FILES = {"config.yaml": CONFIG_YAML, "metrics.csv": METRICS_CSV, "metrics.json": METRICS_JSON,
+             "summary.json": SUMMARY_JSON, "best.pt": CHECKPOINT}
 
 #: config keys that may differ between a run and its resumption
 RESUME_FREE_KEYS = ("device", "amp", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size",
@@ -117,10 +127,11 @@ class Trainer:
         progress: show progress bars (rank 0 only).
         resume: continue from ``out_dir/last.pt`` when it exists.
         ctx: distributed context; default from the environment (single process without torchrun).
+        force: replace files in ``out_dir`` with plm's names (``config.yaml`` …) that plm did not write.
     """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False,
-                 ctx: Optional[DistContext] = None):
+                 ctx: Optional[DistContext] = None, force: bool = False):
         self.config = config
         self.out = Path(out_dir)
         self.ctx = ctx if ctx is not None else init_distributed(
@@ -133,6 +144,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         self.progress = progress and config.log.progress
         self.resume_requested = resume
+        self.force = force
         self.last_path, self.best_path = checkpoint_paths(self.out)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -152,6 +164,11 @@ class Trainer:
     def _setup(self) -> None:
         cfg, ctx = self.config, self.ctx
         ckpt = None
+        if ctx.is_main:  # before any long work: a folder that cannot be written fails now
+            check_run_folder(self.out, RUN_FILES, "--out", force=self.force)
+            for action in recover_checkpoints(self.out):
+                log.info("%s: %s (left by an interrupted run)", self.out, action)
+        ctx.barrier()
         if self.last_path.is_file():
             if not self.resume_requested:
                 raise ValueError(f"{self.out} already holds a run ({self.last_path.name}); pass --resume to continue "
@@ -176,6 +193,7 @@ class Trainer:
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(cfg.to_yaml().encode(), self.out / "config.yaml")
+        check_batch_size(cfg, len(self.splits.train), self.device)
         self.pipeline = build_pipeline(cfg, self.splits, self.device, ctx, self.progress, fresh=ckpt is None)
         if ckpt is not None:  # networks first: the teacher pass below then serves the resumed epoch
             self.pipeline.student.load_state_dict(ckpt["student_state"])
@@ -304,13 +322,17 @@ class Trainer:
         bar = progress_bar(total=len(self.sampler), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (self.progress and self.ctx.is_main), leave=False)
         for inputs, positions in self.pipeline.batches(self.sampler):
-            terms = self.step(inputs, positions)
+            try:
+                terms = self.step(inputs, positions)
+            except FloatingPointError as err:  # a non-finite value caught inside the method
+                raise TrainingDivergedError(f"training diverged at epoch {epoch + 1} step {steps + 1} ({err}); "
+                                            f"lower the learning rates (optim.lr_*) or set optim.grad_clip") from None
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
             if not math.isfinite(terms["loss"]):
-                raise FloatingPointError(f"loss became {terms['loss']} at epoch {epoch + 1}, step {steps}; "
-                                         f"lower the learning rates (optim.*) or enable optim.grad_clip")
+                raise TrainingDivergedError(f"training diverged (non-finite loss {terms['loss']}) at epoch {epoch + 1} "
+                                            f"step {steps}; lower the learning rates (optim.lr_*) or set optim.grad_clip")
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{steps * cfg.sampler.batch_size / elapsed:.0f}")
             bar.update(1)
@@ -389,6 +411,8 @@ class Trainer:
         """
         cfg, ctx = self.config, self.ctx
         tb = TensorBoardLogger(self.out / "tensorboard", cfg.log.tensorboard) if ctx.is_main else None
+        if ctx.is_main and self.history and self.start_epoch > 0:  # a kill may have come before metrics.csv
+            write_csv(self.history, self.out / "metrics.csv")
         try:
             if self.start_epoch == 0 and not self.history and self.splits.val is not None:
                 # the untrained model's score, for reference (never a selection candidate)
@@ -406,10 +430,7 @@ class Trainer:
                     self.best = {"epoch": epoch + 1, "value": score}
                 self.history.append(row)
                 if ctx.is_main:
-                    payload = self._payload(epoch + 1)
-                    save_checkpoint(payload, self.last_path)
-                    if improved:
-                        save_checkpoint(payload, self.best_path)
+                    commit_checkpoints(self._payload(epoch + 1), self.last_path, self.best_path, improved)
                     write_csv(self.history, self.out / "metrics.csv")
                     tb.log(row, self.global_step)
                     log.info(_epoch_line(row, cfg.epochs, improved))
@@ -427,6 +448,9 @@ class Trainer:
         cfg, ctx = self.config, self.ctx
         ctx.barrier()
         best = safe_torch_load(self.best_path)
+        if int(best.get("epoch", -1)) != int(self.best["epoch"]):
+            raise ValueError(f"{self.best_path} holds epoch {best.get('epoch')} but {self.last_path.name} committed "
+                             f"epoch {self.best['epoch']} as the best; the run folder was changed by hand")
         self.pipeline.load_export_state(best["model_state"])
         test = baseline = None
         if self.splits.test is not None:
@@ -457,6 +481,47 @@ class Trainer:
         }
 
 
+def _available_memory(device: torch.device) -> Optional[int]:
+    """Bytes of memory free for tensors on ``device`` (``None`` when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: bytes per pair of batch items the methods hold at once (a few B × B float32 matrices and their gradients)
+PAIR_BYTES = 64
+
+
+def check_batch_size(config: TrainConfig, num_train: int, device: torch.device) -> None:
+    """Refuse a batch that the training set cannot fill or that cannot fit in memory.
+
+    Raises:
+        UserError: ``sampler.batch_size`` above the number of training images, or above what the
+            available memory allows for the batch's pairwise matrices.
+    """
+    b, k = config.sampler.batch_size, config.sampler.k
+    if b > num_train:
+        raise UserError(f"sampler.batch_size must be at most the {num_train} training images (and a multiple of "
+                        f"sampler.k={k}); got {b}")
+    free = _available_memory(device)
+    if free is not None:
+        limit = int(math.isqrt(max(free // PAIR_BYTES, 1)))
+        if b > limit:
+            raise UserError(f"sampler.batch_size={b} needs about {PAIR_BYTES * b * b / 2**30:.1f} GiB for its pairwise "
+                            f"matrices, more than the {free / 2**30:.1f} GiB free on {device.type}; use at most "
+                            f"{limit - limit % k}")
+
+
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
     terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
     val = f"  val MAP@R {row['val_map_at_r']:.4f}" if row.get("val_map_at_r") is not None else ""
@@ -465,7 +530,7 @@ def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
 
 
 def train(config: TrainConfig | dict, out_dir: str | Path, progress: bool = True, resume: bool = False,
-          ctx: Optional[DistContext] = None) -> TrainResult:
+          ctx: Optional[DistContext] = None, force: bool = False) -> TrainResult:
     """Train an embedding model and evaluate its best checkpoint on the test split.
 
     Args:
@@ -475,10 +540,11 @@ def train(config: TrainConfig | dict, out_dir: str | Path, progress: bool = True
         progress: show progress bars.
         resume: continue from ``out_dir/last.pt`` if present (the config must match).
         ctx: distributed context (default: from torchrun's environment, else single process).
+        force: replace files of the run folder's names that plm did not write.
 
     Returns:
         A :class:`TrainResult`.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
-    return Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx).run()
+    return Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx, force=force).run()

@@ -1,15 +1,244 @@
-"""File names that are not valid UTF-8: carried losslessly, shown readably.
+"""Output-path guard: what a command may write, checked before any long work starts.
 
-On POSIX a file name is bytes. Python hands names that do not decode as UTF-8 over as ``str``
-with each undecodable byte as a lone surrogate (``surrogateescape``: byte ``0xE9`` is
-``"\\udce9"``), and plm keeps that string everywhere: in embeddings and index files (NumPy
-unicode arrays hold it as is) and in ``--json`` output, where ``json`` writes it as the escape
-``\\udce9`` (``os.fsencode(json.load(...)[...])`` gives back the original bytes). Where a name is
-shown (terminal output, HTML pages) :func:`display_path` writes each such byte as ``\\xe9``.
+The rules (docs/search.md, "Output files"):
+
+- an output is never one of the command's inputs (nor another output of the same command);
+- an existing file is replaced only when it is of the kind the command writes (a plm index for
+  ``plm index --out``, a plm search report for ``plm search --json`` …), or with ``--force``;
+- a folder given as an output file, an output below a regular file, and an output folder that is
+  a file are refused with a clear message;
+- the folder an output goes to must exist or be creatable, and be writable.
+
+Every refusal is an :class:`plm.errors.OutputError` (one line, exit status 2).
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from plm.errors import OutputError
+from plm.utils.io import describe_os_error
+
+#: name → (description, test) of the kinds of file plm writes
+Kind = tuple[str, Callable[[Path], bool]]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _below_file(path: Path) -> Optional[Path]:
+    """The first ancestor of ``path`` that exists and is not a folder, if any."""
+    for parent in reversed(path.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_dir(folder: str | os.PathLike, flag: str = "--out", create: bool = False) -> Path:
+    """Check that ``folder`` is (or can become) a writable folder; optionally create it.
+
+    Raises:
+        OutputError: it is a file, lies below a file, or cannot be created or written to.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{flag} {folder} is a file, not a folder; choose a folder path")
+    blocker = _below_file(folder)
+    if blocker is not None:
+        raise OutputError(f"{flag} {folder}: {blocker} is a file, not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            existing = folder
+        fd, probe = tempfile.mkstemp(prefix=".plm-write-check.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        where = folder if existing == folder else f"{folder} (in {existing})"
+        raise OutputError(f"cannot write to {flag} {where}: {describe_os_error(err)}") from None
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Iterable[str | os.PathLike] = (),
+                      kind: Optional[Kind] = None, force: bool = False,
+                      others: Iterable[tuple[str, Optional[str | os.PathLike]]] = ()) -> Path:
+    """Check an output file path before any work; returns it as a :class:`Path`.
+
+    Args:
+        path: the output file.
+        flag: the flag that named it (for messages).
+        inputs: the command's input files (and folders); ``path`` must be none of them.
+        kind: (description, test) of the files this output may replace; ``None``: none may be.
+        force: replace an existing file of another kind.
+        others: (flag, path) of the command's other outputs, which must differ from ``path``.
+
+    Raises:
+        OutputError: ``path`` is an input or another output, a folder, below a file, an existing
+            file of another kind (without ``force``), or in a folder that cannot be written.
+    """
+    path = Path(path)
+    for item in inputs:
+        if item is not None and _same_file(path, Path(item)):
+            raise OutputError(f"{flag} {path} is also an input of this command; writing it would destroy the "
+                              f"input: choose another {flag} path")
+    for other_flag, other in others:
+        if other is not None and _same_file(path, Path(other)):
+            raise OutputError(f"{flag} and {other_flag} name the same file {path}; give each its own path")
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file path (e.g. {path / 'out'}{path.suffix or ''})")
+    blocker = _below_file(path)
+    if blocker is not None:
+        raise OutputError(f"{flag} {path}: {blocker} is a file, not a folder")
+    if path.exists() and not force:
+        what, test = kind if kind else ("", lambda p: False)
+        if not test(path):
+            found = file_kind(path)
+            raise OutputError(f"{flag} {path} exists and is not {what or 'a file this command writes'}"
+                              f"{f' (it is {found})' if found else ''}; choose another path, remove it, "
+                              f"or pass --force to replace it")
+    check_output_dir(path.parent, flag)
+    return path
+
+
+# ------------------------------------------------------------------------------ kinds of file
+
+def _npz_format(path: Path) -> Optional[str]:
+    """The ``meta["format"]`` of a plm ``.npz`` (read from its small ``meta`` member only)."""
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("meta.npy")
+            if info.file_size > 1 << 22:
+                return None
+            meta = np.load(io.BytesIO(zf.read(info)), allow_pickle=False)
+        data = json.loads(str(meta))
+        return data.get("format") if isinstance(data, dict) else None
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
+        return None
+
+
+def _json_keys(path: Path) -> set[str]:
+    try:
+        if path.stat().st_size > 1 << 28:
+            return set()
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def is_plm_html(path: Path) -> bool:
+    """An HTML page written by plm (:class:`plm.viz.html.Page`)."""
+    head = _head(path)
+    return head.startswith(b"<!DOCTYPE html>") and (b'name="generator" content="plm' in head
+                                                       or b"Content-Security-Policy" in head and b"<title>plm" in head)
+
+
+def is_torch_checkpoint(path: Path) -> bool:
+    """A ``torch.save`` zip file (``last.pt``, ``best.pt``)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("/data.pkl") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def is_plm_yaml_config(path: Path) -> bool:
+    """A ``config.yaml`` written by ``plm train``."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"dataset", "method", "mode"} <= set(data)
+
+
+def is_metrics_csv(path: Path) -> bool:
+    """A ``metrics.csv`` written by ``plm train``."""
+    return _head(path, 64).startswith(b"epoch,")
+
+
+EMBEDDINGS: Kind = ("a plm embeddings file", lambda p: _npz_format(p) == "plm-embeddings")
+INDEX: Kind = ("a plm index file", lambda p: _npz_format(p) == "plm-index")
+SEARCH_JSON: Kind = ("a plm search JSON report", lambda p: {"queries", "index"} <= _json_keys(p))
+METRICS_JSON: Kind = ("a plm metrics JSON file", lambda p: {"recall_at", "map_at_r"} <= _json_keys(p))
+SIMILARITY_JSON: Kind = ("a plm similarity-report JSON file", lambda p: {"estimators", "plm_config"} <= _json_keys(p))
+SUMMARY_JSON: Kind = ("a plm summary.json", lambda p: {"selection", "best_epoch"} <= _json_keys(p))
+DEMO_JSON: Kind = ("a plm demo results.json", lambda p: {"dataset", "methods"} <= _json_keys(p))
+HTML: Kind = ("a plm HTML report", is_plm_html)
+CHECKPOINT: Kind = ("a plm checkpoint", is_torch_checkpoint)
+CONFIG_YAML: Kind = ("a plm config.yaml", is_plm_yaml_config)
+METRICS_CSV: Kind = ("a plm metrics.csv", is_metrics_csv)
+
+
+def file_kind(path: Path) -> Optional[str]:
+    """What plm file ``path`` is, for messages (``None`` when it is none of plm's)."""
+    fmt = _npz_format(path)
+    if fmt:
+        return f"a {fmt} file"
+    for what, test in (SEARCH_JSON, METRICS_JSON, HTML, CHECKPOINT):
+        if test(path):
+            return what
+    return None
+
+
+def check_run_folder(folder: str | os.PathLike, files: dict[str, Kind], flag: str = "--out",
+                     force: bool = False) -> Path:
+    """Check (and create) an output folder whose files have fixed names.
+
+    Args:
+        folder: the output folder.
+        files: file name → the :data:`Kind` an existing file of that name must be to be replaced.
+        force: replace files of other kinds.
+
+    Raises:
+        OutputError: the folder is unusable, or holds a file of one of those names that plm did
+            not write (without ``force``).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{flag} {folder} is a file, not a folder; choose a folder path")
+    if not force and folder.is_dir():
+        for name, (what, test) in files.items():
+            p = folder / name
+            if p.is_dir() or (p.exists() and not test(p)):
+                raise OutputError(f"{flag} {folder} holds {name}, which is not {what}; it would be replaced: "
+                                  f"choose another {flag} folder, or pass --force")
+    return check_output_dir(folder, flag, create=True)
+
+
+# ---------------------------------------------------------------- names that are not valid UTF-8
+# File names that are not valid UTF-8: carried losslessly, shown readably.
+# 
+# On POSIX a file name is bytes. Python hands names that do not decode as UTF-8 over as ``str``
+# with each undecodable byte as a lone surrogate (``surrogateescape``: byte ``0xE9`` is
+# ``"\\udce9"``), and plm keeps that string everywhere: in embeddings and index files (NumPy
+# unicode arrays hold it as is) and in ``--json`` output, where ``json`` writes it as the escape
+# ``\\udce9`` (``os.fsencode(json.load(...)[...])`` gives back the original bytes). Where a name is
+# shown (terminal output, HTML pages) :func:`display_path` writes each such byte as ``\\xe9``.
 
 def display_path(name: str) -> str:
     """``name`` with every undecodable byte written as ``\\xNN`` (valid UTF-8 text, for display only)."""

@@ -206,6 +206,7 @@ class Page:
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                 f'<meta http-equiv="Content-Security-Policy" content="{self.csp}">'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<meta name="generator" content="plm">'
                 f"<title>{escape(self.title)}</title><style>{_CSS}{self.css}</style></head>"
                 f"<body><h1>{escape(self.title)}</h1>{sub}{body}</body></html>\n")
 
