@@ -154,7 +154,7 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
         raise UserError(f"--batches and --batch-k must be positive, got {args.batches} and {args.batch_k}")
     batch_size = 120 - 120 % args.batch_k
     result = batch_quality(vectors, labels, args.estimators, options=options, batch_size=batch_size, k=args.batch_k,
-                           num_batches=args.batches, seed=args.seed)
+                           num_batches=args.batches, seed=args.seed, progress=not args.quiet)
     print(f"{args.dataset} / {args.split}: {result['num_points']} points, features from {source}; "
           f"{result['num_batches']} neighbourhood batches of {batch_size} (k = {args.batch_k})")
     rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["batches"]]

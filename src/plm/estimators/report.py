@@ -143,10 +143,9 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
         ``{"regime": "batch", "num_points", "num_batches", "batch_size", "k", "estimators": {name:
         {"auc", "ap", "auc_std", "ap_std", "batches"}}}``.
     """
-    from tqdm.auto import tqdm
-
     from plm.estimators import create_estimator
     from plm.estimators.quality import _auc_ap
+    from plm.utils.progress import progress as progress_bar
 
     feats = as_features(x)
     labels = np.asarray(labels)
@@ -156,7 +155,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     batches = neighbourhood_batches(neighbors.indices, batch_size, k, num_batches, seed)
     options = options or {}
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
-    for b in tqdm(batches, desc="batches", unit="batch", disable=not progress, leave=False):
+    for b in progress_bar(batches, total=len(batches), desc="batches", unit="batch", disable=not progress):
         b = np.unique(b)  # a point drawn twice would make a trivially similar pair
         xb, yb = feats[b], labels[b]
         r, c = np.triu_indices(len(b), 1)
