@@ -257,11 +257,13 @@ def test_batch_size_is_bounded_before_feature_extraction(tmp_path, shared_cache,
     import plm.training.trainer as trainer
 
     monkeypatch.setattr(embed_mod, "embed_dataset", lambda *a, **k: pytest.fail("features before the check"))
+    # a batch larger than the training set is capped to it before any feature extraction (issue 13's
+    # sizing, with a notice); what it is capped to must still fit in memory, or the run stops here
+    monkeypatch.setattr(trainer, "_available_memory", lambda device: 100_000)
     assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r"), "--no-progress",
                  "sampler.batch_size=100000"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "sampler.batch_size must be at most the" in err, err
-    monkeypatch.setattr(trainer, "_available_memory", lambda device: 100_000)
+    assert "GiB" in err and "use at most" in err and "Traceback" not in err, err
     assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "GiB" in err and "use at most" in err and "Traceback" not in err, err
@@ -282,3 +284,14 @@ def test_divergence_is_one_line(tmp_path, shared_cache, capsys, monkeypatch) -> 
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "training diverged" in err and "epoch 1 step 1" in err, err
     assert "lower the learning rate" in err
+
+
+def test_batch_larger_than_the_training_set_is_refused_by_the_check() -> None:
+    import torch
+
+    from plm.errors import UserError
+    from plm.training.config import default_config
+    from plm.training.trainer import check_batch_size
+
+    with pytest.raises(UserError, match="sampler.batch_size must be at most the 50 training images"):
+        check_batch_size(default_config("digits", sampler={"batch_size": 60}), 50, torch.device("cpu"))
