@@ -276,21 +276,7 @@ def _row_scan(x: torch.Tensor, labels: np.ndarray, classes: "_Classes", max_k: O
         kb[local, local + start] = float("inf")  # the query itself
         # nearest positive by (key, index); positives are listed in ascending index order
         pos = torch.from_numpy(classes.positives(np.arange(start, stop), max(1, int(r.max()))))
-        pkey = kb.gather(1, pos.clamp(min=0)).masked_fill_(pos < 0, float("inf"))
-        pkey, o = torch.sort(pkey, dim=1, stable=True)
-        p1 = torch.where(r > 0, pkey[:, 0], float("-inf"))  # -inf: nothing precedes, row unused
-        j1 = pos.gather(1, o)[:, 0]
-        mins = chunk_minima(kb)
-        first = _first_hit_ranks(kb, mins, p1, j1, max_k)
-        has = r_np > 0
-        first_hit[start:stop][has] = first.numpy()[has]
-        # MAP@R and R-precision need the exact R nearest, only where a positive is among them
-        need = ((first < r) & (r > 0)).nonzero().flatten()
-        if len(need):
-            k = int(r[need].max())
-            _, idx = smallest_k(kb, k, rows=need, minima=mins)
-            ap_n, rp_n = _ap_from_top(idx, lab, r[need], query_labels=lab[need + start])
-            ap[start + need.numpy()], rp[start + need.numpy()] = ap_n, rp_n
+        _score_block(kb, pos, r, r_np, lab, lab, start, max_k, first_hit, ap, rp)
     return QueryRanks(first_hit, ap, rp, classes.r.copy())
 
 
@@ -342,20 +328,7 @@ def reference_ranks(query: np.ndarray | torch.Tensor, query_labels: np.ndarray,
         t = np.arange(width)[None, :]
         src = np.minimum(start_all[s0:s1, None] + t, len(order) - 1)
         pos = torch.from_numpy(np.where(t < r_np[:, None], order[src], -1))
-        pkey = kb.gather(1, pos.clamp(min=0)).masked_fill_(pos < 0, float("inf"))
-        pkey, o = torch.sort(pkey, dim=1, stable=True)
-        p1 = torch.where(r > 0, pkey[:, 0], float("-inf"))
-        j1 = pos.gather(1, o)[:, 0]
-        mins = chunk_minima(kb)
-        first = _first_hit_ranks(kb, mins, p1, j1, max_k)
-        has = r_np > 0
-        first_hit[s0:s1][has] = first.numpy()[has]
-        need = ((first < r) & (r > 0)).nonzero().flatten()
-        if len(need):
-            k = int(r[need].max())
-            _, idx = smallest_k(kb, k, rows=need, minima=mins)
-            ap_n, rp_n = _ap_from_top(idx, glab, r[need], query_labels=qlab[need + s0])
-            ap[s0 + need.numpy()], rp[s0 + need.numpy()] = ap_n, rp_n
+        _score_block(kb, pos, r, r_np, glab, qlab, s0, max_k, first_hit, ap, rp)
     return QueryRanks(first_hit, ap, rp, r_all)
 
 
@@ -506,3 +479,34 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         "r_precision": qr.mean_r_precision(),
         "nmi": nmi(x, labels) if with_nmi else None,
     }
+
+
+def _score_block(kb: torch.Tensor, pos: torch.Tensor, r: torch.Tensor, r_np: np.ndarray, ref_labels,
+                 query_labels, start: int, max_k: int, first_hit: np.ndarray, ap: np.ndarray,
+                 rp: np.ndarray) -> None:
+    """Rank of the first positive, AP@R and R-precision of one block of queries, written in place.
+
+    Args:
+        kb: (b, M) distance keys of the block's queries against the reference items.
+        pos: (b, P) reference indices of each query's positives (-1 padded).
+        r, r_np: (b,) positives per query (torch and numpy).
+        ref_labels: labels of the reference items; query_labels: labels of all queries.
+        start: index of the block's first query.
+        max_k: largest rank the first-hit search looks at.
+        first_hit, ap, rp: the per-query output arrays.
+    """
+    pkey = kb.gather(1, pos.clamp(min=0)).masked_fill_(pos < 0, float("inf"))
+    pkey, o = torch.sort(pkey, dim=1, stable=True)
+    p1 = torch.where(r > 0, pkey[:, 0], float("-inf"))  # -inf: nothing precedes, row unused
+    j1 = pos.gather(1, o)[:, 0]
+    mins = chunk_minima(kb)
+    first = _first_hit_ranks(kb, mins, p1, j1, max_k)
+    has = r_np > 0
+    first_hit[start:start + len(r_np)][has] = first.numpy()[has]
+    # MAP@R and R-precision need the exact R nearest, only where a positive is among them
+    need = ((first < r) & (r > 0)).nonzero().flatten()
+    if len(need):
+        k = int(r[need].max())
+        _, idx = smallest_k(kb, k, rows=need, minima=mins)
+        ap_n, rp_n = _ap_from_top(idx, ref_labels, r[need], query_labels=query_labels[need + start])
+        ap[start + need.numpy()], rp[start + need.numpy()] = ap_n, rp_n
