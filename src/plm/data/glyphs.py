@@ -69,7 +69,7 @@ EXCLUDED_FAMILY = re.compile(r"symbol|dingbat|emoji|math|icon|ornament|music|bra
                              r"fallback|last ?resort|pi$|zapf ?ding|standard symbols|d050000l", re.I)
 #: Soft Jaccard distance of two probe renderings below which two faces count as one design. Measured on
 #: the faces above: metric clones (FreeSans / Nimbus Sans, Hack / DejaVu Sans Mono, FreeSerif / Nimbus
-#: Roman) sit at 0.05-0.23, neighbouring weights of one family at 0.10-0.30.
+#: Roman) sit at 0.05-0.28, neighbouring weights of one family at 0.08-0.30.
 DUPLICATE_DISTANCE = 0.25
 CACHE_VERSION = 1
 
@@ -257,16 +257,19 @@ def _missing_fonts_error(detail: str) -> DatasetNotFoundError:
         f"FOLDER holding .ttf/.otf/.ttc files.")
 
 
-def build_glyph_set(root: Optional[str | os.PathLike] = None, options: GlyphOptions = GlyphOptions()) -> dict:
+def build_glyph_set(root: Optional[str | os.PathLike] = None, options: GlyphOptions = GlyphOptions(),
+                    files: Optional[Sequence[Path]] = None) -> dict:
     """Render the whole glyph set (every class, every kept face) from the fonts found.
 
     Returns a dict with ``images`` (N, S, S) uint8, ``labels`` (N,) int64 class ids (the index in
     ``SEEN + UNSEEN``), ``ids`` (``"U+XXXX|<face key>"``) and ``meta`` (faces, packages, classes).
 
+    ``files`` (the :func:`font_files` of ``root``) saves a second scan when the caller has them.
+
     Raises:
         DatasetNotFoundError: no font files, or too few faces for at least 40 classes on each side.
     """
-    files = font_files([root] if root is not None else None)
+    files = list(files) if files is not None else font_files([root] if root is not None else None)
     if not files:
         where = root if root is not None else ", ".join(map(str, FONT_DIRS))
         raise _missing_fonts_error(f"no .ttf/.otf/.ttc files under {where}")
@@ -360,7 +363,7 @@ def _load_or_build(root: Optional[str | os.PathLike], options: GlyphOptions) -> 
                 return data
         except (OSError, ValueError, KeyError, EOFError) as err:
             log.warning("glyph cache %s is damaged (%s); rendering again", path, err)
-    data = build_glyph_set(root, options)
+    data = build_glyph_set(root, options, files)
     try:
         atomic_write_npz(path, images=data["images"], labels=data["labels"], ids=np.asarray(data["ids"]),
                          meta=np.asarray(json.dumps(data["meta"])))
