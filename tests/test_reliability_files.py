@@ -495,3 +495,29 @@ def test_missing_image_folder_gives_the_layout_error(tmp_path: Path, dataset: st
     assert main(["eval", "--dataset", dataset, "--data-root", str(tmp_path), *BACKBONE, "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert "Expected layout" in err and "missing image folder" in err and "need at least 2" not in err
+
+
+def test_unreadable_sub_folder_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    """Tests run as root, so the permission error is simulated where os.walk lists a folder."""
+    import logging
+    import os
+
+    from PIL import Image
+
+    from plm.data.folder import list_images
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "locked").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "locked" / "b.png")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="plm.data.folder"):
+        assert list_images(tmp_path) == ["ok/a.png"]
+    assert any("locked" in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records)

@@ -8,6 +8,7 @@ Hidden files and folders are ignored; symbolic links that leave the root are ref
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -15,12 +16,21 @@ from typing import Optional
 from plm.data.base import IMAGE_EXTENSIONS, DatasetNotFoundError, FileImageDataset, class_split
 from plm.data.layout import check_split_not_empty
 
+log = logging.getLogger(__name__)
+
 
 def list_images(root: str | os.PathLike) -> list[str]:
-    """Relative paths (POSIX style, sorted) of every file under ``root`` with an image extension."""
+    """Relative paths (POSIX style, sorted) of every file under ``root`` with an image extension.
+
+    A sub-folder that cannot be read (no permission) is skipped with a warning naming it.
+    """
     root = Path(root)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unreadable(err: OSError) -> None:
+        log.warning("skipped the folder %s: it cannot be read (%s)", err.filename, err.strerror or err)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
