@@ -6,10 +6,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from plm.cli import build_parser, main
-
 
 
 def test_help_lists_eval() -> None:

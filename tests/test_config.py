@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from plm.training.config import (
-    ConfigError, TrainConfig, default_config, overrides_to_dict, parse_override, read_yaml, resolve_config, valid_keys,
+    ConfigError,
+    TrainConfig,
+    default_config,
+    overrides_to_dict,
+    parse_override,
+    read_yaml,
+    resolve_config,
+    valid_keys,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -20,8 +20,6 @@ from plm.data.cars import load_cars196
 from plm.data.cub import load_cub200
 from plm.data.sop import load_sop
 
-
-
 # ---------------------------------------------------------------- fixture writers (used by test_eval*.py too)
 
 def write_image(path: Path, seed: int, size: int = 20) -> None:

@@ -17,8 +17,6 @@ import plm.data.fashion_mnist as fm
 from plm.data import DatasetNotFoundError, UnsafePathError, load_dataset
 from plm.data.folder import load_image_folder
 
-
-
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 

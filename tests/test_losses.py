@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from plm.training.losses import (
-    contrastive_loss, neighbourhood_loss, pairwise_distance, point_loss, proxy_loss, relaxed_contrastive_loss,
+    contrastive_loss,
+    neighbourhood_loss,
+    pairwise_distance,
+    point_loss,
+    proxy_loss,
+    relaxed_contrastive_loss,
 )
 
 

@@ -13,8 +13,6 @@ from plm.evaluation.knn import has_duplicate_rows, smallest_k
 from plm.evaluation.metrics import NO_HIT, query_ranks
 from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys
 
-
-
 # ---------------------------------------------------------------- explicit references
 
 def ref_neighbours(x: np.ndarray) -> list[list[int]]:

@@ -25,8 +25,6 @@ from plm.models import (
     save_model,
 )
 
-
-
 EXPECTED = {  # name: (feature dim, input size, resize size, mean)
     "efficientnet_lite0": (1280, 224, 256, (0.5, 0.5, 0.5)),
     "googlenet": (1024, 227, 256, (0.485, 0.456, 0.406)),

@@ -21,7 +21,7 @@ import torch
 from plm.cli import main
 from plm.errors import UserError
 from plm.evaluation import query_ranks, retrieval_metrics
-from test_data import write_cars, write_cub, write_image, write_sop
+from test_data import write_cars, write_cub, write_sop
 from test_search_helpers import make_shapes_folder
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
@@ -395,9 +395,9 @@ def test_zip_bomb_is_refused_before_memory_is_spent(tmp_path: Path) -> None:
 
 
 def test_forged_header_and_memory_limit_are_refused(tmp_path: Path) -> None:
-    from plm.utils.npzfile import NpzError, npz_members
-
     from numpy.lib import format as npy_format
+
+    from plm.utils.npzfile import NpzError, npz_members
 
     path = tmp_path / "forged.npz"
     buf = io.BytesIO()  # a header that claims far more rows than the member holds

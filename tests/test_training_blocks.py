@@ -14,7 +14,11 @@ from plm.manifold import ManifoldConfig, directed_similarity, fit_pieces, simila
 from plm.training.checkpoint import rng_state, set_rng_state
 from plm.training.ema import EMATeacher
 from plm.training.methods import (
-    BatchView, KMeansMethod, PLMMethod, STMLMethod, binary_piece_similarity,
+    BatchView,
+    KMeansMethod,
+    PLMMethod,
+    STMLMethod,
+    binary_piece_similarity,
 )
 from plm.training.optim import lr_factor
 from plm.training.proxies import ProxyBank

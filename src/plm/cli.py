@@ -14,7 +14,8 @@ import logging
 import pkgutil
 import sys
 import textwrap
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import plm
 import plm.commands

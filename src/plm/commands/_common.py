@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from plm.data import DATASETS
 from plm.utils.args import non_negative_int, positive_int

@@ -9,11 +9,11 @@ HELP = "list the registered backbones with input size, feature dimension and whe
 EXAMPLE = "plm backbones --json backbones.json"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the list as JSON")
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from plm.commands._common import format_table

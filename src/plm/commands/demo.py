@@ -18,7 +18,7 @@ DESCRIPTION = (
 EXAMPLE = "plm demo --quick --out plm-demo --device auto"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from plm.demo import VARIANTS
 
     parser.add_argument("--out", default="plm-demo", help="output folder")
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.commands._common import format_table, metrics_headers, metrics_row
     from plm.demo import run_demo
 

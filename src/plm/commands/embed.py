@@ -16,7 +16,7 @@ EXAMPLE = "plm embed photos/ --out photos.npz --backbone efficientnet_lite0 --de
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="image folder (class sub-folders become labels)")
     parser.add_argument("--out", required=True, help="embeddings file to write or update (.npz)")
     add_model_arguments(parser)
@@ -33,7 +33,7 @@ def _listing(items: list[str], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.commands._common import runtime_from_args
     from plm.errors import UserError
     from plm.search import EmbeddingStore, describe, embed_folder, model_identity

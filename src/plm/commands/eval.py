@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from plm.commands._common import (
-    add_dataset_arguments, add_model_arguments, embed_labelled_split, format_table, metrics_headers, metrics_row,
+    add_dataset_arguments,
+    add_model_arguments,
+    embed_labelled_split,
+    format_table,
+    metrics_headers,
+    metrics_row,
 )
 from plm.evaluation.metrics import NMI_MAX_CLASSES, default_ks
 from plm.utils.args import positive_int
@@ -15,7 +20,7 @@ HELP = "zero-shot retrieval metrics (Recall@K, MAP@R, R-precision, NMI) on a dat
 EXAMPLE = "plm eval --dataset folder --data-root photos/ --split all --backbone efficientnet_lite0 --json metrics.json"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser, default_split="test", required=False)
     parser.add_argument("--query", default=None, metavar="DIR",
                         help="query images, one sub-folder per class (with --gallery, instead of --dataset)")
@@ -81,7 +86,7 @@ def _run_query_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.errors import UserError
     from plm.evaluation import retrieval_metrics
     from plm.utils.io import atomic_write_json

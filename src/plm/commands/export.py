@@ -22,7 +22,7 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".faiss": "faiss", ".index": "f
 INPUT_KINDS = {"plm-embeddings": ("csv", "parquet"), "plm-index": ("faiss",), "checkpoint": ("safetensors",)}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="an embeddings file (plm embed), an index file (plm index) or a checkpoint (.pt)")
     parser.add_argument("--out", required=True, help="file to write; its extension picks the format "
                                                      "(.csv, .parquet, .faiss, .safetensors)")
@@ -45,7 +45,7 @@ def _input_kind(path: Path) -> str:
     return fmt
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.errors import UserError
     from plm.search import EmbeddingStore, SearchIndex
     from plm.search import export as ex

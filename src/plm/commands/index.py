@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 AUTO_EXACT_MAX = 100_000
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--out", required=True, help="index file to write (.npz)")
     parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf", "pq"],
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--force", action="store_true", help="replace an existing --out file that is not a plm index")
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.errors import UserError
     from plm.search import EmbeddingStore, SearchIndex, VectorIndex, tune_search
     from plm.search.index import have_faiss

@@ -14,7 +14,7 @@ EXAMPLE = "plm map photos.npz --html photos-map.html"
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--html", required=True, metavar="OUT", help="HTML page to write")
     parser.add_argument("--method", default="auto", choices=["auto", "tsne", "umap", "pca"],
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the projection")
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join

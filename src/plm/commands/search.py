@@ -16,7 +16,7 @@ EXAMPLE = "plm search photos-index.npz query.jpg more-queries/ -k 5 --html resul
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index", help="index file from plm index (.npz)")
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="query image files or folders of images")
     parser.add_argument("-k", type=positive_int, default=10, help="results per query")
@@ -48,15 +48,14 @@ def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optiona
     return by_name.get(rel.parts[0])
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
+    from plm.commands._common import runtime_from_args
     from plm.errors import UserError
     from plm.evaluation import embed_dataset
     from plm.search import SearchIndex, describe, model_from_identity
     from plm.search.queries import PathListDataset, collect_queries
     from plm.utils.io import atomic_write_json
     from plm.utils.paths import HTML, SEARCH_JSON, check_output_file, display_path
-
-    from plm.commands._common import runtime_from_args
 
     if args.k < 1:
         raise UserError(f"-k must be >= 1, got {args.k}")

@@ -17,7 +17,7 @@ EXAMPLE = "plm serve photos-index.npz --port 8765    # then open http://127.0.0.
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index", help="index file from plm index (.npz)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 127.0.0.1 = this machine only (0.0.0.0 opens it to the network)")
@@ -55,7 +55,7 @@ def _embedder(idx, args: argparse.Namespace):
     return embed
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.errors import UserError
     from plm.search import SearchIndex, describe
     from plm.search.server import SearchService, make_server

@@ -14,7 +14,7 @@ DESCRIPTION = (HELP + ". Embeds the split with a frozen backbone (or a checkpoin
 EXAMPLE = "plm similarity-report --dataset folder --data-root photos/ --split all --backbone efficientnet_lite0"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from plm.estimators.report import DEFAULT_ESTIMATORS
 
     add_dataset_arguments(parser, default_split="train")
@@ -93,10 +93,10 @@ def _load_features(args: argparse.Namespace):
     return emb.vectors, emb.labels, args.backbone or args.checkpoint
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
+    from plm.errors import UserError
     from plm.estimators import ESTIMATORS
     from plm.estimators.report import similarity_quality
-    from plm.errors import UserError
     from plm.utils.io import atomic_write_json
 
     unknown = [e for e in args.estimators if e not in ESTIMATORS]

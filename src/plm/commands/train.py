@@ -25,7 +25,7 @@ EXAMPLE = "plm train --dataset folder --data-root photos/ --epochs 5 --out runs/
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:  # noqa: D103
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from plm.data import DATASETS
 
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML config file (see configs/)")
@@ -66,7 +66,7 @@ def _flags(args: argparse.Namespace) -> dict:
             "amp": args.amp, "data.num_workers": args.workers}
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: D103
+def run(args: argparse.Namespace) -> int:
     from plm.training.config import resolve_config
 
     config_file = args.config

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from plm.data.base import (
     ArrayImageDataset,
@@ -54,7 +55,7 @@ def _official(module: str, func: str) -> Callable[..., ImageDataset]:
         import importlib
 
         if root is None:
-            raise ValueError(f"this dataset needs --data-root DIR (see README: supported datasets)")
+            raise ValueError("this dataset needs --data-root DIR (see README: supported datasets)")
         return getattr(importlib.import_module(module), func)(root, split=split, val_classes=val_classes)
 
     return load

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -156,11 +157,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def _content_key(self) -> str:
         return ""
 
-    def subset(self, indices: Sequence[int]) -> "SubsetDataset":
+    def subset(self, indices: Sequence[int]) -> SubsetDataset:
         """A view on ``indices`` of this dataset (same images, labels and ids)."""
         return SubsetDataset(self, indices)
 
-    def limit(self, n: Optional[int], seed: int = 0) -> "ImageDataset":
+    def limit(self, n: Optional[int], seed: int = 0) -> ImageDataset:
         """A seeded random subset of ``n`` items (all of them when ``n`` is None or ≥ len)."""
         if n is None or n >= len(self):
             return self
@@ -185,7 +186,7 @@ class SubsetDataset(ImageDataset):
         self.ids = [parent.ids[i] for i in self.indices]
         self.transform = parent.transform
 
-    def load_image(self, index: int) -> Image.Image:  # noqa: D102
+    def load_image(self, index: int) -> Image.Image:
         return self.parent.load_image(int(self.indices[index]))
 
     def _content_key(self) -> str:
@@ -206,7 +207,7 @@ class ArrayImageDataset(ImageDataset):
         self.ids = list(ids)
         self.name, self.split = name, split
 
-    def load_image(self, index: int) -> Image.Image:  # noqa: D102
+    def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
 
 
@@ -225,7 +226,7 @@ class FileImageDataset(ImageDataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.name, self.split, self.class_names = name, split, class_names
 
-    def load_image(self, index: int) -> Image.Image:  # noqa: D102
+    def load_image(self, index: int) -> Image.Image:
         return open_image(self.paths[index])
 
     def _content_key(self) -> str:

@@ -46,7 +46,7 @@ def read_annotations(path: Path) -> tuple[list[str], list[int], dict[int, str] |
 
     try:
         mat = loadmat(str(path), squeeze_me=True)
-    except Exception as err:  # noqa: BLE001 - scipy raises several types for bad files
+    except Exception as err:
         raise ValueError(f"cannot read {path} as a MATLAB v5 file: {err}") from err
     ann = mat.get("annotations")
     fields = getattr(getattr(ann, "dtype", None), "names", None) or ()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import zlib
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Optional
 

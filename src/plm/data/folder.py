@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 from plm.data.base import IMAGE_EXTENSIONS, DatasetNotFoundError, FileImageDataset, class_split
 from plm.data.layout import check_split_not_empty

@@ -9,7 +9,7 @@ labels (purity, correlation).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from plm.estimators.base import (
     Neighbors,

@@ -60,7 +60,7 @@ class Neighbors:
         """Neighbours per point."""
         return int(self.indices.shape[1])
 
-    def take(self, k: int, n: int) -> "Neighbors":
+    def take(self, k: int, n: int) -> Neighbors:
         """The first ``k`` columns; raises ValueError when fewer are stored or N differs."""
         if self.indices.shape[0] != n:
             raise ValueError(f"neighbour table has {self.indices.shape[0]} rows for {n} points")
@@ -172,7 +172,7 @@ class SimilarityEstimator:
         self._sparse: Optional[sp.csr_matrix] = None
         self._lookup: Optional[PairLookup] = None
 
-    def fit(self, x: object, neighbors: Optional[Neighbors] = None) -> "SimilarityEstimator":
+    def fit(self, x: object, neighbors: Optional[Neighbors] = None) -> SimilarityEstimator:
         """Learn the similarity of the (N, d) points ``x``.
 
         Args:

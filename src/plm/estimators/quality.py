@@ -27,7 +27,8 @@ Definitions (exact; docs/similarity.md explains them):
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 

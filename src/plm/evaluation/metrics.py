@@ -46,14 +46,21 @@ from __future__ import annotations
 
 import logging
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 from plm.evaluation.knn import (
-    as_float32_matrix, chunk_minima, condition, has_duplicate_rows, knn, padded_width, smallest_k,
+    as_float32_matrix,
+    chunk_minima,
+    condition,
+    has_duplicate_rows,
+    knn,
+    padded_width,
+    smallest_k,
 )
 
 log = logging.getLogger(__name__)
@@ -251,7 +258,7 @@ def _ap_from_top(idx: torch.Tensor, lab: torch.Tensor, r: torch.Tensor,
     return ((prec * hf).sum(1) / rn).numpy(), (hf.sum(1) / rn).numpy()
 
 
-def _row_scan(x: torch.Tensor, labels: np.ndarray, classes: "_Classes", max_k: Optional[int],
+def _row_scan(x: torch.Tensor, labels: np.ndarray, classes: _Classes, max_k: Optional[int],
               block_size: int) -> QueryRanks:
     """Scan blocks of query rows against all items (memory ≈ block_size × N × 4 bytes)."""
     n = x.shape[0]

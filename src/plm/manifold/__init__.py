@@ -10,8 +10,8 @@ from plm.manifold.neighbors import knn_candidates
 from plm.manifold.pieces import candidate_residual, fit_error, fit_pieces, nearest_candidates
 from plm.manifold.similarity import (
     directed_similarity,
-    normalize_similarity,
     neighbor_similarity,
+    normalize_similarity,
     pair_similarity,
     paired_directed_similarity,
     pairwise_similarity,

@@ -114,7 +114,7 @@ class Pieces:
     def __len__(self) -> int:
         return int(self.anchors.shape[0])
 
-    def to(self, device: object) -> "Pieces":
+    def to(self, device: object) -> Pieces:
         """The same pieces on another device."""
         return Pieces(*(getattr(self, f.name).to(device) for f in fields(self)))
 

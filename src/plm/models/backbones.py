@@ -12,8 +12,9 @@ initialisation happens only when asked for explicitly with ``pretrained=False``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ class Backbone(nn.Module):
         self.preprocess = preprocess
         self.name = name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
 

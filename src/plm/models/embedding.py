@@ -110,7 +110,7 @@ class EmbeddingHead(nn.Module):
         self.linear.weight.copy_(weight.to(self.linear.weight))
         self.linear.bias.copy_((-(weight @ mean)).to(self.linear.bias))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = self.linear(features)
         return F.normalize(z, dim=-1) if self.normalize else z
 
@@ -147,7 +147,7 @@ class EmbeddingModel(nn.Module):
             pooled = pooled + F.adaptive_max_pool2d(fmap, 1).flatten(1)
         return pooled
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 

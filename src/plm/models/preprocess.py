@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class PreprocessConfig:
     std: tuple[float, float, float]
     crop_scale: tuple[float, float] = (0.16, 1.0)
 
-    def with_input_size(self, size: int) -> "PreprocessConfig":
+    def with_input_size(self, size: int) -> PreprocessConfig:
         """The same config at another resolution, keeping the resize/crop ratio."""
         if size <= 0:
             raise ValueError(f"image size must be positive, got {size}")

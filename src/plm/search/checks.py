@@ -8,7 +8,8 @@ error naming the file and what is wrong instead of a traceback deep inside a com
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import numpy as np
 

@@ -55,7 +55,7 @@ def write_embeddings_csv(store: Any, path: str | os.PathLike) -> Path:
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.parquet
     except ImportError as err:
         raise UserError("Parquet export needs pyarrow: pip install 'plm[parquet]' (or pyarrow); "
                         "CSV works without it (--out FILE.csv)") from err

@@ -118,7 +118,7 @@ class VectorIndex:
     def build(cls, vectors: np.ndarray, kind: str = "exact", metric: str = "auto", *, M: int = 32,
               ef_construction: int = 80, ef_search: Optional[int] = None, nlist: Optional[int] = None,
               nprobe: Optional[int] = None, pq_m: Optional[int] = None, k_factor: Optional[int] = None,
-              seed: int = 0) -> "VectorIndex":
+              seed: int = 0) -> VectorIndex:
         """Index ``vectors`` (N, D).
 
         Args:
@@ -271,7 +271,7 @@ class VectorIndex:
         return {"kind": self.kind, "metric": self.metric, "dim": self.dim, "count": self.count, "params": self.params}
 
     @classmethod
-    def from_arrays(cls, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> "VectorIndex":
+    def from_arrays(cls, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> VectorIndex:
         """Rebuild from :meth:`describe` and :meth:`to_arrays` output.
 
         Raises:

@@ -68,7 +68,7 @@ class SearchIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SearchIndex":
+    def load(cls, path: str | os.PathLike) -> SearchIndex:
         """Read a file written by :meth:`save` (never unpickles).
 
         Raises:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -27,7 +28,7 @@ class PathListDataset(ImageDataset):
         self.ids = [str(p) for p in paths]
         self.labels = np.full(len(self.paths), -1, dtype=np.int64)
 
-    def load_image(self, index: int) -> Image.Image:  # noqa: D102
+    def load_image(self, index: int) -> Image.Image:
         return open_image(self.paths[index])
 
 

@@ -6,8 +6,9 @@ explains the border colours.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
 from plm.viz.html import Page, Tile

@@ -26,11 +26,12 @@ import io
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -307,7 +308,7 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
         sys_version = ""
         timeout = 60
 
-        def log_message(self, fmt: str, *args: Any) -> None:  # noqa: D102 - to the log, not stderr
+        def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), fmt % args)
 
         def _send(self, status: HTTPStatus, body: bytes, ctype: str, cache: bool = False) -> None:
@@ -338,7 +339,7 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
             if limit is not None:
                 limit()
 
-        def do_GET(self) -> None:  # noqa: N802,D102
+        def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             as_json = url.path.startswith("/api/")
@@ -368,7 +369,7 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
 
         do_HEAD = do_GET
 
-        def do_POST(self) -> None:  # noqa: N802,D102
+        def do_POST(self) -> None:
             url = urlsplit(self.path)
             as_json = parse_qs(url.query).get("format", [""])[0] == "json"
             try:

@@ -104,7 +104,7 @@ class EmbeddingStore:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EmbeddingStore":
+    def load(cls, path: str | os.PathLike) -> EmbeddingStore:
         """Read a file written by :meth:`save` (never unpickles).
 
         Raises:
@@ -152,7 +152,7 @@ def read_npz(path: str | os.PathLike, fmt: str, how_to_make: str, version: int =
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-    except Exception as err:  # noqa: BLE001 - zip, EOF, JSON: all "not our file"
+    except Exception as err:
         raise UserError(f"{path} is not a {fmt} file: its meta record cannot be read ({type(err).__name__}: "
                         f"{err}); make one with {how_to_make}") from err
     if not isinstance(meta, dict) or meta.get("format") != fmt:
@@ -173,7 +173,7 @@ def read_npz(path: str | os.PathLike, fmt: str, how_to_make: str, version: int =
     try:
         with np.load(path, allow_pickle=False) as z:
             loaded = {k: z[k] for k in z.files if k != "meta"}
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise UserError(f"{path} is a damaged {fmt} file: its arrays cannot be read ({type(err).__name__}: "
                         f"{err}); make a new one with {how_to_make}") from err
     return loaded, meta

@@ -16,8 +16,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient and keeps this rank's slice."""
 
     @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, t: Tensor) -> Tensor:
         import torch.distributed as dist
 
         ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
@@ -142,7 +143,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(out)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> Tensor:
         import torch.distributed as dist
 
         grad = grad.contiguous().clone()

@@ -31,7 +31,7 @@ class EMATeacher(nn.Module):
         self.module.requires_grad_(False)
         self.module.eval()
 
-    def train(self, mode: bool = True) -> "EMATeacher":  # noqa: D102 - the teacher stays in eval mode
+    def train(self, mode: bool = True) -> EMATeacher:
         super().train(False)
         return self
 
@@ -47,6 +47,6 @@ class EMATeacher(nn.Module):
         for name, b in student.named_buffers():
             t_bufs[name].copy_(b)
 
-    def forward(self, *args, **kwargs):  # noqa: D102
+    def forward(self, *args, **kwargs):
         with torch.no_grad():
             return self.module(*args, **kwargs)

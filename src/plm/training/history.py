@@ -6,8 +6,9 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from plm.utils.io import atomic_write_bytes
 

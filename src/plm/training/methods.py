@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plm.training.config import PLM_LOSSES, PROXY_UPDATES
 from plm.training.losses import (
     balanced_pair_weights,
     contrastive_loss,
@@ -30,7 +31,6 @@ from plm.training.losses import (
     proxy_loss,
     relaxed_contrastive_loss,
 )
-from plm.training.config import PLM_LOSSES, PROXY_UPDATES
 from plm.training.proxies import ProxyBank
 
 
@@ -164,7 +164,7 @@ class PLMMethod(Method):
         self.proxies: Optional[ProxyBank] = (ProxyBank(num_proxies, embed_dim, manifold.piece_dim, seed=seed)
                                              if num_proxies > 0 else None)
 
-    def prepare(self, train_embeddings: Tensor) -> None:  # noqa: D102
+    def prepare(self, train_embeddings: Tensor) -> None:
         if self.proxies is not None:
             self.proxies.init_from_embeddings(train_embeddings, method=self.proxy_init,
                                               local_points=self.proxy_local_points, seed=self.seed,
@@ -180,7 +180,7 @@ class PLMMethod(Method):
         return F.normalize(teacher, dim=1) if self.manifold.normalize_inputs else teacher
 
     @torch.no_grad()
-    def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:  # noqa: D102
+    def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:
         from plm.manifold import fit_pieces, similarity_matrix
 
         if self.similarity == "binary":
@@ -207,7 +207,7 @@ class PLMMethod(Method):
         return point_loss(batch.student, batch.student_all, rows, self.delta, batch.row_start, denom=batch.num_pairs,
                           weights=weights)
 
-    def forward(self, batch: BatchView) -> dict[str, Tensor]:  # noqa: D102
+    def forward(self, batch: BatchView) -> dict[str, Tensor]:
         s = self.target_similarity(batch.teacher_all, batch.indices_all)
         l_point = self.point_term(batch, s)
         terms = {"point": l_point}
@@ -248,12 +248,12 @@ class STMLMethod(Method):
             raise ValueError(f"sigma, k and delta must be positive, got {sigma}, {k}, {delta}")
         self.sigma, self.k, self.delta = float(sigma), int(k), float(delta)
 
-    def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:  # noqa: D102
+    def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:
         from plm.estimators.stml import stml_target
 
         return stml_target(teacher, self.sigma, self.k).to(teacher.dtype)
 
-    def forward(self, batch: BatchView) -> dict[str, Tensor]:  # noqa: D102
+    def forward(self, batch: BatchView) -> dict[str, Tensor]:
         w = self.target_similarity(batch.teacher_all)
         loss = relaxed_contrastive_loss(batch.student, batch.student_all, w[batch.rows], self.delta,
                                         batch.row_start, denom=batch.num_pairs)
@@ -284,7 +284,7 @@ class KMeansMethod(Method):
         """Size the pseudo-label buffer (every rank, so that rank 0's labels can be broadcast)."""
         self._set_size(len(train_embeddings))
 
-    def on_epoch_start(self, train_embeddings: Tensor, epoch: int) -> None:  # noqa: D102
+    def on_epoch_start(self, train_embeddings: Tensor, epoch: int) -> None:
         from plm.estimators import kmeans_pseudo_labels
 
         x = F.normalize(train_embeddings.detach().float(), dim=1).cpu().numpy()
@@ -296,7 +296,7 @@ class KMeansMethod(Method):
         if self.pseudo_labels.numel() != n:
             self.pseudo_labels = torch.zeros(n, dtype=torch.long, device=self.pseudo_labels.device)
 
-    def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:  # noqa: D102
+    def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:
         if indices is None:
             raise ValueError("the kmeans method needs the batch's training-set indices")
         if self.pseudo_labels.numel() == 0:
@@ -304,13 +304,13 @@ class KMeansMethod(Method):
         y = self.pseudo_labels[indices.to(self.pseudo_labels.device)]
         return (y.unsqueeze(0) == y.unsqueeze(1)).float()
 
-    def forward(self, batch: BatchView) -> dict[str, Tensor]:  # noqa: D102
+    def forward(self, batch: BatchView) -> dict[str, Tensor]:
         s = self.target_similarity(batch.teacher_all, batch.indices_all).to(batch.student.device)
         loss = contrastive_loss(batch.student, batch.student_all, s[batch.rows], self.margin, batch.row_start,
                                 denom=batch.num_pairs)
         return {"contrastive": loss, "loss": loss}
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if "pseudo_labels" in state_dict:
             self._set_size(int(state_dict["pseudo_labels"].numel()))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

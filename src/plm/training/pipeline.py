@@ -14,7 +14,8 @@ Both expose the same interface to :mod:`plm.training.trainer`.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ class Pipeline:
 
     # -- to be provided by subclasses
     @property
-    def num_train(self) -> int:  # noqa: D102
+    def num_train(self) -> int:
         raise NotImplementedError
 
     def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
@@ -171,10 +172,10 @@ class FrozenPipeline(Pipeline):
         return self._features[key]
 
     @property
-    def num_train(self) -> int:  # noqa: D102
+    def num_train(self) -> int:
         return int(self.train_features.shape[0])
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:  # noqa: D102
+    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         for positions in sampler:
             idx = torch.as_tensor(positions, dtype=torch.long, device=self.device)
             yield self.train_features[idx], idx
@@ -184,7 +185,7 @@ class FrozenPipeline(Pipeline):
         return torch.cat([net(feats[i:i + chunk]) for i in range(0, len(feats), chunk)]) if len(feats) else \
             torch.zeros(0, self.model.out_dim, device=feats.device)
 
-    def train_embeddings(self, net: str = "teacher") -> Tensor:  # noqa: D102
+    def train_embeddings(self, net: str = "teacher") -> Tensor:
         module = self._net(net)
         was_training = module.training
         module.eval()
@@ -192,7 +193,7 @@ class FrozenPipeline(Pipeline):
         module.train(was_training)
         return out
 
-    def embed_split(self, split: ImageDataset, net: str = "student"):  # noqa: D102
+    def embed_split(self, split: ImageDataset, net: str = "student"):
         feats, labels = self._split_features(split)
         if not self.ctx.is_main:
             return None
@@ -203,19 +204,19 @@ class FrozenPipeline(Pipeline):
         module.train(was_training)
         return out, labels
 
-    def baseline_split(self, split: ImageDataset):  # noqa: D102
+    def baseline_split(self, split: ImageDataset):
         feats, labels = self._split_features(split)
         if not self.ctx.is_main:
             return None
         return torch.nn.functional.normalize(feats, dim=1).cpu().numpy(), labels
 
-    def export_state(self, which: str) -> dict:  # noqa: D102
+    def export_state(self, which: str) -> dict:
         head = self._net(which)
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if not k.startswith("head.")}
         state.update({f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()})
         return state
 
-    def load_export_state(self, state: dict) -> None:  # noqa: D102
+    def load_export_state(self, state: dict) -> None:
         head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
         self.model.head.load_state_dict(head)
 
@@ -289,16 +290,16 @@ class FinetunePipeline(Pipeline):
                             device=self.device, num_workers=self.config.data.num_workers, progress=self.progress)
         return torch.from_numpy(emb.vectors)
 
-    def set_train(self) -> None:  # noqa: D102
+    def set_train(self) -> None:
         self.student.train()
         if self.config.model.freeze_bn:
             freeze_batchnorm(self.student)
 
     @property
-    def num_train(self) -> int:  # noqa: D102
+    def num_train(self) -> int:
         return len(self.train_ds)
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:  # noqa: D102
+    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         before = self.train_ds.transform
         self.train_ds.transform = self._train_transform
         loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_skip,
@@ -316,7 +317,7 @@ class FinetunePipeline(Pipeline):
         return embed_distributed(module, ds, self.ctx, batch_size=self.config.eval.batch_size, device=self.device,
                                  num_workers=self.config.data.num_workers, progress=progress)
 
-    def train_embeddings(self, net: str = "teacher") -> Tensor:  # noqa: D102
+    def train_embeddings(self, net: str = "teacher") -> Tensor:
         module = self._net(net)
         vec, _, kept = self._embed(module, self.train_ds, self.progress)
         if len(kept) != len(self.train_ds):  # drop unreadable images from training for good
@@ -325,12 +326,12 @@ class FinetunePipeline(Pipeline):
         self.set_train()
         return vec
 
-    def embed_split(self, split: ImageDataset, net: str = "student"):  # noqa: D102
+    def embed_split(self, split: ImageDataset, net: str = "student"):
         vec, labels, _ = self._embed(self._net(net), split, self.progress)
         self.set_train()
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
 
-    def baseline_split(self, split: ImageDataset):  # noqa: D102
+    def baseline_split(self, split: ImageDataset):
         if self._pretrained_backbone is None:
             return None
         ref = EmbeddingModel(create_model(model_config_of(self.config), pretrained=False).backbone,
@@ -339,7 +340,7 @@ class FinetunePipeline(Pipeline):
         vec, labels, _ = self._embed(ref.to(self.device), split, self.progress)
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
 
-    def export_state(self, which: str) -> dict:  # noqa: D102
+    def export_state(self, which: str) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self._net(which).state_dict().items()}
 
 

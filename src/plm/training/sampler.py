@@ -14,7 +14,8 @@ topped up with seeds from the next permutation so all batches have the same size
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import numpy as np
 

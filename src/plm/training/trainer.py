@@ -25,11 +25,16 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from plm.errors import TrainingDivergedError, UserError
 from plm.evaluation.metrics import default_ks
 from plm.models import EmbeddingModel
-from plm.errors import TrainingDivergedError, UserError
 from plm.training.checkpoint import (
-    checkpoint_paths, commit_checkpoints, load_checkpoint, recover_checkpoints, rng_state, set_rng_state,
+    checkpoint_paths,
+    commit_checkpoints,
+    load_checkpoint,
+    recover_checkpoints,
+    rng_state,
+    set_rng_state,
 )
 from plm.training.config import TrainConfig, config_diff
 from plm.training.distributed import DistContext, init_distributed

@@ -19,8 +19,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 from plm.errors import OutputError
 from plm.utils.io import describe_os_error
@@ -232,7 +233,7 @@ def check_run_folder(folder: str | os.PathLike, files: dict[str, Kind], flag: st
 
 # ---------------------------------------------------------------- names that are not valid UTF-8
 # File names that are not valid UTF-8: carried losslessly, shown readably.
-# 
+#
 # On POSIX a file name is bytes. Python hands names that do not decode as UTF-8 over as ``str``
 # with each undecodable byte as a lone surrogate (``surrogateescape``: byte ``0xE9`` is
 # ``"\\udce9"``), and plm keeps that string everywhere: in embeddings and index files (NumPy

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Optional, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional, TextIO
 
 DEFAULT_INTERVAL = 30.0
 
@@ -100,7 +101,7 @@ class LineProgress:
         finally:
             self.close()
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -20,9 +20,10 @@ import base64
 import html as _html
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from PIL import Image
 
@@ -127,12 +128,12 @@ class Section:
     title: str
     blocks: list[str] = field(default_factory=list)
 
-    def paragraph(self, text: str) -> "Section":
+    def paragraph(self, text: str) -> Section:
         """A paragraph of plain text (escaped)."""
         self.blocks.append(f"<p>{escape(text)}</p>")
         return self
 
-    def figure(self, png: bytes, caption: str = "", alt: str = "", width: Optional[int] = None) -> "Section":
+    def figure(self, png: bytes, caption: str = "", alt: str = "", width: Optional[int] = None) -> Section:
         """An embedded PNG figure (e.g. from :func:`plm.viz.embedding_map_png`) with a caption."""
         style = f' style="width:{int(width)}px"' if width else ""
         cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
@@ -141,7 +142,7 @@ class Section:
         return self
 
     def table(self, headers: Sequence[Any], rows: Sequence[Sequence[Any]], caption: str = "",
-              float_format: str = "{:.4f}") -> "Section":
+              float_format: str = "{:.4f}") -> Section:
         """A table; floats are formatted with ``float_format``, ``None`` shows as ``-``."""
 
         def cell(v: Any) -> str:
@@ -155,13 +156,13 @@ class Section:
         self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
-    def gallery_row(self, tiles: Sequence[Tile], heading: str = "", max_side: int = 128) -> "Section":
+    def gallery_row(self, tiles: Sequence[Tile], heading: str = "", max_side: int = 128) -> Section:
         """A row of thumbnails (a query and its results) under an optional heading."""
         head = f"<h3>{escape(heading)}</h3>" if heading else ""
         self.blocks.append(f'<div class="row">{head}{"".join(t.render(max_side) for t in tiles)}</div>')
         return self
 
-    def legend(self, items: Sequence[tuple[Optional[str], str]]) -> "Section":
+    def legend(self, items: Sequence[tuple[Optional[str], str]]) -> Section:
         """A row of border-colour swatches: ``(mark, meaning)`` pairs, ``mark`` one of :data:`MARKS` or ``None``."""
         for mark, _ in items:
             if mark is not None and mark not in MARKS:
@@ -171,7 +172,7 @@ class Section:
         self.blocks.append(f'<div class="legend">{spans}</div>')
         return self
 
-    def raw(self, trusted_html: str) -> "Section":
+    def raw(self, trusted_html: str) -> Section:
         """Append HTML as is. Only for markup you built yourself: it is *not* escaped."""
         self.blocks.append(trusted_html)
         return self

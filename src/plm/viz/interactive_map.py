@@ -8,7 +8,8 @@ URIs, every name escaped, under the same Content-Security-Policy as every plm pa
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
