@@ -142,9 +142,9 @@ def test_random_walk_follows_the_manifold() -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(n_clusters=0), dict(n_clusters=2.5)])
-def test_kmeans_rejects_bad_options(bad: dict) -> None:
-    with pytest.raises(ValueError):
-        KMeansEstimator(**bad)
+def test_kmeans_rejects_bad_options(bad: dict, blobs) -> None:
+    with pytest.raises(ValueError):  # at fit time: __init__ only stores parameters (scikit-learn's rule)
+        KMeansEstimator(**bad).fit(blobs[0])
 
 
 @pytest.mark.parametrize("cls,bad", [(HierarchicalEstimator, dict(linkage="median")), (HierarchicalEstimator, dict(grade="x")),
@@ -152,9 +152,9 @@ def test_kmeans_rejects_bad_options(bad: dict) -> None:
                                      (STMLEstimator, dict(sigma=0)), (STMLEstimator, dict(k=0)),
                                      (GaussianEstimator, dict(sigma=-1.0)), (PLManifoldEstimator, dict(config="x")),
                                      (PLManifoldEstimator, dict(dense_max=1))])
-def test_constructors_reject_bad_options(cls, bad: dict) -> None:
-    with pytest.raises(ValueError):
-        cls(**bad)
+def test_constructors_reject_bad_options(cls, bad: dict, blobs) -> None:
+    with pytest.raises(ValueError):  # at fit time: __init__ only stores parameters (scikit-learn's rule)
+        cls(**bad).fit(blobs[0])
 
 
 def test_registry_and_input_validation(blobs) -> None:
@@ -228,3 +228,40 @@ def test_similarity_quality_report(blobs) -> None:
     assert sampled["correlation_method"] == "stratified"
     for name in ("plm", "gaussian"):
         assert abs(sampled["estimators"][name]["correlation"] - out["estimators"][name]["correlation"]) < 0.03
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_estimators_pass_sklearn_clone_and_params_round_trip(name: str, blobs) -> None:
+    from sklearn.base import clone
+
+    est = _make(name, dense_max=1000)
+    params = est.get_params()
+    assert params["dense_max"] == 1000 and set(params) == set(type(est)().get_params())
+    twin = clone(est)
+    assert type(twin) is type(est) and twin is not est and twin.get_params() == params
+    assert type(est)(**params).get_params() == params
+    # set_params changes what fit uses; the clone of a fitted estimator is unfitted and fits the same way
+    est.set_params(dense_max=500)
+    assert est.get_params()["dense_max"] == 500
+    fitted = est.fit(blobs[0])
+    assert fitted.mode_ == "dense" and clone(fitted).mode_ is None
+    np.testing.assert_allclose(clone(fitted).fit(blobs[0]).similarity(), fitted.similarity(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name,bad,message", [
+    ("kmeans", dict(n_clusters=0), "n_clusters must be an integer >= 1"),
+    ("hierarchical", dict(linkage="median"), "linkage must be one of"),
+    ("random_walk", dict(alpha=1.0), r"alpha must be in \(0, 1\)"),
+    ("stml", dict(sigma=0), "sigma must be a positive number"),
+    ("gaussian", dict(k=0), "k must be an integer >= 1"),
+    ("plm", dict(config="x"), "config must be a ManifoldConfig"),
+    ("plm", dict(dense_max=1), "dense_max must be an integer >= 2"),
+])
+def test_bad_parameters_are_stored_then_rejected_clearly(name: str, bad: dict, message: str, blobs) -> None:
+    cls = ESTIMATORS.get(name)
+    est = cls(**bad)  # stored as given, as clone() requires
+    assert all(est.get_params()[k] == v for k, v in bad.items())
+    with pytest.raises(ValueError, match=message):
+        est.fit(blobs[0])
+    with pytest.raises(ValueError, match=message):  # the factory checks at once, before any work
+        create_estimator(name, **bad)

@@ -1,7 +1,8 @@
 """The common interface of similarity estimators, and the shared k-NN table.
 
-Every estimator follows scikit-learn's shape: ``__init__`` stores options (and rejects bad ones
-with ValueError), ``fit(X)`` learns, learned state ends in ``_``. After ``fit``:
+Every estimator follows scikit-learn's estimator rules: ``__init__`` only stores its options
+(``get_params``/``set_params`` and ``sklearn.base.clone`` work), ``fit(X)`` validates them (bad
+ones raise ValueError there) and learns; learned state ends in ``_``. After ``fit``:
 
 - ``similarity()``: the (N, N) similarity as a dense ``numpy`` array in *dense* mode
   (N ≤ ``dense_max``), or a ``scipy.sparse.csr_matrix`` holding each point's top-k in *sparse* mode;
@@ -21,6 +22,7 @@ from typing import Optional, Union
 import numpy as np
 import scipy.sparse as sp
 import torch
+from sklearn.base import BaseEstimator
 
 Similarity = Union[np.ndarray, sp.csr_matrix]
 
@@ -152,25 +154,38 @@ def keep_topk(matrix: sp.spmatrix, k: int, keep_diagonal: bool = False, block_ro
     return sp.csr_matrix((m.data[keep], (rows_all[keep], m.indices[keep])), shape=m.shape)
 
 
-class SimilarityEstimator:
-    """Base class: validation, dense/sparse mode, and default dense lookups."""
+def check_int(name: str, value: object, low: int) -> None:
+    """Raise ValueError unless ``value`` is an integer (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+class SimilarityEstimator(BaseEstimator):  # type: ignore[misc]  # sklearn ships no type information
+    """Base class: parameter checks at fit time, dense/sparse mode, and default dense lookups."""
 
     name: str = "estimator"
     #: whether the estimator has a bounded-memory sparse mode
     scalable: bool = True
-    #: neighbours it needs in the shared k-NN table (0 = none)
-    needs_neighbors: int = 0
+    # fitted state (class-level defaults, so that __init__ stores nothing but the parameters)
+    groups_: Optional[list[np.ndarray]] = None
+    mode_: Optional[str] = None
+    n_: int = 0
+    _dense: Optional[np.ndarray] = None
+    _sparse: Optional[sp.csr_matrix] = None
+    _lookup: Optional[PairLookup] = None
 
     def __init__(self, dense_max: int = 5000):
-        if isinstance(dense_max, bool) or not isinstance(dense_max, int) or dense_max < 2:
-            raise ValueError(f"dense_max must be an integer >= 2, got {dense_max!r}")
         self.dense_max = dense_max
-        self.groups_: Optional[list[np.ndarray]] = None
-        self.mode_: Optional[str] = None
-        self.n_: int = 0
-        self._dense: Optional[np.ndarray] = None
-        self._sparse: Optional[sp.csr_matrix] = None
-        self._lookup: Optional[PairLookup] = None
+
+    @property
+    def needs_neighbors(self) -> int:
+        """Neighbours it needs in the shared k-NN table (0 = none)."""
+        return 0
+
+    def check_params(self) -> None:
+        """Raise ValueError naming the first bad parameter (called by :meth:`fit`)."""
+        if isinstance(self.dense_max, bool) or not isinstance(self.dense_max, int) or self.dense_max < 2:
+            raise ValueError(f"dense_max must be an integer >= 2, got {self.dense_max!r}")
 
     def fit(self, x: object, neighbors: Optional[Neighbors] = None) -> SimilarityEstimator:
         """Learn the similarity of the (N, d) points ``x``.
@@ -180,8 +195,10 @@ class SimilarityEstimator:
             neighbors: optional shared k-NN table of the normalised points.
 
         Raises:
+            ValueError: a bad parameter, or bad input.
             ScaleError: dense-only estimator and N > ``dense_max``.
         """
+        self.check_params()
         feats = as_features(x)
         self.n_ = len(feats)
         self.mode_ = "dense" if self.n_ <= self.dense_max else "sparse"

@@ -15,15 +15,10 @@ from typing import Optional
 
 import numpy as np
 
-from plm.estimators.base import Neighbors, SimilarityEstimator, compute_neighbors, topk_csr
+from plm.estimators.base import Neighbors, SimilarityEstimator, check_int, compute_neighbors, topk_csr
 
 LINKAGES = ("ward", "average", "complete", "single")
 GRADES = ("height", "rank")
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def kmeans_pseudo_labels(x: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 1, max_iter: int = 50,
@@ -50,9 +45,9 @@ def kmeans_pseudo_labels(x: np.ndarray, n_clusters: int, seed: int = 0, n_init: 
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"expected a non-empty (N, d) array, got shape {x.shape}")
-    _check_int("n_clusters", n_clusters, 1)
-    _check_int("n_init", n_init, 1)
-    _check_int("max_iter", max_iter, 1)
+    check_int("n_clusters", n_clusters, 1)
+    check_int("n_init", n_init, 1)
+    check_int("max_iter", max_iter, 1)
     k = min(n_clusters, len(x))
     if use_faiss is None:
         use_faiss = len(x) * k * x.shape[1] > 2e9
@@ -98,10 +93,13 @@ class KMeansEstimator(SimilarityEstimator):
 
     def __init__(self, n_clusters: int = 100, seed: int = 0, n_init: int = 1, top_k: int = 16, dense_max: int = 5000):
         super().__init__(dense_max)
-        _check_int("n_clusters", n_clusters, 1)
-        _check_int("n_init", n_init, 1)
-        _check_int("top_k", top_k, 1)
         self.n_clusters, self.seed, self.n_init, self.top_k = n_clusters, seed, n_init, top_k
+
+    def check_params(self) -> None:
+        super().check_params()
+        check_int("n_clusters", self.n_clusters, 1)
+        check_int("n_init", self.n_init, 1)
+        check_int("top_k", self.top_k, 1)
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         self.labels_ = kmeans_pseudo_labels(x, self.n_clusters, seed=self.seed, n_init=self.n_init)
@@ -134,12 +132,15 @@ class HierarchicalEstimator(SimilarityEstimator):
 
     def __init__(self, n_clusters: int = 100, linkage: str = "ward", grade: str = "height", dense_max: int = 10000):
         super().__init__(dense_max)
-        _check_int("n_clusters", n_clusters, 1)
-        if linkage not in LINKAGES:
-            raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
-        if grade not in GRADES:
-            raise ValueError(f"grade must be one of {GRADES}, got {grade!r}")
         self.n_clusters, self.linkage, self.grade = n_clusters, linkage, grade
+
+    def check_params(self) -> None:
+        super().check_params()
+        check_int("n_clusters", self.n_clusters, 1)
+        if self.linkage not in LINKAGES:
+            raise ValueError(f"linkage must be one of {LINKAGES}, got {self.linkage!r}")
+        if self.grade not in GRADES:
+            raise ValueError(f"grade must be one of {GRADES}, got {self.grade!r}")
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         from scipy.cluster.hierarchy import cophenet, fcluster, linkage

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, topk_csr
+from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, check_int, topk_csr
 from plm.manifold import ManifoldConfig, fit_pieces, neighbor_similarity, pair_similarity, pairwise_similarity
 
 
@@ -24,16 +24,27 @@ class PLManifoldEstimator(SimilarityEstimator):
 
     def __init__(self, config: Optional[ManifoldConfig] = None, top_k: int = 16, dense_max: int = 5000):
         super().__init__(dense_max)
-        if config is not None and not isinstance(config, ManifoldConfig):
-            raise ValueError(f"config must be a ManifoldConfig, got {type(config).__name__}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        self.config = config or ManifoldConfig()
+        self.config = config
         self.top_k = top_k
-        self.needs_neighbors = max(self.config.max_candidates or 16, top_k)
+
+    @property
+    def manifold_config(self) -> ManifoldConfig:
+        """``config``, or the default :class:`ManifoldConfig` when it is ``None``."""
+        return self.config if self.config is not None else ManifoldConfig()
+
+    @property
+    def needs_neighbors(self) -> int:
+        """The candidates the pieces need, and at least ``top_k``."""
+        return max(self.manifold_config.max_candidates or 16, int(self.top_k))
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.config is not None and not isinstance(self.config, ManifoldConfig):
+            raise ValueError(f"config must be a ManifoldConfig, got {type(self.config).__name__}")
+        check_int("top_k", self.top_k, 1)
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
-        cfg = self.config
+        cfg = self.manifold_config
         t = torch.from_numpy(x)
         cand = None
         if neighbors is not None:
@@ -58,5 +69,5 @@ class PLManifoldEstimator(SimilarityEstimator):
         todo = np.flatnonzero(out == 0)
         if len(todo):
             out[todo] = pair_similarity(self.pieces_, torch.from_numpy(rows[todo]), torch.from_numpy(cols[todo]),
-                                        self.config).numpy()
+                                        self.manifold_config).numpy()
         return out

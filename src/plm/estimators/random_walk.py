@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 
-from plm.estimators.base import Neighbors, SimilarityEstimator, keep_topk
+from plm.estimators.base import Neighbors, SimilarityEstimator, check_int, keep_topk
 
 
 class RandomWalkEstimator(SimilarityEstimator):
@@ -39,15 +39,21 @@ class RandomWalkEstimator(SimilarityEstimator):
     def __init__(self, k: int = 10, alpha: float = 0.99, gamma: float = 3.0, steps: int = 3, prune: int = 64,
                  top_k: int = 16, dense_max: int = 5000):
         super().__init__(dense_max)
-        for name, value in (("k", k), ("steps", steps), ("prune", prune), ("top_k", top_k)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-        if not isinstance(gamma, (int, float)) or not gamma > 0:
-            raise ValueError(f"gamma must be positive, got {gamma!r}")
         self.k, self.alpha, self.gamma, self.steps, self.prune, self.top_k = k, alpha, gamma, steps, prune, top_k
-        self.needs_neighbors = k
+
+    @property
+    def needs_neighbors(self) -> int:
+        """The graph's ``k`` neighbours per point."""
+        return int(self.k)
+
+    def check_params(self) -> None:
+        super().check_params()
+        for name in ("k", "steps", "prune", "top_k"):
+            check_int(name, getattr(self, name), 1)
+        if not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if not isinstance(self.gamma, (int, float)) or not self.gamma > 0:
+            raise ValueError(f"gamma must be positive, got {self.gamma!r}")
 
     def transition(self, x: np.ndarray, neighbors: Neighbors) -> sp.csr_matrix:
         """The symmetric normalised affinity S = D^(−1/2) W D^(−1/2) of the k-NN graph."""

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from plm.estimators import DEFAULT_ESTIMATORS
 from plm.estimators.base import ScaleError, as_features, compute_neighbors
 from plm.estimators.quality import (
     exact_correlation,
@@ -23,7 +24,6 @@ from plm.estimators.quality import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ESTIMATORS = ("kmeans", "hierarchical", "random_walk", "gaussian", "stml", "plm")
 
 
 def default_options(name: str, n_classes: int) -> dict:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, keep_topk, topk_csr
+from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, check_int, keep_topk, topk_csr
 
 
 def _half(k: int) -> int:
@@ -127,11 +127,17 @@ class STMLEstimator(SimilarityEstimator):
 
     def __init__(self, sigma: float = 3.0, k: int = 5, top_k: int = 16, dense_max: int = 5000):
         super().__init__(dense_max)
-        _check(sigma, k)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        self.sigma, self.k, self.top_k = float(sigma), k, top_k
-        self.needs_neighbors = max(k - 1, top_k, 1)
+        self.sigma, self.k, self.top_k = sigma, k, top_k
+
+    @property
+    def needs_neighbors(self) -> int:
+        """The k − 1 nearest other points, and at least ``top_k``."""
+        return max(int(self.k) - 1, int(self.top_k), 1)
+
+    def check_params(self) -> None:
+        super().check_params()
+        _check(self.sigma, self.k)
+        check_int("top_k", self.top_k, 1)
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         n = len(x)
@@ -143,7 +149,7 @@ class STMLEstimator(SimilarityEstimator):
         self._wc_lookup = PairLookup(w_c)
         self.groups_ = [rec.indices[rec.indptr[i]:rec.indptr[i + 1]].astype(np.int64) for i in range(n)]
         if self.mode_ == "dense":
-            self._dense = ((_gaussian_dense(x, self.sigma) + w_c.toarray()) / 2).astype(np.float32)
+            self._dense = ((_gaussian_dense(x, float(self.sigma)) + w_c.toarray()) / 2).astype(np.float32)
             return
         kk = min(self.top_k, neighbors.k)
         idx = neighbors.indices[:, :kk]
@@ -159,7 +165,7 @@ class STMLEstimator(SimilarityEstimator):
     def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """W at arbitrary pairs: W_P from the features, W_C from the sparse matrix."""
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        return (_gaussian_pairs(self._x, rows, cols, self.sigma) + self._wc_lookup(rows, cols)) / 2
+        return (_gaussian_pairs(self._x, rows, cols, float(self.sigma)) + self._wc_lookup(rows, cols)) / 2
 
     def _pairs_sparse(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.pair_values(rows, cols)
@@ -179,12 +185,18 @@ class GaussianEstimator(SimilarityEstimator):
 
     def __init__(self, sigma: Optional[float] = None, k: int = 16, dense_max: int = 5000):
         super().__init__(dense_max)
-        if sigma is not None:
-            _check(sigma, 1)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         self.sigma, self.k = sigma, k
-        self.needs_neighbors = k
+
+    @property
+    def needs_neighbors(self) -> int:
+        """``k``: the rank of the automatic σ and the entries per row in sparse mode."""
+        return int(self.k)
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.sigma is not None:
+            _check(self.sigma, 1)
+        check_int("k", self.k, 1)
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         n = len(x)
