@@ -13,3 +13,8 @@ class OutputError(UserError):
 
 class TrainingDivergedError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+class NoPretrainedWeightsError(ValueError):
+    """Pretrained weights were asked for a backbone that ships none (and nothing is downloaded);
+    the model factory turns it into a :class:`UserError` naming the option that gives a file."""

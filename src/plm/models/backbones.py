@@ -128,7 +128,9 @@ def weights_mismatch(path: str | os.PathLike, backbone: str, state: dict[str, to
 
 def _require_choice(name: str, pretrained: Pretrained) -> str | None:
     if pretrained is True or pretrained is None:
-        raise ValueError(
+        from plm.errors import NoPretrainedWeightsError
+
+        raise NoPretrainedWeightsError(
             f"no ImageNet weights for {name!r} ship with plm and nothing is downloaded: pass "
             f"pretrained=PATH to a torchvision state dict (e.g. {name}-*.pth from the torchvision "
             f"release page), or pretrained=False for an explicit random initialisation"

@@ -14,7 +14,6 @@ their fingerprints agree.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -66,7 +65,7 @@ def model_from_identity(identity: dict[str, Any], checkpoint: Optional[str] = No
     Raises:
         UserError: the recorded checkpoint is gone, or the model is not the one recorded.
     """
-    from plm.commands._common import model_from_args
+    from plm.models.factory import build_embedder
 
     if identity.get("source") not in ("backbone", "checkpoint"):
         raise UserError("the file records no usable model identity; re-create it with plm embed")
@@ -74,11 +73,11 @@ def model_from_identity(identity: dict[str, Any], checkpoint: Optional[str] = No
     if ckpt is not None and not Path(ckpt).is_file():
         raise UserError(f"the checkpoint the index was built with is missing: {ckpt}; "
                         f"pass --checkpoint PATH to point at its new location")
-    args = argparse.Namespace(backbone=None if ckpt else identity["backbone"], checkpoint=ckpt,
-                              weights=identity.get("weights"), image_size=identity.get("image_size"))
-    model = model_from_args(args)
+    backbone = None if ckpt else identity["backbone"]
+    weights = identity.get("weights")
+    model = build_embedder(backbone=backbone, checkpoint=ckpt, weights=weights, image_size=identity.get("image_size"))
     if check:
-        ident = model_identity(model, backbone=args.backbone, checkpoint=ckpt, weights=args.weights)
+        ident = model_identity(model, backbone=backbone, checkpoint=ckpt, weights=weights)
         if ident["dim"] != identity.get("dim"):
             raise UserError(f"dimension mismatch: the index holds {identity.get('dim')}-d vectors but "
                             f"{describe(ident)} gives {ident['dim']}-d embeddings; search with the model the "

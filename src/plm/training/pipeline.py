@@ -47,15 +47,10 @@ def feature_config_of(config, normalize: bool = False) -> ModelConfig:
 def build_model(config) -> EmbeddingModel:
     """The pretrained embedding model with a random orthogonal head (global torch RNG); the
     pipelines then apply ``model.head_init``."""
-    from plm.errors import UserError
+    from plm.models.factory import build_embedder
 
-    try:
-        return create_model(model_config_of(config), pretrained=config.model.backbone_weights or True)
-    except ValueError as err:
-        if config.model.backbone_weights is None and "no ImageNet weights" in str(err):
-            raise UserError(f"{config.model.backbone} ships without ImageNet weights and nothing is downloaded: set "
-                            f"model.backbone_weights=PATH (a torchvision state dict)") from err
-        raise
+    return build_embedder(model_config_of(config), weights=config.model.backbone_weights,
+                          weights_hint="set model.backbone_weights=PATH")
 
 
 class Pipeline:
