@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: ``plm demo --help`` reads VARIANTS only
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def pick_dataset(data_root: Optional[str] = None, dataset: str = "glyphs") -> tu
 
 def _aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean of each metric over seeds, with the standard deviation and the runs when there are several."""
+    import numpy as np
+
     keys = ["map_at_r", "r_precision", "nmi"]
     ks = list(runs[0]["recall_at"])
     mean = {"recall_at": {k: float(np.mean([r["recall_at"][k] for r in runs])) for k in ks},
@@ -258,7 +261,9 @@ def _test_views(result) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
 def write_report(path: Path, demo: DemoResult, result, histories: dict[str, list[dict]],
                  queries_per_class: int = 1, k: int = 6) -> Path:
     """The self-contained ``report.html``: results table, curves, t-SNE maps, retrieval galleries."""
-    from plm.commands._common import metrics_headers, metrics_row
+    import numpy as np
+
+    from plm.utils.tables import metrics_headers, metrics_row
     from plm.viz import embedding_map_png, retrieval_gallery_png, retrieval_rows, training_curves_png
     from plm.viz.html import Page
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from plm.data import DATASETS
 from plm.utils.args import non_negative_int, positive_int
@@ -16,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "test", required: bool = True) -> None:
     """``--dataset``, ``--data-root``, ``--split``, ``--limit``."""
-    parser.add_argument("--dataset", required=required, choices=list(DATASETS), help="dataset name")
+    parser.add_argument("--dataset", required=required, choices=DATASETS.names(), help="dataset name")
     parser.add_argument("--data-root", default=None, help="dataset root folder (official layout)")
     parser.add_argument("--split", default=default_split, choices=["train", "val", "test", "all"],
                         help="train = seen classes, val = held-out seen classes, test = unseen classes")
@@ -63,28 +61,13 @@ def runtime_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "num_workers": default_workers(device, getattr(args, "workers", None))}
 
 
-def model_from_args(args: argparse.Namespace):
-    """The :class:`~plm.models.EmbeddingModel` the arguments name."""
-    from plm.models import ModelConfig, create_model, load_model
-    from plm.models.backbones import check_image_size
+def model_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~plm.models.EmbeddingModel` that ``--backbone``/``--checkpoint``, ``--weights`` and
+    ``--image-size`` name (see :func:`plm.models.factory.build_embedder`)."""
+    from plm.models.factory import build_embedder
 
-    if args.checkpoint:
-        model = load_model(args.checkpoint)
-        if args.image_size is not None:
-            check_image_size(model.config.backbone, args.image_size, "--image-size")
-            model.config.image_size = args.image_size
-        return model
-    config = ModelConfig(backbone=args.backbone, embed_dim=None, pooling="avg", normalize=True,
-                         image_size=args.image_size)
-    from plm.errors import UserError
-
-    try:
-        return create_model(config, pretrained=args.weights if args.weights else True)
-    except ValueError as err:
-        if args.weights is None and "no ImageNet weights" in str(err):
-            raise UserError(f"{args.backbone} ships without ImageNet weights and nothing is downloaded: "
-                            f"pass --weights FILE (a torchvision state dict)") from err
-        raise
+    return build_embedder(backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights,
+                          image_size=args.image_size)
 
 
 def embed_labelled_split(args: argparse.Namespace, needed_for: str) -> tuple[Any, Any]:
@@ -108,30 +91,3 @@ def embed_labelled_split(args: argparse.Namespace, needed_for: str) -> tuple[Any
     if emb.skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
     return dataset, emb
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with aligned columns (floats to 4 decimals, None as '-')."""
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-    return "\n".join(out)
-
-
-def metrics_row(name: str, metrics: dict, ks: Optional[Sequence[str]] = None) -> list:
-    """One table row: name, Recall@K…, MAP@R, R-precision, NMI."""
-    ks = ks or list(metrics["recall_at"])
-    return [name, *(metrics["recall_at"][k] for k in ks), metrics["map_at_r"], metrics.get("r_precision"), metrics.get("nmi")]
-
-
-def metrics_headers(ks: Sequence[str]) -> list[str]:
-    """Headers matching :func:`metrics_row`."""
-    return ["method", *(f"R@{k}" for k in ks), "MAP@R", "R-prec", "NMI"]

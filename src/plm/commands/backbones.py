@@ -16,9 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from plm.commands._common import format_table
     from plm.models.catalog import backbone_catalog
     from plm.utils.io import atomic_write_json
+    from plm.utils.tables import format_table
 
     rows = backbone_catalog()
     print(format_table(["backbone", "input px", "feature dim", "weights here", "note"],

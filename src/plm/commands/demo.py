@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from plm.commands._common import format_table, metrics_headers, metrics_row
     from plm.demo import run_demo
+    from plm.utils.tables import format_table, metrics_headers, metrics_row
 
     overrides = list(args.overrides)
     if args.device:

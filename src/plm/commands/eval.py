@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from plm.commands._common import (
-    add_dataset_arguments,
-    add_model_arguments,
-    embed_labelled_split,
-    format_table,
-    metrics_headers,
-    metrics_row,
-)
-from plm.evaluation.metrics import NMI_MAX_CLASSES, default_ks
+from plm.commands._common import add_dataset_arguments, add_model_arguments, embed_labelled_split
+from plm.evaluation.defaults import NMI_MAX_CLASSES, default_ks
 from plm.utils.args import positive_int
+from plm.utils.tables import format_table, metrics_headers, metrics_row
 
 NAME = "eval"
 HELP = "zero-shot retrieval metrics (Recall@K, MAP@R, R-precision, NMI) on a dataset split"

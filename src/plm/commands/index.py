@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from plm.commands._common import format_table
 from plm.utils.args import positive_int
+from plm.utils.tables import format_table
 
 NAME = "index"
 HELP = "build a search index (exact, HNSW, IVF or PQ) from a plm embed file, and report its recall vs exact search"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from plm.commands._common import add_dataset_arguments, add_runtime_arguments, format_table
+from plm.commands._common import add_dataset_arguments, add_runtime_arguments
 from plm.utils.args import positive_int
+from plm.utils.tables import format_table
 
 NAME = "similarity-report"
 HELP = "label purity and correlation of the PL manifold similarity and its peers on a dataset split"
@@ -15,7 +16,7 @@ EXAMPLE = "plm similarity-report --dataset folder --data-root photos/ --split al
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from plm.estimators.report import DEFAULT_ESTIMATORS
+    from plm.estimators import DEFAULT_ESTIMATORS, ESTIMATORS
 
     add_dataset_arguments(parser, default_split="train")
     group = parser.add_mutually_exclusive_group(required=True)
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     add_runtime_arguments(parser)
     parser.add_argument("--estimators", nargs="+", default=list(DEFAULT_ESTIMATORS), metavar="NAME",
-                        help="estimators to run (plm, kmeans, hierarchical, random_walk, stml, gaussian)")
+                        help=f"estimators to run ({', '.join(ESTIMATORS.names())})")
     parser.add_argument("--clusters", type=int, default=None,
                         help="clusters for kmeans / hierarchical (default: the number of classes)")
     parser.add_argument("--piece-dim", type=int, default=None, help="PL piece dimension m")
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     unknown = [e for e in args.estimators if e not in ESTIMATORS]
     if unknown:
-        raise UserError(f"unknown estimator(s) {', '.join(unknown)}; choose from {', '.join(ESTIMATORS)}")
+        raise UserError(f"unknown estimator(s) {', '.join(unknown)}; choose from {', '.join(ESTIMATORS.names())}")
     config = _pl_config(args)
     if args.json:
         from plm.utils.paths import SIMILARITY_JSON, check_output_file

@@ -112,7 +112,7 @@ def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:
 
 
 def _report(result) -> int:
-    from plm.commands._common import format_table, metrics_headers, metrics_row
+    from plm.utils.tables import format_table, metrics_headers, metrics_row
 
     print(f"best epoch {result.best_epoch} (selected on {result.selection.replace('_', ' ')}); "
           f"checkpoint {result.best_checkpoint}")

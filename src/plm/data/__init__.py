@@ -7,47 +7,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from plm.data.base import (
-    ArrayImageDataset,
-    DatasetNotFoundError,
-    FileImageDataset,
-    ImageDataset,
-    ImageLoadError,
-    SubsetDataset,
-    UnsafePathError,
-    class_split,
-    collate_skip,
-    open_image,
-    safe_join,
-)
+from plm.utils.lazy import lazy_exports
+from plm.utils.registry import Registry
 
+if TYPE_CHECKING:  # imported on first use (torch, PIL): ``plm --help`` reads the dataset names only
+    from plm.data.base import (
+        ArrayImageDataset,
+        DatasetNotFoundError,
+        FileImageDataset,
+        ImageDataset,
+        ImageLoadError,
+        SubsetDataset,
+        UnsafePathError,
+        class_split,
+        collate_skip,
+        open_image,
+        safe_join,
+    )
 
-def _fashion(split: str, root, val_classes: int) -> ImageDataset:
-    from plm.data.fashion_mnist import load_fashion_mnist
-
-    return load_fashion_mnist(split, root=root, val_classes=val_classes)
-
-
-def _glyphs(split: str, root, val_classes: int) -> ImageDataset:
-    from plm.data.glyphs import load_glyphs
-
-    return load_glyphs(split, root=root, val_classes=val_classes)
+lazy_exports(__name__, {name: "plm.data.base" for name in (
+    "ArrayImageDataset", "DatasetNotFoundError", "FileImageDataset", "ImageDataset", "ImageLoadError",
+    "SubsetDataset", "UnsafePathError", "class_split", "collate_skip", "open_image", "safe_join")})
 
 
-def _digits(split: str, root, val_classes: int) -> ImageDataset:
-    from plm.data.digits import load_digits_dataset
-
-    return load_digits_dataset(split, val_classes=val_classes)
-
-
-def _folder(split: str, root, val_classes: int) -> ImageDataset:
-    from plm.data.folder import load_image_folder
-
-    if root is None:
-        raise ValueError("the folder dataset needs --data-root FOLDER")
-    return load_image_folder(root, split=split, val_classes=val_classes)
+#: dataset name → loader ``(split, root, val_classes) -> ImageDataset`` (the CLI's ``--dataset`` choices)
+DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
 
 def _official(module: str, func: str) -> Callable[..., ImageDataset]:
@@ -61,15 +47,39 @@ def _official(module: str, func: str) -> Callable[..., ImageDataset]:
     return load
 
 
-DATASETS: dict[str, Callable[..., ImageDataset]] = {
-    "cub200": _official("plm.data.cub", "load_cub200"),
-    "cars196": _official("plm.data.cars", "load_cars196"),
-    "sop": _official("plm.data.sop", "load_sop"),
-    "fashion-mnist": _fashion,
-    "glyphs": _glyphs,
-    "digits": _digits,
-    "folder": _folder,
-}
+for _name, _module, _func in (("cub200", "plm.data.cub", "load_cub200"), ("cars196", "plm.data.cars", "load_cars196"),
+                              ("sop", "plm.data.sop", "load_sop")):
+    DATASETS.add(_name, _official(_module, _func))
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion(split: str, root, val_classes: int) -> ImageDataset:
+    from plm.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist(split, root=root, val_classes=val_classes)
+
+
+@DATASETS.register("glyphs")
+def _glyphs(split: str, root, val_classes: int) -> ImageDataset:
+    from plm.data.glyphs import load_glyphs
+
+    return load_glyphs(split, root=root, val_classes=val_classes)
+
+
+@DATASETS.register("digits")
+def _digits(split: str, root, val_classes: int) -> ImageDataset:
+    from plm.data.digits import load_digits_dataset
+
+    return load_digits_dataset(split, val_classes=val_classes)
+
+
+@DATASETS.register("folder")
+def _folder(split: str, root, val_classes: int) -> ImageDataset:
+    from plm.data.folder import load_image_folder
+
+    if root is None:
+        raise ValueError("the folder dataset needs --data-root FOLDER")
+    return load_image_folder(root, split=split, val_classes=val_classes)
 
 
 def load_dataset(name: str, split: str = "train", root: Optional[str | os.PathLike] = None,
@@ -84,9 +94,7 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | os.PathLi
             folder of font files instead of the system's fonts).
         val_classes: how many seen classes form the class-disjoint ``val`` split.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](split, root, val_classes)
+    return DATASETS.get(name)(split, root, val_classes)
 
 
 __all__ = [

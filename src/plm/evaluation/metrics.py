@@ -53,6 +53,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from plm.evaluation.defaults import NMI_MAX_CLASSES, default_ks
 from plm.evaluation.knn import (
     as_float32_matrix,
     chunk_minima,
@@ -64,14 +65,6 @@ from plm.evaluation.knn import (
 )
 
 log = logging.getLogger(__name__)
-
-#: above this many classes NMI (k-means with one cluster per class) is skipped unless asked for
-NMI_MAX_CLASSES = 1000
-
-
-def default_ks(dataset: str) -> list[int]:
-    """The field's Recall@K list: 1/10/100/1000 on SOP, 1/2/4/8 elsewhere."""
-    return [1, 10, 100, 1000] if dataset == "sop" else [1, 2, 4, 8]
 
 
 NO_HIT = np.iinfo(np.int64).max  # first-hit rank of a query without any same-class item

@@ -1,0 +1,11 @@
+"""The evaluation's defaults, importable without numpy or torch (the CLI's ``--help`` shows them)."""
+
+from __future__ import annotations
+
+#: above this many classes NMI (k-means with one cluster per class) is skipped unless asked for
+NMI_MAX_CLASSES = 1000
+
+
+def default_ks(dataset: str) -> list[int]:
+    """The field's Recall@K list: 1/10/100/1000 on SOP, 1/2/4/8 elsewhere."""
+    return [1, 10, 100, 1000] if dataset == "sop" else [1, 2, 4, 8]
