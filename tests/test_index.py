@@ -9,7 +9,7 @@ import pytest
 
 from plm.errors import UserError
 from plm.search import SearchIndex, VectorIndex, exact_neighbours, recall_at_k, tune_search
-from plm.search.index import _numpy_search, unit_rows
+from plm.search.index import unit_rows
 
 faiss = pytest.importorskip("faiss")
 
@@ -36,16 +36,36 @@ def test_exact_matches_a_python_loop(rng: np.random.Generator, metric: str) -> N
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_numpy_fallback_agrees_with_faiss(rng: np.random.Generator, metric: str) -> None:
+def test_torch_fallback_agrees_with_faiss(rng: np.random.Generator, metric: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    faiss = pytest.importorskip("faiss")
+    import plm.search.index as mod
+
     x = rng.standard_normal((5000, 12)).astype(np.float32)
     x = unit_rows(x) if metric == "cosine" else x
     q = x[:40] + 0.01
     q = unit_rows(q) if metric == "cosine" else q
-    d_np, i_np = _numpy_search(x, q, 10, metric, block=777, qblock=13)  # odd blocks exercise the merge
-    d_f, i_f = VectorIndex.build(x, "exact", metric).search(q, 10)
+    monkeypatch.setattr(mod, "have_faiss", lambda: False)  # the exact k-NN's torch blocks
+    d_np, i_np = VectorIndex.build(x, "exact", metric).search(q, 10)
+    d_f, i_f = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)
+    d_f = 1.0 - d_f if metric == "cosine" else np.sqrt(np.maximum(d_f, 0))
     assert (i_np == i_f).mean() > 0.99
-    d_np = d_np if metric == "cosine" else np.sqrt(np.maximum(d_np, 0))
     np.testing.assert_allclose(d_np, d_f, atol=1e-4)
+
+
+@pytest.mark.parametrize("faiss_on", [True, False])
+def test_exact_index_breaks_ties_by_id(faiss_on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import plm.search.index as mod
+
+    if faiss_on and not mod.have_faiss():
+        pytest.skip("faiss not installed")
+    monkeypatch.setattr(mod, "have_faiss", lambda: faiss_on)
+    base = np.eye(4, dtype=np.float32)
+    x = base[[2, 0, 2, 1, 2, 3, 0]]  # three copies of e2, two of e0
+    for metric in ("cosine", "l2"):
+        d, ids = VectorIndex.build(x, "exact", metric).search(base[[2, 0]], 4)
+        assert ids[0].tolist()[:3] == [0, 2, 4] and ids[1].tolist()[:2] == [1, 6]
+        assert d[0, :3].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_exact_without_faiss_uses_numpy(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:

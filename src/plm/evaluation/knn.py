@@ -47,7 +47,7 @@ def as_float32_matrix(x: np.ndarray | torch.Tensor, name: str = "embeddings") ->
 
 
 def condition(*arrays: torch.Tensor, chunk: int = 8192) -> tuple[list[torch.Tensor], float]:
-    """Translate and scale float32 matrices jointly so that float32 distances stay exact enough.
+    """Translate and scale matrices jointly so that float32 (or float64) distances stay exact enough.
 
     Squared distances are computed by the expansion ``‖a‖² + ‖b‖² − 2⟨a, b⟩``, which loses every
     significant digit when the embeddings share a large common offset (every coordinate + 1000)
@@ -60,17 +60,18 @@ def condition(*arrays: torch.Tensor, chunk: int = 8192) -> tuple[list[torch.Tens
     stay identical.
 
     Args:
-        arrays: (N_i, D) float32 tensors with finite values (a query and a gallery set, or one set).
+        arrays: (N_i, D) float32 or float64 tensors with finite values, on one device (a query and a
+            gallery set, or one set).
         chunk: rows converted at a time.
 
     Returns:
-        the conditioned float32 tensors (new tensors), and ``scale``: conditioned squared
+        the conditioned tensors (new tensors, same dtypes), and ``scale``: conditioned squared
         distances times ``scale`` are the original squared distances.
     """
-    d = arrays[0].shape[1]
-    lo = torch.full((d,), float("inf"), dtype=torch.float64)
-    hi = torch.full((d,), float("-inf"), dtype=torch.float64)
-    total = torch.zeros(d, dtype=torch.float64)
+    d, device = arrays[0].shape[1], arrays[0].device
+    lo = torch.full((d,), float("inf"), dtype=torch.float64, device=device)
+    hi = torch.full((d,), float("-inf"), dtype=torch.float64, device=device)
+    total = torch.zeros(d, dtype=torch.float64, device=device)
     count = 0
     for a in arrays:
         for s in range(0, a.shape[0], chunk):
@@ -90,7 +91,7 @@ def condition(*arrays: torch.Tensor, chunk: int = 8192) -> tuple[list[torch.Tens
     for a in arrays:
         c = torch.empty_like(a)
         for s in range(0, a.shape[0], chunk):
-            c[s:s + chunk] = ((a[s:s + chunk].double() - shift) * factor).float() + 0.0  # + 0.0: no -0.0
+            c[s:s + chunk] = ((a[s:s + chunk].double() - shift) * factor).to(a.dtype) + 0.0  # + 0.0: no -0.0
         out.append(c)
     return out, 4.0 ** exponent
 
@@ -179,11 +180,11 @@ def smallest_k(values: torch.Tensor, k: int, rows: Optional[torch.Tensor] = None
     if not values.is_contiguous():
         values = values.contiguous()
     mins = chunk_minima(values) if minima is None else minima
-    row_idx = torch.arange(b) if rows is None else rows
+    row_idx = torch.arange(b, device=values.device) if rows is None else rows
     if rows is not None:
         mins = mins.index_select(0, rows)
     cv, cw = torch.topk(mins, k + 1, dim=1, largest=False, sorted=True)
-    cols = (cw[:, :k].unsqueeze(2) + w * torch.arange(CHUNKS)).reshape(len(row_idx), k * CHUNKS)
+    cols = (cw[:, :k].unsqueeze(2) + w * torch.arange(CHUNKS, device=values.device)).reshape(len(row_idx), k * CHUNKS)
     cols = torch.sort(cols, dim=1).values  # ascending column: ties then resolve by index
     vals, pos = _topk_exact(values[row_idx.unsqueeze(1), cols], k)
     idx = cols.gather(1, pos)
@@ -194,9 +195,28 @@ def smallest_k(values: torch.Tensor, k: int, rows: Optional[torch.Tensor] = None
     return vals, idx
 
 
+def check_matrix(x: torch.Tensor, name: str = "embeddings") -> torch.Tensor:
+    """A contiguous (N, D) tensor with finite values on ``x``'s device: float64 stays float64, any other
+    dtype becomes float32.
+
+    Raises:
+        ValueError: not a 2-D tensor, or holding NaN or infinite values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {tuple(x.shape)}")
+    t = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    if not bool(torch.isfinite(t.sum(1)).all()) and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).any(1).sum())
+        raise ValueError(f"{name} contain NaN or infinite values in {bad} row(s); fix or drop those items first")
+    return t
+
+
 def knn(queries: np.ndarray | torch.Tensor, gallery: Optional[np.ndarray | torch.Tensor] = None, k: int = 1,
-        exclude_self: bool = True, block_size: int = 1024, use_faiss: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest gallery items of every query (exact search).
+        exclude_self: bool = True, block_size: int = 1024, use_faiss: bool = False,
+        exclude: Optional[np.ndarray] = None, conditioned: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery items of every query (exact search, float32, numpy out).
 
     Args:
         queries: (Q, D) array.
@@ -207,6 +227,10 @@ def knn(queries: np.ndarray | torch.Tensor, gallery: Optional[np.ndarray | torch
         block_size: queries per block (memory ≈ block_size × N × 4 bytes).
         use_faiss: compute distances with faiss's exact flat index when importable; the result
             follows the same ordering rule (see the module docstring).
+        exclude: (Q,) gallery index never returned for each query (the query's own row when the
+            queries are gallery items); replaces ``exclude_self``.
+        conditioned: translate and scale the inputs first (:func:`condition`); ``False`` skips it
+            (and its copy of both sets) for inputs of moderate scale such as unit vectors.
 
     Returns:
         (distances, indices), each (Q, k): squared Euclidean distances ascending (clamped at 0),
@@ -216,50 +240,105 @@ def knn(queries: np.ndarray | torch.Tensor, gallery: Optional[np.ndarray | torch
         ValueError: bad shapes, non-finite values, or ``k`` out of range.
     """
     q = as_float32_matrix(queries, "queries")
+    g = None if gallery is None else as_float32_matrix(gallery, "gallery")
+    ex = None if exclude is None else torch.as_tensor(np.asarray(exclude, dtype=np.int64))
+    d, i = knn_tensors(q, g, k, exclude_self=exclude_self, block_size=block_size, use_faiss=use_faiss, exclude=ex,
+                       conditioned=conditioned)
+    return d.numpy(), i.numpy()
+
+
+def knn_tensors(queries: torch.Tensor, gallery: Optional[torch.Tensor] = None, k: int = 1, exclude_self: bool = True,
+                block_size: int = 1024, use_faiss: bool = False, exclude: Optional[torch.Tensor] = None,
+                conditioned: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`knn` on tensors, where they live (CPU or GPU): the same search and ordering rule.
+
+    Float64 inputs are searched in float64, anything else in float32; ``use_faiss`` applies to
+    float32 CPU tensors only. Returns (distances in that dtype, int64 indices) on the input's device.
+
+    Raises:
+        ValueError: bad shapes, non-finite values, ``k`` out of range or bad ``exclude`` indices.
+    """
+    q = check_matrix(queries, "queries")
     self_search = gallery is None
-    g = q if self_search else as_float32_matrix(gallery, "gallery")
+    g = q if gallery is None else check_matrix(gallery, "gallery").to(device=q.device, dtype=q.dtype)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"queries and gallery must have the same width, got {tuple(q.shape)} and {tuple(g.shape)}")
-    skip = 1 if (self_search and exclude_self) else 0
-    if not 0 < k <= g.shape[0] - skip:
-        raise ValueError(f"k must be in [1, {g.shape[0] - skip}] for a gallery of {g.shape[0]} items, got {k}")
+    n = g.shape[0]
+    if exclude is None and self_search and exclude_self:
+        exclude = torch.arange(q.shape[0], device=q.device)
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, dtype=torch.long).to(q.device).reshape(-1)
+        in_range = exclude.numel() == 0 or (int(exclude.min()) >= 0 and int(exclude.max()) < n)
+        if exclude.shape[0] != q.shape[0] or not in_range:
+            raise ValueError(f"exclude must hold one gallery index in [0, {n}) per query")
+    skip = 0 if exclude is None else 1
+    if not 0 < k <= n - skip:
+        raise ValueError(f"k must be in [1, {n - skip}] for a gallery of {n} items, got {k}")
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    if self_search:
-        (q,), scale = condition(q)
-        g = q
-    else:
-        (q, g), scale = condition(q, g)
-    if use_faiss:
+    scale = 1.0
+    if conditioned:
+        if self_search:
+            (q,), scale = condition(q)
+            g = q
+        else:
+            (q, g), scale = condition(q, g)
+    if use_faiss and q.device.type == "cpu" and q.dtype == torch.float32:
         try:
-            d, i = _knn_faiss(q, g, k, skip, block_size)
+            d, i = _knn_faiss(q, g, k, None if exclude is None else exclude.numpy(), block_size)
             with np.errstate(over="ignore"):
-                return (d * np.float32(scale)).astype(np.float32), i
+                return torch.from_numpy((d * np.float32(scale)).astype(np.float32)), torch.from_numpy(i)
         except ImportError:
             pass
     g_sq = (g * g).sum(1)
-    out_d = np.empty((q.shape[0], k), dtype=np.float32)
-    out_i = np.empty((q.shape[0], k), dtype=np.int64)
-    n = g.shape[0]
-    buffer = torch.full((min(block_size, q.shape[0]), padded_width(n)), float("inf"))
+    out_d = torch.empty((q.shape[0], k), dtype=q.dtype, device=q.device)
+    out_i = torch.empty((q.shape[0], k), dtype=torch.long, device=q.device)
+    buffer = torch.full((min(block_size, q.shape[0]), padded_width(n)), float("inf"), dtype=q.dtype, device=q.device)
     for start in range(0, q.shape[0], block_size):
         qb = q[start:start + block_size]
         key = buffer[:qb.shape[0]]
         torch.addmm(g_sq.unsqueeze(0), qb, g.T, beta=1.0, alpha=-2.0, out=key[:, :n])
-        if skip:
-            rows = torch.arange(qb.shape[0])
-            key[rows, rows + start] = float("inf")
+        if exclude is not None:
+            key[torch.arange(qb.shape[0], device=q.device), exclude[start:start + qb.shape[0]]] = float("inf")
         vals, idx = smallest_k(key, k)
-        dist = vals.add_((qb * qb).sum(1, keepdim=True)).clamp_(min=0)
-        out_d[start:start + qb.shape[0]] = dist.numpy()
-        out_i[start:start + qb.shape[0]] = idx.numpy()
+        out_d[start:start + qb.shape[0]] = vals.add_((qb * qb).sum(1, keepdim=True)).clamp_(min=0)
+        out_i[start:start + qb.shape[0]] = idx
     if scale != 1.0:
         with np.errstate(over="ignore"):
-            out_d *= np.float32(scale)
+            out_d *= scale
     return out_d, out_i
 
 
-def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, skip: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_self(indices: np.ndarray, self_ids: np.ndarray, k: int,
+              distances: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Each row's first ``k`` entries other than its own id (search results of items of the collection).
+
+    Args:
+        indices: (Q, M) neighbour ids from a search for M ≥ k neighbours (``-1`` = none found).
+        self_ids: (Q,) the id of each query in the collection.
+        k: entries kept per row.
+        distances: the (Q, M) distances of ``indices``, filtered the same way.
+
+    Returns:
+        (Q, k) ids (``-1`` where a row has fewer than k others) and the matching distances
+        (``inf`` there), or ``None`` without ``distances``.
+    """
+    indices = np.asarray(indices)
+    keep = indices != np.asarray(self_ids).reshape(-1, 1)
+    pos = np.cumsum(keep, axis=1) - 1
+    keep &= pos < k
+    rows = np.nonzero(keep)[0]
+    out_i = np.full((len(indices), k), -1, np.int64)
+    out_i[rows, pos[keep]] = indices[keep]
+    if distances is None:
+        return out_i, None
+    out_d = np.full((len(indices), k), np.inf, np.float32)
+    out_d[rows, pos[keep]] = np.asarray(distances)[keep]
+    return out_i, out_d
+
+
+def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, exclude: Optional[np.ndarray],
+               block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """faiss IndexFlatL2 search, with the ordering rule of :func:`knn` enforced afterwards.
 
     faiss returns equal distances in no defined order and may cut a tie at the k-th position;
@@ -272,12 +351,12 @@ def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, skip: int, block_size: 
     qn, gn = q.numpy(), g.numpy()
     index = faiss.IndexFlatL2(gn.shape[1])
     index.add(gn)
+    skip = 0 if exclude is None else 1
     want = min(k + skip + 1, gn.shape[0])
     d, i = index.search(qn, want)
     n = len(qn)
-    if skip:
-        rows = np.arange(n)[:, None]
-        is_self = i == rows
+    if exclude is not None:
+        is_self = i == exclude[:, None]
         found_self = is_self.any(1)
         # drop the query itself where faiss returned it; elsewhere drop the last column
         drop = np.where(found_self, is_self.argmax(1), want - 1)
@@ -302,8 +381,8 @@ def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, skip: int, block_size: 
         full_d[:], full_i[:] = index.search(qn[rows], gn.shape[0])
         vals = np.full((len(rows), gn.shape[0]), np.inf, dtype=np.float32)
         np.put_along_axis(vals, full_i, full_d, 1)
-        if skip:
-            vals[np.arange(len(rows)), rows] = np.inf
+        if exclude is not None:
+            vals[np.arange(len(rows)), exclude[rows]] = np.inf
         sv, si = _topk_exact(torch.from_numpy(vals), k)
         d[rows], i[rows] = sv.numpy(), si.numpy()
     return np.maximum(d, 0).astype(np.float32), i.astype(np.int64)

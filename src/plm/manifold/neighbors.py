@@ -1,8 +1,8 @@
 """Nearest-neighbour candidate lists with bounded memory.
 
-Exact search (the default) on CPU tensors is :func:`plm.evaluation.knn` (faiss's flat index when
-installed, else torch blocks; ties broken by index); on other devices it runs in torch blocks of
-queries (memory ≈ block × N floats) where the points live. ``approximate=True`` uses a
+Exact search (the default) is :func:`plm.evaluation.knn.knn_tensors`, the project's one exact
+k-NN: on CPU float32 points faiss's flat index when installed, else torch blocks of queries
+(memory ≈ block × N floats) where the points live, CPU or GPU; ties broken by index. ``approximate=True`` uses a
 faiss inverted-file index (``IVF√N,Flat``, ``nprobe`` lists probed per query): several times less
 work at N in the tens of thousands, at a recall below 1 (the benchmark reports it).
 """
@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+
+from plm.evaluation.knn import drop_self, knn_tensors
 
 
 @torch.no_grad()
@@ -31,53 +33,25 @@ def knn_candidates(x: Tensor, k: int, approximate: bool = False, block_size: int
         use_faiss: allow faiss on CPU tensors.
 
     Returns:
-        (squared distances, indices), each (N, k), on ``x``'s device; distances ascending.
+        (squared distances, indices), each (N, k), on ``x``'s device; distances ascending, equal
+        distances in index order (exact search).
     """
     if x.ndim != 2:
         raise ValueError(f"expected (N, d) points, got shape {tuple(x.shape)}")
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} points, got {k}")
-    if x.device.type == "cpu":
-        if not approximate:  # the project's exact search (faiss flat when allowed and installed)
-            from plm.evaluation.knn import knn
-
-            d, i = knn(x, k=k, block_size=block_size, use_faiss=use_faiss)
-            return torch.from_numpy(d).to(x.dtype), torch.from_numpy(i)
-        if use_faiss:
-            try:
-                return _knn_ivf(x, k, nprobe, seed)
-            except ImportError:
-                pass
-    return _knn_exact(x, k, block_size)
+    if approximate and use_faiss and x.device.type == "cpu":
+        try:
+            return _knn_ivf(x, k, nprobe, seed, block_size)
+        except ImportError:
+            pass
+    # the project's one exact search (faiss's flat index for float32 CPU points when allowed and installed)
+    d, i = knn_tensors(x, k=k, block_size=block_size, use_faiss=use_faiss)
+    return d.to(x.dtype), i
 
 
-def _knn_exact(x: Tensor, k: int, block_size: int) -> tuple[Tensor, Tensor]:
-    n = x.shape[0]
-    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    sq = (work * work).sum(1)
-    out_d = torch.empty(n, k, dtype=work.dtype, device=x.device)
-    out_i = torch.empty(n, k, dtype=torch.long, device=x.device)
-    for start in range(0, n, block_size):
-        q = work[start:start + block_size]
-        d = torch.addmm(sq.unsqueeze(0), q, work.T, beta=1.0, alpha=-2.0)
-        d.add_(sq[start:start + q.shape[0]].unsqueeze(1)).clamp_(min=0)
-        rows = torch.arange(q.shape[0], device=x.device)
-        d[rows, rows + start] = float("inf")
-        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        out_d[start:start + q.shape[0]] = vals
-        out_i[start:start + q.shape[0]] = idx
-    return out_d, out_i
-
-
-def _drop_self(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(idx)
-    keep = idx != np.arange(n)[:, None]
-    keep[keep.all(1), -1] = False  # self not returned (exact duplicates): drop the last column
-    return dist[keep].reshape(n, k), idx[keep].reshape(n, k)
-
-
-def _knn_ivf(x: Tensor, k: int, nprobe: int, seed: int) -> tuple[Tensor, Tensor]:
+def _knn_ivf(x: Tensor, k: int, nprobe: int, seed: int, block_size: int) -> tuple[Tensor, Tensor]:
     import faiss
 
     data = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
@@ -90,16 +64,12 @@ def _knn_ivf(x: Tensor, k: int, nprobe: int, seed: int) -> tuple[Tensor, Tensor]
     index.train(data)
     index.add(data)
     index.nprobe = min(nprobe, nlist)
-    dist, idx = _drop_self(*index.search(data, k + 1), k)
+    found_d, found_i = index.search(data, k + 1)
+    idx, dist = drop_self(found_i, np.arange(n), k, found_d)
+    assert dist is not None
     bad = np.flatnonzero((idx < 0).any(1))  # fewer than k found in the probed lists: exact for those rows
     if len(bad):
-        sq = (data * data).sum(1)
-        for start in range(0, len(bad), 1024):
-            b = bad[start:start + 1024]
-            dd = sq[b, None] + sq[None, :] - 2.0 * data[b] @ data.T
-            dd[np.arange(len(b)), b] = np.inf
-            part = np.argpartition(dd, k, axis=1)[:, :k]
-            order = np.take_along_axis(dd, part, 1).argsort(1)
-            idx[b] = np.take_along_axis(part, order, 1)
-            dist[b] = np.take_along_axis(dd, idx[b], 1)
+        t = torch.from_numpy(data)
+        bd, bi = knn_tensors(t[torch.from_numpy(bad)], t, k, block_size=block_size, exclude=torch.from_numpy(bad))
+        dist[bad], idx[bad] = bd.numpy(), bi.numpy()
     return torch.from_numpy(np.maximum(dist, 0)).to(x.dtype), torch.from_numpy(idx.astype(np.int64))

@@ -37,7 +37,7 @@ from torch import Tensor
 from plm.manifold.config import ManifoldConfig, Pieces
 from plm.manifold.neighbors import knn_candidates
 
-DENSE_MAX = 4096  # up to this many points, candidates come from one dense distance matrix
+DENSE_MAX = 4096  # up to this many points, candidate distances are computed in float64
 _REL_TOL = 1e-6  # eigenvalues below this share of the set's variance count as zero
 ERR_SLACK = 1e-6  # rounding slack on the fit-error test (an exact fit must not fail ε = 0 by rounding)
 
@@ -65,19 +65,13 @@ def prepare(x: Tensor, config: ManifoldConfig) -> Tensor:
 
 @torch.no_grad()
 def nearest_candidates(x: Tensor, k: int, block_size: int = 2048) -> Tensor:
-    """(N, k) indices of each point's ``k`` nearest other points, nearest first (exact).
+    """(N, k) indices of each point's ``k`` nearest other points, nearest first (exact, ties by index).
 
-    Small inputs use one dense distance matrix in float64 (so orderings are exact); larger ones
-    use :func:`plm.manifold.neighbors.knn_candidates` (blockwise, bounded memory).
+    Both go through :func:`plm.manifold.neighbors.knn_candidates` (the project's one exact k-NN);
+    up to :data:`DENSE_MAX` points the distances are computed in float64, so orderings are exact.
     """
-    n = x.shape[0]
-    if n <= DENSE_MAX:
-        x64 = x.double()
-        sq = (x64 * x64).sum(1)
-        d = (sq[:, None] + sq[None, :] - 2.0 * x64 @ x64.T).clamp_(min=0)
-        d.fill_diagonal_(float("inf"))
-        # stable sort: equal distances keep index order
-        return torch.sort(d, dim=1, stable=True).indices[:, :k]
+    if x.shape[0] <= DENSE_MAX:
+        x = x.double()
     return knn_candidates(x, k, approximate=False, block_size=block_size)[1]
 
 

@@ -1,9 +1,11 @@
-"""Vector indexes: exact (numpy or faiss), HNSW, IVF and re-ranked PQ fast-scan (faiss), with recall checks.
+"""Vector indexes: exact, HNSW, IVF and re-ranked PQ fast-scan (faiss), with recall checks.
 
 Distances are reported the same way by every kind: ``1 - cosine`` for the ``cosine`` metric
-(vectors L2-normalised; the approximate kinds search by L2 on unit vectors, which ranks the same)
-and the Euclidean distance for ``l2``. The exact kind stores the vectors themselves, so it works
-without faiss (blocked numpy search); ``hnsw``, ``ivf`` and ``pq`` need ``faiss-cpu``.
+(vectors L2-normalised; every kind searches by L2 on unit vectors, which ranks the same, and
+reports ``|a - b|² / 2``) and the Euclidean distance for ``l2``. The exact kind stores the vectors
+themselves and searches them with the project's one exact k-NN (:func:`plm.evaluation.knn.knn`:
+faiss's flat index when installed, else torch blocks; equal distances in id order), so it works
+without faiss; ``hnsw``, ``ivf`` and ``pq`` need ``faiss-cpu``.
 
 ``pq`` scans 4-bit product-quantizer codes of *every* vector with SIMD (faiss fast-scan) and
 re-ranks the best ``k · k_factor`` candidates with exact distances: on vectors without cluster
@@ -69,30 +71,16 @@ def _check_2d(x: np.ndarray, dim: Optional[int], what: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _numpy_search(db: np.ndarray, q: np.ndarray, k: int, metric: str, block: int = 16384,
-                  qblock: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by blocks (bounded memory): distances (1 - cos or squared L2) and ids."""
-    out_d = np.full((len(q), k), np.inf, np.float32)
-    out_i = np.full((len(q), k), -1, np.int64)
-    db_sq = (db * db).sum(1) if metric == "l2" else None
-    for qs in range(0, len(q), qblock):
-        qq = q[qs:qs + qblock]
-        best_d = np.full((len(qq), k), np.inf, np.float32)
-        best_i = np.full((len(qq), k), -1, np.int64)
-        q_sq = (qq * qq).sum(1)[:, None] if metric == "l2" else None
-        for start in range(0, len(db), block):
-            part = db[start:start + block]
-            prod = qq @ part.T
-            d = 1.0 - prod if metric == "cosine" else q_sq - 2.0 * prod + db_sq[None, start:start + len(part)]
-            kk = min(k, len(part))
-            idx = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-            cand_d = np.concatenate([best_d, np.take_along_axis(d, idx, axis=1)], axis=1)
-            cand_i = np.concatenate([best_i, idx + start], axis=1)
-            order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
-            best_d = np.take_along_axis(cand_d, order, axis=1)
-            best_i = np.take_along_axis(cand_i, order, axis=1)
-        out_d[qs:qs + len(qq)], out_i[qs:qs + len(qq)] = best_d, best_i
-    return out_d, out_i
+def _exact_search(db: np.ndarray, q: np.ndarray, k: int, metric: str,
+                  exclude: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k with :func:`plm.evaluation.knn.knn` (faiss's flat index when installed, else torch
+    blocks of queries; memory bounded): squared L2 distances (``l2``) or ``1 - cos`` (``cosine``, unit rows)."""
+    from plm.evaluation.knn import knn
+
+    block = max(1, min(1024, (1 << 24) // max(1, len(db))))  # ≤ 64 MB of distances per block
+    d, ids = knn(q, db, k, block_size=block, use_faiss=have_faiss(), exclude=exclude,
+                 conditioned=metric == "l2")  # unit vectors need no conditioning (nor its copy)
+    return (d / 2.0 if metric == "cosine" else d), ids  # |a-b|^2 / 2 = 1 - cos for unit vectors
 
 
 class VectorIndex:
@@ -240,14 +228,7 @@ class VectorIndex:
         if len(q) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         if self.kind == "exact":
-            if have_faiss():
-                import faiss
-
-                metric = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
-                d, ids = faiss.knn(q, self.vectors, k, metric=metric)  # BLAS blocks, no copy of the vectors
-                d = 1.0 - d if self.metric == "cosine" else d
-            else:
-                d, ids = _numpy_search(self.vectors, q, k, self.metric)
+            d, ids = _exact_search(self.vectors, q, k, self.metric)
         else:
             d, ids = self._faiss_index.search(q, k)
             d = d / 2.0 if self.metric == "cosine" else d  # |a-b|^2 / 2 = 1 - cos for unit vectors
@@ -314,14 +295,6 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
-def _drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
-    out = np.full((len(ids), k), -1, np.int64)
-    for r, (row, s) in enumerate(zip(ids, self_ids)):
-        kept = row[row != s][:k]
-        out[r, :len(kept)] = kept
-    return out
-
-
 def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k: int = 10, sample: int = 1000,
                 values: Optional[list[int]] = None, seed: int = 0) -> list[dict[str, Any]]:
     """Measure recall@k against exact search on a sample of the collection's own vectors.
@@ -335,6 +308,8 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
         one dict per setting tried: ``{"param", "value", "recall", "qps"}`` (a single row with
         ``param=None`` for the exact index).
     """
+    from plm.evaluation.knn import drop_self
+
     x = _check_2d(vectors, index.dim, "vectors")
     n = len(x)
     k = min(k, n - 1)
@@ -343,10 +318,12 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
     rng = np.random.default_rng(seed)
     sel = np.sort(rng.choice(n, size=min(sample, n), replace=False))
     queries = x[sel]
-    truth = _drop_self(exact_neighbours(x, queries, k + 1, index.metric), sel, k)
+    db = unit_rows(x) if index.metric == "cosine" else x
+    truth = _exact_search(db, unit_rows(queries) if index.metric == "cosine" else queries, k, index.metric,
+                          exclude=sel)[1]
     if index.search_param is None:
         start = time.perf_counter()
-        found = _drop_self(index.search(queries, k + 1)[1], sel, k)
+        found = drop_self(index.search(queries, k + 1)[1], sel, k)[0]
         return [{"param": None, "value": None, "recall": recall_at_k(found, truth),
                  "qps": len(queries) / max(time.perf_counter() - start, 1e-9)}]
     if values is None:
@@ -361,7 +338,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
     for v in values:
         index.set_search_param(v)
         start = time.perf_counter()
-        found = _drop_self(index.search(queries, k + 1)[1], sel, k)
+        found = drop_self(index.search(queries, k + 1)[1], sel, k)[0]
         rows.append({"param": index.search_param, "value": index.params[index.search_param],
                      "recall": recall_at_k(found, truth), "qps": len(queries) / max(time.perf_counter() - start, 1e-9)})
         if rows[-1]["recall"] >= target:
