@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,51 @@ def test_backbones_lists_sizes_and_weights(capsys: pytest.CaptureFixture, tmp_pa
     assert rows["googlenet"]["feature_dim"] == 1024 and rows["googlenet"]["input_size"] == 227
     assert rows["resnet50"]["feature_dim"] == 2048 and rows["resnet50"]["weights"] is False
     assert "--weights" in rows["resnet50"]["note"]
+
+
+_IMPORT_PROBE = """
+import sys
+from plm.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exit:
+    status = exit.code
+heavy = sorted(m for m in ("torch", "numpy", "PIL", "scipy", "sklearn", "matplotlib") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
+raise SystemExit(status)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in COMMANDS)], ids=lambda a: " ".join(a))
+def test_help_imports_neither_torch_nor_numpy(argv: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import plm
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(plm.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *argv], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: plm" in done.stdout
+    heavy = done.stderr.rsplit("HEAVY:", 1)[1].strip()
+    assert heavy == "", f"plm {' '.join(argv)} imported {heavy}"
+
+
+def test_python_m_plm_help_imports_no_torch() -> None:
+    import os
+    import subprocess
+    import sys
+
+    import plm
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(plm.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    for argv in (["--help"], ["train", "--help"]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "plm", *argv], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0 and "usage: plm" in done.stdout, done.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+        assert "plm.cli" in imported and "torch" not in imported and "numpy" not in imported

@@ -1,3 +1,32 @@
-"""plm: unsupervised deep metric learning with piecewise-linear manifolds."""
+"""plm: unsupervised deep metric learning with piecewise-linear manifolds.
+
+The package is layered; a module imports only from its own layer or lower ones (bottom → top,
+:data:`LAYERS`; ``tests/test_layers.py`` checks every import against it):
+
+- L0 ``plm.errors``, ``plm._compat``, ``plm.utils``: errors, I/O, the shared :class:`~plm.utils.registry.Registry`
+- L1 ``plm.data``, ``plm.models``: datasets, backbones and the one model factory
+- L2 ``plm.evaluation``: the one exact k-NN (``evaluation/knn.py``), retrieval metrics, embedding a dataset
+- L3 ``plm.manifold``: the piecewise-linear manifold similarity
+- L4 ``plm.estimators``: similarity estimators (PL, STML's contextual similarity, k-means, …)
+- L5 ``plm.losses``: loss modules usable in any training loop (never imports ``plm.training``)
+- L6 ``plm.training``: the trainer, pipelines and checkpoints
+- L7 ``plm.viz``: figures and HTML pages
+- L8 ``plm.search``: embedding stores, vector indexes, the search server
+- L9 ``plm.commands``, ``plm.cli``, ``plm.demo``, ``plm.__main__``: the CLI layer
+"""
 
 __version__ = "0.1.0"
+
+#: the layer order, bottom → top: each entry is one layer's top-level modules (see the docstring)
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("plm.errors", "plm._compat", "plm.utils"),
+    ("plm.data", "plm.models"),
+    ("plm.evaluation",),
+    ("plm.manifold",),
+    ("plm.estimators",),
+    ("plm.losses",),
+    ("plm.training",),
+    ("plm.viz",),
+    ("plm.search",),
+    ("plm.commands", "plm.cli", "plm.demo", "plm.__main__"),
+)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from plm.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from plm.utils.registry import Registry
 
 Pretrained = Union[bool, str, os.PathLike, None]
 
@@ -75,7 +76,7 @@ def canonical_backbone(name: str, what: str = "backbone") -> str:
     import difflib
 
     key = str(name).replace("-", "_").lower()
-    if key in _REGISTRY:
+    if key in BACKBONES:
         return key
     close = difflib.get_close_matches(key, list_backbones(), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -238,16 +239,16 @@ def _resnet50(pretrained: Pretrained) -> Backbone:
     return Backbone(body, 2048, cfg, "resnet50")
 
 
-_REGISTRY: dict[str, Callable[[Pretrained], Backbone]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
-    "googlenet": _googlenet,
-    "resnet50": _resnet50,
-}
+#: backbone name → builder ``(pretrained) -> Backbone`` (see :mod:`plm.models.catalog` for their sizes)
+BACKBONES: Registry[Callable[[Pretrained], Backbone]] = Registry("backbone")
+BACKBONES.add("efficientnet_lite0", _efficientnet_lite0)
+BACKBONES.add("googlenet", _googlenet)
+BACKBONES.add("resnet50", _resnet50)
 
 
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
-    return sorted(_REGISTRY)
+    return sorted(BACKBONES.names())
 
 
 def create_backbone(name: str, pretrained: Pretrained = True) -> Backbone:
@@ -261,4 +262,4 @@ def create_backbone(name: str, pretrained: Pretrained = True) -> Backbone:
     Raises:
         ValueError: unknown name, or pretrained weights requested where none ship.
     """
-    return _REGISTRY[canonical_backbone(name)](pretrained)
+    return BACKBONES.get(canonical_backbone(name))(pretrained)

@@ -1,0 +1,100 @@
+"""The package's imports run down the layers of ``plm.LAYERS`` (read from the import graph, not by importing)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import plm
+
+SRC = Path(plm.__file__).resolve().parent
+
+
+def _module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
+    """Every ``plm…`` module ``path`` imports (module level, in functions, under TYPE_CHECKING), with its line."""
+    name = _module_name(path, src)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.append((target, node.lineno))
+    return [(t, line) for t, line in out if t == "plm" or t.startswith("plm.")]
+
+
+def layer_of(module: str) -> int | None:
+    """The index in ``plm.LAYERS`` of ``module`` (``plm`` itself counts as the bottom), or None."""
+    if module == "plm":
+        return 0
+    best = None
+    for i, layer in enumerate(plm.LAYERS):
+        for top in layer:
+            if module == top or module.startswith(top + "."):
+                best = i
+    return best
+
+
+def import_edges(src: Path = SRC) -> list[tuple[str, str, int]]:
+    """(importer, imported, line) for every plm → plm import in the package folder ``src``."""
+    return [(_module_name(p, src), target, line)
+            for p in sorted(src.rglob("*.py")) for target, line in _imports(p, src)]
+
+
+def upward_edges(edges: list[tuple[str, str, int]]) -> list[str]:
+    """Each edge whose target sits in a higher layer than its source, as ``a (L3) -> b (L6), line 12``."""
+    bad = []
+    for src, dst, line in edges:
+        ls, ld = layer_of(src), layer_of(dst)
+        if ls is not None and ld is not None and ld > ls:
+            bad.append(f"{src} (L{ls}) -> {dst} (L{ld}), line {line}")
+    return bad
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted({m for p in SRC.rglob("*.py") if layer_of(m := _module_name(p)) is None} - {"plm"})
+    assert not missing, f"modules in no layer of plm.LAYERS (add their package there): {missing}"
+
+
+def test_the_package_docstring_lists_the_layers() -> None:
+    doc = plm.__doc__ or ""
+    for i, layer in enumerate(plm.LAYERS):
+        line = next((ln for ln in doc.splitlines() if ln.startswith(f"- L{i} ")), "")
+        assert all(f"``{m}``" in line for m in layer), f"the docstring's L{i} line does not name {layer}"
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    edges = import_edges()
+    assert len(edges) > 100  # the graph was read (function-level imports included)
+    bad = upward_edges(edges)
+    assert not bad, "imports that go up the layers:\n" + "\n".join(bad)
+
+
+def test_the_check_names_an_upward_import(tmp_path: Path) -> None:
+    pkg = tmp_path / "plm"
+    (pkg / "search").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "search" / "__init__.py").write_text("")
+    (pkg / "search" / "identity.py").write_text(
+        "def f():\n    from plm.commands._common import model_from_args\n    from ..utils import io\n")
+    edges = import_edges(pkg)
+    assert upward_edges(edges) == ["plm.search.identity (L8) -> plm.commands._common (L9), line 2"]
+    assert ("plm.search.identity", "plm.utils", 3) in edges  # relative imports resolved
+
+
+@pytest.mark.parametrize("module,layer", [("plm.evaluation.knn", 2), ("plm.manifold.neighbors", 3),
+                                          ("plm.cli", 9), ("plm.utils.tables", 0), ("plm.losses", 5)])
+def test_layer_of(module: str, layer: int) -> None:
+    assert layer_of(module) == layer
