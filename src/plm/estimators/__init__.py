@@ -12,6 +12,7 @@ The registry's names, and the public names below, are available without importin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from plm.utils.lazy import LazyRegistry, lazy_exports
@@ -47,7 +48,7 @@ DEFAULT_ESTIMATORS: tuple[str, ...] = ESTIMATORS.names()
 def create_estimator(name: str, **options: object) -> SimilarityEstimator:
     """An estimator by registry name with its options, checked now (ValueError on an unknown name or a
     bad option)."""
-    cls = ESTIMATORS.get(name)
+    cls: Callable[..., SimilarityEstimator] = ESTIMATORS.get(name)
     try:
         estimator = cls(**options)
     except TypeError as err:

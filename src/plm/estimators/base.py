@@ -160,7 +160,7 @@ def check_int(name: str, value: object, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-class SimilarityEstimator(BaseEstimator):  # type: ignore[misc]  # sklearn ships no type information
+class SimilarityEstimator(BaseEstimator):
     """Base class: parameter checks at fit time, dense/sparse mode, and default dense lookups."""
 
     name: str = "estimator"

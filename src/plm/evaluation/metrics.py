@@ -53,7 +53,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from plm.evaluation.defaults import NMI_MAX_CLASSES, default_ks
+from plm.evaluation.defaults import NMI_MAX_CLASSES
+from plm.evaluation.defaults import default_ks as default_ks  # re-exported: its old home
 from plm.evaluation.knn import (
     as_float32_matrix,
     chunk_minima,

@@ -228,6 +228,7 @@ class VectorIndex:
         if len(q) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         if self.kind == "exact":
+            assert self.vectors is not None  # the exact kind stores its vectors
             d, ids = _exact_search(self.vectors, q, k, self.metric)
         else:
             d, ids = self._faiss_index.search(q, k)
