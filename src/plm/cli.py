@@ -2,8 +2,10 @@
 
 A command module defines ``NAME`` (the subcommand), ``HELP`` (one line), ``EXAMPLE`` (a worked
 example, shown under ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``; modules are
-discovered automatically, and heavy imports (torch) stay inside ``run`` so that ``plm --help`` is
-instant. Every command gets ``-q/--quiet`` here.
+discovered automatically. Heavy imports (torch, numpy) stay inside ``run``, and ``add_arguments``
+reads only light modules (the registries' names, :mod:`plm.evaluation.defaults`), so ``plm --help``
+and every ``plm COMMAND --help`` import neither (``tests/test_help.py`` checks). Every command gets
+``-q/--quiet`` here.
 """
 
 from __future__ import annotations

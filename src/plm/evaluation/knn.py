@@ -339,7 +339,8 @@ def drop_self(indices: np.ndarray, self_ids: np.ndarray, k: int,
 
 def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, exclude: Optional[np.ndarray],
                block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss IndexFlatL2 search, with the ordering rule of :func:`knn` enforced afterwards.
+    """faiss's exhaustive L2 search (``faiss.knn``, no copy of the gallery), with the ordering rule of
+    :func:`knn` enforced afterwards.
 
     faiss returns equal distances in no defined order and may cut a tie at the k-th position;
     we ask for one neighbour more, re-sort each row by (distance, index), and redo with an
@@ -349,11 +350,9 @@ def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, exclude: Optional[np.nd
     import faiss
 
     qn, gn = q.numpy(), g.numpy()
-    index = faiss.IndexFlatL2(gn.shape[1])
-    index.add(gn)
     skip = 0 if exclude is None else 1
     want = min(k + skip + 1, gn.shape[0])
-    d, i = index.search(qn, want)
+    d, i = faiss.knn(qn, gn, want)
     n = len(qn)
     if exclude is not None:
         is_self = i == exclude[:, None]
@@ -378,7 +377,7 @@ def _knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, exclude: Optional[np.nd
         # faiss's exact distances to the whole gallery, then the same ordering rule
         full_d = np.empty((len(rows), gn.shape[0]), dtype=np.float32)
         full_i = np.empty((len(rows), gn.shape[0]), dtype=np.int64)
-        full_d[:], full_i[:] = index.search(qn[rows], gn.shape[0])
+        full_d[:], full_i[:] = faiss.knn(qn[rows], gn, gn.shape[0])
         vals = np.full((len(rows), gn.shape[0]), np.inf, dtype=np.float32)
         np.put_along_axis(vals, full_i, full_d, 1)
         if exclude is not None:
