@@ -50,7 +50,7 @@ def test_overrides_apply() -> None:
     cfg = default_config("digits", overrides=["loss.delta=1.2", "proxies.num=0", "similarity=binary",
                                               "manifold.subset_selection=false", "optim.lr_embedding=1e-2"])
     assert cfg.loss.delta == 1.2 and cfg.proxies.num == 0 and cfg.similarity == "binary"
-    assert cfg.manifold["subset_selection"] is False and cfg.manifold_config().subset_selection is False
+    assert cfg.manifold.subset_selection is False
     assert cfg.optim.lr_embedding == 0.01
 
 
