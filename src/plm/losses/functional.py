@@ -38,12 +38,12 @@ def _offdiag_mask(rows: int, cols: int, row_start: int, device: torch.device, ex
     return r != c
 
 
-def _check_pairs(z: Tensor, z_all: Tensor, target: Tensor, row_start: int) -> None:
+def _check_pairs(z: Tensor, z_all: Tensor, target: Tensor, row_start: int, exclude_self: bool = True) -> None:
     if z.ndim != 2 or z_all.ndim != 2 or z.shape[1] != z_all.shape[1]:
         raise ValueError(f"expected (R, d) rows and (B, d) columns, got {tuple(z.shape)} and {tuple(z_all.shape)}")
     if target.shape != (z.shape[0], z_all.shape[0]):
         raise ValueError(f"target must be (R, B) = {(z.shape[0], z_all.shape[0])}, got {tuple(target.shape)}")
-    if not 0 <= row_start <= z_all.shape[0] - z.shape[0]:
+    if exclude_self and not 0 <= row_start <= z_all.shape[0] - z.shape[0]:
         raise ValueError(f"row_start {row_start} out of range for {z.shape[0]} rows in a batch of {z_all.shape[0]}")
 
 
@@ -82,7 +82,7 @@ def point_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.5, row
         weights: optional (R, B) detached per-pair weights (e.g. :func:`balanced_pair_weights`).
         exclude_self: skip the pairs (i, row_start + i); ``False`` when the columns are another set.
     """
-    _check_pairs(z, z_all, target, row_start)
+    _check_pairs(z, z_all, target, row_start, exclude_self)
     mask = _offdiag_mask(z.shape[0], z_all.shape[0], row_start, z.device, exclude_self)
     err = (delta * (1.0 - target.detach()) - pairwise_distance(z, z_all)).pow(2)
     if weights is not None:
@@ -179,7 +179,7 @@ def relaxed_contrastive_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: fl
         normalize_rows: divide distances by their row mean.
         exclude_self: skip the pairs (i, row_start + i); ``False`` when the columns are another set.
     """
-    _check_pairs(z, z_all, target, row_start)
+    _check_pairs(z, z_all, target, row_start, exclude_self)
     d = pairwise_distance(z, z_all)
     mask = _offdiag_mask(z.shape[0], z_all.shape[0], row_start, z.device, exclude_self)
     d = d * mask  # exact zero self-distance
