@@ -74,10 +74,10 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         check_positive("sampler.batch_size", self.batch_size)
         check(isinstance(self.k, int) and self.k >= 2,
-               f"sampler.k must be an integer >= 2 (each seed comes with its k-1 nearest neighbours); got {self.k!r}")
+              f"sampler.k must be an integer >= 2 (each seed comes with its k-1 nearest neighbours); got {self.k!r}")
         check_positive("sampler.batches_per_epoch", self.batches_per_epoch, allow_none=True)
         check(self.batch_size % self.k == 0,
-               f"sampler.batch_size ({self.batch_size}) must be a multiple of sampler.k ({self.k})")
+              f"sampler.batch_size ({self.batch_size}) must be a multiple of sampler.k ({self.k})")
 
 
 @dataclass
@@ -88,7 +88,7 @@ class EMAConfig:
 
     def __post_init__(self) -> None:
         check(isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum <= 1.0,
-               f"ema.momentum must be in [0, 1]; got {self.momentum!r}")
+              f"ema.momentum must be in [0, 1]; got {self.momentum!r}")
 
 
 @dataclass
@@ -180,7 +180,7 @@ class EvalConfig:
         check_positive("eval.test_limit", self.test_limit, allow_none=True)
         if self.recall_at is not None:
             check(len(self.recall_at) > 0 and all(isinstance(k, int) and k > 0 for k in self.recall_at),
-                   f"eval.recall_at must be a list of positive integers; got {self.recall_at!r}")
+                  f"eval.recall_at must be a list of positive integers; got {self.recall_at!r}")
 
 
 @dataclass
