@@ -50,7 +50,7 @@ def test_overrides_apply() -> None:
     cfg = default_config("digits", overrides=["loss.delta=1.2", "proxies.num=0", "similarity=binary",
                                               "manifold.subset_selection=false", "optim.lr_embedding=1e-2"])
     assert cfg.loss.delta == 1.2 and cfg.proxies.num == 0 and cfg.similarity == "binary"
-    assert cfg.manifold["subset_selection"] is False and cfg.manifold_config().subset_selection is False
+    assert cfg.manifold.subset_selection is False
     assert cfg.optim.lr_embedding == 0.01
 
 
@@ -121,3 +121,58 @@ def test_overrides_to_dict_nests() -> None:
 def test_shipped_configs_load(path: Path) -> None:
     cfg = resolve_config(path)
     assert cfg.to_dict()  # validates every section
+
+
+def test_manifold_is_a_nested_section() -> None:
+    from plm.manifold import ManifoldConfig
+
+    cfg = default_config(overrides=["manifold.eps=1.25"])
+    assert isinstance(cfg.manifold, ManifoldConfig) and cfg.manifold.eps == 1.25
+    assert cfg.to_dict()["manifold"] == ManifoldConfig(eps=1.25).to_dict()  # YAML / --print-config keys unchanged
+    assert yaml.safe_load(cfg.to_yaml())["manifold"] == ManifoldConfig(eps=1.25).to_dict()
+
+
+def test_old_checkpoint_config_dict_resolves() -> None:
+    """A checkpoint's ``config`` (a plain dict, ``manifold`` a mapping of every option) builds the same config."""
+    old = TrainConfig().to_dict()
+    old["manifold"] = {**old["manifold"], "eps": 0.75, "subset_selection": False}
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.manifold.eps == 0.75 and cfg.manifold.subset_selection is False
+    assert cfg.to_dict() == old
+    partial = TrainConfig.from_dict({"manifold": {"piece_dim": 3}})  # missing keys keep their defaults
+    assert partial.manifold.piece_dim == 3 and partial.manifold.eps == TrainConfig().manifold.eps
+    assert TrainConfig.from_dict({"manifold": None}).manifold == TrainConfig().manifold
+    with pytest.raises(ConfigError, match="manifold must be a mapping"):
+        TrainConfig.from_dict({"manifold": 3})
+
+
+def test_one_registry_of_methods() -> None:
+    import argparse
+
+    from plm.commands import train as train_command
+    from plm.demo import PRESETS, VARIANTS
+    from plm.training.methods import METHODS
+
+    assert METHODS.names() == ("plm", "stml", "kmeans")
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    (method_flag,) = [a for a in parser._actions if a.dest == "method"]
+    assert tuple(method_flag.choices) == METHODS.names()
+    assert all(VARIANTS[name] == (name, {}) for name in METHODS.names())
+    assert PRESETS["standard"]["methods"] == list(METHODS.names())
+    with pytest.raises(ConfigError, match="method must be one of plm, stml, kmeans"):
+        TrainConfig(method="plmm")
+
+
+def test_a_registered_method_is_accepted_everywhere() -> None:
+    from plm.training.methods import METHODS, build_method
+
+    marker = object()
+    METHODS.add("toy", lambda config, embed_dim: marker)
+    try:
+        cfg = default_config(method="toy")
+        assert cfg.method == "toy" and build_method(cfg, 8) is marker
+    finally:
+        METHODS._entries.pop("toy")
+    with pytest.raises(ConfigError, match="method must be one of"):
+        default_config(method="toy")

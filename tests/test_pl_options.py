@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plm.losses import LossConfig, PLMConfig, ProxyBank, ProxyConfig
+from plm.losses.functional import balanced_pair_weights, proxy_contrastive_loss
 from plm.manifold import ManifoldConfig, fit_pieces, normalize_similarity, similarity_matrix
 from plm.manifold.reference import reference_fit, reference_normalize
-from plm.training.losses import balanced_pair_weights, proxy_contrastive_loss
-from plm.training.proxies import ProxyBank
 
 
 def _points(seed: int, n: int, d: int) -> torch.Tensor:
@@ -124,7 +124,8 @@ def test_proxies_start_and_stay_on_the_sphere() -> None:
 
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(200, 8), dim=1)
-    method = PLMMethod(8, ManifoldConfig(), num_proxies=6, proxies_on_sphere=True, loss_kind="relaxed_contrastive")
+    config = PLMConfig(ManifoldConfig(), LossConfig(kind="relaxed_contrastive"), ProxyConfig(on_sphere=True))
+    method = PLMMethod(8, config, num_proxies=6)
     method.prepare(emb)
     assert torch.allclose(method.proxies.locations.norm(dim=1), torch.ones(6), atol=1e-5)
     opt = torch.optim.SGD(method.parameters(), lr=0.5)

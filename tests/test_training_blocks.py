@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plm.losses import LossConfig, PLMConfig, ProxyBank, ProxyConfig
 from plm.manifold import ManifoldConfig, directed_similarity, fit_pieces, similarity_matrix
 from plm.training.checkpoint import rng_state, set_rng_state
 from plm.training.ema import EMATeacher
@@ -21,7 +22,6 @@ from plm.training.methods import (
     binary_piece_similarity,
 )
 from plm.training.optim import lr_factor
-from plm.training.proxies import ProxyBank
 
 
 def test_ema_update_formula() -> None:
@@ -86,11 +86,12 @@ def _batch(b: int = 24, d: int = 8, seed: int = 0):
 
 def test_plm_method_equals_its_loss_terms() -> None:
     """The method's total is w_point·L_point + w_proxy·L_proxy + w_neigh·L_neigh on explicit inputs."""
-    from plm.training.losses import neighbourhood_loss, point_loss, proxy_loss
+    from plm.losses.functional import neighbourhood_loss, point_loss, proxy_loss
 
     z, t = _batch()
     cfg = ManifoldConfig()
-    m = PLMMethod(8, cfg, delta=1.5, weights=(1.0, 0.5, 2.0), num_proxies=4, seed=0)
+    loss = LossConfig(delta=1.5, point=1.0, proxy=0.5, neighbourhood=2.0, kind="regression")
+    m = PLMMethod(8, PLMConfig(cfg, loss, ProxyConfig(on_sphere=False)), num_proxies=4, seed=0)
     m.prepare(t)
     out = m(BatchView(z, z, t, torch.arange(len(z))))
     s = similarity_matrix(t, cfg)
@@ -106,9 +107,9 @@ def test_plm_method_equals_its_loss_terms() -> None:
 
 def test_plm_ablations() -> None:
     z, t = _batch()
-    no_proxies = PLMMethod(8, ManifoldConfig(), num_proxies=0)
+    no_proxies = PLMMethod(8, PLMConfig(ManifoldConfig()), num_proxies=0)
     assert set(no_proxies(BatchView(z, z, t, torch.arange(24)))) == {"point", "loss"}
-    binary = PLMMethod(8, ManifoldConfig(), num_proxies=0, similarity="binary")
+    binary = PLMMethod(8, PLMConfig(ManifoldConfig(), similarity="binary"), num_proxies=0)
     s = binary.target_similarity(t)
     assert set(s.unique().tolist()) <= {0.0, 1.0} and torch.equal(s, s.T)
     pieces = fit_pieces(t, ManifoldConfig())

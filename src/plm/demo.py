@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # numpy is imported where used: ``plm demo --help`` reads VARIANTS only
     import numpy as np
 
+from plm.training.methods import METHODS
+
 log = logging.getLogger(__name__)
 
-#: Trainable variants: name → (method, config overrides). Ablations are overrides of ``plm``.
+#: Trainable variants: name → (method, config overrides): every registered method
+#: (:data:`plm.training.methods.METHODS`) with its defaults, then the ablations (overrides of ``plm``).
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "plm": ("plm", {}),
-    "stml": ("stml", {}),
-    "kmeans": ("kmeans", {}),
+    **{name: (name, {}) for name in METHODS.names()},
     "plm-no-proxies": ("plm", {"proxies": {"num": 0}}),
     "plm-no-subset": ("plm", {"manifold": {"subset_selection": False}}),
     "plm-binary": ("plm", {"similarity": "binary"}),
@@ -41,7 +42,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 #: ``steps`` batches of a ``train_limit`` subset.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"methods": ["plm"], "train_limit": 8000, "epochs": 4, "steps": 100, "glyph_epochs": 6},
-    "standard": {"methods": ["plm", "stml", "kmeans"], "train_limit": 8000, "epochs": 4, "steps": 100,
+    "standard": {"methods": list(METHODS.names()), "train_limit": 8000, "epochs": 4, "steps": 100,
                  "glyph_epochs": 6},
     "full": {"methods": list(VARIANTS), "train_limit": None, "epochs": 10, "steps": 200, "glyph_epochs": 10},
 }

@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from plm.data import DATASETS
+    from plm.training.methods import METHODS
 
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--dataset", default=None, choices=list(DATASETS), help="dataset name")
     parser.add_argument("--data-root", default=None, metavar="DIR", help="dataset root folder")
     parser.add_argument("--backbone", default=None, help="backbone name (model.backbone)")
-    parser.add_argument("--method", default=None, choices=["plm", "stml", "kmeans"], help="training method")
+    parser.add_argument("--method", default=None, choices=METHODS.names(), help="training method")
     parser.add_argument("--mode", default=None, choices=["frozen", "finetune"],
                         help="frozen: cached backbone features, trains the embedding head (no augmentation); "
                              "finetune: the whole network")

@@ -2,20 +2,44 @@
 
 - :func:`train` / :class:`Trainer` – the loop (frozen or finetune mode, single process or DDP);
 - :class:`TrainConfig`, :func:`default_config`, :func:`resolve_config` – configuration;
-- :class:`EMATeacher`, :class:`NeighbourhoodSampler`, :class:`ProxyBank` – networks and batches;
-- :mod:`plm.training.losses` – L_point, L_proxy, L_neighbourhood, (relaxed) contrastive;
-- :mod:`plm.training.methods` – ``plm``, ``stml``, ``kmeans`` target similarities and losses.
+- :class:`EMATeacher`, :class:`NeighbourhoodSampler` – networks and batches;
+- :mod:`plm.training.methods` – ``plm``, ``stml``, ``kmeans`` (:data:`METHODS`): target similarities and losses;
+- the losses themselves (and :class:`ProxyBank`) are :mod:`plm.losses`.
+
+Names are imported on first use, so ``from plm.training import TrainConfig`` does not load the
+trainer, the pipelines or the datasets' heavy dependencies.
 """
 
-from plm.training.config import ConfigError, TrainConfig, default_config, resolve_config, valid_keys
-from plm.training.ema import EMATeacher
-from plm.training.methods import BatchView, KMeansMethod, Method, PLMMethod, STMLMethod, build_method
-from plm.training.proxies import ProxyBank
-from plm.training.sampler import NeighbourhoodSampler
-from plm.training.trainer import Trainer, TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "BatchView", "ConfigError", "EMATeacher", "KMeansMethod", "Method", "NeighbourhoodSampler", "PLMMethod",
-    "ProxyBank", "STMLMethod", "TrainConfig", "TrainResult", "Trainer", "build_method", "default_config",
-    "resolve_config", "train", "valid_keys",
-]
+import importlib
+from typing import Any
+
+#: public name → the module that defines it
+_EXPORTS = {
+    "ConfigError": "plm.training.config", "TrainConfig": "plm.training.config",
+    "default_config": "plm.training.config", "resolve_config": "plm.training.config",
+    "valid_keys": "plm.training.config",
+    "EMATeacher": "plm.training.ema",
+    "METHODS": "plm.training.methods", "BatchView": "plm.training.methods", "KMeansMethod": "plm.training.methods",
+    "Method": "plm.training.methods", "PLMMethod": "plm.training.methods", "STMLMethod": "plm.training.methods",
+    "build_method": "plm.training.methods",
+    "ProxyBank": "plm.losses.proxies",
+    "NeighbourhoodSampler": "plm.training.sampler",
+    "Trainer": "plm.training.trainer", "TrainResult": "plm.training.trainer", "train": "plm.training.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plm.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

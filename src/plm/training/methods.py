@@ -14,24 +14,23 @@ with three hooks:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plm.training.config import PLM_LOSSES, PROXY_UPDATES
-from plm.training.losses import (
-    balanced_pair_weights,
-    contrastive_loss,
-    neighbourhood_loss,
-    point_loss,
-    proxy_contrastive_loss,
-    proxy_loss,
-    relaxed_contrastive_loss,
-)
-from plm.training.proxies import ProxyBank
+from plm.losses import PLMConfig, PLMLoss, ProxyBank, binary_piece_similarity
+from plm.losses.functional import contrastive_loss, relaxed_contrastive_loss
+from plm.utils.registry import Registry
+
+if TYPE_CHECKING:
+    from plm.training.config import TrainConfig
+
+__all__ = ["METHODS", "BatchView", "KMeansMethod", "Method", "PLMMethod", "STMLMethod", "binary_piece_similarity",
+           "build_method"]
 
 
 @dataclass
@@ -91,144 +90,56 @@ class Method(nn.Module):
 
 # ------------------------------------------------------------------------------------- PLM
 
-def binary_piece_similarity(members: Tensor, n: int) -> Tensor:
-    """1 where j belongs to i's selected neighbourhood S_i or i to S_j, else 0; diagonal 1.
-
-    Args:
-        members: (N, K) long, -1 padded (:attr:`plm.manifold.Pieces.members`).
-        n: number of points N.
-    """
-    s = torch.zeros(n, n, device=members.device)
-    rows = torch.arange(n, device=members.device).unsqueeze(1).expand_as(members)
-    valid = members >= 0
-    s[rows[valid], members[valid]] = 1.0
-    s = torch.maximum(s, s.T)
-    s.fill_diagonal_(1.0)
-    return s
-
-
 class PLMMethod(Method):
-    """The paper's method: PL similarity on teacher embeddings, L_point + L_proxy + L_neighbourhood.
+    """The paper's method: :class:`plm.losses.PLMLoss` (PL target, L_point + L_proxy + L_neighbourhood)
+    on this process's rows of the global batch.
+
+    All the math is :class:`~plm.losses.PLMLoss` (attribute :attr:`loss`); this class only maps the
+    trainer's hooks and :class:`BatchView` onto it.
 
     Args:
         embed_dim: d.
-        manifold: :class:`plm.manifold.ManifoldConfig`.
-        delta: δ of L_point and L_proxy.
-        weights: (point, proxy, neighbourhood) loss weights.
-        num_proxies: N_ρ; 0 disables proxies (the "no proxies" ablation).
-        proxy_init: ``kmeans`` or ``random``.
-        proxy_local_points: nearest points for each proxy's initial PCA basis.
-        neighbourhood_points: n, points per proxy in L_neighbourhood.
-        neighbourhood_lambda: λ in L_neighbourhood.
-        similarity: ``continuous`` or ``binary`` (same-piece ablation).
+        config: manifold, loss and proxy options; the defaults are ``plm train``'s.
+        num_proxies: overrides ``config.proxies.num`` (0 = the "no proxies" ablation).
         seed: seed of the proxy initialisation.
-        loss_kind: how the target similarity trains the student (docs/method.md, "Losses"):
-            ``regression`` (L_point: distances regress onto δ(1 − s)), ``weighted_regression``
-            (the same with per-pair weights that give each row's similar and dissimilar pairs
-            equal total weight) or ``relaxed_contrastive`` (STML's loss with the PL similarity as
-            its soft weights, margin ``margin``).
-        margin: δ of the relaxed contrastive loss.
-        proxies_on_sphere: proxies live on the unit sphere with the embeddings (their locations
-            are normalised wherever they are used).
-        proxy_update: ``all`` (L_proxy and L_neighbourhood move the proxies) or
-            ``neighbourhood`` (only L_neighbourhood does; L_proxy moves the points only).
-        neighbourhood_radius: L_neighbourhood uses only points within this distance of the
-            proxy (``None``: the n most similar points, wherever they are).
     """
 
     name = "plm"
 
-    def __init__(self, embed_dim: int, manifold, delta: float = 1.5, weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 num_proxies: int = 100, proxy_init: str = "kmeans", proxy_local_points: int = 20,
-                 neighbourhood_points: int = 4, neighbourhood_lambda: float = 0.5, similarity: str = "continuous",
-                 seed: int = 0, loss_kind: str = "regression", margin: float = 1.0, proxies_on_sphere: bool = False,
-                 proxy_update: str = "all", neighbourhood_radius: Optional[float] = None):
+    def __init__(self, embed_dim: int, config: Optional[PLMConfig] = None, *, num_proxies: Optional[int] = None,
+                 seed: int = 0) -> None:
         super().__init__()
-        if similarity not in ("continuous", "binary"):
-            raise ValueError(f"similarity must be 'continuous' or 'binary', got {similarity!r}")
-        if loss_kind not in PLM_LOSSES:
-            raise ValueError(f"loss_kind must be one of {PLM_LOSSES}, got {loss_kind!r}")
-        if proxy_update not in PROXY_UPDATES:
-            raise ValueError(f"proxy_update must be one of {PROXY_UPDATES}, got {proxy_update!r}")
-        self.loss_kind, self.margin = loss_kind, float(margin)
-        self.proxies_on_sphere, self.proxy_update = bool(proxies_on_sphere), proxy_update
-        self.neighbourhood_radius = neighbourhood_radius
-        if delta <= 0:
-            raise ValueError(f"delta must be positive, got {delta}")
-        self.manifold = manifold
-        self.delta = float(delta)
-        self.w_point, self.w_proxy, self.w_neigh = (float(w) for w in weights)
-        self.similarity = similarity
-        self.proxy_init, self.proxy_local_points, self.seed = proxy_init, proxy_local_points, seed
-        self.neighbourhood_points, self.neighbourhood_lambda = int(neighbourhood_points), float(neighbourhood_lambda)
-        self.proxies: Optional[ProxyBank] = (ProxyBank(num_proxies, embed_dim, manifold.piece_dim, seed=seed)
-                                             if num_proxies > 0 else None)
+        self.loss = PLMLoss(config, embed_dim=embed_dim, num_proxies=num_proxies, seed=seed)
+
+    @property
+    def config(self) -> PLMConfig:
+        """The options of :attr:`loss`."""
+        return self.loss.config
+
+    @property
+    def proxies(self) -> Optional[ProxyBank]:
+        """The learnable proxies (``None`` without proxies)."""
+        return self.loss.proxies
 
     def prepare(self, train_embeddings: Tensor) -> None:
-        if self.proxies is not None:
-            self.proxies.init_from_embeddings(train_embeddings, method=self.proxy_init,
-                                              local_points=self.proxy_local_points, seed=self.seed,
-                                              on_sphere=self.proxies_on_sphere)
+        self.loss.init_proxies(train_embeddings)
 
     def proxy_locations(self) -> Tensor:
-        """(K, d) ρ_k as the losses see them (on the unit sphere with ``proxies_on_sphere``)."""
-        assert self.proxies is not None
-        rho = self.proxies.locations
-        return F.normalize(rho, dim=1) if self.proxies_on_sphere else rho
+        """(K, d) ρ_k as the losses see them (on the unit sphere with ``proxies.on_sphere``)."""
+        return self.loss.proxy_locations()
 
-    def _points(self, teacher: Tensor) -> Tensor:
-        return F.normalize(teacher, dim=1) if self.manifold.normalize_inputs else teacher
-
-    @torch.no_grad()
     def target_similarity(self, teacher: Tensor, indices: Optional[Tensor] = None) -> Tensor:
-        from plm.manifold import fit_pieces, similarity_matrix
-
-        if self.similarity == "binary":
-            return binary_piece_similarity(fit_pieces(teacher, self.manifold).members, teacher.shape[0])
-        return similarity_matrix(teacher, self.manifold)
-
-    @torch.no_grad()
-    def proxy_similarity(self, teacher: Tensor) -> Tensor:
-        """(B, K) s′(x_i, proxy k) of teacher points to the proxies' pieces (detached)."""
-        from plm.manifold import directed_similarity
-
-        assert self.proxies is not None
-        rho = self.proxy_locations()
-        return directed_similarity(self._points(teacher), rho, rho, self.proxies.orthonormal_bases(),
-                                   self.manifold.n_alpha, self.manifold.n_beta)
-
-    def point_term(self, batch: BatchView, s: Tensor) -> Tensor:
-        """The point-pair loss of this process's rows under :attr:`loss_kind`."""
-        rows = s[batch.rows]
-        if self.loss_kind == "relaxed_contrastive":
-            return relaxed_contrastive_loss(batch.student, batch.student_all, rows, self.margin, batch.row_start,
-                                            denom=batch.num_pairs)
-        weights = balanced_pair_weights(rows, batch.row_start) if self.loss_kind == "weighted_regression" else None
-        return point_loss(batch.student, batch.student_all, rows, self.delta, batch.row_start, denom=batch.num_pairs,
-                          weights=weights)
+        return self.loss.target_similarity(teacher)
 
     def forward(self, batch: BatchView) -> dict[str, Tensor]:
-        s = self.target_similarity(batch.teacher_all, batch.indices_all)
-        l_point = self.point_term(batch, s)
-        terms = {"point": l_point}
-        total = self.w_point * l_point
-        if self.proxies is not None:
-            s_p = self.proxy_similarity(batch.teacher_all)  # (B, K)
-            num = batch.student_all.shape[0] * self.proxies.num
-            rho = self.proxy_locations()
-            ref = rho if self.proxy_update == "all" else rho.detach()
-            if self.loss_kind == "relaxed_contrastive":
-                l_proxy = proxy_contrastive_loss(batch.student, ref, s_p[batch.rows], self.margin, denom=num)
-            else:
-                l_proxy = proxy_loss(batch.student, ref, s_p[batch.rows], self.delta, denom=num)
-            # computed identically on every rank from the global batch: each contributes 1/world
-            l_neigh = neighbourhood_loss(self._points(batch.teacher_all), rho, self.proxies.orthonormal_bases(), s_p,
-                                         self.neighbourhood_points, self.neighbourhood_lambda,
-                                         radius=self.neighbourhood_radius) / batch.world_size
-            terms.update(proxy=l_proxy, neighbourhood=l_neigh)
-            total = total + self.w_proxy * l_proxy + self.w_neigh * l_neigh
-        terms["loss"] = total
-        return terms
+        return self.loss.terms(batch.student, batch.student_all, batch.teacher_all, batch.row_start,
+                               batch.world_size)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before plm.losses kept the proxies at "proxies.*" instead of "loss.proxies.*"
+        for key in [k for k in state_dict if k.startswith(prefix + "proxies.")]:
+            state_dict[prefix + "loss." + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ STML
@@ -272,6 +183,7 @@ class KMeansMethod(Method):
     """
 
     name = "kmeans"
+    pseudo_labels: Tensor
 
     def __init__(self, num_clusters: int = 100, margin: float = 1.0, seed: int = 0):
         super().__init__()
@@ -316,20 +228,27 @@ class KMeansMethod(Method):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def build_method(config, embed_dim: int) -> Method:
-    """The method a :class:`~plm.training.config.TrainConfig` names."""
-    if config.method == "plm":
-        return PLMMethod(embed_dim, config.manifold_config(), delta=config.loss.delta,
-                         weights=(config.loss.point, config.loss.proxy, config.loss.neighbourhood),
-                         num_proxies=config.proxies.num, proxy_init=config.proxies.init,
-                         proxy_local_points=config.proxies.local_points,
-                         neighbourhood_points=config.loss.neighbourhood_points,
-                         neighbourhood_lambda=config.loss.neighbourhood_lambda, similarity=config.similarity,
-                         seed=config.seed, loss_kind=config.loss.kind, margin=config.loss.margin,
-                         proxies_on_sphere=config.proxies.on_sphere, proxy_update=config.proxies.update,
-                         neighbourhood_radius=config.loss.neighbourhood_radius)
-    if config.method == "stml":
-        return STMLMethod(config.stml.sigma, config.stml.k, config.stml.delta)
-    if config.method == "kmeans":
-        return KMeansMethod(config.kmeans.num_clusters, config.kmeans.margin, seed=config.seed)
-    raise ValueError(f"unknown method {config.method!r}")
+#: The training methods: name → builder ``(config, embed_dim) -> Method``. ``plm train --method``,
+#: the config's validation and the demo read the names from here.
+METHODS: Registry[Callable[[TrainConfig, int], Method]] = Registry("method")
+
+
+@METHODS.register("plm")
+def _build_plm(config: TrainConfig, embed_dim: int) -> Method:
+    plm = PLMConfig(manifold=config.manifold, loss=config.loss, proxies=config.proxies, similarity=config.similarity)
+    return PLMMethod(embed_dim, plm, seed=config.seed)
+
+
+@METHODS.register("stml")
+def _build_stml(config: TrainConfig, embed_dim: int) -> Method:
+    return STMLMethod(config.stml.sigma, config.stml.k, config.stml.delta)
+
+
+@METHODS.register("kmeans")
+def _build_kmeans(config: TrainConfig, embed_dim: int) -> Method:
+    return KMeansMethod(config.kmeans.num_clusters, config.kmeans.margin, seed=config.seed)
+
+
+def build_method(config: TrainConfig, embed_dim: int) -> Method:
+    """The method a :class:`~plm.training.config.TrainConfig` names (see :data:`METHODS`)."""
+    return METHODS.get(config.method)(config, embed_dim)

@@ -1,0 +1,120 @@
+"""Learnable proxy pieces (docs/method.md §5): a location ρ_k and a basis W_k per proxy.
+
+The bases are free (K, d, m) parameters, orthonormalised by QR whenever they are used, so the
+optimiser never has to keep them orthonormal. Initialisation: locations from k-means centres of
+the pretrained training embeddings (or random samples of them), bases from a PCA of each
+centre's nearest embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class ProxyBank(nn.Module):
+    """K proxy pieces of dimension m in R^d.
+
+    Args:
+        num: K, the number of proxies (≥ 1).
+        dim: d, the embedding dimension.
+        piece_dim: m, each piece's dimension (≤ d).
+        seed: seed of the random initial values (before :meth:`init_from_embeddings`).
+
+    Raises:
+        ValueError: non-positive sizes or m > d.
+    """
+
+    initialised: Tensor
+
+    def __init__(self, num: int, dim: int, piece_dim: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        if num < 1 or dim < 1 or piece_dim < 1:
+            raise ValueError(f"num, dim and piece_dim must be positive, got {num}, {dim}, {piece_dim}")
+        if piece_dim > dim:
+            raise ValueError(f"piece_dim ({piece_dim}) cannot exceed the embedding dimension ({dim})")
+        g = torch.Generator().manual_seed(seed)
+        self.locations = nn.Parameter(nn.functional.normalize(torch.randn(num, dim, generator=g), dim=1))
+        self.bases = nn.Parameter(torch.linalg.qr(torch.randn(num, dim, piece_dim, generator=g)).Q)
+        #: set by :meth:`init_from_embeddings` (and restored with the state dict): random proxies
+        #: are not a valid starting point, so :class:`plm.losses.PLMLoss` refuses them
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # state dicts written before the flag existed came from prepared (initialised) proxies
+        if prefix + "locations" in state_dict and prefix + "initialised" not in state_dict:
+            state_dict[prefix + "initialised"] = torch.ones((), dtype=torch.bool)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def num(self) -> int:
+        """K."""
+        return int(self.locations.shape[0])
+
+    @property
+    def piece_dim(self) -> int:
+        """m."""
+        return int(self.bases.shape[2])
+
+    def orthonormal_bases(self) -> Tensor:
+        """(K, d, m) orthonormal W_k = Q of the QR decomposition of each basis (differentiable)."""
+        return torch.linalg.qr(self.bases).Q
+
+    @torch.no_grad()
+    def init_from_embeddings(self, embeddings: Tensor | np.ndarray, method: str = "kmeans", local_points: int = 20,
+                             seed: int = 0, max_points: Optional[int] = 20000, on_sphere: bool = False) -> None:
+        """Place the proxies on the data.
+
+        Args:
+            embeddings: (N, d) pretrained training embeddings, N ≥ K.
+            method: ``kmeans`` (k-means centres) or ``random`` (distinct random samples).
+            local_points: nearest embeddings of each location used for its PCA basis.
+            seed: seed of k-means and of the sampling.
+            max_points: k-means runs on a seeded subsample of at most this many points.
+            on_sphere: put the locations on the unit sphere (k-means centres of unit vectors lie
+                inside the ball) and fit each basis in the tangent space there.
+
+        Raises:
+            ValueError: fewer embeddings than proxies, wrong width, or unknown method.
+        """
+        from plm.evaluation.knn import knn
+
+        x = np.asarray(torch.as_tensor(embeddings).detach().cpu().float().numpy(), dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.locations.shape[1]:
+            raise ValueError(f"embeddings must be (N, {self.locations.shape[1]}), got {x.shape}")
+        if len(x) < self.num:
+            raise ValueError(f"need at least as many embeddings as proxies ({self.num}), got {len(x)}; "
+                             f"lower proxies.num")
+        rng = np.random.default_rng(seed)
+        if method == "kmeans":
+            from sklearn.cluster import KMeans
+
+            small = max_points is None or len(x) <= max_points
+            sample = x if small else x[rng.choice(len(x), max_points, replace=False)]
+            centres = KMeans(n_clusters=self.num, n_init=1, random_state=seed).fit(sample).cluster_centers_
+        elif method == "random":
+            centres = x[rng.choice(len(x), self.num, replace=False)]
+        else:
+            raise ValueError(f"method must be 'kmeans' or 'random', got {method!r}")
+        centres = centres.astype(np.float32)
+        if on_sphere:
+            centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+        k = min(max(local_points, self.piece_dim + 1), len(x))
+        _, idx = knn(centres, x, k=k, exclude_self=False)
+        local = torch.from_numpy(x[idx])  # (K, k, d)
+        centred = local - local.mean(1, keepdim=True)
+        if on_sphere:  # tangent directions: remove the radial component at each location
+            c = torch.from_numpy(centres)[:, None, :]
+            centred = centred - (centred * c).sum(2, keepdim=True) * c
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (K, min(k, d), d)
+        basis = vh[:, : self.piece_dim].transpose(1, 2)  # (K, d, m')
+        if basis.shape[2] < self.piece_dim:  # fewer local points than m: pad with random directions
+            extra = torch.randn(self.num, x.shape[1], self.piece_dim - basis.shape[2],
+                                generator=torch.Generator().manual_seed(seed))
+            basis = torch.cat([basis, extra], dim=2)
+        self.locations.copy_(torch.from_numpy(centres).to(self.locations))
+        self.bases.copy_(torch.linalg.qr(basis).Q.to(self.bases))
+        self.initialised.fill_(True)
