@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # numpy is imported where used: ``plm demo --help`` reads VARIANTS only
     import numpy as np
 
-from plm.training.methods import METHODS
+from plm.training.registry import METHODS
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from plm.data import DATASETS
-    from plm.training.methods import METHODS
+    from plm.training.registry import METHODS
 
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML config file (see configs/)")
     parser.add_argument("--dataset", default=None, choices=list(DATASETS), help="dataset name")

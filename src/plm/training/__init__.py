@@ -21,7 +21,7 @@ _EXPORTS = {
     "default_config": "plm.training.config", "resolve_config": "plm.training.config",
     "valid_keys": "plm.training.config",
     "EMATeacher": "plm.training.ema",
-    "METHODS": "plm.training.methods", "BatchView": "plm.training.methods", "KMeansMethod": "plm.training.methods",
+    "METHODS": "plm.training.registry", "BatchView": "plm.training.methods", "KMeansMethod": "plm.training.methods",
     "Method": "plm.training.methods", "PLMMethod": "plm.training.methods", "STMLMethod": "plm.training.methods",
     "build_method": "plm.training.methods",
     "ProxyBank": "plm.losses.proxies",

@@ -233,7 +233,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from plm.data import DATASETS
-        from plm.training.methods import METHODS
+        from plm.training.registry import METHODS
 
         check_choice("dataset", self.dataset, list(DATASETS))
         check_choice("method", self.method, METHODS.names())

@@ -14,7 +14,6 @@ with three hooks:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from plm.losses import PLMConfig, PLMLoss, ProxyBank, binary_piece_similarity
 from plm.losses.functional import contrastive_loss, relaxed_contrastive_loss
-from plm.utils.registry import Registry
+from plm.training.registry import METHODS
 
 if TYPE_CHECKING:
     from plm.training.config import TrainConfig
@@ -228,24 +227,21 @@ class KMeansMethod(Method):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-#: The training methods: name → builder ``(config, embed_dim) -> Method``. ``plm train --method``,
-#: the config's validation and the demo read the names from here.
-METHODS: Registry[Callable[[TrainConfig, int], Method]] = Registry("method")
+# The builders that plm.training.registry.METHODS names (imported from there on first use).
 
-
-@METHODS.register("plm")
-def _build_plm(config: TrainConfig, embed_dim: int) -> Method:
+def build_plm_method(config: TrainConfig, embed_dim: int) -> Method:
+    """:class:`PLMMethod` from a training config."""
     plm = PLMConfig(manifold=config.manifold, loss=config.loss, proxies=config.proxies, similarity=config.similarity)
     return PLMMethod(embed_dim, plm, seed=config.seed)
 
 
-@METHODS.register("stml")
-def _build_stml(config: TrainConfig, embed_dim: int) -> Method:
+def build_stml_method(config: TrainConfig, embed_dim: int) -> Method:
+    """:class:`STMLMethod` from a training config."""
     return STMLMethod(config.stml.sigma, config.stml.k, config.stml.delta)
 
 
-@METHODS.register("kmeans")
-def _build_kmeans(config: TrainConfig, embed_dim: int) -> Method:
+def build_kmeans_method(config: TrainConfig, embed_dim: int) -> Method:
+    """:class:`KMeansMethod` from a training config."""
     return KMeansMethod(config.kmeans.num_clusters, config.kmeans.margin, seed=config.seed)
 
 
