@@ -60,7 +60,8 @@ def _train_worker(rank: int, world: int, port: int, out: str, epochs: int, stop_
 
 def _states(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return {f"{part}.{k}": v for part in ("student_state", "teacher_state", "method_state") for k, v in ckpt[part].items()}
+    return {f"{part}.{k}": v for part in ("student_state", "teacher_state", "method_state")
+            for k, v in ckpt[part].items()}
 
 
 def _assert_close(a: Path, b: Path, atol: float) -> None:
@@ -88,7 +89,7 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
     _assert_close(dist / "last.pt", tmp_path / "single_epoch2.pt", atol=1e-5)
     hist_d = torch.load(dist / "last.pt", weights_only=True)["history"]
     hist_s = torch.load(tmp_path / "single_epoch2.pt", weights_only=True)["history"]
-    for hd, hs in zip(hist_d, hist_s):
+    for hd, hs in zip(hist_d, hist_s, strict=True):
         for key in ("loss", "loss_point", "loss_proxy", "loss_neighbourhood", "val_map_at_r"):
             if hs.get(key) is not None:
                 assert hd[key] == pytest.approx(hs[key], abs=1e-5), key

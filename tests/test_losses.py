@@ -20,7 +20,7 @@ from plm.training.losses import (
 
 
 def _dist(a, b) -> float:
-    return math.sqrt(sum((float(x) - float(y)) ** 2 for x, y in zip(a, b)))
+    return math.sqrt(sum((float(x) - float(y)) ** 2 for x, y in zip(a, b, strict=True)))
 
 
 @pytest.fixture
@@ -133,7 +133,8 @@ def test_relaxed_contrastive_row_shards_add_up(batch) -> None:
 def test_duplicates_give_finite_gradients() -> None:
     z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
     s = torch.ones(3, 3)
-    for loss in (point_loss(z, z, s), relaxed_contrastive_loss(z, z, s), proxy_loss(z, z.detach()[:2], torch.ones(3, 2))):
+    for loss in (point_loss(z, z, s), relaxed_contrastive_loss(z, z, s),
+                 proxy_loss(z, z.detach()[:2], torch.ones(3, 2))):
         z.grad = None
         loss.backward()
         assert torch.isfinite(z.grad).all()

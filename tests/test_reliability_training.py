@@ -98,7 +98,8 @@ def test_a_run_killed_at_any_write_step_resumes_to_the_same_result(tmp_path, sha
     cfg = tiny()
     straight = train(cfg, tmp_path / "straight", progress=False)  # also fills the feature cache
     expected_metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-    expected_last, expected_best = _states(tmp_path / "straight" / "last.pt"), _states(tmp_path / "straight" / "best.pt")
+    expected_last = _states(tmp_path / "straight" / "last.pt")
+    expected_best = _states(tmp_path / "straight" / "best.pt")
     counter = tmp_path / "count"
     assert _run_killed_at(cfg, tmp_path / "counting", 10**6, counter) == 0
     total = int(counter.read_text())
