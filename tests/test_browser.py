@@ -97,6 +97,7 @@ def check_page(page: Path, tmp: Path, min_images: int) -> str:
     return dom
 
 
+@pytest.mark.slow
 def test_report_page_renders(tmp_path: Path) -> None:
     from plm.search.index import unit_rows
     from plm.viz import embedding_map_png, retrieval_gallery_png, retrieval_rows, training_curves_png
@@ -129,6 +130,7 @@ def test_report_page_renders(tmp_path: Path) -> None:
     assert "&lt;img src=x onerror=alert(2)&gt;" in dom
 
 
+@pytest.mark.slow
 def test_search_gallery_renders(tmp_path: Path) -> None:
     pytest.importorskip("faiss")
     from plm.cli import main

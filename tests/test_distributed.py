@@ -71,6 +71,7 @@ def _assert_close(a: Path, b: Path, atol: float) -> None:
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=atol, rtol=0), (k, (sa[k] - sb[k]).abs().max())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, monkeypatch) -> None:
     """2 ranks reach the single-process weights; a 2-rank run resumed on 1 rank ends where 1 rank does."""
     import shutil
@@ -98,6 +99,7 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
     _assert_close(dist / "last.pt", single / "last.pt", atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kmeans_pseudo_labels_from_rank_zero_reach_every_rank(tmp_path, monkeypatch) -> None:
     """k-means runs on rank 0 only; the broadcast labels give the single-process weights."""
     from plm.training.trainer import Trainer
@@ -130,6 +132,7 @@ def _embed_worker(rank: int, world: int, port: int, out: str, n: int) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_embedding_equals_single_process(tmp_path) -> None:
     """Uneven shards (51 items on 2 ranks), gathered in order, no duplicates."""
     from plm.data import load_dataset
@@ -189,6 +192,7 @@ def _failing_worker(rank: int, world: int, port: int) -> None:
     torch.distributed.barrier()  # rank 0 waits for a peer that died
 
 
+@pytest.mark.slow
 def test_a_failed_rank_stops_the_job(tmp_path) -> None:
     with pytest.raises(Exception, match="rank 1 broke on purpose"):
         _spawn(_failing_worker, 2)

@@ -63,6 +63,7 @@ def test_round_trip_finds_the_query_itself_first(built: dict[str, Path], capsys:
     assert same_class.count("squares") >= 2  # shapes cluster by class even with a 32-px backbone
 
 
+@pytest.mark.slow
 def test_hnsw_and_exact_agree_and_folders_expand(built: dict[str, Path]) -> None:
     out_e, out_h = built["tmp"] / "e.json", built["tmp"] / "h.json"
     folder = built["root"] / "triangles"

@@ -163,6 +163,7 @@ def test_bad_uploads_get_clear_messages(server: dict) -> None:
     assert _request(server, "POST", "/elsewhere", b"", {"Content-Length": "0"})[0] == 404
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
 def test_collection_is_searched_by_clicking_in_chromium(server: dict, tmp_path: Path) -> None:

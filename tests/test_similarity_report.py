@@ -14,6 +14,7 @@ def test_listed_in_help() -> None:
     assert "similarity-report" in build_parser().format_help()
 
 
+@pytest.mark.slow
 def test_digits_json(tmp_path, capsys) -> None:
     out = tmp_path / "quality.json"
     assert main(["similarity-report", "--dataset", "digits", "--backbone", "efficientnet_lite0", "--image-size", "32",
