@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["load_avg_after"] = os.getloadavg()[0]
                 results.append(res)
                 m = res["metrics"]
-                print(f"  {name:11s} {threads} thr {res['seconds']:7.1f} s  peak {res['peak_rss_mib'] / 1024:5.2f} GiB  "
+                print(f"  {name:11s} {threads} thr {res['seconds']:7.1f} s  "
+                      f"peak {res['peak_rss_mib'] / 1024:5.2f} GiB  "
                       f"R@1 {m['recall_at']['1']:.4f}  MAP@R {m['map_at_r']:.4f}  R-prec {m['r_precision']:.4f}  "
                       f"(load avg {res['load_avg_after']:.2f})", flush=True)
     print("\n| variant | threads | wall time (s) | vs plm | CPU time (s) | peak RSS (GiB) | R@1 | R@10 | R@100 "

@@ -31,7 +31,7 @@ TARGET_RECALL, TARGET_QPS = 0.95, 1000.0
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found[:, :k], truth)]))
+    return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found[:, :k], truth, strict=True)]))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -149,7 +149,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--intrinsic-dim", type=int, default=0,
-                   help="0: i.i.d. random vectors (hardest); D > 0: vectors near a D-dim subspace, like real embeddings")
+                   help="0: i.i.d. random vectors (hardest); "
+                        "D > 0: vectors near a D-dim subspace, like real embeddings")
     p.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     p.add_argument("--hnsw", nargs="*", default=["32,40"], help="HNSW builds as M,efConstruction")
     p.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 192, 256, 512, 1024])

@@ -95,7 +95,8 @@ def run_case(case: str, arg: str, threads: int) -> dict:
         t_fit = time.perf_counter() - start - t_knn
         values = neighbor_similarity(pieces, nbr, cfg)
         total = time.perf_counter() - start
-        out.update(seconds=total, cpu_seconds=time.process_time() - cpu, knn_seconds=t_knn, pieces_seconds=t_fit, pairs_seconds=total - t_knn - t_fit,
+        out.update(seconds=total, cpu_seconds=time.process_time() - cpu, knn_seconds=t_knn, pieces_seconds=t_fit,
+                   pairs_seconds=total - t_knn - t_fit,
                    peak_rss_mib=_rss_mib(), rss_before_mib=base, mean_group_size=float(pieces.sizes.float().mean()),
                    pairs=int(values.numel()))
         if approximate:  # recall of the approximate lists against exact search on 2,000 queries
@@ -104,7 +105,7 @@ def run_case(case: str, arg: str, threads: int) -> dict:
             d2[torch.arange(2000), torch.arange(2000)] = float("inf")
             exact = d2.topk(16, largest=False).indices
             out["knn_recall_at_16"] = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 16
-                                                     for a, b in zip(nbr[:2000], exact)]))
+                                                     for a, b in zip(nbr[:2000], exact, strict=True)]))
         if n <= 10_000:  # reference on 100 anchors, extrapolated to n
             sub = x.numpy()
             start = time.perf_counter()
@@ -124,7 +125,10 @@ def _reference_anchors(x: np.ndarray, cfg, anchors: int) -> None:
         members = [i]
         for j in cand:
             trial = members + [int(j)]
-            err = 0.0 if len(trial) <= cfg.piece_dim + 1 else reference_fit_error(x[trial], cfg.piece_dim, cfg.criterion)
+            if len(trial) <= cfg.piece_dim + 1:
+                err = 0.0
+            else:
+                err = reference_fit_error(x[trial], cfg.piece_dim, cfg.criterion)
             if err <= cfg.eps + 1e-6:
                 members.append(int(j))
         mean, basis = _pca(x[members], cfg.piece_dim)
@@ -170,9 +174,9 @@ def _training_steps(torch) -> dict:
     finetune(), frozen(), head_only()  # warm-up
     cpu = time.process_time
     return {"finetune_seconds": _median_time(finetune, 5), "frozen_seconds": _median_time(frozen, 5),
-            "head_only_seconds": _median_time(head_only, 20), "finetune_cpu_seconds": _median_time(finetune, 3, cpu),
-            "frozen_cpu_seconds": _median_time(frozen, 3, cpu), "head_only_cpu_seconds": _median_time(head_only, 20, cpu),
-            "peak_rss_mib": _rss_mib()}
+            "head_only_seconds": _median_time(head_only, 20),
+            "finetune_cpu_seconds": _median_time(finetune, 3, cpu), "frozen_cpu_seconds": _median_time(frozen, 3, cpu),
+            "head_only_cpu_seconds": _median_time(head_only, 20, cpu), "peak_rss_mib": _rss_mib()}
 
 
 def _report(n: int, threads: int) -> dict:
@@ -226,7 +230,8 @@ def main(argv: list[str]) -> int:
         step = _subprocess("step", "-", args.threads)
         results.append(step)
         if "error" not in step:
-            print(f"\ntraining step, EfficientNet-Lite0, 120 images at 64 px: fine-tune {step['finetune_seconds']:.3f} s "
+            print(f"\ntraining step, EfficientNet-Lite0, 120 images at 64 px: "
+                  f"fine-tune {step['finetune_seconds']:.3f} s "
                   f"(CPU {step['finetune_cpu_seconds']:.3f} s), frozen backbone + head {step['frozen_seconds']:.3f} s "
                   f"(CPU {step['frozen_cpu_seconds']:.3f} s), head only {step['head_only_seconds'] * 1e3:.1f} ms "
                   f"(CPU {step['head_only_cpu_seconds'] * 1e3:.1f} ms)")
@@ -241,15 +246,18 @@ def main(argv: list[str]) -> int:
             if "error" in r:
                 print(f"B=120 d={d}: {r['error']}")
                 continue
-            line = (f"{'B=120 d=' + str(d):<22}{r['seconds']:>9.4f}{r['cpu_seconds']:>10.4f}{r['reference_seconds']:>9.2f}"
-                    f"{r['reference_seconds'] / r['seconds']:>7.0f}x{r['peak_rss_mib']:>10.0f}{r['max_abs_diff_vs_reference']:>10.1e}")
+            line = (f"{'B=120 d=' + str(d):<22}{r['seconds']:>9.4f}{r['cpu_seconds']:>10.4f}"
+                    f"{r['reference_seconds']:>9.2f}{r['reference_seconds'] / r['seconds']:>7.0f}x"
+                    f"{r['peak_rss_mib']:>10.0f}{r['max_abs_diff_vs_reference']:>10.1e}")
             if step and "error" not in step:
-                line += (f"  {100 * r['seconds'] / step['finetune_seconds']:>9.1f}%  {100 * r['seconds'] / step['frozen_seconds']:>7.1f}%"
+                line += (f"  {100 * r['seconds'] / step['finetune_seconds']:>9.1f}%"
+                         f"  {100 * r['seconds'] / step['frozen_seconds']:>7.1f}%"
                          f"  ({100 * r['cpu_seconds'] / step['finetune_cpu_seconds']:.1f}%, "
                          f"{100 * r['cpu_seconds'] / step['frozen_cpu_seconds']:.1f}%)")
             print(line)
     if "dataset" in args.cases:
-        print(f"\n{'case':<22}{'total s':>9}{'CPU s':>8}{'k-NN s':>9}{'pieces s':>10}{'pairs s':>9}{'peak MiB':>10}  notes")
+        print(f"\n{'case':<22}{'total s':>9}{'CPU s':>8}{'k-NN s':>9}{'pieces s':>10}{'pairs s':>9}"
+              f"{'peak MiB':>10}  notes")
         for n in args.sizes:
             for arg in ([f"{n}:exact"] + ([f"{n}:ivf"] if n > 20_000 else [])):
                 r = _subprocess("dataset", arg, args.threads)
@@ -261,10 +269,11 @@ def main(argv: list[str]) -> int:
                 if "knn_recall_at_16" in r:
                     notes += f", k-NN recall@16 {r['knn_recall_at_16']:.3f}"
                 if "reference_seconds_extrapolated" in r:
-                    notes += (f", reference ≈ {r['reference_seconds_extrapolated']:.0f} s (extrapolated from 100 anchors, "
+                    notes += (f", reference ≈ {r['reference_seconds_extrapolated']:.0f} s "
+                              f"(extrapolated from 100 anchors, "
                               f"{r['reference_seconds_extrapolated'] / r['seconds']:.0f}x)")
-                print(f"{'N=' + arg:<22}{r['seconds']:>9.1f}{r['cpu_seconds']:>8.1f}{r['knn_seconds']:>9.1f}{r['pieces_seconds']:>10.1f}"
-                      f"{r['pairs_seconds']:>9.1f}{r['peak_rss_mib']:>10.0f}  {notes}")
+                print(f"{'N=' + arg:<22}{r['seconds']:>9.1f}{r['cpu_seconds']:>8.1f}{r['knn_seconds']:>9.1f}"
+                      f"{r['pieces_seconds']:>10.1f}{r['pairs_seconds']:>9.1f}{r['peak_rss_mib']:>10.0f}  {notes}")
     if "report" in args.cases:
         r = _report(60_000, args.threads)
         results.append(r)

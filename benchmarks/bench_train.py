@@ -127,7 +127,8 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['world']} × {r['threads']} | {r['step_s']:.3f} | {r['images_per_s']:.0f} | "
-              f"{100 * r['share_method']:.0f}% | {100 * r['share_forward']:.0f}% | {100 * r['share_backward_step']:.0f}% |")
+              f"{100 * r['share_method']:.0f}% | {100 * r['share_forward']:.0f}% | "
+              f"{100 * r['share_backward_step']:.0f}% |")
     return 0
 
 

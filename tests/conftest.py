@@ -1,23 +1,10 @@
-"""Shared fixtures and the ``--runslow`` switch for tests marked ``slow``."""
+"""Shared fixtures. Tests marked ``slow`` run by default; ``pytest -m "not slow"`` leaves them out."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

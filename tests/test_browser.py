@@ -97,6 +97,7 @@ def check_page(page: Path, tmp: Path, min_images: int) -> str:
     return dom
 
 
+@pytest.mark.slow
 def test_report_page_renders(tmp_path: Path) -> None:
     from plm.search.index import unit_rows
     from plm.viz import embedding_map_png, retrieval_gallery_png, retrieval_rows, training_curves_png
@@ -122,12 +123,14 @@ def test_report_page_renders(tmp_path: Path) -> None:
     row = rows[0]
     gallery.gallery_row([Tile(images[row.query], HOSTILE_NAME, "query", "query")]
                         + [Tile(images[j], f"img_{j}.png", f"d={d:.3f}", "right" if ok else "wrong")
-                           for j, d, ok in zip(row.results, row.distances, row.correct)], heading=HOSTILE_NAME)
+                           for j, d, ok in zip(row.results, row.distances, row.correct, strict=True)],
+                        heading=HOSTILE_NAME)
     dom = check_page(page.write(tmp_path / "report.html"), tmp_path, min_images=9)
     assert "plm demo report" in dom and "&lt;script&gt;alert(1)&lt;.png" in dom
     assert "&lt;img src=x onerror=alert(2)&gt;" in dom
 
 
+@pytest.mark.slow
 def test_search_gallery_renders(tmp_path: Path) -> None:
     pytest.importorskip("faiss")
     from plm.cli import main

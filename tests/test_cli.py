@@ -33,7 +33,8 @@ def test_eval_digits_json(tmp_path) -> None:
 
 
 def test_missing_dataset_root_is_one_clear_line(tmp_path, capsys) -> None:
-    code = main(["eval", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nope"), "--backbone", "efficientnet_lite0"])
+    code = main(["eval", "--dataset", "fashion-mnist", "--data-root", str(tmp_path / "nope"),
+                 "--backbone", "efficientnet_lite0"])
     assert code == 2
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte.gz" in err and "Traceback" not in err

@@ -68,7 +68,7 @@ def write_cars(root: Path, per_class: dict[int, int], paths: list[str] | None = 
             # the official 'test' flag alternates: it must not influence the split
             records.append((rel, 1, 2, 30, 40, c, k % 2))
     if paths is not None:
-        records = [(p, *rest) for p, (_, *rest) in zip(paths, records)]
+        records = [(p, *rest) for p, (_, *rest) in zip(paths, records, strict=True)]
     dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"),
              ("class", "O"), ("test", "O")]
     ann = np.zeros((1, len(records)), dtype=dtype)

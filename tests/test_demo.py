@@ -33,12 +33,14 @@ def test_missing_fonts_fall_back_and_say_why(tmp_path: Path) -> None:
     assert "fonts-noto-core" in reason and "train-images-idx3-ubyte.gz" in reason
 
 
+@pytest.mark.slow
 def test_the_demo_runs_on_glyphs_by_default() -> None:
     """scripts/install.sh installs the fonts; with them the default demo dataset is glyphs."""
     name, reason = pick_dataset()
     assert (name, reason) == ("glyphs", None)
 
 
+@pytest.mark.slow
 def test_results_json_contract(demo_out: Path) -> None:
     data = json.loads((demo_out / "results.json").read_text())
     assert data["dataset"] == "digits"
@@ -52,6 +54,7 @@ def test_results_json_contract(demo_out: Path) -> None:
     assert any("digits" in note for note in data["notes"])
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_all_figures(demo_out: Path) -> None:
     html = (demo_out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
@@ -62,6 +65,7 @@ def test_report_is_self_contained_with_all_figures(demo_out: Path) -> None:
     assert "pretrained" in html and "plm" in html
 
 
+@pytest.mark.slow
 def test_initial_row_is_the_model_training_started_from(demo_out: Path) -> None:
     import csv
 
@@ -79,6 +83,7 @@ def test_initial_row_is_the_model_training_started_from(demo_out: Path) -> None:
     assert data["methods"]["initial"]["map_at_r"] != data["methods"]["pretrained"]["map_at_r"]
 
 
+@pytest.mark.slow
 def test_each_run_writes_training_outputs(demo_out: Path) -> None:
     run = demo_out / "runs" / "plm-seed0"
     for name in ("config.yaml", "best.pt", "last.pt", "metrics.csv", "metrics.json"):

@@ -60,7 +60,8 @@ def _train_worker(rank: int, world: int, port: int, out: str, epochs: int, stop_
 
 def _states(path: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return {f"{part}.{k}": v for part in ("student_state", "teacher_state", "method_state") for k, v in ckpt[part].items()}
+    return {f"{part}.{k}": v for part in ("student_state", "teacher_state", "method_state")
+            for k, v in ckpt[part].items()}
 
 
 def _assert_close(a: Path, b: Path, atol: float) -> None:
@@ -70,6 +71,7 @@ def _assert_close(a: Path, b: Path, atol: float) -> None:
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=atol, rtol=0), (k, (sa[k] - sb[k]).abs().max())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, monkeypatch) -> None:
     """2 ranks reach the single-process weights; a 2-rank run resumed on 1 rank ends where 1 rank does."""
     import shutil
@@ -88,7 +90,7 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
     _assert_close(dist / "last.pt", tmp_path / "single_epoch2.pt", atol=1e-5)
     hist_d = torch.load(dist / "last.pt", weights_only=True)["history"]
     hist_s = torch.load(tmp_path / "single_epoch2.pt", weights_only=True)["history"]
-    for hd, hs in zip(hist_d, hist_s):
+    for hd, hs in zip(hist_d, hist_s, strict=True):
         for key in ("loss", "loss_point", "loss_proxy", "loss_neighbourhood", "val_map_at_r"):
             if hs.get(key) is not None:
                 assert hd[key] == pytest.approx(hs[key], abs=1e-5), key
@@ -97,6 +99,7 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
     _assert_close(dist / "last.pt", single / "last.pt", atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kmeans_pseudo_labels_from_rank_zero_reach_every_rank(tmp_path, monkeypatch) -> None:
     """k-means runs on rank 0 only; the broadcast labels give the single-process weights."""
     from plm.training.trainer import Trainer
@@ -129,6 +132,7 @@ def _embed_worker(rank: int, world: int, port: int, out: str, n: int) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_embedding_equals_single_process(tmp_path) -> None:
     """Uneven shards (51 items on 2 ranks), gathered in order, no duplicates."""
     from plm.data import load_dataset
@@ -188,6 +192,7 @@ def _failing_worker(rank: int, world: int, port: int) -> None:
     torch.distributed.barrier()  # rank 0 waits for a peer that died
 
 
+@pytest.mark.slow
 def test_a_failed_rank_stops_the_job(tmp_path) -> None:
     with pytest.raises(Exception, match="rank 1 broke on purpose"):
         _spawn(_failing_worker, 2)

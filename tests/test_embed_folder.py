@@ -119,7 +119,8 @@ def test_unreadable_files_skipped_listed_counted_and_not_retried(tmp_path: Path,
     assert main(["embed", str(root), *BACKBONE, "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "skipped 3 unreadable" in text and "ignored 1 non-image" in text
-    for name in ("circles/zero.jpg: zero-byte file", "squares/truncated.jpg", "triangles/notes.jpg", "squares/README.txt"):
+    for name in ("circles/zero.jpg: zero-byte file", "squares/truncated.jpg", "triangles/notes.jpg",
+                 "squares/README.txt"):
         assert name in text
     store = EmbeddingStore.load(out)
     assert len(store) == 9 and store.skipped == ["circles/zero.jpg", "squares/truncated.jpg", "triangles/notes.jpg"]

@@ -147,7 +147,8 @@ def test_kmeans_rejects_bad_options(bad: dict, blobs) -> None:
         KMeansEstimator(**bad).fit(blobs[0])
 
 
-@pytest.mark.parametrize("cls,bad", [(HierarchicalEstimator, dict(linkage="median")), (HierarchicalEstimator, dict(grade="x")),
+@pytest.mark.parametrize("cls,bad", [(HierarchicalEstimator, dict(linkage="median")),
+                                     (HierarchicalEstimator, dict(grade="x")),
                                      (RandomWalkEstimator, dict(alpha=1.0)), (RandomWalkEstimator, dict(k=0)),
                                      (STMLEstimator, dict(sigma=0)), (STMLEstimator, dict(k=0)),
                                      (GaussianEstimator, dict(sigma=-1.0)), (PLManifoldEstimator, dict(config="x")),
@@ -198,7 +199,8 @@ def test_knn_correlation_is_pearson_over_neighbour_pairs() -> None:
     s = (s + s.T) / 2
     pairs = {(min(i, int(j)), max(i, int(j))) for i in range(60) for j in nb.indices[i, :5]}
     assert len(pairs) == len(knn_pairs(nb, 5))
-    want = np.corrcoef([s[i, j] for i, j in sorted(pairs)], [float(labels[i] == labels[j]) for i, j in sorted(pairs)])[0, 1]
+    want = np.corrcoef([s[i, j] for i, j in sorted(pairs)],
+                       [float(labels[i] == labels[j]) for i, j in sorted(pairs)])[0, 1]
     assert knn_correlation(lambda r, c: s[r, c], labels, nb, k=5) == pytest.approx(want)
 
 

@@ -11,7 +11,8 @@ from plm.cli import main
 from plm.models.embedding import EmbeddingModel
 from test_data import break_files, write_cub
 
-JSON_KEYS = {"dataset", "split", "num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision", "nmi", "skipped"}
+JSON_KEYS = {"dataset", "split", "num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision", "nmi",
+             "skipped"}
 CLASSES = {1: 3, 2: 3, 101: 4, 102: 4, 103: 3}
 
 

@@ -166,7 +166,8 @@ def test_subset_selection_is_scale_free(seed: int, n: int, scale: float) -> None
 @SETTINGS
 @given(seed=st.integers(0, 10_000), m=st.integers(1, 3), o1=st.floats(0.0, 3.0), gap=st.floats(1e-3, 3.0),
        n_alpha=st.floats(0.5, 8.0), n_beta=st.floats(0.0, 2.0))
-def test_decreasing_in_orthogonal_distance(seed: int, m: int, o1: float, gap: float, n_alpha: float, n_beta: float) -> None:
+def test_decreasing_in_orthogonal_distance(seed: int, m: int, o1: float, gap: float, n_alpha: float,
+                                           n_beta: float) -> None:
     rng = np.random.default_rng(seed)
     d = m + 3
     frame = np.linalg.qr(rng.normal(size=(d, d)))[0]
@@ -181,7 +182,8 @@ def test_decreasing_in_orthogonal_distance(seed: int, m: int, o1: float, gap: fl
 
 # ---------------------------------------------------------------- geometry
 
-def _crossing(dim: int, per_axis: np.ndarray, flat_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _crossing(dim: int, per_axis: np.ndarray, flat_dim: int,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two flats of dimension ``flat_dim`` crossing at one point of R^dim, sampled on a grid.
 
     Returns (points, flat id of each point, the crossing point).

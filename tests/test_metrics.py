@@ -69,7 +69,8 @@ def assert_same(ours: dict, ref: dict) -> None:
             assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
 
 
-def tied_data(rng: np.random.Generator, n: int = 160, dim: int = 3, n_classes: int = 30) -> tuple[np.ndarray, np.ndarray]:
+def tied_data(rng: np.random.Generator, n: int = 160, dim: int = 3,
+              n_classes: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Integer-valued embeddings (exact float arithmetic: many exact distance ties), duplicates,
     classes of very different sizes and several singletons."""
     x = rng.integers(-2, 3, size=(n, dim)).astype(np.float32)
@@ -206,8 +207,8 @@ def test_order_keys_sort_like_value_then_index() -> None:
     values = torch.tensor([0.5, -0.0, 0.0, -2.5, float("inf"), 0.5, -1e-40, 1e-40, 3.0, -2.5])
     index = torch.tensor([7, 3, 1, 9, 0, 2, 4, 5, 6, 8])
     keys = order_keys(values, index)
-    ranked = [(float(v), int(i)) for v, i in zip(key_value(keys), key_index(keys))]
-    assert ranked == [(float(v), int(i)) for v, i in zip(values, index)]  # decodes back (−0 read as 0)
+    ranked = [(float(v), int(i)) for v, i in zip(key_value(keys), key_index(keys), strict=True)]
+    assert ranked == [(float(v), int(i)) for v, i in zip(values, index, strict=True)]  # decodes back (−0 read as 0)
     by_key = [ranked[j] for j in torch.argsort(keys).tolist()]
     assert by_key == sorted(ranked)
 

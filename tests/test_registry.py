@@ -22,7 +22,8 @@ def test_unknown_name_lists_choices_and_suggests():
     reg: Registry[int] = Registry("method")
     reg.add("plm", 1)
     reg.add("kmeans", 2)
-    with pytest.raises(UnknownChoiceError, match=r"unknown method 'kmean'; did you mean 'kmeans'\? \(choose one of plm, kmeans\)"):
+    with pytest.raises(UnknownChoiceError,
+                       match=r"unknown method 'kmean'; did you mean 'kmeans'\? \(choose one of plm, kmeans\)"):
         reg.get("kmean")
     with pytest.raises(ValueError, match="choose one of plm, kmeans"):
         reg.get("zzz")

@@ -123,7 +123,7 @@ def test_duplicate_rows_are_ordered_by_one_tie_rule_on_every_path(seed: int) -> 
     results = {"symmetric": retrieval_metrics(x, labels, ks=ks, with_nmi=False, block_size=32),
                "rows": retrieval_metrics(x, labels, ks=ks, with_nmi=False, symmetric=False, block_size=32),
                "faiss": retrieval_metrics(x, labels, ks=ks, with_nmi=False, use_faiss=True)}
-    for name, m in results.items():
+    for m in results.values():
         assert_metrics(m, ref)
     a = query_ranks(x, labels, block_size=32, symmetric=True)
     b = query_ranks(x, labels, block_size=32, symmetric=False)

@@ -94,11 +94,13 @@ def _run_killed_at(cfg, out: Path, point: int, counter: Path) -> int:
     return res.returncode
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_write_step_resumes_to_the_same_result(tmp_path, shared_cache) -> None:
     cfg = tiny()
     straight = train(cfg, tmp_path / "straight", progress=False)  # also fills the feature cache
     expected_metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-    expected_last, expected_best = _states(tmp_path / "straight" / "last.pt"), _states(tmp_path / "straight" / "best.pt")
+    expected_last = _states(tmp_path / "straight" / "last.pt")
+    expected_best = _states(tmp_path / "straight" / "best.pt")
     counter = tmp_path / "count"
     assert _run_killed_at(cfg, tmp_path / "counting", 10**6, counter) == 0
     total = int(counter.read_text())
@@ -238,6 +240,7 @@ def test_a_damaged_cache_entry_is_discarded_and_recomputed(tmp_path, small_model
     np.testing.assert_array_equal(healed.vectors, fresh.vectors)
 
 
+@pytest.mark.slow
 def test_train_heals_a_truncated_feature_cache(tmp_path, shared_cache) -> None:
     cfg = tiny(epochs=1)
     train(cfg, tmp_path / "a", progress=False)
@@ -269,6 +272,7 @@ def test_batch_size_is_bounded_before_feature_extraction(tmp_path, shared_cache,
     assert "GiB" in err and "use at most" in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_divergence_is_one_line(tmp_path, shared_cache, capsys, monkeypatch) -> None:
     from plm.training.trainer import Trainer
 

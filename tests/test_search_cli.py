@@ -53,7 +53,7 @@ def test_round_trip_finds_the_query_itself_first(built: dict[str, Path], capsys:
     data = json.loads(out.read_text())
     assert [q["query"] for q in data["queries"]] == [str(q) for q in queries]
     expected_first = ["squares/square_005.jpg", f"{HOSTILE_DIR}/circle_002.png", "triangles/triangle_004.png"]
-    for q, first in zip(data["queries"], expected_first):
+    for q, first in zip(data["queries"], expected_first, strict=True):
         assert len(q["results"]) == 5 and q["results"][0]["path"] == first
         assert q["results"][0]["distance"] == pytest.approx(0.0, abs=1e-5)
         dists = [r["distance"] for r in q["results"]]
@@ -63,6 +63,7 @@ def test_round_trip_finds_the_query_itself_first(built: dict[str, Path], capsys:
     assert same_class.count("squares") >= 2  # shapes cluster by class even with a 32-px backbone
 
 
+@pytest.mark.slow
 def test_hnsw_and_exact_agree_and_folders_expand(built: dict[str, Path]) -> None:
     out_e, out_h = built["tmp"] / "e.json", built["tmp"] / "h.json"
     folder = built["root"] / "triangles"
@@ -72,7 +73,7 @@ def test_hnsw_and_exact_agree_and_folders_expand(built: dict[str, Path]) -> None
     assert len(exact) == 8
     top_e = [[r["path"] for r in q["results"]] for q in exact]
     top_h = [[r["path"] for r in q["results"]] for q in approx]
-    assert np.mean([len(set(a) & set(b)) / 3 for a, b in zip(top_e, top_h)]) >= 0.9
+    assert np.mean([len(set(a) & set(b)) / 3 for a, b in zip(top_e, top_h, strict=True)]) >= 0.9
 
 
 def test_index_reports_recall_of_approximate_kinds(built: dict[str, Path], capsys: pytest.CaptureFixture) -> None:

@@ -94,7 +94,8 @@ def test_home_page_lists_the_collection_with_escaped_names(server: dict) -> None
     status, headers, body = _request(server, "GET", "/")
     text = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    assert "script-src" not in headers["Content-Security-Policy"] and "default-src 'none'" in headers["Content-Security-Policy"]
+    csp = headers["Content-Security-Policy"]
+    assert "script-src" not in csp and "default-src 'none'" in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert text.count('src="/thumb/') == len(_paths(server)) == 14
     assert "&lt;script&gt;alert(1)&lt;.png" in text and HOSTILE_NAME not in text and HOSTILE_LABEL not in text
@@ -154,14 +155,15 @@ def test_bad_uploads_get_clear_messages(server: dict) -> None:
     assert status == 400 and "not an image" in json.loads(out)["error"]
     body, headers = _multipart(b"")
     assert _request(server, "POST", "/search", body, headers)[0] == 400
-    status, _, out = _request(server, "POST", "/search", b"image=x", {"Content-Type": "application/x-www-form-urlencoded",
-                                                                     "Content-Length": "7"})
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "7"}
+    status, _, out = _request(server, "POST", "/search", b"image=x", form)
     assert status == 400 and "multipart/form-data" in out.decode()
     body, headers = _multipart(b"x", field="other")
     assert _request(server, "POST", "/search", body, headers)[0] == 400
     assert _request(server, "POST", "/elsewhere", b"", {"Content-Length": "0"})[0] == 404
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
 def test_collection_is_searched_by_clicking_in_chromium(server: dict, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ def test_listed_in_help() -> None:
     assert "similarity-report" in build_parser().format_help()
 
 
+@pytest.mark.slow
 def test_digits_json(tmp_path, capsys) -> None:
     out = tmp_path / "quality.json"
     assert main(["similarity-report", "--dataset", "digits", "--backbone", "efficientnet_lite0", "--image-size", "32",
@@ -40,7 +41,8 @@ def test_features_file_sparse_mode_and_skip_notice(tmp_path, capsys) -> None:
     np.savez(feats, vectors=vectors, labels=labels)
     out = tmp_path / "q.json"
     code = main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--dense-max", "100",
-                 "--exact-pairs", "1000", "--eps", "0.3", "--estimators", "plm", "hierarchical", "stml", "--json", str(out)])
+                 "--exact-pairs", "1000", "--eps", "0.3", "--estimators", "plm", "hierarchical", "stml",
+                 "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "hierarchical skipped" in printed

@@ -52,6 +52,7 @@ def test_too_small_folder_fails_before_any_feature_extraction(tmp_path, monkeypa
     assert "needs at least 5" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_small_folder_trains_with_capped_sizes_and_exports_to_safetensors(tmp_path, caplog) -> None:
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("safetensors.torch")
@@ -81,6 +82,7 @@ def test_small_folder_trains_with_capped_sizes_and_exports_to_safetensors(tmp_pa
     assert config["train_config"]["proxies"]["num"] == 8
 
 
+@pytest.mark.slow
 def test_augmentation_notice_only_when_asked_for(caplog) -> None:
     import torch
 

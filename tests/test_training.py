@@ -61,6 +61,7 @@ def _states(path):
             for k, v in ckpt[part].items()}
 
 
+@pytest.mark.slow
 def test_pipeline_starts_from_the_pca_head_unless_resuming(shared_cache, monkeypatch) -> None:
     from plm.models.embedding import EmbeddingHead
     from plm.training.distributed import init_distributed
@@ -85,6 +86,7 @@ def test_pipeline_starts_from_the_pca_head_unless_resuming(shared_cache, monkeyp
     build_pipeline(cfg, splits, torch.device("cpu"), ctx, progress=False, fresh=False)
 
 
+@pytest.mark.slow
 def test_finetune_mode_trains_the_backbone_from_the_pca_head(tmp_path, shared_cache) -> None:
     from plm.evaluation import embed_dataset
     from plm.models import EmbeddingModel, ModelConfig
@@ -113,6 +115,7 @@ def test_finetune_mode_trains_the_backbone_from_the_pca_head(tmp_path, shared_ca
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> None:
     # from a random head, so that anything the loop learns shows (the PCA head is already a good model)
     result = train(tiny(epochs=4, optim={"lr_embedding": 3e-3}, model={"head_init": "orthogonal"}), tmp_path / "run",
@@ -139,6 +142,7 @@ def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> Non
         assert col in rows[0], col
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_with_load_model_and_plm_eval(finished_run, shared_cache, tmp_path) -> None:
     from plm.models import load_model
 
@@ -154,6 +158,7 @@ def test_checkpoint_loads_with_load_model_and_plm_eval(finished_run, shared_cach
     assert 0.5 < json.loads(js.read_text())["recall_at"]["1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(tmp_path, shared_cache) -> None:
     cfg = tiny(epochs=3)
     train(cfg, tmp_path / "straight", progress=False)
@@ -194,8 +199,8 @@ def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path, shared_c
 
 
 @pytest.mark.parametrize("overrides", [
-    ["method=stml"],
-    ["method=kmeans", "kmeans.num_clusters=10"],
+    pytest.param(["method=stml"], marks=pytest.mark.slow),
+    pytest.param(["method=kmeans", "kmeans.num_clusters=10"], marks=pytest.mark.slow),
     ["proxies.num=0"],
     ["manifold.subset_selection=false"],
     ["similarity=binary"],

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="embeddings file to write or update (.npz)")
     add_model_arguments(parser)
     parser.add_argument("--full", action="store_true", help="ignore an existing --out file and re-embed everything")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out file that is not a plm embeddings file")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out file that is not a plm embeddings file")
 
 
 def _listing(items: list[str], limit: int = 20) -> str:

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"compute NMI even when the split has more than {NMI_MAX_CLASSES} classes (SOP: very slow)")
     parser.add_argument("--faiss", action="store_true", help="exact search with faiss when installed")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the metrics as JSON")
-    parser.add_argument("--force", action="store_true", help="replace an existing --json file that is not plm's metrics")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --json file that is not plm's metrics")
 
 
 def _labelled_folder(path: str, flag: str):
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from plm.utils.paths import METRICS_JSON, check_output_file
 
     if args.json:  # before the embedding pass, so an unusable path fails at once
-        check_output_file(args.json, "--json", [args.checkpoint, args.weights, args.data_root], METRICS_JSON, args.force)
+        check_output_file(args.json, "--json", [args.checkpoint, args.weights, args.data_root], METRICS_JSON,
+                          args.force)
     if args.query or args.gallery:
         if not (args.query and args.gallery) or args.dataset:
             raise UserError("give --query DIR and --gallery DIR together, without --dataset")
@@ -103,5 +105,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.dataset} / {args.split}: {metrics['num_queries']} queries{left}, {dataset.num_classes} classes")
     print(format_table(metrics_headers([str(k) for k in ks]), [metrics_row(name, metrics)]))
     if args.json:
-        atomic_write_json({"dataset": args.dataset, "split": args.split, "skipped": len(emb.skipped), **metrics}, args.json)
+        atomic_write_json({"dataset": args.dataset, "split": args.split, "skipped": len(emb.skipped), **metrics},
+                          args.json)
     return 0

@@ -20,23 +20,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--out", required=True, help="index file to write (.npz)")
     parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf", "pq"],
-                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors (or without faiss), hnsw above; pq = 4-bit PQ fast scan of "
-                             f"every vector + exact re-rank (for embeddings without cluster structure)")
+                        help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors (or without faiss), hnsw above; "
+                             f"pq = 4-bit PQ fast scan of every vector + exact re-rank "
+                             f"(for embeddings without cluster structure)")
     parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
                         help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
     parser.add_argument("--hnsw-m", dest="m", type=positive_int, default=32, help="HNSW links per node (M)")
-    parser.add_argument("--M", dest="m", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
+    parser.add_argument("--M", dest="m", type=positive_int, default=argparse.SUPPRESS,  # old spelling
+                        help=argparse.SUPPRESS)
     parser.add_argument("--ef-construction", type=positive_int, default=80, help="HNSW build beam width")
     parser.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search beam width (default: tuned)")
     parser.add_argument("--nlist", type=positive_int, default=None, help="IVF cells (default 4·sqrt(N))")
-    parser.add_argument("--nprobe", type=positive_int, default=None, help="IVF cells visited per query (default: tuned)")
+    parser.add_argument("--nprobe", type=positive_int, default=None,
+                        help="IVF cells visited per query (default: tuned)")
     parser.add_argument("--pq-m", type=positive_int, default=None, help="PQ sub-quantizers (must divide the dimension)")
-    parser.add_argument("--k-factor", type=positive_int, default=None, help="PQ candidates re-ranked, × k (default: tuned)")
+    parser.add_argument("--k-factor", type=positive_int, default=None,
+                        help="PQ candidates re-ranked, × k (default: tuned)")
     parser.add_argument("--target-recall", type=float, default=0.95,
                         help="tune ef-search / nprobe / k-factor until the estimated recall@k vs exact reaches this")
     parser.add_argument("--recall-k", dest="recall_k", type=positive_int, default=10, help="k of the recall@k check")
-    parser.add_argument("-k", dest="recall_k", type=positive_int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
-    parser.add_argument("--recall-sample", type=positive_int, default=1000, help="vectors of the collection used as check queries")
+    parser.add_argument("-k", dest="recall_k", type=positive_int, default=argparse.SUPPRESS,  # old spelling
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--recall-sample", type=positive_int, default=1000,
+                        help="vectors of the collection used as check queries")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file that is not a plm index")
 
 

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     groups = group_names(paths, store.labels[rows], store.class_names)
     shown = method if len(rows) >= 4 else "pca"
     page = map_page(coords, paths, groups, thumbnail, title=f"plm map: {Path(args.embeddings).name}",
-                    subtitle=f"{len(rows)} of {n} images · {shown} of {store.dim}-d embeddings · {describe(store.model)}",
+                    subtitle=f"{len(rows)} of {n} images · {shown} of {store.dim}-d embeddings · "
+                             f"{describe(store.model)}",
                     thumb_side=args.thumb_size)
     page.write(args.html)
     print(f"wrote {args.html} ({len(rows)} images, {shown})")

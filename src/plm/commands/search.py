@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=None, help="the indexed image folder at a new location (for --html)")
     parser.add_argument("--ef-search", type=positive_int, default=None, help="override the HNSW search beam width")
     parser.add_argument("--nprobe", type=positive_int, default=None, help="override the IVF cells visited per query")
-    parser.add_argument("--k-factor", type=positive_int, default=None, help="override the PQ candidates re-ranked (× k)")
+    parser.add_argument("--k-factor", type=positive_int, default=None,
+                        help="override the PQ candidates re-ranked (× k)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="query images per forward pass")
     add_runtime_arguments(parser)
     parser.add_argument("--force", action="store_true",
@@ -87,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
         return None if y < 0 else idx.class_names.get(y, str(y))
 
     results: list[dict[str, Any]] = []
-    for q, drow, irow in zip(emb.ids, dist, ids):
+    for q, drow, irow in zip(emb.ids, dist, ids, strict=True):
         hits = [{"rank": r + 1, "path": idx.paths[i], "file": str(root / PurePosixPath(idx.paths[i])),
                  "distance": float(d), "label": label_name(int(idx.labels[i]))}
-                for r, (d, i) in enumerate(zip(drow, irow)) if i >= 0]
+                for r, (d, i) in enumerate(zip(drow, irow, strict=True)) if i >= 0]
         results.append({"query": q, "results": hits})
         print(f"query: {display_path(q)}")
         for h in hits:

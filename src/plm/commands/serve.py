@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this machine can browse the collection", args.host)
     host, port = server.server_address[:2]
+    if isinstance(host, bytes):  # only for Unix sockets; TCP gives a str
+        host = host.decode()
     print(f"serving {len(idx.paths)} images of {root} ({describe(idx.model)}) on http://{host}:{port}/ "
           f"(Ctrl-C to stop)", flush=True)
     try:

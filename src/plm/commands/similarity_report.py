@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
     group.add_argument("--features", metavar="NPZ",
                        help="precomputed features: an .npz with 'vectors' (N, d) and 'labels' (N,)")
-    parser.add_argument("--weights", default=None, help="local ImageNet weights file for backbones that ship without them")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="input resolution (default: the model's own)")
+    parser.add_argument("--weights", default=None,
+                        help="local ImageNet weights file for backbones that ship without them")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help="input resolution (default: the model's own)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     add_runtime_arguments(parser)
@@ -54,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split: every estimator on the whole split; batch: on neighbourhood-sampled batches "
                              "as the trainer builds them (rank measures averaged over --batches batches)")
     parser.add_argument("--batches", type=int, default=50, help="batches averaged in --regime batch")
-    parser.add_argument("--batch-k", type=int, default=5, help="group size (a seed and its k-1 neighbours) in --regime batch")
+    parser.add_argument("--batch-k", type=int, default=5,
+                        help="group size (a seed and its k-1 neighbours) in --regime batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--force", action="store_true", help="replace an existing --json file that is not plm's report")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -83,7 +83,7 @@ def open_image(path: Path) -> Image.Image:
         raise ImageLoadError(f"cannot read image {path}: {err}") from err
 
 
-def class_split(classes: Sequence[int], split: str, n_train: int, val_classes: int = 0) -> list[int]:
+def class_split(classes: Iterable[int], split: str, n_train: int, val_classes: int = 0) -> list[int]:
     """Classes of a zero-shot ``split``: the first ``n_train`` sorted classes are seen, the rest unseen.
 
     ``val`` is the last ``val_classes`` of the seen classes and is removed from ``train``; ``all``
@@ -157,7 +157,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def _content_key(self) -> str:
         return ""
 
-    def subset(self, indices: Sequence[int]) -> SubsetDataset:
+    def subset(self, indices: Sequence[int] | np.ndarray) -> SubsetDataset:
         """A view on ``indices`` of this dataset (same images, labels and ids)."""
         return SubsetDataset(self, indices)
 
@@ -171,13 +171,14 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.subset(idx)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, classes={self.num_classes})"
+        return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"classes={self.num_classes})")
 
 
 class SubsetDataset(ImageDataset):
     """A subset of another dataset."""
 
-    def __init__(self, parent: ImageDataset, indices: Sequence[int]):
+    def __init__(self, parent: ImageDataset, indices: Sequence[int] | np.ndarray):
         super().__init__()
         self.parent = parent
         self.indices = np.asarray(indices, dtype=np.int64)

@@ -84,7 +84,7 @@ def load_cars196(root: str | os.PathLike, split: str = "train", val_classes: int
     classes = sorted(set(labels))
     n_seen = sum(1 for c in classes if c <= NUM_SEEN)
     keep = set(class_split(classes, split, n_train=n_seen, val_classes=val_classes))
-    chosen = [(p, y) for p, y in zip(paths, labels) if y in keep]
+    chosen = [(p, y) for p, y in zip(paths, labels, strict=True) if y in keep]
     check_split_not_empty(len(chosen), "cars196", split, folder, classes)
     check_folders(folder, [p for p, _ in chosen], LAYOUT)
     return FileImageDataset(folder, [p for p, _ in chosen], [y for _, y in chosen], "cars196", split,

@@ -133,7 +133,9 @@ def load_fashion_mnist(split: str = "train", root: Optional[str | os.PathLike] =
     folder = find_fashion_mnist(root, download=download)
     keep = set(class_split(range(10), split, n_train=5, val_classes=val_classes))
     parts = ["train", "test"] if split == "all" else ["test" if split == "test" else "train"]
-    images, labels, ids = [], [], []
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ids: list[str] = []
     for part in parts:
         img_file, lbl_file = FILES[part]
         x, y = read_idx(folder / img_file), read_idx(folder / lbl_file).astype(np.int64)

@@ -59,8 +59,8 @@ def load_image_folder(root: str | os.PathLike, split: str = "all", val_classes: 
     rel = list_images(root)
     if not rel:
         raise DatasetNotFoundError(f"no images under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    top = [r.split("/", 1)[0] if "/" in r else None for r in rel]
-    labelled = all(t is not None for t in top)
+    top = [r.split("/", 1)[0] for r in rel if "/" in r]  # the class sub-folder of each image, when all have one
+    labelled = len(top) == len(rel)
     if not labelled:
         if split not in ("all", "train"):
             raise ValueError(f"{root} has no class sub-folders, so it has no {split!r} split; use split='all'")

@@ -204,9 +204,10 @@ class _Renderer:
 def _probe_vector(renderer: _Renderer, text: str) -> Optional[np.ndarray]:
     """The ink map (1 = ink) of ``text`` rendered glyph by glyph, flattened; None if a glyph is blank."""
     glyphs = [renderer.render(ch) for ch in text]
-    if any(g is None for g in glyphs):
+    inked = [g for g in glyphs if g is not None]
+    if len(inked) < len(glyphs):
         return None
-    return 1.0 - np.concatenate([g.reshape(-1) for g in glyphs]).astype(np.float32) / 255.0
+    return 1.0 - np.concatenate([g.reshape(-1) for g in inked]).astype(np.float32) / 255.0
 
 
 def ink_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -330,9 +331,9 @@ def build_glyph_set(root: Optional[str | os.PathLike] = None, options: GlyphOpti
             f"distinct faces (need {need} on each side; {len(files)} font files found)")
     if thin:
         keep = np.array([classes[lab] not in thin for lab in labels])
-        images = [im for im, k in zip(images, keep) if k]
-        ids = [x for x, k in zip(ids, keep) if k]
-        labels = [lab for lab, k in zip(labels, keep) if k]
+        images = [im for im, k in zip(images, keep, strict=True) if k]
+        ids = [x for x, k in zip(ids, keep, strict=True) if k]
+        labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
     used = sorted({i for idx in kept_by_script.values() for i in idx})
     meta = {
         "font_files": len(files),

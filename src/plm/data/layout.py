@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Optional
 
@@ -81,7 +81,7 @@ def to_int(value: str, path: Path, what: str) -> int:
         raise ValueError(f"{path}: {what} must be an integer, got {value!r}") from None
 
 
-def check_split_not_empty(n: int, name: str, split: str, root: Path, classes: Optional[Sequence[int]] = None) -> None:
+def check_split_not_empty(n: int, name: str, split: str, root: Path, classes: Optional[Sized] = None) -> None:
     """Raise a clear error for an empty split (e.g. ``val`` without ``--val-classes``)."""
     if n == 0:
         hint = " (the val split needs --val-classes N > 0)" if split == "val" else ""

@@ -3,7 +3,8 @@
 Layout (``--data-root`` is ``Stanford_Online_Products/`` or the folder holding it)::
 
     Stanford_Online_Products/
-        Ebay_train.txt   header line (recognised by content), then "image_id class_id super_class_id path" (11,318 classes)
+        Ebay_train.txt   header line (recognised by content), then
+                         "image_id class_id super_class_id path" (11,318 classes)
         Ebay_test.txt    same format (11,316 classes, disjoint from the training ones)
         <super>_final/<file>.JPG
 """

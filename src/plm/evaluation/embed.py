@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def model_fingerprint(model: EmbeddingModel) -> str:
 
 @torch.no_grad()
 def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int = 64, features: bool = False,
-                  cache_dir: Optional[str | os.PathLike] | bool = None, device: str | torch.device = "cpu",
+                  cache_dir: Optional[str | os.PathLike] | Literal[False] = None, device: str | torch.device = "cpu",
                   num_workers: int = 0, progress: bool = True, amp: Optional[torch.dtype] = None) -> Embeddings:
     """Embed every image of ``dataset`` with the model's own test-time preprocessing.
 
@@ -80,7 +80,8 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     cache_file = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
-        cache_file = folder / f"{dataset.name}-{dataset.split}-{kind}-{model_fingerprint(model)}-{dataset.fingerprint()}.npz"
+        cache_file = folder / (f"{dataset.name}-{dataset.split}-{kind}-{model_fingerprint(model)}-"
+                               f"{dataset.fingerprint()}.npz")
         if cache_file.is_file():
             cached = _read_cache(cache_file, dataset, dim)
             if cached is not None:

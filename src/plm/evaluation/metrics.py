@@ -48,7 +48,7 @@ import logging
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -77,11 +77,11 @@ def check_ks(ks: Sequence[int]) -> list[int]:
     Raises:
         ValueError: empty, or a K that is not a positive integer (``1.7``, ``0``, ``True``).
     """
-    ks = list(ks) if not isinstance(ks, (str, bytes)) else [ks]
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0]
-    if not ks or bad:
-        raise ValueError(f"Recall@K needs positive integer K values, got {ks}")
-    return [int(k) for k in ks]
+    values: list[Any] = list(ks) if not isinstance(ks, (str, bytes)) else [ks]  # checked at run time
+    bad = [k for k in values if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0]
+    if not values or bad:
+        raise ValueError(f"Recall@K needs positive integer K values, got {values}")
+    return [int(k) for k in values]
 
 
 @dataclass
@@ -362,7 +362,7 @@ def query_ranks_from_hits(hits: np.ndarray, labels: np.ndarray, r: Optional[np.n
     return QueryRanks(first_hit, ap, rp, r)
 
 
-def neighbour_hits(embeddings: np.ndarray, labels: np.ndarray, k: int, block_size: int = 1024,
+def neighbour_hits(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, k: int, block_size: int = 1024,
                    use_faiss: bool = False) -> np.ndarray:
     """(N, k) boolean matrix: is the j-th nearest other item of the same class."""
     _, idx = knn(embeddings, k=k, block_size=block_size, use_faiss=use_faiss)
@@ -392,7 +392,7 @@ def map_and_r_precision(hits: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     return qr.map_at_r(), qr.mean_r_precision()
 
 
-def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+def nmi(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, seed: int = 0) -> float:
     """NMI between k-means clusters (as many as classes) and the labels."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
@@ -447,6 +447,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         with_nmi = False
     extra = {}
     if reference is not None:
+        assert reference_labels is not None  # given together with reference (checked above)
         g, gl = _check(reference, reference_labels, "reference", min_items=1)
         extra["num_reference"] = int(len(gl))
         if g.shape[1] != x.shape[1]:
@@ -482,8 +483,8 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     }
 
 
-def _score_block(kb: torch.Tensor, pos: torch.Tensor, r: torch.Tensor, r_np: np.ndarray, ref_labels,
-                 query_labels, start: int, max_k: int, first_hit: np.ndarray, ap: np.ndarray,
+def _score_block(kb: torch.Tensor, pos: torch.Tensor, r: torch.Tensor, r_np: np.ndarray, ref_labels: torch.Tensor,
+                 query_labels: torch.Tensor, start: int, max_k: int, first_hit: np.ndarray, ap: np.ndarray,
                  rp: np.ndarray) -> None:
     """Rank of the first positive, AP@R and R-precision of one block of queries, written in place.
 

@@ -16,7 +16,7 @@ part of μ − a outside the piece. Basis columns that are zero (rank-deficient 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, overload
 
 import torch
 from torch import Tensor
@@ -250,7 +250,6 @@ def neighbor_similarity(pieces: Pieces, neighbors: Tensor, config: ManifoldConfi
     if n != len(pieces):
         raise ValueError(f"neighbors has {n} rows for {len(pieces)} pieces")
     neighbors = neighbors.to(device=x.device, dtype=torch.long)
-    m = bases.shape[2]
     basis_t = bases.transpose(1, 2).contiguous()  # (N, m, d): gathers give (b, K, m, d) rows
     off = means - x
     e = torch.einsum("nd,ndk->nk", off, bases)  # Uᵀ(μ − a)
@@ -282,10 +281,22 @@ def neighbor_similarity(pieces: Pieces, neighbors: Tensor, config: ManifoldConfi
     return out
 
 
+@overload
+def sparse_similarity(x: Tensor, config: ManifoldConfig = ..., k: Optional[int] = ...,
+                      neighbors: Optional[Tensor] = ..., approximate: bool = ...,
+                      return_pieces: Literal[False] = ...) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def sparse_similarity(x: Tensor, config: ManifoldConfig = ..., k: Optional[int] = ...,
+                      neighbors: Optional[Tensor] = ..., approximate: bool = ..., *,
+                      return_pieces: Literal[True]) -> tuple[Tensor, Tensor, Pieces]: ...
+
+
 @torch.no_grad()
 def sparse_similarity(x: Tensor, config: ManifoldConfig = ManifoldConfig(), k: Optional[int] = None,
                       neighbors: Optional[Tensor] = None, approximate: bool = False,
-                      return_pieces: bool = False):
+                      return_pieces: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Pieces]:
     """Dataset-scale PL similarity: each point's ``k`` most similar among its nearest neighbours.
 
     Candidates come from a blockwise k-NN search (bounded memory; see

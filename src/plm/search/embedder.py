@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     root_abs = str(Path(root).resolve())
     stats = EmbedStats(total=len(dataset), ignored=non_image_files(root))
     stamps = []
-    for p, rel in zip(dataset.paths, dataset.ids):
+    for p, rel in zip(dataset.paths, dataset.ids, strict=True):
         try:
             st = p.stat()
         except OSError:  # a dangling or looping symbolic link: stamp the link itself, skip it below
@@ -117,16 +117,16 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
         if not stats.reason:
             usable = ~previous.bad_rows()  # NaN, infinite or all-zero rows are recomputed
             reuse = {p: (int(s), int(m), i) for i, (p, s, m) in
-                     enumerate(zip(previous.paths, previous.sizes, previous.mtimes_ns)) if usable[i]}
+                     enumerate(zip(previous.paths, previous.sizes, previous.mtimes_ns, strict=True)) if usable[i]}
             known_bad = {p: (int(s), int(m)) for p, s, m in
-                         zip(previous.skipped, previous.skipped_sizes, previous.skipped_mtimes_ns)}
+                         zip(previous.skipped, previous.skipped_sizes, previous.skipped_mtimes_ns, strict=True)}
         current = set(dataset.ids)
         stats.dropped = sum(1 for p in previous.paths if p not in current)
 
     rows: list[Optional[np.ndarray]] = [None] * len(dataset)
     bad: set[int] = set()
     todo = []
-    for i, (rel, stamp) in enumerate(zip(dataset.ids, stamps)):
+    for i, (rel, stamp) in enumerate(zip(dataset.ids, stamps, strict=True)):
         if rel in reuse and reuse[rel][:2] == stamp:
             rows[i] = previous.vectors[reuse[rel][2]]  # type: ignore[union-attr]
         elif known_bad.get(rel) == stamp:
@@ -138,7 +138,7 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     if todo:
         emb = embed_dataset(model, dataset.subset(todo), batch_size=batch_size, cache_dir=False, progress=progress,
                             device=device, amp=amp, num_workers=num_workers)
-        row_of = {rel: v for rel, v in zip(emb.ids, emb.vectors)}
+        row_of = {rel: v for rel, v in zip(emb.ids, emb.vectors, strict=True)}
         for i in todo:
             rel = dataset.ids[i]
             if rel in row_of and np.isfinite(row_of[rel]).all() and (row_of[rel] != 0).any():
@@ -154,13 +154,17 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
 
     good = [i for i in range(len(dataset)) if i not in bad]
     dim = int(identity["dim"])
-    vectors = np.stack([rows[i] for i in good]).astype(np.float32) if good else np.zeros((0, dim), np.float32)
+    # every row outside ``bad`` was reused or embedded above
+    kept = [cast(np.ndarray, rows[i]) for i in good]
+    vectors = np.stack(kept).astype(np.float32) if good else np.zeros((0, dim), np.float32)
     bad_sorted = sorted(bad)
     store = EmbeddingStore(
         vectors=vectors, paths=[dataset.ids[i] for i in good], labels=dataset.labels[good],
-        sizes=np.array([stamps[i][0] for i in good], np.int64), mtimes_ns=np.array([stamps[i][1] for i in good], np.int64),
+        sizes=np.array([stamps[i][0] for i in good], np.int64),
+        mtimes_ns=np.array([stamps[i][1] for i in good], np.int64),
         root=root_abs, model=identity, class_names=dict(dataset.class_names or {}),
-        skipped=[dataset.ids[i] for i in bad_sorted], skipped_sizes=np.array([stamps[i][0] for i in bad_sorted], np.int64),
+        skipped=[dataset.ids[i] for i in bad_sorted],
+        skipped_sizes=np.array([stamps[i][0] for i in bad_sorted], np.int64),
         skipped_mtimes_ns=np.array([stamps[i][1] for i in bad_sorted], np.int64))
     return store, stats
 

@@ -45,7 +45,7 @@ def write_embeddings_csv(store: Any, path: str | os.PathLike) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label", *(f"embedding_{j}" for j in range(store.dim))])
-    for p, name, vec in zip(store.paths, _label_names(store.labels, store.class_names), store.vectors):
+    for p, name, vec in zip(store.paths, _label_names(store.labels, store.class_names), store.vectors, strict=True):
         writer.writerow([p, name or "", *(f"{float(v):.9g}" for v in vec)])
     path = Path(path)
     atomic_write_bytes(buf.getvalue().encode("utf-8"), path)
@@ -157,8 +157,8 @@ def write_safetensors(checkpoint: str | os.PathLike, path: str | os.PathLike) ->
     if isinstance(ckpt.get("config"), dict):
         config["train_config"] = ckpt["config"]
     path = Path(path)
-    atomic_write_bytes(st_save(state, metadata={"format": MODEL_FORMAT, "model_config": json.dumps(config["model_config"])}),
-                       path)
+    metadata = {"format": MODEL_FORMAT, "model_config": json.dumps(config["model_config"])}
+    atomic_write_bytes(st_save(state, metadata=metadata), path)
     cfg_path = config_path_for(path)
     atomic_write_json(config, cfg_path)
     return path, cfg_path

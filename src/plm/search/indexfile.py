@@ -86,8 +86,8 @@ class SearchIndex:
                     raise FileProblem(f"a {info['kind']} index needs a {ndim}-d array {name!r}"
                                       + ("" if a is None else f", got a {a.dtype} array of shape {a.shape}"))
             if info["dim"] != meta["model"]["dim"]:
-                raise FileProblem(f"dimension mismatch: the index holds {info['dim']}-d vectors but the recorded model gives "
-                                  f"{meta['model']['dim']}-d embeddings")
+                raise FileProblem(f"dimension mismatch: the index holds {info['dim']}-d vectors "
+                                  f"but the recorded model gives {meta['model']['dim']}-d embeddings")
             if info["kind"] == "exact":
                 nonfinite, zero = bad_rows(arrays["vectors"])
                 if nonfinite.any():

@@ -48,19 +48,22 @@ def search_page(results: Sequence[dict[str, Any]], idx: Any, root: Path, title: 
     section = page.section("Results")
     section.legend(LEGEND)
     section.paragraph("Click a thumbnail to open the full image.")
-    label_of = {p: int(y) for p, y in zip(idx.paths, idx.labels)}
+    label_of = {p: int(y) for p, y in zip(idx.paths, idx.labels, strict=True)}
     for item in results:
         q = item["query"]
         qy = query_label(q) if query_label else None
-        tiles = [Tile(_thumb(Path(q)), caption=q, detail="query" + (f" · {idx.class_names.get(qy, qy)}" if qy is not None else ""),
-                      mark="query", href=_file_uri(Path(q)))]
+        query_detail = "query" + (f" · {idx.class_names.get(qy, qy)}" if qy is not None else "")
+        tiles = [Tile(_thumb(Path(q)), caption=q, detail=query_detail, mark="query", href=_file_uri(Path(q)))]
         for hit in item["results"]:
             try:
                 full = safe_join(root, str(PurePosixPath(hit["path"])))
                 image, href = _thumb(full), _file_uri(full)
             except UnsafePathError:
                 image = href = None
-            mark = None if qy is None or label_of.get(hit["path"], -1) < 0 else ("right" if label_of[hit["path"]] == qy else "wrong")
+            if qy is None or label_of.get(hit["path"], -1) < 0:
+                mark = None
+            else:
+                mark = "right" if label_of[hit["path"]] == qy else "wrong"
             detail = f"#{hit['rank']} · d={hit['distance']:.4f}" + (f" · {hit['label']}" if hit.get("label") else "")
             tiles.append(Tile(image, caption=hit["path"], detail=detail, mark=mark, href=href))
         section.gallery_row(tiles, heading=f"query: {q}")

@@ -155,10 +155,11 @@ class SearchService:
     def _hits(self, vector: np.ndarray, exclude: Optional[int] = None) -> list[dict[str, Any]]:
         dist, ids = self.index.index.search(vector, min(self.k + (exclude is not None), self.count))
         hits = []
-        for d, j in zip(dist[0], ids[0]):
+        for d, j in zip(dist[0], ids[0], strict=True):
             if j < 0 or int(j) == exclude:
                 continue
-            hits.append({"id": int(j), "path": self.index.paths[j], "distance": float(d), "label": self.label_of(int(j))})
+            hits.append({"id": int(j), "path": self.index.paths[j], "distance": float(d),
+                         "label": self.label_of(int(j))})
         return hits[:self.k]
 
     def similar(self, i: int) -> list[dict[str, Any]]:
@@ -220,7 +221,10 @@ class SearchService:
                     (None, "class unknown")])
         tiles = [query_tile]
         for r, h in enumerate(hits, 1):
-            mark = None if query_label is None or h["label"] is None else ("right" if h["label"] == query_label else "wrong")
+            if query_label is None or h["label"] is None:
+                mark = None
+            else:
+                mark = "right" if h["label"] == query_label else "wrong"
             detail = f"#{r} · d={h['distance']:.4f}" + (f" · {h['label']}" if h["label"] else "")
             tiles.append(self._tile(h["id"], detail, mark))
         sec.raw(f'<div class="row">{"".join(tiles)}</div>')
@@ -298,7 +302,8 @@ def parse_multipart(content_type: str, body: bytes, field_name: str = "image") -
         raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is not a valid multipart/form-data body")
     for part in msg.iter_parts():
         if part.get_param("name", header="content-disposition") == field_name:
-            return str(part.get_filename() or "upload"), part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)  # bytes, or None for a nested multipart part
+            return str(part.get_filename() or "upload"), payload if isinstance(payload, bytes) else b""
     raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload has no {field_name!r} file field")
 
 
@@ -355,7 +360,8 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
                     else:
                         self._html(service.similar_page(i))
                 elif url.path.startswith("/thumb/"):
-                    self._send(HTTPStatus.OK, service.thumbnail(service.check_id(url.path[7:])), "image/jpeg", cache=True)
+                    thumb = service.thumbnail(service.check_id(url.path[7:]))
+                    self._send(HTTPStatus.OK, thumb, "image/jpeg", cache=True)
                 elif url.path.startswith("/image/"):
                     path = service.file_of(service.check_id(url.path[7:]))
                     ctype = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
@@ -381,8 +387,9 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
                 if int(length) > service.max_upload_bytes:
                     self.close_connection = True  # the body is never read
                     raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                       f"the upload ({_mb(int(length))}) is larger than the {_mb(service.max_upload_bytes)} "
-                                       f"this server accepts (plm serve --max-upload-mb)")
+                                       f"the upload ({_mb(int(length))}) is larger than the "
+                                       f"{_mb(service.max_upload_bytes)} this server accepts "
+                                       f"(plm serve --max-upload-mb)")
                 body = self.rfile.read(int(length))
                 name, data = parse_multipart(self.headers.get("Content-Type", ""), body)
                 img, hits = service.search_upload(data)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ REQUIRED = ("model_config", "model_state", "student_state", "teacher_state", "me
 
 def rng_state() -> dict[str, Any]:
     """The python, numpy, torch (and CUDA) RNG states as tensors and plain containers."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default) always gives the tuple form
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float],
+                                              np.random.get_state(legacy=True))
     version, state, gauss = random.getstate()
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -113,7 +115,8 @@ def commit_checkpoints(payload: dict[str, Any], last_path: str | os.PathLike, be
 
 def _epoch_of(path: Path) -> int | None:
     try:
-        return int(safe_torch_load(path).get("epoch"))
+        epoch = safe_torch_load(path).get("epoch")
+        return None if epoch is None else int(epoch)
     except (ValueError, TypeError, FileNotFoundError):
         return None
 

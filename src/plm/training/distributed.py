@@ -73,7 +73,8 @@ class DistContext:
         pad = torch.zeros((max(sizes) - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
         full = self.gather(torch.cat([t, pad]))
         chunks = full.split(max(sizes))
-        return torch.cat([c[:s] for c, s in zip(chunks, sizes)])
+        # when every rank is empty, split() yields one empty chunk instead of one per rank: truncate
+        return torch.cat([c[:s] for c, s in zip(chunks, sizes, strict=False)])
 
     def broadcast(self, t: Tensor, src: int = 0) -> Tensor:
         """``t`` of rank ``src`` on every rank (in place; returned for convenience)."""
@@ -113,15 +114,17 @@ class DistContext:
         params = [p for p in params if p.requires_grad]
         if not params:
             return
+        grads: list[Tensor] = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
         torch.distributed.all_reduce(flat)
         offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
 
     def shard(self, n: int) -> np.ndarray:

@@ -39,8 +39,9 @@ def fit_to_data(config: Any, num_train: int, world_size: int = 1) -> tuple[Any, 
     unit = k * world_size
     need = max(2, k, unit)
     if num_train < need:
+        per_process = f" on each of {world_size} processes" if world_size > 1 else ""
         raise UserError(f"the training split has {num_train} image(s); plm train needs at least {need} "
-                        f"(a seed and its sampler.k-1={k - 1} neighbours{f' on each of {world_size} processes' if world_size > 1 else ''}); "
+                        f"(a seed and its sampler.k-1={k - 1} neighbours{per_process}); "
                         f"add images or lower sampler.k")
     changes: dict[str, dict[str, int]] = {}
     notices: list[str] = []

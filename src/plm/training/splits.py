@@ -60,7 +60,8 @@ def load_splits(config) -> Splits:
         if n_val is None:
             n_val = auto_val_classes(seen.num_classes)
         if n_val >= seen.num_classes:
-            raise ValueError(f"data.val_classes={n_val} leaves no training class (there are {seen.num_classes} seen classes)")
+            raise ValueError(f"data.val_classes={n_val} leaves no training class "
+                             f"(there are {seen.num_classes} seen classes)")
         if n_val == 1:
             raise ValueError("data.val_classes=1: MAP@R on a single class is always 1; use 0 (select on training "
                              "loss) or at least 2")

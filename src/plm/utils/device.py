@@ -10,7 +10,7 @@ mostly useful to check a GPU run's numerics on a laptop.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from typing import Optional
 
 import torch
 
@@ -61,7 +61,7 @@ def amp_dtype(mode: str, device: torch.device | str) -> Optional[torch.dtype]:
     return torch.bfloat16
 
 
-def autocast(device: torch.device | str, dtype: Optional[torch.dtype]) -> ContextManager:
+def autocast(device: torch.device | str, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
     """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when ``dtype`` is ``None``."""
     if dtype is None:
         return contextlib.nullcontext()

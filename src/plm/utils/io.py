@@ -16,7 +16,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 import torch
 
@@ -40,7 +40,9 @@ _CAUSES = {
 
 def describe_os_error(err: OSError) -> str:
     """A short cause for a failed file operation (``disk full``, ``permission denied`` …)."""
-    return _CAUSES.get(err.errno, err.strerror or type(err).__name__)
+    if err.errno is not None and err.errno in _CAUSES:
+        return _CAUSES[err.errno]
+    return err.strerror or type(err).__name__
 
 
 def write_error(path: str | os.PathLike, err: OSError) -> OutputError:
@@ -62,11 +64,11 @@ class _RecordingWriter:
     """A file wrapper that remembers the OSError of a failed write, so a library that turns it into
     its own error (PyTorch's ``[enforce fail at inline_container.cc]``) cannot hide the cause."""
 
-    def __init__(self, fh):
+    def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
         self.error: Optional[OSError] = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self.fh.write(data)
         except OSError as err:
@@ -110,7 +112,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a killed :func:`_atomic_write` left in ``folder``; returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:

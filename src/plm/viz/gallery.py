@@ -32,7 +32,7 @@ class RetrievalRow:
 
 
 def retrieval_rows(vectors: np.ndarray, query_indices: Sequence[int], k: int = 5,
-                   labels: Optional[Sequence[int]] = None) -> list[RetrievalRow]:
+                   labels: Optional[Sequence[int] | np.ndarray] = None) -> list[RetrievalRow]:
     """Exact top-``k`` neighbours of some items among all the others (the query itself excluded).
 
     Args:
@@ -65,7 +65,8 @@ def retrieval_rows(vectors: np.ndarray, query_indices: Sequence[int], k: int = 5
 
 
 def retrieval_gallery_png(rows: Sequence[RetrievalRow], load_image: Callable[[int], Image.Image], *,
-                          labels: Optional[Sequence[int]] = None, class_names: Optional[Mapping[int, str]] = None,
+                          labels: Optional[Sequence[int] | np.ndarray] = None,
+                          class_names: Optional[Mapping[int, str]] = None,
                           title: str = "", thumb: float = 1.3) -> bytes:
     """A grid image: one row per query (blue border), then its results bordered green/red/grey.
 
@@ -93,7 +94,7 @@ def retrieval_gallery_png(rows: Sequence[RetrievalRow], load_image: Callable[[in
 
     for r, row in enumerate(rows):
         cells = [(row.query, QUERY, "query: " + caption(row.query))]
-        for j, (res, d) in enumerate(zip(row.results, row.distances)):
+        for j, (res, d) in enumerate(zip(row.results, row.distances, strict=True)):
             colour = NEUTRAL if row.correct is None else (RIGHT if row.correct[j] else WRONG)
             cells.append((res, colour, f"{caption(res)}  d={d:.3f}"))
         for c, (idx, colour, text) in enumerate(cells):

@@ -32,22 +32,28 @@ MARKS = ("query", "right", "wrong")
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1200px;color:#222;
+padding:0 16px}
+h1{font-size:1.6em;margin-bottom:4px}
+h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 .subtitle{color:#666;margin-top:0}figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:12px 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:10px 0 18px}
 .row h3{width:100%;font-size:1em;margin:0 0 4px;overflow-wrap:anywhere}
 .tile{width:140px;font-size:.78em;text-align:center;overflow-wrap:anywhere}
-.tile img,.tile .missing{width:128px;height:128px;object-fit:contain;border:4px solid #ddd;background:#fafafa;display:block;margin:0 auto 2px}
+.tile img,.tile .missing{width:128px;height:128px;object-fit:contain;border:4px solid #ddd;background:#fafafa;
+display:block;margin:0 auto 2px}
 .tile .missing{display:flex;align-items:center;justify-content:center;color:#999}
 .tile.query img{border-color:#1f77b4}.tile.right img{border-color:#2ca02c}.tile.wrong img{border-color:#d62728}
 .detail{color:#666}
 .tile a{text-decoration:none;color:inherit}
 .legend{display:flex;flex-wrap:wrap;gap:16px;font-size:.9em;color:#444;margin:8px 0}
-.legend .swatch{display:inline-block;width:12px;height:12px;border:4px solid #ddd;vertical-align:middle;margin-right:6px}
-.legend .query .swatch{border-color:#1f77b4}.legend .right .swatch{border-color:#2ca02c}.legend .wrong .swatch{border-color:#d62728}
+.legend .swatch{display:inline-block;width:12px;height:12px;border:4px solid #ddd;vertical-align:middle;
+margin-right:6px}
+.legend .query .swatch{border-color:#1f77b4}.legend .right .swatch{border-color:#2ca02c}
+.legend .wrong .swatch{border-color:#d62728}
 """
 
 
@@ -137,8 +143,8 @@ class Section:
         """An embedded PNG figure (e.g. from :func:`plm.viz.embedding_map_png`) with a caption."""
         style = f' style="width:{int(width)}px"' if width else ""
         cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-        self.blocks.append(f'<figure><img src="{png_data_uri(png)}" alt="{escape(alt or caption or self.title)}"{style}>'
-                           f"{cap}</figure>")
+        alt_text = escape(alt or caption or self.title)
+        self.blocks.append(f'<figure><img src="{png_data_uri(png)}" alt="{alt_text}"{style}>{cap}</figure>')
         return self
 
     def table(self, headers: Sequence[Any], rows: Sequence[Sequence[Any]], caption: str = "",

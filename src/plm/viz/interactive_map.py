@@ -31,7 +31,8 @@ border-radius:50%;margin-right:5px;vertical-align:middle}
 UNLABELLED = "#9a9a9a"
 
 
-def group_names(paths: Sequence[str], labels: Sequence[int], class_names: dict[int, str]) -> Optional[list[str]]:
+def group_names(paths: Sequence[str], labels: Sequence[int] | np.ndarray,
+                class_names: dict[int, str]) -> Optional[list[str]]:
     """Each image's colour group: its class name, else its first sub-folder; ``None`` when there is neither."""
     if any(int(y) >= 0 for y in labels):
         return [class_names.get(int(y), str(int(y))) if int(y) >= 0 else "(no class)" for y in labels]
@@ -69,16 +70,21 @@ def map_page(coords: np.ndarray, paths: Sequence[str], groups: Optional[Sequence
     for i in range(n):
         group = groups[i] if groups is not None else None
         img = thumbnail(i)
-        pic = f'<img src="{image_data_uri(img, thumb_side, "JPEG")}" alt="">' if img is not None else "<div>unreadable</div>"
+        if img is not None:
+            pic = f'<img src="{image_data_uri(img, thumb_side, "JPEG")}" alt="">'
+        else:
+            pic = "<div>unreadable</div>"
         flip = " flip" if pos[i, 0] > 75 else ""
         label = f"<div>{escape(group)}</div>" if group is not None else ""
         dots.append(f'<div class="pt{flip}" tabindex="0" title="{escape(paths[i])}" style="left:{pos[i, 0]:.2f}%;'
-                    f'top:{100 - pos[i, 1]:.2f}%;background:{colour.get(group, PALETTE[0])}">'
+                    f'top:{100 - pos[i, 1]:.2f}%;background:{colour.get(group or "", PALETTE[0])}">'
                     f'<div class="tip">{pic}<div>{escape(paths[i])}</div>{label}</div></div>')
     page = Page(title, subtitle, css=MAP_CSS)
-    section = page.section("Map", "Hover over a dot (or tab to it) to see its image; nearby dots have similar embeddings.")
+    section = page.section("Map", "Hover over a dot (or tab to it) to see its image; "
+                                  "nearby dots have similar embeddings.")
     if names:
-        keys = "".join(f'<span><span class="dot" style="background:{colour[g]}"></span>{escape(g)}</span>' for g in names)
+        keys = "".join(f'<span><span class="dot" style="background:{colour[g]}"></span>{escape(g)}</span>'
+                       for g in names)
         section.raw(f'<div class="keys">{keys}</div>')
     section.raw(f'<div class="map">{"".join(dots)}</div>')
     return page

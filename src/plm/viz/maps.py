@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -98,8 +98,8 @@ def embedding_map_png(vectors: np.ndarray, labels: Optional[Sequence] = None, *,
     xy = np.asarray(coords)[idx] if coords is not None else project_2d(vectors[idx], method, seed)
     shown_labels = [labels_list[i] for i in idx]
     names = _label_names(shown_labels, class_names)
-    first_label = {}
-    for y, name in zip(shown_labels, names):
+    first_label: dict[str, Any] = {}  # legend name -> its label (int or str)
+    for y, name in zip(shown_labels, names, strict=True):
         first_label.setdefault(name, y)
     numeric = all(isinstance(y, (int, np.integer)) for y in first_label.values())
     classes = sorted(first_label, key=lambda s: (s == "unlabelled", int(first_label[s]) if numeric else 0, s))
