@@ -108,7 +108,9 @@ def test_finetune_mode_trains_the_backbone_from_the_pca_head(tmp_path, shared_ca
     torch.testing.assert_close(pipe.model.head.linear.weight, ref.linear.weight)
     before = {k: v.clone() for k, v in pipe.model.backbone.state_dict().items()}
     result = train(cfg, tmp_path / "run", progress=False)
-    after = result.model.backbone.state_dict()
+    # the trained weights are in last.pt (best.pt may be the untrained model, epoch 0, when no epoch beats it)
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["model_state"]
+    after = {k[len("backbone."):]: v for k, v in last.items() if k.startswith("backbone.")}
     changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])]
     assert changed, "fine-tuning left the backbone unchanged"
     assert all(np.isfinite(h["loss"]) for h in result.history if h["epoch"] > 0)
@@ -127,7 +129,7 @@ def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> Non
     assert trained[-1]["loss"] < trained[0]["loss"]
     assert max(h["val_map_at_r"] for h in trained) > untrained + 0.01
     assert result.selection == "val_map_at_r"
-    assert result.best_epoch == max(trained, key=lambda h: h["val_map_at_r"])["epoch"]
+    assert result.best_epoch == max(hist, key=lambda h: h["val_map_at_r"])["epoch"] > 0
     # outputs
     out = tmp_path / "run"
     for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "metrics.json", "summary.json"):
@@ -252,10 +254,41 @@ def test_unlabelled_folder_selects_on_training_loss(tmp_path, shared_cache) -> N
                          sampler={"batch_size": 20, "k": 5, "batches_per_epoch": 3}, proxies={"num": 4},
                          kmeans={"num_clusters": 5}, log={"progress": False})
     result = train(cfg, tmp_path / "run", progress=False)
-    assert result.selection == "train_loss" and result.test_metrics is None
+    assert result.selection == "train_pair_loss" and result.test_metrics is None
     assert not (tmp_path / "run" / "metrics.json").exists()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["selection"] == "train_loss" and summary["test"] is None
-    losses = {h["epoch"]: h["loss"] for h in result.history}
+    assert summary["selection"] == "train_pair_loss" and summary["test"] is None
+    assert summary["training_helped"] is None  # nothing to compare the untrained model with
+    # the pair term, not the total that L_proxy and L_neighbourhood dominate
+    losses = {h["epoch"]: h["loss_point"] for h in result.history}
     assert result.best_epoch == min(losses, key=losses.get)
     shutil.rmtree(folder)
+
+
+def test_the_untrained_model_is_kept_when_no_epoch_beats_it(tmp_path, shared_cache, monkeypatch, caplog) -> None:
+    # validation scores that fall after epoch 0: best.pt must be the untrained model, and the summary must say so
+    scores = iter([0.9, 0.5, 0.6])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))
+    trainer = Trainer(tiny(epochs=2), tmp_path / "run", progress=False)
+    untrained = {k: v.clone() for k, v in trainer.pipeline.export_state("student").items()}
+    with caplog.at_level("WARNING", logger="plm.training.trainer"):
+        result = trainer.run()
+    assert result.best_epoch == 0 and result.selection == "val_map_at_r"
+    assert "no training epoch beat the untrained model" in caplog.text
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_epoch"] == 0 and summary["training_helped"] is False and summary["best_value"] == 0.9
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["epoch"] == 0
+    for key, value in untrained.items():
+        assert torch.equal(best["model_state"][key], value), key
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and not torch.equal(last["model_state"]["head.linear.weight"],
+                                                  untrained["head.linear.weight"])
+
+
+def test_a_trained_epoch_that_beats_epoch_zero_is_selected(tmp_path, shared_cache, monkeypatch) -> None:
+    scores = iter([0.5, 0.4, 0.7])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))
+    result = Trainer(tiny(epochs=2), tmp_path / "run", progress=False).run()
+    assert result.best_epoch == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["training_helped"] is True

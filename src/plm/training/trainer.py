@@ -69,9 +69,10 @@ class TrainResult:
         config: the resolved configuration.
         out_dir: the output folder.
         history: one dict per epoch (the rows of ``metrics.csv``).
-        selection: ``val_map_at_r`` (validation MAP@R, higher is better) or ``train_loss``
-            (mean training loss, lower is better; used without a validation split).
-        best_epoch: the selected epoch (1-based).
+        selection: ``val_map_at_r`` (validation MAP@R, higher is better; the untrained model,
+            epoch 0, is a candidate) or ``train_pair_loss`` (mean training loss of the pair term,
+            lower is better; used without a validation split).
+        best_epoch: the selected epoch (1-based; 0 = no training epoch beat the untrained model).
         best_checkpoint: path of ``best.pt``.
         last_checkpoint: path of ``last.pt``.
         test_metrics: test-split metrics of the best checkpoint (``None`` without a labelled test split).
@@ -163,8 +164,8 @@ class Trainer:
     # ------------------------------------------------------------------------------ setup
     @property
     def selection(self) -> str:
-        """``val_map_at_r`` with a validation split, ``train_loss`` without."""
-        return "val_map_at_r" if self.splits.val is not None else "train_loss"
+        """``val_map_at_r`` with a validation split, ``train_pair_loss`` without."""
+        return "val_map_at_r" if self.splits.val is not None else "train_pair_loss"
 
     def _setup(self) -> None:
         cfg, ctx = self.config, self.ctx
@@ -420,16 +421,21 @@ class Trainer:
             write_csv(self.history, self.out / "metrics.csv")
         try:
             if self.start_epoch == 0 and not self.history and self.splits.val is not None:
-                # the untrained model's score, for reference (never a selection candidate)
-                self.history.append({"epoch": 0, "step": 0, "val_map_at_r": self.validate()})
+                # the untrained model is the first candidate: training must beat it to be kept
+                val0 = self.validate()
+                self.history.append({"epoch": 0, "step": 0, "val_map_at_r": val0})
+                self.best = {"epoch": 0, "value": val0}
                 if ctx.is_main:
-                    log.info("epoch 0 (untrained): val MAP@R %.4f", self.history[0]["val_map_at_r"])
+                    commit_checkpoints(self._payload(0), self.last_path, self.best_path, True)
+                    write_csv(self.history, self.out / "metrics.csv")
+                    log.info("epoch 0 (untrained): val MAP@R %.4f", val0)
+                ctx.barrier()
             for epoch in range(self.start_epoch, cfg.epochs):
                 row = self.run_epoch(epoch)
                 last = epoch + 1 == cfg.epochs
                 val = self.validate() if ((epoch + 1) % cfg.eval.every == 0 or last) else None
                 row["val_map_at_r"] = val
-                score = val if self.selection == "val_map_at_r" else row["loss"]
+                score = val if self.selection == "val_map_at_r" else pair_loss(row)
                 improved = score is not None and self._improved(score)
                 if improved:
                     self.best = {"epoch": epoch + 1, "value": score}
@@ -464,6 +470,9 @@ class Trainer:
             if cfg.eval.baseline:
                 baseline = self._metrics(self.splits.test, ks, cfg.eval.nmi, baseline=True)
         if ctx.is_main:
+            if self.best["epoch"] == 0:
+                log.warning("no training epoch beat the untrained model on validation (MAP@R %.4f): best.pt is the "
+                            "untrained model, so training did not help with these settings", self.best["value"])
             if test is not None:
                 atomic_write_json(test, self.out / "metrics.json")
                 log.info("test (best epoch %d): R@1 %.4f  MAP@R %.4f", self.best["epoch"],
@@ -478,6 +487,7 @@ class Trainer:
         return {
             "dataset": cfg.dataset, "method": cfg.method, "mode": cfg.mode, "epochs": cfg.epochs, "seed": cfg.seed,
             "selection": self.selection, "best_epoch": self.best["epoch"], "best_value": self.best["value"],
+            "training_helped": self.best["epoch"] > 0 if self.selection == "val_map_at_r" else None,
             "val_classes": s.val_classes, "train_images": self.pipeline.num_train,
             "val_images": len(s.val) if s.val is not None else 0, "test_images": len(s.test) if s.test is not None else 0,
             "world_size": self.ctx.world_size,
@@ -525,6 +535,16 @@ def check_batch_size(config: TrainConfig, num_train: int, device: torch.device) 
             raise UserError(f"sampler.batch_size={b} needs about {PAIR_BYTES * b * b / 2**30:.1f} GiB for its pairwise "
                             f"matrices, more than the {free / 2**30:.1f} GiB free on {device.type}; use at most "
                             f"{limit - limit % k}")
+
+
+def pair_loss(row: dict[str, Any]) -> float:
+    """The selection score without a validation split: the epoch's mean pair term.
+
+    PLM's total also holds L_proxy and L_neighbourhood, whose scale says nothing about the
+    embedding (L_neighbourhood grows as the proxies spread); the pair term (``loss_point``) is
+    what every method trains the embedding with. The peers' totals are their pair term.
+    """
+    return float(row["loss_point"] if row.get("loss_point") is not None else row["loss"])
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
