@@ -50,7 +50,7 @@ def test_batched_matches_explicit_loops(criterion: str, m: int, eps: float) -> N
     np.testing.assert_allclose(s32, reference_similarity(x.numpy(), cfg), atol=1e-3)
 
 
-@pytest.mark.parametrize("symmetrize", ["mean", "max"])
+@pytest.mark.parametrize("symmetrize", ["mean", "max", "min", "geometric"])
 def test_options_match_reference(symmetrize: str) -> None:
     x = _points(3, 18, 5)
     for cfg in (ManifoldConfig(symmetrize=symmetrize, n_alpha=2.5, n_beta=0.5, max_candidates=None),
@@ -114,7 +114,7 @@ configs = st.builds(
     max_candidates=st.sampled_from([None, 3, 8]),
     n_alpha=st.sampled_from([0.0, 2.0, 4.0]),
     n_beta=st.sampled_from([0.0, 1.0]),
-    symmetrize=st.sampled_from(["mean", "max"]),
+    symmetrize=st.sampled_from(["mean", "max", "min", "geometric"]),
     subset_selection=st.booleans(),
 )
 
@@ -280,7 +280,7 @@ def test_bad_inputs_are_rejected() -> None:
 
 @pytest.mark.parametrize("kwargs", [dict(piece_dim=0), dict(piece_dim=1.5), dict(eps=-0.1), dict(eps=float("nan")),
                                     dict(criterion="nope"), dict(max_candidates=0), dict(n_alpha=-1),
-                                    dict(n_beta=float("inf")), dict(symmetrize="min"), dict(subset_selection=1)])
+                                    dict(n_beta=float("inf")), dict(symmetrize="median"), dict(subset_selection=1)])
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ManifoldConfig(**kwargs)

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=None, help="PL candidates per anchor K_c")
     parser.add_argument("--n-alpha", type=float, default=None, help="PL exponent N_α")
     parser.add_argument("--n-beta", type=float, default=None, help="PL exponent N_β")
-    parser.add_argument("--symmetrize", default=None, choices=["mean", "max"], help="PL symmetrisation")
+    parser.add_argument("--symmetrize", default=None, choices=["mean", "max", "min", "geometric"],
+                        help="PL symmetrisation")
     parser.add_argument("--no-subset-selection", action="store_true", help="PL ablation: no subset selection")
     parser.add_argument("--dense-max", type=int, default=5000,
                         help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")

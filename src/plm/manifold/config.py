@@ -9,7 +9,7 @@ from typing import Optional
 from torch import Tensor
 
 CRITERIA = ("residual_variance", "relative_residual", "candidate_residual", "relative_candidate_residual")
-SYMMETRIZE = ("mean", "max")
+SYMMETRIZE = ("mean", "max", "min", "geometric")
 ON_BREACH = ("skip", "stop")
 NORMALIZATIONS = ("none", "row_max", "row_minmax", "row_rank")
 
@@ -34,7 +34,8 @@ class ManifoldConfig:
         max_candidates: K_c, candidates per anchor (its nearest other points); ``None`` = all.
         n_alpha: N_α, the exponent of the orthogonal-distance term α.
         n_beta: N_β, the exponent of the in-piece-distance term β.
-        symmetrize: ``"mean"`` (½(s′(i,j) + s′(j,i))) or ``"max"``.
+        symmetrize: ``"mean"`` (½(s′(i,j) + s′(j,i))), ``"max"``, ``"min"`` (both directions must
+            agree) or ``"geometric"`` (√(s′(i,j)·s′(j,i))).
         subset_selection: ``False`` is the ablation "no subset selection": every candidate joins.
         normalize_inputs: L2-normalise the inputs before fitting.
         normalization: how the batch similarity (``similarity_matrix``) is mapped onto [0, 1]

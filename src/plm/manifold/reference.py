@@ -7,6 +7,8 @@ batched code with it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from plm.manifold.config import ManifoldConfig
@@ -140,7 +142,8 @@ def reference_similarity(x: np.ndarray, config: ManifoldConfig = ManifoldConfig(
         for j in range(n):
             if i != j:
                 a, b = directed[i, j], directed[j, i]
-                s[i, j] = 0.5 * (a + b) if config.symmetrize == "mean" else max(a, b)
+                s[i, j] = {"mean": 0.5 * (a + b), "max": max(a, b), "min": min(a, b),
+                           "geometric": math.sqrt(a * b)}[config.symmetrize]
     return s
 
 

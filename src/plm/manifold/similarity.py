@@ -102,7 +102,13 @@ def _check_piece_shapes(points: Tensor, anchors: Tensor, means: Tensor, bases: T
 
 
 def _symmetrize(a: Tensor, b: Tensor, how: str) -> Tensor:
-    return 0.5 * (a + b) if how == "mean" else torch.maximum(a, b)
+    if how == "mean":
+        return 0.5 * (a + b)
+    if how == "max":
+        return torch.maximum(a, b)
+    if how == "min":
+        return torch.minimum(a, b)
+    return torch.sqrt(a * b)  # "geometric"
 
 
 @torch.no_grad()
