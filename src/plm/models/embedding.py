@@ -72,7 +72,7 @@ class EmbeddingHead(nn.Module):
         self.normalize = normalize
 
     @torch.no_grad()
-    def init_pca(self, features: torch.Tensor, chunk: int = 16384) -> None:
+    def init_pca(self, features: torch.Tensor, chunk: int = 16384, center: bool = True) -> None:
         """Start as the centred projection onto the top principal directions of ``features``.
 
         ``linear(f) = Vᵀ(f − μ)`` with μ the mean of the (N, in_dim) ``features`` and V their top
@@ -81,6 +81,10 @@ class EmbeddingHead(nn.Module):
         accumulated in float64 over ``chunk`` rows at a time (memory ≈ in_dim² + chunk × in_dim).
         With fewer than ``embed_dim + 1`` rows the trailing directions span no data (a warning
         says so): they are whatever the eigen-solver returns for a zero eigenvalue.
+
+        With ``center=False`` the directions are those of the uncentred second moment and the bias
+        is zero: ``linear(f) = Vᵀf``. With ``embed_dim`` equal to the feature width that is a
+        rotation, so the initial embedding ranks exactly as the L2-normalised pretrained features.
 
         Raises:
             ValueError: no linear layer, wrong feature width, fewer than 2 rows, or
@@ -98,6 +102,8 @@ class EmbeddingHead(nn.Module):
             log.warning("PCA head from %d images: only %d of the %d directions are fitted to data", n, n - 1, out_dim)
         feats = features.detach().cpu()
         mean = sum(feats[i:i + chunk].double().sum(0) for i in range(0, n, chunk)) / n
+        if not center:
+            mean = torch.zeros_like(mean)
         cov = torch.zeros(in_dim, in_dim, dtype=torch.float64)
         for i in range(0, n, chunk):
             c = feats[i:i + chunk].double() - mean

@@ -8,7 +8,7 @@ from typing import Optional
 from plm.models.embedding import POOLINGS
 from plm.utils.config import ConfigError, check_choice, check_positive
 
-HEAD_INITS = ("pca", "orthogonal")
+HEAD_INITS = ("pca", "pca_uncentered", "orthogonal")
 
 
 @dataclass
@@ -24,7 +24,9 @@ class ModelSection:
         freeze_bn: keep BatchNorm layers in eval mode with frozen affine weights (finetune mode).
         head_init: ``pca`` (the linear layer starts as the centred projection onto the top
             ``embed_dim`` principal directions of the training images' pretrained features; no
-            labels) or ``orthogonal`` (random orthogonal weights, zero bias).
+            labels), ``pca_uncentered`` (the top directions of the uncentred second moment, zero
+            bias: at ``embed_dim`` = the feature width a rotation, so the untrained model ranks as the
+            pretrained features do) or ``orthogonal`` (random orthogonal weights, zero bias).
     """
 
     backbone: str = "efficientnet_lite0"

@@ -137,8 +137,8 @@ class FrozenPipeline(Pipeline):
         self.splits = splits
         self._features: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.train_features, _ = self._split_features(splits.train)
-        if fresh and m.head_init == "pca":
-            self.model.head.init_pca(self.train_features.cpu())
+        if fresh and m.head_init in ("pca", "pca_uncentered"):
+            self.model.head.init_pca(self.train_features.cpu(), center=m.head_init == "pca")
         self.student = self.model.head.to(device)
         ctx.broadcast_module(self.student)  # every rank starts from rank 0's head
         self.student.requires_grad_(True)
@@ -260,8 +260,8 @@ class FinetunePipeline(Pipeline):
         self.student = self.model
         self.splits = splits
         self.train_ds = splits.train
-        if fresh and config.model.head_init == "pca":  # one pass of the pretrained backbone over the images
-            self.model.head.init_pca(self._pretrained_train_features())
+        if fresh and config.model.head_init in ("pca", "pca_uncentered"):  # one pretrained pass over the images
+            self.model.head.init_pca(self._pretrained_train_features(), center=config.model.head_init == "pca")
         ctx.broadcast_module(self.model.head)  # every rank starts from rank 0's head
         self._train_transform = build_transform(self.model.preprocess, train=config.augment)
         self.set_train()
