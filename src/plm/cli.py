@@ -57,7 +57,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="plm", description="Unsupervised deep metric learning with piecewise-linear manifolds.",
+    parser = argparse.ArgumentParser(prog="plm",
+                                     description="Unsupervised deep metric learning with piecewise-linear manifolds.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"plm {plm.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -85,8 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from plm.errors import UserError
 
-    if callable(getattr(sys.stdout, "reconfigure", None)):  # file names that are not UTF-8 print as escapes
-        sys.stdout.reconfigure(errors="backslashreplace")
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if callable(reconfigure):  # file names that are not UTF-8 print as escapes
+        reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as err:

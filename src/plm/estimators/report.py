@@ -91,6 +91,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
             corr = exact_correlation(est.pair_similarity, labels)
             knn_corr = knn_correlation(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1))
         else:
+            assert sample is not None  # need_sample holds whenever not exact
             corr, knn_corr = stratified_correlation(est.pair_similarity, labels, sample, with_knn=True)
         ranks = rank_measures(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1), sample=sample,
                               rank_exact_max=rank_exact_max)
@@ -170,7 +171,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
                                                if kk not in ("n_clusters", "dense_max")}})
             est.fit(xb)
             auc, ap = _auc_ap(est.pair_similarity(r, c).astype(np.float64), y)
-            if auc is not None:
+            if auc is not None and ap is not None:  # both or neither
                 scores[name].append((auc, ap))
     results = {}
     for name, vals in scores.items():

@@ -243,6 +243,7 @@ class VectorIndex:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays that store this index: ``vectors`` (exact) or ``faiss`` (serialised bytes)."""
         if self.kind == "exact":
+            assert self.vectors is not None  # the exact kind stores its vectors
             return {"vectors": self.vectors}
         import faiss
 
@@ -292,7 +293,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     if len(truth) == 0:
         return float("nan")
     hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
-            for f, t in zip(found, truth)]
+            for f, t in zip(found, truth, strict=True)]
     return float(np.mean(hits))
 
 
@@ -335,7 +336,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
         else:
             nlist = index.params["nlist"]
             values = sorted({v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < nlist} | {nlist})
-    rows = []
+    rows: list[dict[str, Any]] = []
     for v in values:
         index.set_search_param(v)
         start = time.perf_counter()

@@ -215,8 +215,8 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(groups)
         steps = len(self.sampler)
-        self.scheduler = build_scheduler(self.optimizer, cfg.epochs * steps, int(round(cfg.optim.warmup_epochs * steps)),
-                                         cfg.optim.schedule)
+        self.scheduler = build_scheduler(self.optimizer, cfg.epochs * steps,
+                                         int(round(cfg.optim.warmup_epochs * steps)), cfg.optim.schedule)
         if ckpt is not None:
             self._restore(ckpt)
         else:
@@ -290,8 +290,8 @@ class Trainer:
         self.global_step += 1
         names = list(terms)
         values = ctx.all_reduce_sum(torch.stack([terms[k].detach().float() for k in names]))
-        out = dict(zip(names, values.tolist()))
-        if timing:
+        out = dict(zip(names, values.tolist(), strict=True))
+        if self.timings is not None:  # same as timing
             t3 = time.perf_counter()
             for key, dt in (("forward", t1 - t0), ("method", t2 - t1), ("backward_step", t3 - t2)):
                 self.timings[key] = self.timings.get(key, 0.0) + dt
@@ -337,7 +337,8 @@ class Trainer:
             steps += 1
             if not math.isfinite(terms["loss"]):
                 raise TrainingDivergedError(f"training diverged (non-finite loss {terms['loss']}) at epoch {epoch + 1} "
-                                            f"step {steps}; lower the learning rates (optim.lr_*) or set optim.grad_clip")
+                                            f"step {steps}; lower the learning rates (optim.lr_*) "
+                                            "or set optim.grad_clip")
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{steps * cfg.sampler.batch_size / elapsed:.0f}")
             bar.update(1)
@@ -437,7 +438,8 @@ class Trainer:
                 if ctx.is_main:
                     commit_checkpoints(self._payload(epoch + 1), self.last_path, self.best_path, improved)
                     write_csv(self.history, self.out / "metrics.csv")
-                    tb.log(row, self.global_step)
+                    if tb is not None:  # rank 0's logger
+                        tb.log(row, self.global_step)
                     log.info(_epoch_line(row, cfg.epochs, improved))
                 ctx.barrier()
                 if stop_after is not None and epoch + 1 >= stop_after and not last:
@@ -479,7 +481,8 @@ class Trainer:
             "dataset": cfg.dataset, "method": cfg.method, "mode": cfg.mode, "epochs": cfg.epochs, "seed": cfg.seed,
             "selection": self.selection, "best_epoch": self.best["epoch"], "best_value": self.best["value"],
             "val_classes": s.val_classes, "train_images": self.pipeline.num_train,
-            "val_images": len(s.val) if s.val is not None else 0, "test_images": len(s.test) if s.test is not None else 0,
+            "val_images": len(s.val) if s.val is not None else 0,
+            "test_images": len(s.test) if s.test is not None else 0,
             "world_size": self.ctx.world_size,
             "train_time_s": round(sum(r.get("time_s") or 0.0 for r in self.history), 2),
             "test": test, "pretrained_test": baseline,
@@ -552,4 +555,6 @@ def train(config: TrainConfig | dict, out_dir: str | Path, progress: bool = True
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
-    return Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx, force=force).run()
+    result = Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx, force=force).run()
+    assert result is not None  # run() returns None only when given stop_after
+    return result
