@@ -127,7 +127,7 @@ def proxy_contrastive_loss(z: Tensor, locations: Tensor, target: Tensor, delta: 
     return per_pair.sum() / (denom if denom is not None else max(per_pair.numel(), 1))
 
 
-def neighbourhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
+def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
                        lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
     """L_neighbourhood: each proxy's piece is pulled toward its n most similar points (docs/method.md §6).
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from plm.errors import UserError
+from plm.utils.deprecation import deprecated_names
 
 KINDS = ("exact", "hnsw", "ivf", "pq")
 METRICS = ("cosine", "l2")
@@ -283,12 +284,12 @@ class VectorIndex:
         return cls(kind, info["metric"], dim, count, info.get("params", {}), faiss_index=index)
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+def exact_neighbors(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
     """Ids of the exact top-``k`` of ``queries`` among ``vectors`` (the ground truth for recall)."""
     return VectorIndex.build(vectors, "exact", metric).search(queries, k)[1]
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+def ann_recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each row of ``truth`` (true neighbour ids) that ``found`` contains."""
     if len(truth) == 0:
         return float("nan")
@@ -326,7 +327,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
     if index.search_param is None:
         start = time.perf_counter()
         found = drop_self(index.search(queries, k + 1)[1], sel, k)[0]
-        return [{"param": None, "value": None, "recall": recall_at_k(found, truth),
+        return [{"param": None, "value": None, "recall": ann_recall(found, truth),
                  "qps": len(queries) / max(time.perf_counter() - start, 1e-9)}]
     if values is None:
         if index.kind == "hnsw":
@@ -342,7 +343,11 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
         start = time.perf_counter()
         found = drop_self(index.search(queries, k + 1)[1], sel, k)[0]
         rows.append({"param": index.search_param, "value": index.params[index.search_param],
-                     "recall": recall_at_k(found, truth), "qps": len(queries) / max(time.perf_counter() - start, 1e-9)})
+                     "recall": ann_recall(found, truth), "qps": len(queries) / max(time.perf_counter() - start, 1e-9)})
         if rows[-1]["recall"] >= target:
             break
     return rows
+
+
+#: old spellings, kept for one release
+__getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})

@@ -3,15 +3,20 @@
 from plm.losses.functional import (
     balanced_pair_weights,
     contrastive_loss,
-    neighbourhood_loss,
+    neighborhood_loss,
     pairwise_distance,
     point_loss,
     proxy_contrastive_loss,
     proxy_loss,
     relaxed_contrastive_loss,
 )
+from plm.utils.deprecation import deprecated_names
 
 __all__ = [
-    "balanced_pair_weights", "contrastive_loss", "neighbourhood_loss", "pairwise_distance", "point_loss",
+    "balanced_pair_weights", "contrastive_loss", "neighborhood_loss", "pairwise_distance", "point_loss",
     "proxy_contrastive_loss", "proxy_loss", "relaxed_contrastive_loss",
 ]
+
+
+#: old spellings, kept for one release
+__getattr__ = deprecated_names(__name__, {"neighbourhood_loss": "neighborhood_loss"})

@@ -25,7 +25,7 @@ from plm.data import ImageDataset, collate_skip
 from plm.models import EmbeddingModel, ModelConfig, build_transform, create_model
 from plm.training.distributed import DistContext
 from plm.training.ema import EMATeacher
-from plm.training.sampler import NeighbourhoodSampler
+from plm.training.sampler import NeighborhoodSampler
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Pipeline:
     def num_train(self) -> int:
         raise NotImplementedError
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, positions) of this rank's batches of the sampler's current epoch."""
         raise NotImplementedError
 
@@ -170,7 +170,7 @@ class FrozenPipeline(Pipeline):
     def num_train(self) -> int:
         return int(self.train_features.shape[0])
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         for positions in sampler:
             idx = torch.as_tensor(positions, dtype=torch.long, device=self.device)
             yield self.train_features[idx], idx
@@ -295,7 +295,7 @@ class FinetunePipeline(Pipeline):
     def num_train(self) -> int:
         return len(self.train_ds)
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         before = self.train_ds.transform
         self.train_ds.transform = self._train_transform
         loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_skip,

@@ -42,7 +42,7 @@ from plm.training.history import TensorBoardLogger, write_csv
 from plm.training.methods import BatchView, build_method
 from plm.training.optim import build_optimizer, build_scheduler
 from plm.training.pipeline import build_pipeline, model_config_of
-from plm.training.sampler import NeighbourhoodSampler
+from plm.training.sampler import NeighborhoodSampler
 from plm.training.sizing import fit_to_data
 from plm.training.splits import load_splits
 from plm.utils.device import autocast
@@ -206,7 +206,7 @@ class Trainer:
         # the first teacher pass also drops unreadable training images (finetune mode)
         first = self.pipeline.train_embeddings("teacher")
         self.method = build_method(cfg, self.pipeline.model.out_dim).to(self.device)
-        self.sampler = NeighbourhoodSampler(self.pipeline.num_train, cfg.sampler.batch_size, cfg.sampler.k, cfg.seed,
+        self.sampler = NeighborhoodSampler(self.pipeline.num_train, cfg.sampler.batch_size, cfg.sampler.k, cfg.seed,
                                             ctx.rank, ctx.world_size, cfg.sampler.batches_per_epoch)
         groups = self.pipeline.param_groups()
         method_params = [p for p in self.method.parameters() if p.requires_grad]
@@ -308,7 +308,7 @@ class Trainer:
         seed_everything(s)
         emb = self._train_emb if self._train_emb is not None else self.pipeline.train_embeddings("teacher")
         self._train_emb = None
-        self.sampler.set_neighbours(self.knn_table(emb))
+        self.sampler.set_neighbors(self.knn_table(emb))
         self.sampler.set_epoch(epoch)
         if ctx.is_main:  # e.g. k-means pseudo-labels: computed once, then sent to every rank
             self.method.on_epoch_start(emb, epoch)
