@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from plm.errors import UserError
-from plm.search import SearchIndex, VectorIndex, exact_neighbors, ann_recall, tune_search
+from plm.search import SearchIndex, VectorIndex, ann_recall, exact_neighbors, tune_search
 from plm.search.index import unit_rows
 
 faiss = pytest.importorskip("faiss")
