@@ -4,7 +4,7 @@ A command module defines ``NAME`` (the subcommand), ``HELP`` (one line), ``EXAMP
 example, shown under ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``; modules are
 discovered automatically. Heavy imports (torch, numpy) stay inside ``run``, and ``add_arguments``
 reads only light modules (the registries' names, :mod:`plm.evaluation.defaults`), so ``plm --help``
-and every ``plm COMMAND --help`` import neither (``tests/test_help.py`` checks). Every command gets
+and every ``plm COMMAND --help`` import neither (``tests/commands/test_help.py`` checks). Every command gets
 ``-q/--quiet`` here.
 """
 

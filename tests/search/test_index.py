@@ -161,7 +161,7 @@ def test_benchmark_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     import json
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root holds benchmarks/
     bench = importlib.import_module("benchmarks.bench_index")
     out = tmp_path / "bench.json"
     assert bench.main(["--n", "3000", "--dim", "32", "--queries", "100", "--nlist", "16", "--nprobe", "2", "16",
