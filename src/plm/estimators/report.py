@@ -113,7 +113,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
 
 
 def neighborhood_batches(neighbors_indices: np.ndarray, batch_size: int = 120, k: int = 5, num_batches: int = 50,
-                          seed: int = 0) -> list[np.ndarray]:
+                         seed: int = 0) -> list[np.ndarray]:
     """Batches as the trainer samples them: ``batch_size / k`` random seeds, each followed by its
     ``k − 1`` nearest neighbours (positions into the point set; a point may occur twice)."""
     n = neighbors_indices.shape[0]

@@ -364,7 +364,7 @@ def query_ranks_from_hits(hits: np.ndarray, labels: np.ndarray, r: Optional[np.n
 
 
 def neighbor_hits(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, k: int, block_size: int = 1024,
-                   use_faiss: bool = False) -> np.ndarray:
+                  use_faiss: bool = False) -> np.ndarray:
     """(N, k) boolean matrix: is the j-th nearest other item of the same class."""
     _, idx = knn(embeddings, k=k, block_size=block_size, use_faiss=use_faiss)
     labels = np.asarray(labels)

@@ -128,7 +128,7 @@ def proxy_contrastive_loss(z: Tensor, locations: Tensor, target: Tensor, delta: 
 
 
 def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
-                       lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
+                      lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
     """L_neighbourhood: each proxy's piece is pulled toward its n most similar points (docs/method.md §6).
 
     For proxy k and each of the ``n`` points x with the largest (detached) s_ik:

@@ -171,8 +171,8 @@ class PLMLoss(nn.Module):
                 l_proxy = proxy_loss(student, ref, s_p[rows], cfg.delta, denom=num)
             # computed identically on every rank from the global batch: each contributes 1/world
             l_neigh = neighborhood_loss(self._points(teacher_all), rho, self.proxies.orthonormal_bases(), s_p,
-                                         cfg.neighbourhood_points, cfg.neighbourhood_lambda,
-                                         radius=cfg.neighbourhood_radius) / world_size
+                                        cfg.neighbourhood_points, cfg.neighbourhood_lambda,
+                                        radius=cfg.neighbourhood_radius) / world_size
             out.update(proxy=l_proxy, neighbourhood=l_neigh)
             total = total + cfg.proxy * l_proxy + cfg.neighbourhood * l_neigh
         out["loss"] = total
