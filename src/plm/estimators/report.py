@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -185,5 +185,5 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
             "k": k, "estimators": results}
 
 
-#: old spellings, kept for one release
-__getattr__ = deprecated_names(__name__, {"neighbourhood_batches": "neighborhood_batches"})
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"neighbourhood_batches": "neighborhood_batches"})

@@ -48,7 +48,7 @@ import logging
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -515,5 +515,5 @@ def _score_block(kb: torch.Tensor, pos: torch.Tensor, r: torch.Tensor, r_np: np.
         ap[start + need.numpy()], rp[start + need.numpy()] = ap_n, rp_n
 
 
-#: old spellings, kept for one release
-__getattr__ = deprecated_names(__name__, {"neighbour_hits": "neighbor_hits"})
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"neighbour_hits": "neighbor_hits"})

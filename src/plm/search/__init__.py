@@ -9,6 +9,8 @@
 See ``docs/search.md`` for the file formats.
 """
 
+from typing import TYPE_CHECKING
+
 from plm.search.embedder import EmbedStats, embed_folder
 from plm.search.identity import describe, model_from_identity, model_identity
 from plm.search.index import KINDS, METRICS, VectorIndex, ann_recall, choose_metric, exact_neighbors, tune_search
@@ -23,5 +25,5 @@ __all__ = [
 ]
 
 
-#: old spellings, kept for one release
-__getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})

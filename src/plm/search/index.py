@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -349,5 +349,5 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
     return rows
 
 
-#: old spellings, kept for one release
-__getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})

@@ -1,5 +1,7 @@
 """Deprecated: the loss functions live in :mod:`plm.losses.functional` (this re-export keeps old imports working)."""
 
+from typing import TYPE_CHECKING
+
 from plm.losses.functional import (
     balanced_pair_weights,
     contrastive_loss,
@@ -18,5 +20,5 @@ __all__ = [
 ]
 
 
-#: old spellings, kept for one release
-__getattr__ = deprecated_names(__name__, {"neighbourhood_loss": "neighborhood_loss"})
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"neighbourhood_loss": "neighborhood_loss"})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -137,5 +137,5 @@ class NeighborhoodSampler:
         self.epoch = int(state["epoch"])
 
 
-#: old spellings, kept for one release
-__getattr__ = deprecated_names(__name__, {"NeighbourhoodSampler": "NeighborhoodSampler"})
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"NeighbourhoodSampler": "NeighborhoodSampler"})

@@ -1,7 +1,8 @@
 """Old public names kept for one release: each resolves to its new name with a ``DeprecationWarning``.
 
-A module lists its old names once, ``__getattr__ = deprecated_names(__name__, {"old": "new"})``;
-:func:`plm.utils.lazy.lazy_exports` takes the same mapping for lazily imported packages.
+A module lists its old names once, ``__getattr__ = deprecated_names(__name__, {"old": "new"})``,
+under ``if not TYPE_CHECKING:`` so that the type checker still rejects names a module does not
+define; :func:`plm.utils.lazy.lazy_exports` takes the same mapping for lazily imported packages.
 """
 
 from __future__ import annotations
