@@ -58,3 +58,13 @@ def test_slow_tests_run_by_default_and_not_slow_leaves_them_out(tmp_path: Path) 
     assert _run_pytest(tmp_path).startswith("2 passed")
     summary = _run_pytest(tmp_path, "-m", "not slow")
     assert summary.startswith("1 passed") and "1 deselected" in summary
+
+
+def test_tests_mirror_the_package_with_unique_module_names() -> None:
+    tests = REPO / "tests"
+    packages = {p.parent.name for p in (REPO / "src" / "plm").glob("*/__init__.py")}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders and folders <= packages, sorted(folders - packages)
+    modules = [p.name for p in tests.rglob("test_*.py")]
+    assert len(modules) == len(set(modules)), "test module basenames must stay unique (rootdir import mode)"
+    assert not list(tests.rglob("__init__.py"))

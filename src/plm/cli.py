@@ -4,7 +4,7 @@ A command module defines ``NAME`` (the subcommand), ``HELP`` (one line), ``EXAMP
 example, shown under ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``; modules are
 discovered automatically. Heavy imports (torch, numpy) stay inside ``run``, and ``add_arguments``
 reads only light modules (the registries' names, :mod:`plm.evaluation.defaults`), so ``plm --help``
-and every ``plm COMMAND --help`` import neither (``tests/test_help.py`` checks). Every command gets
+and every ``plm COMMAND --help`` import neither (``tests/commands/test_help.py`` checks). Every command gets
 ``-q/--quiet`` here.
 """
 
@@ -57,7 +57,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="plm", description="Unsupervised deep metric learning with piecewise-linear manifolds.",
+    parser = argparse.ArgumentParser(prog="plm",
+                                     description="Unsupervised deep metric learning with piecewise-linear manifolds.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"plm {plm.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -85,8 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from plm.errors import UserError
 
-    if callable(getattr(sys.stdout, "reconfigure", None)):  # file names that are not UTF-8 print as escapes
-        sys.stdout.reconfigure(errors="backslashreplace")
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if callable(reconfigure):  # file names that are not UTF-8 print as escapes
+        reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as err:

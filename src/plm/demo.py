@@ -169,7 +169,8 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
     settings = PRESETS[preset]
     limit = settings["train_limit"] if dataset == "fashion-mnist" else None
     base: dict[str, Any] = {"data_root": data_root if dataset == asked and dataset != "digits" else None,
-                            "epochs": epochs or (settings["glyph_epochs"] if dataset == "glyphs" else settings["epochs"])}
+                            "epochs": epochs or (settings["glyph_epochs"] if dataset == "glyphs"
+                                                 else settings["epochs"])}
     if dataset == "fashion-mnist":  # glyphs and digits are small enough for whole epochs
         base["sampler"] = {"batches_per_epoch": settings["steps"]}
     if limit:
@@ -231,7 +232,9 @@ def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
     splits = load_splits(config)
     ctx = init_distributed("cpu")
     pipeline = build_pipeline(config, splits, resolve_device(config.device, ctx), ctx, progress=False)
-    vectors, labels = pipeline.embed_split(getattr(splits, split), "student")
+    embedded = pipeline.embed_split(getattr(splits, split), "student")
+    assert embedded is not None  # a single process is rank 0
+    vectors, labels = embedded
     ks = config.eval.recall_at or default_ks(config.dataset)
     return _metrics_only(retrieval_metrics(vectors, labels, ks=ks, with_nmi=config.eval.nmi))
 

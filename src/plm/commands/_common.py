@@ -18,7 +18,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = 
     parser.add_argument("--data-root", default=None, help="dataset root folder (official layout)")
     parser.add_argument("--split", default=default_split, choices=["train", "val", "test", "all"],
                         help="train = seen classes, val = held-out seen classes, test = unseen classes")
-    parser.add_argument("--val-classes", type=non_negative_int, default=0, help="seen classes held out as the val split")
+    parser.add_argument("--val-classes", type=non_negative_int, default=0,
+                        help="seen classes held out as the val split")
     parser.add_argument("--limit", type=positive_int, default=None, help="use a seeded random subset of N images")
 
 
@@ -28,8 +29,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", help="pretrained backbone (pooled features, L2-normalised)")
     group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
     parser.add_argument("--weights", default=None,
-                        help="local ImageNet weights file for backbones that ship without weights (googlenet, resnet50)")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="input resolution (default: the model's own)")
+                        help="local ImageNet weights file for backbones that ship without weights "
+                             "(googlenet, resnet50)")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help="input resolution (default: the model's own)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     add_runtime_arguments(parser)
@@ -81,7 +84,8 @@ def embed_labelled_split(args: argparse.Namespace, needed_for: str) -> tuple[Any
     from plm.evaluation import embed_dataset
 
     runtime = runtime_from_args(args)  # a bad --device fails before any loading
-    dataset = load_dataset(args.dataset, args.split, root=args.data_root, val_classes=args.val_classes).limit(args.limit)
+    dataset = load_dataset(args.dataset, args.split, root=args.data_root,
+                           val_classes=args.val_classes).limit(args.limit)
     if not dataset.is_labelled:
         raise UserError(f"{args.dataset}: {needed_for} need class labels; this split has unlabelled images "
                         f"(for --dataset folder, put each class in its own sub-folder)")

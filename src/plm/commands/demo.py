@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(preset="standard")
     parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=None,
                         help="train exactly these (overrides --quick/--full)")
-    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0], help="one run per seed; metrics are averaged")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0],
+                        help="one run per seed; metrics are averaged")
     parser.add_argument("--dataset", default="glyphs", choices=["glyphs", "fashion-mnist", "digits"],
                         help="the demo's data (default glyphs)")
     parser.add_argument("--epochs", type=positive_int, default=None,
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where training runs (same as the override device=...; default auto)")
     parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
                         help="mixed precision of the training forward passes (same as amp=...; default off)")
-    parser.add_argument("--force", action="store_true", help="replace a results.json / report.html in --out that plm did not write")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a results.json / report.html in --out that plm did not write")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="training-config overrides for every run")
 
 

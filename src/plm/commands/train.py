@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="quiet", action="store_true", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)  # old spelling of --quiet
     parser.add_argument("--force", action="store_true",
-                        help="replace files in --out with plm's names (config.yaml, metrics.json …) that plm did not write")
+                        help="replace files in --out with plm's names (config.yaml, metrics.json …) "
+                             "that plm did not write")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.delta=1.2")
 

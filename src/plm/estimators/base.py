@@ -113,8 +113,8 @@ def topk_csr(rows_values: np.ndarray, rows_indices: np.ndarray, n: int) -> sp.cs
     nrows, k = rows_indices.shape
     keep = rows_indices >= 0
     r = np.repeat(np.arange(nrows), k)[keep.ravel()]
-    return sp.csr_matrix((rows_values.ravel()[keep.ravel()].astype(np.float32), (r, rows_indices.ravel()[keep.ravel()])),
-                         shape=(nrows, n))
+    values = rows_values.ravel()[keep.ravel()].astype(np.float32)
+    return sp.csr_matrix((values, (r, rows_indices.ravel()[keep.ravel()])), shape=(nrows, n))
 
 
 def keep_topk(matrix: sp.spmatrix, k: int, keep_diagonal: bool = False, block_rows: int = 8192) -> sp.csr_matrix:

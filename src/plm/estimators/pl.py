@@ -55,6 +55,7 @@ class PLManifoldEstimator(SimilarityEstimator):
         if self.mode_ == "dense":
             self._dense = pairwise_similarity(t, self.pieces_, cfg).numpy()
             return
+        assert neighbors is not None  # needs_neighbors > 0, so fit() passes the k-NN table
         k = min(self.top_k, neighbors.k)
         cols = torch.from_numpy(neighbors.indices[:, :k])
         values = neighbor_similarity(self.pieces_, cols, cfg)

@@ -28,7 +28,7 @@ Definitions (exact; docs/similarity.md explains them):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import Literal, Optional, overload
 
 import numpy as np
 
@@ -195,6 +195,16 @@ def knn_correlation(pairs: PairFn, labels: np.ndarray, neighbors: Neighbors, k: 
     return float(np.corrcoef(s, y)[0, 1])
 
 
+@overload
+def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict,
+                           with_knn: Literal[False] = ...) -> float: ...
+
+
+@overload
+def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict,
+                           with_knn: Literal[True]) -> tuple[float, Optional[float]]: ...
+
+
 def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict,
                            with_knn: bool = False) -> float | tuple[float, Optional[float]]:
     """Pearson correlation of s and 1[same label] estimated from a :func:`sample_strata` sample.
@@ -218,7 +228,8 @@ def stratified_correlation(pairs: PairFn, labels: np.ndarray, sample: dict,
     return (corr, knn) if with_knn else corr
 
 
-def _auc_ap(s: np.ndarray, y: np.ndarray, weight: Optional[np.ndarray] = None) -> tuple[Optional[float], Optional[float]]:
+def _auc_ap(s: np.ndarray, y: np.ndarray,
+            weight: Optional[np.ndarray] = None) -> tuple[Optional[float], Optional[float]]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     if len(s) < 2 or y.all() or not y.any():

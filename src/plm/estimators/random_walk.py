@@ -69,6 +69,7 @@ class RandomWalkEstimator(SimilarityEstimator):
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         n = len(x)
+        assert neighbors is not None  # needs_neighbors > 0, so fit() passes the k-NN table
         s = self.transition(x, neighbors)
         if self.mode_ == "dense":
             f = np.linalg.inv(np.eye(n) - self.alpha * s.toarray())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from plm.estimators.quality import (
     sample_strata,
     stratified_correlation,
 )
+from plm.utils.deprecation import deprecated_names
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
             corr = exact_correlation(est.pair_similarity, labels)
             knn_corr = knn_correlation(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1))
         else:
+            assert sample is not None  # need_sample holds whenever not exact
             corr, knn_corr = stratified_correlation(est.pair_similarity, labels, sample, with_knn=True)
         ranks = rank_measures(est.pair_similarity, labels, neighbors, k=min(pair_knn, n - 1), sample=sample,
                               rank_exact_max=rank_exact_max)
@@ -110,8 +112,8 @@ def similarity_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[s
             "knn_seconds": round(knn_seconds, 3), "knn_cpu_seconds": round(knn_cpu, 3), "estimators": results}
 
 
-def neighbourhood_batches(neighbors_indices: np.ndarray, batch_size: int = 120, k: int = 5, num_batches: int = 50,
-                          seed: int = 0) -> list[np.ndarray]:
+def neighborhood_batches(neighbors_indices: np.ndarray, batch_size: int = 120, k: int = 5, num_batches: int = 50,
+                         seed: int = 0) -> list[np.ndarray]:
     """Batches as the trainer samples them: ``batch_size / k`` random seeds, each followed by its
     ``k − 1`` nearest neighbours (positions into the point set; a point may occur twice)."""
     n = neighbors_indices.shape[0]
@@ -134,7 +136,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
                   num_batches: int = 50, seed: int = 0, progress: bool = True) -> dict:
     """Every estimator where the training target is made: on neighbourhood-sampled batches.
 
-    Each batch (:func:`neighbourhood_batches` over the exact k-NN table of ``x``) is given to every
+    Each batch (:func:`neighborhood_batches` over the exact k-NN table of ``x``) is given to every
     estimator on its own; ROC-AUC and average precision of its similarity for the same-class
     indicator are computed over the batch's pairs (duplicate points excluded) and averaged over the
     batches where both classes of pairs occur. Clustering peers get as many clusters as the batch
@@ -153,7 +155,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     if len(labels) != len(feats):
         raise ValueError(f"got {len(feats)} points and {len(labels)} labels")
     neighbors = compute_neighbors(feats, min(k - 1, len(feats) - 1) if k > 1 else 1)
-    batches = neighbourhood_batches(neighbors.indices, batch_size, k, num_batches, seed)
+    batches = neighborhood_batches(neighbors.indices, batch_size, k, num_batches, seed)
     options = options or {}
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
     for b in progress_bar(batches, total=len(batches), desc="batches", unit="batch", disable=not progress):
@@ -170,7 +172,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
                                                if kk not in ("n_clusters", "dense_max")}})
             est.fit(xb)
             auc, ap = _auc_ap(est.pair_similarity(r, c).astype(np.float64), y)
-            if auc is not None:
+            if auc is not None and ap is not None:  # both or neither
                 scores[name].append((auc, ap))
     results = {}
     for name, vals in scores.items():
@@ -181,3 +183,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
                          "ap_std": float(arr[:, 1].std()) if len(arr) else None, "batches": len(arr)}
     return {"regime": "batch", "num_points": len(feats), "num_batches": len(batches), "batch_size": batch_size,
             "k": k, "estimators": results}
+
+
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"neighbourhood_batches": "neighborhood_batches"})

@@ -143,6 +143,7 @@ class STMLEstimator(SimilarityEstimator):
         n = len(x)
         k = min(self.k, n)
         self._x = x
+        assert neighbors is not None  # needs_neighbors > 0, so fit() passes the k-NN table
         rec = reciprocal_sets(neighbors.indices, n, k)
         w_c = contextual_matrix(neighbors.indices, n, k, reciprocal=rec)
         self._w_c = w_c
@@ -201,6 +202,7 @@ class GaussianEstimator(SimilarityEstimator):
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         n = len(x)
         self._x = x
+        assert neighbors is not None  # needs_neighbors > 0, so fit() passes the k-NN table
         kth = neighbors.distances[:, -1]
         sigma = float(np.median(kth)) if self.sigma is None else float(self.sigma)
         self.sigma_ = sigma if sigma > 0 else 1.0

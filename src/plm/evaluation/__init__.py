@@ -15,7 +15,7 @@ if TYPE_CHECKING:
         NO_HIT,
         QueryRanks,
         map_and_r_precision,
-        neighbour_hits,
+        neighbor_hits,
         nmi,
         query_ranks,
         recall_at_k,
@@ -25,13 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Embeddings", "NO_HIT", "QueryRanks", "default_cache_dir", "embed_dataset", "knn", "map_and_r_precision",
-    "model_fingerprint", "neighbour_hits", "nmi", "query_ranks", "recall_at_k", "reference_ranks", "retrieval_metrics",
+    "model_fingerprint", "neighbor_hits", "nmi", "query_ranks", "recall_at_k", "reference_ranks", "retrieval_metrics",
     "smallest_k",
 ]
 
 lazy_exports(__name__, {
     **dict.fromkeys(("Embeddings", "default_cache_dir", "embed_dataset", "model_fingerprint"), "plm.evaluation.embed"),
     **dict.fromkeys(("knn", "smallest_k"), "plm.evaluation.knn"),
-    **dict.fromkeys(("NO_HIT", "QueryRanks", "map_and_r_precision", "neighbour_hits", "nmi", "query_ranks",
+    **dict.fromkeys(("NO_HIT", "QueryRanks", "map_and_r_precision", "neighbor_hits", "nmi", "query_ranks",
                      "recall_at_k", "reference_ranks", "retrieval_metrics"), "plm.evaluation.metrics"),
-})
+}, deprecated={"neighbour_hits": "neighbor_hits"})

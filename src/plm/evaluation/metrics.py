@@ -48,7 +48,7 @@ import logging
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ from plm.evaluation.knn import (
     padded_width,
     smallest_k,
 )
+from plm.utils.deprecation import deprecated_names
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,8 @@ def query_ranks_from_hits(hits: np.ndarray, labels: np.ndarray, r: Optional[np.n
     return QueryRanks(first_hit, ap, rp, r)
 
 
-def neighbour_hits(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, k: int, block_size: int = 1024,
-                   use_faiss: bool = False) -> np.ndarray:
+def neighbor_hits(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, k: int, block_size: int = 1024,
+                  use_faiss: bool = False) -> np.ndarray:
     """(N, k) boolean matrix: is the j-th nearest other item of the same class."""
     _, idx = knn(embeddings, k=k, block_size=block_size, use_faiss=use_faiss)
     labels = np.asarray(labels)
@@ -465,7 +466,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     elif use_faiss:
         r_max = int(_Classes(labels).r.max())
         k = min(len(labels) - 1, max(max(ks), r_max))
-        qr = query_ranks_from_hits(neighbour_hits(x, labels, k, block_size=block_size or 1024, use_faiss=True),
+        qr = query_ranks_from_hits(neighbor_hits(x, labels, k, block_size=block_size or 1024, use_faiss=True),
                                    labels)
     else:
         qr = query_ranks(x, labels, max_k=max(ks), block_size=block_size, symmetric=symmetric)
@@ -512,3 +513,7 @@ def _score_block(kb: torch.Tensor, pos: torch.Tensor, r: torch.Tensor, r_np: np.
         _, idx = smallest_k(kb, k, rows=need, minima=mins)
         ap_n, rp_n = _ap_from_top(idx, ref_labels, r[need], query_labels=query_labels[need + start])
         ap[start + need.numpy()], rp[start + need.numpy()] = ap_n, rp_n
+
+
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"neighbour_hits": "neighbor_hits"})

@@ -127,8 +127,8 @@ def proxy_contrastive_loss(z: Tensor, locations: Tensor, target: Tensor, delta: 
     return per_pair.sum() / (denom if denom is not None else max(per_pair.numel(), 1))
 
 
-def neighbourhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
-                       lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
+def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor, n: int = 4,
+                      lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
     """L_neighbourhood: each proxy's piece is pulled toward its n most similar points (docs/method.md §6).
 
     For proxy k and each of the ``n`` points x with the largest (detached) s_ik:

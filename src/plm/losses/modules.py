@@ -19,7 +19,7 @@ from plm.losses.config import LossConfig
 from plm.losses.functional import (
     balanced_pair_weights,
     contrastive_loss,
-    neighbourhood_loss,
+    neighborhood_loss,
     point_loss,
     proxy_contrastive_loss,
     proxy_loss,
@@ -107,7 +107,7 @@ class ProxyLoss(nn.Module):
         return proxy_loss(embeddings, proxies, target, self.delta)
 
 
-class NeighbourhoodLoss(nn.Module):
+class NeighborhoodLoss(nn.Module):
     """L_neighbourhood: each proxy piece is pulled onto its ``n`` most similar (detached) points.
 
     Args:
@@ -125,4 +125,4 @@ class NeighbourhoodLoss(nn.Module):
 
     def forward(self, points: Tensor, locations: Tensor, bases: Tensor, similarity: Tensor) -> Tensor:
         """``points`` (P, d), proxy ``locations`` (K, d), orthonormal ``bases`` (K, d, m), ``similarity`` (P, K)."""
-        return neighbourhood_loss(points, locations, bases, similarity, self.n, self.lam, radius=self.radius)
+        return neighborhood_loss(points, locations, bases, similarity, self.n, self.lam, radius=self.radius)

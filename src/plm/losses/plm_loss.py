@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from plm.losses.config import PLMConfig
 from plm.losses.functional import (
     balanced_pair_weights,
-    neighbourhood_loss,
+    neighborhood_loss,
     point_loss,
     proxy_contrastive_loss,
     proxy_loss,
@@ -37,7 +37,7 @@ from plm.losses.functional import (
 from plm.losses.proxies import ProxyBank
 
 
-class ProxiesNotInitialisedError(RuntimeError):
+class ProxiesNotInitializedError(RuntimeError):
     """A :class:`PLMLoss` with proxies ran before :meth:`PLMLoss.init_proxies`."""
 
 
@@ -138,14 +138,14 @@ class PLMLoss(nn.Module):
         Summed over processes, every term equals its value on the concatenated global batch.
 
         Raises:
-            ProxiesNotInitialisedError: proxies on and :meth:`init_proxies` never called.
+            ProxiesNotInitializedError: proxies on and :meth:`init_proxies` never called.
             ValueError: mismatched shapes.
         """
         if teacher_all.shape[0] != student_all.shape[0]:
             raise ValueError(f"student and teacher batches differ in size: {student_all.shape[0]} vs "
                              f"{teacher_all.shape[0]}")
         if self.proxies is not None and not bool(self.proxies.initialised):
-            raise ProxiesNotInitialisedError(
+            raise ProxiesNotInitializedError(
                 "the proxies are not initialised: call plm_loss.init_proxies(train_embeddings) with the teacher's "
                 "embeddings of the training set before the first step (or set proxies.num=0)")
         cfg = self.config.loss
@@ -170,9 +170,9 @@ class PLMLoss(nn.Module):
             else:
                 l_proxy = proxy_loss(student, ref, s_p[rows], cfg.delta, denom=num)
             # computed identically on every rank from the global batch: each contributes 1/world
-            l_neigh = neighbourhood_loss(self._points(teacher_all), rho, self.proxies.orthonormal_bases(), s_p,
-                                         cfg.neighbourhood_points, cfg.neighbourhood_lambda,
-                                         radius=cfg.neighbourhood_radius) / world_size
+            l_neigh = neighborhood_loss(self._points(teacher_all), rho, self.proxies.orthonormal_bases(), s_p,
+                                        cfg.neighbourhood_points, cfg.neighbourhood_lambda,
+                                        radius=cfg.neighbourhood_radius) / world_size
             out.update(proxy=l_proxy, neighbourhood=l_neigh)
             total = total + cfg.proxy * l_proxy + cfg.neighbourhood * l_neigh
         out["loss"] = total

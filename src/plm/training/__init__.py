@@ -2,7 +2,7 @@
 
 - :func:`train` / :class:`Trainer` – the loop (frozen or finetune mode, single process or DDP);
 - :class:`TrainConfig`, :func:`default_config`, :func:`resolve_config` – configuration;
-- :class:`EMATeacher`, :class:`NeighbourhoodSampler` – networks and batches;
+- :class:`EMATeacher`, :class:`NeighborhoodSampler` – networks and batches;
 - :mod:`plm.training.methods` – ``plm``, ``stml``, ``kmeans`` (:data:`METHODS`): target similarities and losses;
 - the losses themselves (and :class:`ProxyBank`) are :mod:`plm.losses`.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from plm.utils.deprecation import deprecated_name
+
 #: public name → the module that defines it
 _EXPORTS = {
     "ConfigError": "plm.training.config", "TrainConfig": "plm.training.config",
@@ -25,16 +27,21 @@ _EXPORTS = {
     "Method": "plm.training.methods", "PLMMethod": "plm.training.methods", "STMLMethod": "plm.training.methods",
     "build_method": "plm.training.methods",
     "ProxyBank": "plm.losses.proxies",
-    "NeighbourhoodSampler": "plm.training.sampler",
+    "NeighborhoodSampler": "plm.training.sampler",
     "Trainer": "plm.training.trainer", "TrainResult": "plm.training.trainer", "train": "plm.training.trainer",
 }
 
 __all__ = sorted(_EXPORTS)
 
+#: old spellings, kept for one release
+_DEPRECATED = {"NeighbourhoodSampler": "NeighborhoodSampler"}
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
+        if name in _DEPRECATED:
+            return deprecated_name(__name__, name, _DEPRECATED[name])
         raise AttributeError(f"module 'plm.training' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from plm.data import ImageDataset, collate_skip
 from plm.models import EmbeddingModel, ModelConfig, build_transform, create_model
 from plm.training.distributed import DistContext
 from plm.training.ema import EMATeacher
-from plm.training.sampler import NeighbourhoodSampler
+from plm.training.sampler import NeighborhoodSampler
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Pipeline:
     def num_train(self) -> int:
         raise NotImplementedError
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, positions) of this rank's batches of the sampler's current epoch."""
         raise NotImplementedError
 
@@ -170,7 +170,7 @@ class FrozenPipeline(Pipeline):
     def num_train(self) -> int:
         return int(self.train_features.shape[0])
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         for positions in sampler:
             idx = torch.as_tensor(positions, dtype=torch.long, device=self.device)
             yield self.train_features[idx], idx
@@ -268,7 +268,8 @@ class FinetunePipeline(Pipeline):
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
         self._pretrained_backbone: Optional[dict] = None
         if config.eval.baseline and splits.test is not None:
-            self._pretrained_backbone = {k: v.detach().cpu().clone() for k, v in self.model.backbone.state_dict().items()}
+            self._pretrained_backbone = {k: v.detach().cpu().clone()
+                                         for k, v in self.model.backbone.state_dict().items()}
 
     def _pretrained_train_features(self) -> Tensor:
         """Pooled features of the training images from the (still pretrained) backbone, on CPU.
@@ -294,7 +295,7 @@ class FinetunePipeline(Pipeline):
     def num_train(self) -> int:
         return len(self.train_ds)
 
-    def batches(self, sampler: NeighbourhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         before = self.train_ds.transform
         self.train_ds.transform = self._train_transform
         loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_skip,
@@ -308,12 +309,16 @@ class FinetunePipeline(Pipeline):
         finally:
             self.train_ds.transform = before
 
+    def _model(self, net: str) -> EmbeddingModel:
+        # here the student is the whole model, and the teacher's module a copy of it
+        return cast(EmbeddingModel, self._net(net))
+
     def _embed(self, module: EmbeddingModel, ds: ImageDataset, progress: bool) -> tuple[Tensor, np.ndarray, np.ndarray]:
         return embed_distributed(module, ds, self.ctx, batch_size=self.config.eval.batch_size, device=self.device,
                                  num_workers=self.config.data.num_workers, progress=progress)
 
     def train_embeddings(self, net: str = "teacher") -> Tensor:
-        module = self._net(net)
+        module = self._model(net)
         vec, _, kept = self._embed(module, self.train_ds, self.progress)
         if len(kept) != len(self.train_ds):  # drop unreadable images from training for good
             log.warning("%d unreadable training image(s) left out of training", len(self.train_ds) - len(kept))
@@ -322,7 +327,7 @@ class FinetunePipeline(Pipeline):
         return vec
 
     def embed_split(self, split: ImageDataset, net: str = "student"):
-        vec, labels, _ = self._embed(self._net(net), split, self.progress)
+        vec, labels, _ = self._embed(self._model(net), split, self.progress)
         self.set_train()
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
 

@@ -14,13 +14,16 @@ topped up with seeds from the next permutation so all batches have the same size
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from plm.utils.deprecation import deprecated_names
 
-class NeighbourhoodSampler:
+
+class NeighborhoodSampler:
     """Yields lists of item positions: per batch, the local seeds each followed by its neighbours.
 
     Args:
@@ -55,13 +58,13 @@ class NeighbourhoodSampler:
         self.rank, self.world_size = int(rank), int(world_size)
         self.batches_per_epoch = batches_per_epoch
         self.epoch = 0
-        self.neighbours: Optional[np.ndarray] = None
+        self.neighbors: Optional[np.ndarray] = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches :meth:`__iter__` yields."""
         self.epoch = int(epoch)
 
-    def set_neighbours(self, table: np.ndarray) -> None:
+    def set_neighbors(self, table: np.ndarray) -> None:
         """The k-NN table: (num_items, ≥ k−1) positions of each item's nearest other items, nearest first.
 
         Raises:
@@ -72,7 +75,20 @@ class NeighbourhoodSampler:
             raise ValueError(f"neighbour table must be ({self.num_items}, >= {self.k - 1}), got {table.shape}")
         if table.size and (table.min() < 0 or table.max() >= self.num_items):
             raise ValueError("neighbour table has entries outside [0, num_items)")
-        self.neighbours = table[:, : self.k - 1].copy()
+        self.neighbors = table[:, : self.k - 1].copy()
+
+    def set_neighbours(self, table: np.ndarray) -> None:
+        """Deprecated spelling of :meth:`set_neighbors` (kept for one release)."""
+        warnings.warn("NeighborhoodSampler.set_neighbours is deprecated and will be removed in the next release; "
+                      "use set_neighbors", DeprecationWarning, stacklevel=2)
+        self.set_neighbors(table)
+
+    @property
+    def neighbours(self) -> Optional[np.ndarray]:
+        """Deprecated spelling of :attr:`neighbors` (kept for one release)."""
+        warnings.warn("NeighborhoodSampler.neighbours is deprecated and will be removed in the next release; "
+                      "use neighbors", DeprecationWarning, stacklevel=2)
+        return self.neighbors
 
     def __len__(self) -> int:
         return self.batches_per_epoch or math.ceil(self.num_items / self.num_seeds)
@@ -90,9 +106,9 @@ class NeighbourhoodSampler:
 
     def expand(self, seeds: np.ndarray) -> np.ndarray:
         """Seeds (N,) → batch (N·k,): each seed followed by its k−1 neighbours."""
-        if self.neighbours is None:
-            raise RuntimeError("call set_neighbours(table) before sampling")
-        groups = np.concatenate([seeds[:, None], self.neighbours[seeds]], axis=1)
+        if self.neighbors is None:
+            raise RuntimeError("call set_neighbors(table) before sampling")
+        groups = np.concatenate([seeds[:, None], self.neighbors[seeds]], axis=1)
         return groups.reshape(-1)
 
     def global_batches(self, epoch: Optional[int] = None) -> Iterator[np.ndarray]:
@@ -119,3 +135,7 @@ class NeighbourhoodSampler:
         if int(state["seed"]) != self.seed:
             raise ValueError(f"sampler seed mismatch: checkpoint {state['seed']}, now {self.seed}")
         self.epoch = int(state["epoch"])
+
+
+if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
+    __getattr__ = deprecated_names(__name__, {"NeighbourhoodSampler": "NeighborhoodSampler"})

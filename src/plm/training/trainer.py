@@ -42,7 +42,7 @@ from plm.training.history import TensorBoardLogger, write_csv
 from plm.training.methods import BatchView, build_method
 from plm.training.optim import build_optimizer, build_scheduler
 from plm.training.pipeline import build_pipeline, model_config_of
-from plm.training.sampler import NeighbourhoodSampler
+from plm.training.sampler import NeighborhoodSampler
 from plm.training.sizing import fit_to_data
 from plm.training.splits import load_splits
 from plm.utils.device import autocast
@@ -207,7 +207,7 @@ class Trainer:
         # the first teacher pass also drops unreadable training images (finetune mode)
         first = self.pipeline.train_embeddings("teacher")
         self.method = build_method(cfg, self.pipeline.model.out_dim).to(self.device)
-        self.sampler = NeighbourhoodSampler(self.pipeline.num_train, cfg.sampler.batch_size, cfg.sampler.k, cfg.seed,
+        self.sampler = NeighborhoodSampler(self.pipeline.num_train, cfg.sampler.batch_size, cfg.sampler.k, cfg.seed,
                                             ctx.rank, ctx.world_size, cfg.sampler.batches_per_epoch)
         groups = self.pipeline.param_groups()
         method_params = [p for p in self.method.parameters() if p.requires_grad]
@@ -216,8 +216,8 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(groups)
         steps = len(self.sampler)
-        self.scheduler = build_scheduler(self.optimizer, cfg.epochs * steps, int(round(cfg.optim.warmup_epochs * steps)),
-                                         cfg.optim.schedule)
+        self.scheduler = build_scheduler(self.optimizer, cfg.epochs * steps,
+                                         int(round(cfg.optim.warmup_epochs * steps)), cfg.optim.schedule)
         if ckpt is not None:
             self._restore(ckpt)
         else:
@@ -291,8 +291,8 @@ class Trainer:
         self.global_step += 1
         names = list(terms)
         values = ctx.all_reduce_sum(torch.stack([terms[k].detach().float() for k in names]))
-        out = dict(zip(names, values.tolist()))
-        if timing:
+        out = dict(zip(names, values.tolist(), strict=True))
+        if self.timings is not None:  # same as timing
             t3 = time.perf_counter()
             for key, dt in (("forward", t1 - t0), ("method", t2 - t1), ("backward_step", t3 - t2)):
                 self.timings[key] = self.timings.get(key, 0.0) + dt
@@ -309,7 +309,7 @@ class Trainer:
         seed_everything(s)
         emb = self._train_emb if self._train_emb is not None else self.pipeline.train_embeddings("teacher")
         self._train_emb = None
-        self.sampler.set_neighbours(self.knn_table(emb))
+        self.sampler.set_neighbors(self.knn_table(emb))
         self.sampler.set_epoch(epoch)
         if ctx.is_main:  # e.g. k-means pseudo-labels: computed once, then sent to every rank
             self.method.on_epoch_start(emb, epoch)
@@ -338,7 +338,8 @@ class Trainer:
             steps += 1
             if not math.isfinite(terms["loss"]):
                 raise TrainingDivergedError(f"training diverged (non-finite loss {terms['loss']}) at epoch {epoch + 1} "
-                                            f"step {steps}; lower the learning rates (optim.lr_*) or set optim.grad_clip")
+                                            f"step {steps}; lower the learning rates (optim.lr_*) "
+                                            "or set optim.grad_clip")
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{steps * cfg.sampler.batch_size / elapsed:.0f}")
             bar.update(1)
@@ -443,7 +444,8 @@ class Trainer:
                 if ctx.is_main:
                     commit_checkpoints(self._payload(epoch + 1), self.last_path, self.best_path, improved)
                     write_csv(self.history, self.out / "metrics.csv")
-                    tb.log(row, self.global_step)
+                    if tb is not None:  # rank 0's logger
+                        tb.log(row, self.global_step)
                     log.info(_epoch_line(row, cfg.epochs, improved))
                 ctx.barrier()
                 if stop_after is not None and epoch + 1 >= stop_after and not last:
@@ -489,7 +491,8 @@ class Trainer:
             "selection": self.selection, "best_epoch": self.best["epoch"], "best_value": self.best["value"],
             "training_helped": self.best["epoch"] > 0 if self.selection == "val_map_at_r" else None,
             "val_classes": s.val_classes, "train_images": self.pipeline.num_train,
-            "val_images": len(s.val) if s.val is not None else 0, "test_images": len(s.test) if s.test is not None else 0,
+            "val_images": len(s.val) if s.val is not None else 0,
+            "test_images": len(s.test) if s.test is not None else 0,
             "world_size": self.ctx.world_size,
             "train_time_s": round(sum(r.get("time_s") or 0.0 for r in self.history), 2),
             "test": test, "pretrained_test": baseline,
@@ -572,4 +575,6 @@ def train(config: TrainConfig | dict, out_dir: str | Path, progress: bool = True
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
-    return Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx, force=force).run()
+    result = Trainer(config, out_dir, progress=progress, resume=resume, ctx=ctx, force=force).run()
+    assert result is not None  # run() returns None only when given stop_after
+    return result

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import Any, TypeVar, cast
+from typing import Any, Optional, TypeVar, cast
 
+from plm.utils.deprecation import deprecated_name
 from plm.utils.registry import Registry
 
 T = TypeVar("T")
@@ -28,10 +29,14 @@ class _LazyPackage(types.ModuleType):
     """A package whose public names are imported from their sub-modules on first use."""
 
     _lazy_exports: dict[str, str]
+    _deprecated: dict[str, str]
 
     def __getattr__(self, name: str) -> Any:
         module = self.__dict__.get("_lazy_exports", {}).get(name)
         if module is None:
+            new = self.__dict__.get("_deprecated", {}).get(name)
+            if new is not None:
+                return deprecated_name(self.__name__, name, new)
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
         types.ModuleType.__setattr__(self, name, value)
@@ -50,7 +55,7 @@ class _LazyPackage(types.ModuleType):
         return sorted(set(super().__dir__()) | set(self.__dict__.get("_lazy_exports", {})))
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> None:
+def lazy_exports(package: str, exports: dict[str, str], deprecated: Optional[dict[str, str]] = None) -> None:
     """Make each name in ``exports`` an attribute of ``package``, imported from its module on first use.
 
     Call it at the end of the package's ``__init__`` (with the same names imported under
@@ -59,10 +64,12 @@ def lazy_exports(package: str, exports: dict[str, str]) -> None:
     Args:
         package: the package's ``__name__``.
         exports: public name → the sub-module that defines it (``{"knn": "plm.evaluation.knn"}``).
+        deprecated: old name → its new name, for names kept one release with a ``DeprecationWarning``.
     """
     module = sys.modules[package]
     module.__class__ = _LazyPackage
     types.ModuleType.__setattr__(module, "_lazy_exports", dict(exports))
+    types.ModuleType.__setattr__(module, "_deprecated", dict(deprecated or {}))
 
 
 class _Deferred:

@@ -69,7 +69,7 @@ def _label_names(labels: Sequence, class_names: Optional[Mapping]) -> list[str]:
     return names
 
 
-def embedding_map_png(vectors: np.ndarray, labels: Optional[Sequence] = None, *, title: str = "",
+def embedding_map_png(vectors: np.ndarray, labels: Optional[Sequence | np.ndarray] = None, *, title: str = "",
                       method: str = "tsne", class_names: Optional[Mapping] = None, max_points: int = 1500,
                       seed: int = 0, coords: Optional[np.ndarray] = None, size: float = 6.0) -> bytes:
     """A scatter plot of a 2-D map of ``vectors`` coloured by label, as PNG bytes.

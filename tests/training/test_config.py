@@ -18,7 +18,7 @@ from plm.training.config import (
     valid_keys,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_defaults_are_valid_and_roundtrip() -> None:

@@ -24,7 +24,7 @@ from test_browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, _console
 from test_search_helpers import make_shapes_folder
 
 pytest.importorskip("faiss")
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 MAX_UPLOAD_KB = 64
 
 

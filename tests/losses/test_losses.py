@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from plm.losses.functional import (
     contrastive_loss,
-    neighbourhood_loss,
+    neighborhood_loss,
     pairwise_distance,
     point_loss,
     proxy_loss,
@@ -79,7 +79,7 @@ def test_neighbourhood_loss_matches_loop() -> None:
             orth = r - basis @ (basis.T @ r)
             ref += float(orth @ orth) + lam * float(r @ r)
             count += 1
-    assert float(neighbourhood_loss(pts, rho, w, sim, n=n, lam=lam)) == pytest.approx(ref / count, rel=1e-10)
+    assert float(neighborhood_loss(pts, rho, w, sim, n=n, lam=lam)) == pytest.approx(ref / count, rel=1e-10)
 
 
 def test_neighbourhood_loss_gradient_reaches_proxies_only() -> None:
@@ -87,7 +87,7 @@ def test_neighbourhood_loss_gradient_reaches_proxies_only() -> None:
     pts = torch.randn(6, 4, generator=g).requires_grad_()
     rho = torch.randn(2, 4, generator=g).requires_grad_()
     raw = torch.randn(2, 4, 2, generator=g).requires_grad_()
-    loss = neighbourhood_loss(pts, rho, torch.linalg.qr(raw).Q, torch.rand(6, 2, generator=g), n=2)
+    loss = neighborhood_loss(pts, rho, torch.linalg.qr(raw).Q, torch.rand(6, 2, generator=g), n=2)
     loss.backward()
     assert pts.grad is None and rho.grad is not None and raw.grad is not None
     assert torch.isfinite(raw.grad).all()
@@ -155,7 +155,7 @@ def test_shape_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="row_start"):
         point_loss(z[:2], z, torch.zeros(2, 3), row_start=2)
     with pytest.raises(ValueError, match="n must be positive"):
-        neighbourhood_loss(z, z[:1], torch.zeros(1, 2, 1), torch.zeros(3, 1), n=0)
+        neighborhood_loss(z, z[:1], torch.zeros(1, 2, 1), torch.zeros(3, 1), n=0)
 
 
 def test_pairwise_distance_matches_cdist() -> None:

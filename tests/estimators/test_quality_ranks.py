@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from plm.estimators.base import compute_neighbors
 from plm.estimators.quality import knn_purity_same_size, rank_measures, sample_strata
-from plm.estimators.report import batch_quality, neighbourhood_batches
+from plm.estimators.report import batch_quality, neighborhood_batches
 
 
 def _data(seed: int = 0, n: int = 60):
@@ -71,7 +71,7 @@ def test_knn_purity_same_size_uses_each_groups_size() -> None:
 def test_batches_hold_each_seeds_neighbours() -> None:
     x, _ = _data(4, n=80)
     neighbors = compute_neighbors(x, 4)
-    batches = neighbourhood_batches(neighbors.indices, batch_size=20, k=5, num_batches=6, seed=0)
+    batches = neighborhood_batches(neighbors.indices, batch_size=20, k=5, num_batches=6, seed=0)
     assert len(batches) == 6
     for b in batches:
         groups = b.reshape(-1, 5)

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from plm.losses import (
     ContrastiveLoss,
     LossConfig,
-    NeighbourhoodLoss,
+    NeighborhoodLoss,
     PLMConfig,
     PLMLoss,
     PointLoss,
-    ProxiesNotInitialisedError,
+    ProxiesNotInitializedError,
     ProxyConfig,
     ProxyLoss,
     RelaxedContrastiveLoss,
@@ -157,8 +157,8 @@ def test_neighbourhood_module_equals_functional_and_loop() -> None:
     x, rho = _rand(12, 10, 4), _rand(13, 3, 4)
     w = torch.linalg.qr(_rand(14, 3, 4, 2)).Q
     s = _target(15, 10, 3)
-    got = float(NeighbourhoodLoss(n=3, lam=0.7)(x, rho, w, s))
-    assert got == pytest.approx(float(LF.neighbourhood_loss(x, rho, w, s, 3, 0.7)), rel=1e-12)
+    got = float(NeighborhoodLoss(n=3, lam=0.7)(x, rho, w, s))
+    assert got == pytest.approx(float(LF.neighborhood_loss(x, rho, w, s, 3, 0.7)), rel=1e-12)
     assert got == pytest.approx(_neighbourhood_loop(x, rho, w, s, 3, 0.7), rel=1e-10)
 
 
@@ -223,7 +223,7 @@ def test_plm_loss_equals_method_and_loop(kind: str) -> None:
 def test_plm_loss_refuses_random_proxies() -> None:
     z, t = _teacher_student()
     loss = PLMLoss(embed_dim=4, num_proxies=3)
-    with pytest.raises(ProxiesNotInitialisedError, match=r"init_proxies\(train_embeddings\)"):
+    with pytest.raises(ProxiesNotInitializedError, match=r"init_proxies\(train_embeddings\)"):
         loss(z, t)
     PLMLoss(embed_dim=4, num_proxies=0)(z, t).backward()  # no proxies: nothing to initialise
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from plm.evaluation import knn, map_and_r_precision, neighbour_hits, nmi, recall_at_k, retrieval_metrics
+from plm.evaluation import knn, map_and_r_precision, neighbor_hits, nmi, recall_at_k, retrieval_metrics
 from plm.evaluation.knn import has_duplicate_rows, smallest_k
 from plm.evaluation.metrics import NO_HIT, query_ranks
 from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys
@@ -195,7 +195,7 @@ def test_bad_inputs_are_refused() -> None:
 
 def test_hits_based_helpers_agree_with_the_scan(rng: np.random.Generator) -> None:
     x, labels = tied_data(rng)
-    hits = neighbour_hits(x, labels, k=20)
+    hits = neighbor_hits(x, labels, k=20)
     m = retrieval_metrics(x, labels, ks=[1, 5, 20], with_nmi=False)
     assert recall_at_k(hits, [1, 5, 20], labels=labels) == m["recall_at"]
     assert map_and_r_precision(hits, labels) == pytest.approx((m["map_at_r"], m["r_precision"]))

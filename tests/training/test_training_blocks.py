@@ -86,7 +86,7 @@ def _batch(b: int = 24, d: int = 8, seed: int = 0):
 
 def test_plm_method_equals_its_loss_terms() -> None:
     """The method's total is w_point·L_point + w_proxy·L_proxy + w_neigh·L_neigh on explicit inputs."""
-    from plm.losses.functional import neighbourhood_loss, point_loss, proxy_loss
+    from plm.losses.functional import neighborhood_loss, point_loss, proxy_loss
 
     z, t = _batch()
     cfg = ManifoldConfig()
@@ -99,7 +99,7 @@ def test_plm_method_equals_its_loss_terms() -> None:
     sp = directed_similarity(t, m.proxies.locations, m.proxies.locations, w, cfg.n_alpha, cfg.n_beta).detach()
     lp = point_loss(z, z, s, 1.5)
     lx = proxy_loss(z, m.proxies.locations, sp, 1.5)
-    ln = neighbourhood_loss(t, m.proxies.locations, w, sp, 4, 0.5)
+    ln = neighborhood_loss(t, m.proxies.locations, w, sp, 4, 0.5)
     assert out["loss"].item() == pytest.approx((lp + 0.5 * lx + 2.0 * ln).item(), rel=1e-5)
     out["loss"].backward()
     assert m.proxies.locations.grad is not None and m.proxies.bases.grad is not None
