@@ -255,6 +255,32 @@ def test_pca_head_init_is_the_centred_pca_projection() -> None:
     torch.testing.assert_close(chunked.linear.bias, head.linear.bias, atol=1e-4, rtol=0)
 
 
+def test_uncentered_pca_head_is_the_second_moment_projection_and_a_rotation_at_full_width() -> None:
+    from plm.models.embedding import EmbeddingHead
+
+    rng = np.random.default_rng(1)
+    feats = (rng.standard_normal((300, 10)) * np.linspace(3.0, 0.3, 10) + 2.0).astype(np.float32)
+    head = EmbeddingHead(10, 4)
+    head.init_pca(torch.from_numpy(feats), center=False)
+    # reference: top-4 right singular vectors of the raw (uncentred) features, up to sign; zero bias
+    ref = np.linalg.svd(feats.astype(np.float64), full_matrices=False)[2][:4]
+    w = head.linear.weight.detach().double().numpy()
+    np.testing.assert_allclose(np.abs(np.sum(w * ref, axis=1)), 1.0, atol=1e-5)
+    assert torch.count_nonzero(head.linear.bias) == 0
+    # at full width the head is a rotation: the normalised outputs rank neighbours exactly as the
+    # normalised features do (the untrained model is the pretrained embedding)
+    full = EmbeddingHead(10, 10)
+    full.init_pca(torch.from_numpy(feats), center=False)
+    x = torch.from_numpy(feats)
+    z = full(x).detach().double()
+    f = torch.nn.functional.normalize(x.double(), dim=1)
+    torch.testing.assert_close(z @ z.T, f @ f.T, atol=1e-5, rtol=0)
+    centred = EmbeddingHead(10, 10)
+    centred.init_pca(x)  # the centred head is not: centring changes the cosine geometry
+    zc = centred(x).detach().double()
+    assert (zc @ zc.T - f @ f.T).abs().max() > 0.1
+
+
 def test_pca_head_init_warns_when_there_are_too_few_rows(caplog) -> None:
     from plm.models.embedding import EmbeddingHead
 

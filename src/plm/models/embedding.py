@@ -101,9 +101,11 @@ class EmbeddingHead(nn.Module):
         if n - 1 < out_dim:
             log.warning("PCA head from %d images: only %d of the %d directions are fitted to data", n, n - 1, out_dim)
         feats = features.detach().cpu()
-        mean = sum(feats[i:i + chunk].double().sum(0) for i in range(0, n, chunk)) / n
-        if not center:
-            mean = torch.zeros_like(mean)
+        mean = torch.zeros(in_dim, dtype=torch.float64)
+        if center:
+            for i in range(0, n, chunk):
+                mean += feats[i:i + chunk].double().sum(0)
+            mean /= n
         cov = torch.zeros(in_dim, in_dim, dtype=torch.float64)
         for i in range(0, n, chunk):
             c = feats[i:i + chunk].double() - mean
