@@ -217,8 +217,9 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
 def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
     """Metrics of the untrained embedding head the runs start from (frozen mode, cached features).
 
-    With ``model.head_init: pca`` this is the centred PCA of the pretrained features, the same for
-    every seed; with ``orthogonal`` it is the random head of ``config.seed``. It shows what training
+    With ``model.head_init: pca`` (or ``pca_uncentered``) this is the centred (uncentred) PCA of the
+    pretrained features, the same for every seed; with ``orthogonal`` it is the random head of
+    ``config.seed``. It shows what training
     adds to (or takes from) its starting point. Reseeds the global RNGs with ``config.seed``.
     """
     from plm.evaluation import retrieval_metrics
