@@ -156,7 +156,10 @@ def test_a_write_failure_keeps_the_previous_checkpoints(tmp_path, shared_cache, 
     real = plm_io._atomic_write
 
     def full_after_epoch_one(path, write, wrap=False):
-        if Path(path).name in ("last.pt", "best.pt.pending") and (out / "last.pt").exists():
+        # the disk fills once last.pt holds epoch 1 (epoch 0, the untrained model, is committed first)
+        last = out / "last.pt"
+        if (Path(path).name in ("last.pt", "best.pt.pending") and last.exists()
+                and torch.load(last, weights_only=True)["epoch"] >= 1):
             raise plm_io.write_error(path, OSError(errno.ENOSPC, "No space left on device"))
         return real(path, write, wrap)
 
