@@ -86,3 +86,29 @@ def test_batch_quality_scores_every_estimator() -> None:
     assert out["regime"] == "batch" and set(out["estimators"]) == {"gaussian", "plm", "kmeans"}
     for r in out["estimators"].values():
         assert r["batches"] >= 1 and 0.5 < r["auc"] <= 1.0 and 0.0 < r["ap"] <= 1.0
+
+
+def test_batch_quality_reports_group_purity_and_size_averaged_over_batches() -> None:
+    x, labels = _data(5, n=120)
+    out = batch_quality(x, labels, ["gaussian", "plm", "kmeans"], batch_size=40, k=4, num_batches=4, progress=False)
+    gauss, pl, km = (out["estimators"][n] for n in ("gaussian", "plm", "kmeans"))
+    assert gauss["purity"] is None and gauss["mean_group_size"] is None  # no groups
+    # recompute PL's figures batch by batch, the obviously-correct way
+    from plm.estimators import create_estimator
+    from plm.estimators.base import as_features
+
+    feats = as_features(x)  # L2-normalised, as the report sees them
+    batches = neighborhood_batches(compute_neighbors(feats, 3).indices, 40, 4, 4, 0)
+    shares, sizes = [], []
+    for b in batches:
+        b = np.unique(b)
+        same = labels[b][:, None] == labels[b][None, :]
+        if same[np.triu_indices(len(b), 1)].all() or not same[np.triu_indices(len(b), 1)].any():
+            continue  # the report skips batches with one kind of pair only
+        est = create_estimator("plm").fit(feats[b])
+        groups = [g for g in est.groups_ if len(g) >= 2]
+        shares.append(np.mean([np.bincount(labels[b][g]).max() / len(g) for g in groups]))
+        sizes.append(np.mean([len(g) for g in est.groups_]))
+    assert pl["purity"] == pytest.approx(np.mean(shares))
+    assert pl["mean_group_size"] == pytest.approx(np.mean(sizes))
+    assert 0.0 < km["purity"] <= 1.0 and km["mean_group_size"] >= 1.0

@@ -162,9 +162,10 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
                            num_batches=args.batches, seed=args.seed, progress=not args.quiet)
     print(f"{args.dataset} / {args.split}: {result['num_points']} points, features from {source}; "
           f"{result['num_batches']} neighbourhood batches of {batch_size} (k = {args.batch_k})")
-    rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["batches"]]
+    rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["purity"], r["mean_group_size"], r["batches"]]
             for name, r in result["estimators"].items()]
-    print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", "batches"], rows))
+    print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", "purity", "group size", "batches"],
+                       rows))
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(), **result},
                           args.json)

@@ -142,9 +142,13 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     batches where both classes of pairs occur. Clustering peers get as many clusters as the batch
     has classes (an oracle count, as in the whole-split mode).
 
+    For estimators with groups (clusters, k-reciprocal sets, selected PL neighbourhoods) the
+    groups' purity (majority-label share of groups of two or more) and mean size are averaged over
+    the same batches; ``None`` for the others.
+
     Returns:
         ``{"regime": "batch", "num_points", "num_batches", "batch_size", "k", "estimators": {name:
-        {"auc", "ap", "auc_std", "ap_std", "batches"}}}``.
+        {"auc", "ap", "auc_std", "ap_std", "batches", "purity", "mean_group_size"}}}``.
     """
     from plm.estimators import create_estimator
     from plm.estimators.quality import _auc_ap
@@ -158,6 +162,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     batches = neighborhood_batches(neighbors.indices, batch_size, k, num_batches, seed)
     options = options or {}
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
+    groups: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
     for b in progress_bar(batches, total=len(batches), desc="batches", unit="batch", disable=not progress):
         b = np.unique(b)  # a point drawn twice would make a trivially similar pair
         xb, yb = feats[b], labels[b]
@@ -174,6 +179,9 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
             auc, ap = _auc_ap(est.pair_similarity(r, c).astype(np.float64), y)
             if auc is not None and ap is not None:  # both or neither
                 scores[name].append((auc, ap))
+                share, size = purity(est.groups_, yb), mean_group_size(est.groups_)
+                if share is not None and size is not None:
+                    groups[name].append((share, size))
     results = {}
     for name, vals in scores.items():
         arr = np.asarray(vals) if vals else np.zeros((0, 2))
@@ -181,6 +189,9 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
                          "ap": float(arr[:, 1].mean()) if len(arr) else None,
                          "auc_std": float(arr[:, 0].std()) if len(arr) else None,
                          "ap_std": float(arr[:, 1].std()) if len(arr) else None, "batches": len(arr)}
+        grp = np.asarray(groups[name]) if groups[name] else None
+        results[name].update(purity=float(grp[:, 0].mean()) if grp is not None else None,
+                             mean_group_size=float(grp[:, 1].mean()) if grp is not None else None)
     return {"regime": "batch", "num_points": len(feats), "num_batches": len(batches), "batch_size": batch_size,
             "k": k, "estimators": results}
 
