@@ -52,6 +52,25 @@ def test_features_file_sparse_mode_and_skip_notice(tmp_path, capsys) -> None:
     assert data["estimators"]["plm"]["correlation"] > 0.3  # separable blobs
 
 
+def test_batch_regime_prints_group_purity_and_passes_the_pl_options(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 24)
+    vectors = (rng.normal(size=(10, 16))[labels] + 0.4 * rng.normal(size=(240, 16))).astype(np.float32)
+    feats = tmp_path / "f.npz"
+    np.savez(feats, vectors=vectors, labels=labels)
+    out = tmp_path / "b.json"
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--regime", "batch",
+                 "--batches", "3", "--estimators", "plm", "gaussian", "--on-breach", "stop", "--candidates", "8",
+                 "--quiet", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "purity" in printed and "group size" in printed
+    data = json.loads(out.read_text())
+    assert data["plm_config"]["on_breach"] == "stop" and data["plm_config"]["max_candidates"] == 8
+    pl, gauss = data["estimators"]["plm"], data["estimators"]["gaussian"]
+    assert 0.5 < pl["purity"] <= 1.0 and 2.0 <= pl["mean_group_size"] <= 9.0  # anchor + at most 8 candidates
+    assert gauss["purity"] is None
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert main(["similarity-report", "--dataset", "digits", "--features", str(tmp_path / "none.npz")]) == 2
     assert "cannot read features" in capsys.readouterr().err

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-beta", type=float, default=None, help="PL exponent N_β")
     parser.add_argument("--symmetrize", default=None, choices=["mean", "max", "min", "geometric"],
                         help="PL symmetrisation")
+    parser.add_argument("--on-breach", default=None, choices=["skip", "stop"],
+                        help="PL subset selection at a rejected candidate: skip it, or stop growing")
     parser.add_argument("--no-subset-selection", action="store_true", help="PL ablation: no subset selection")
     parser.add_argument("--dense-max", type=int, default=5000,
                         help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")
@@ -70,7 +72,7 @@ def _pl_config(args: argparse.Namespace):
     changes = {key: value for key, value in (
         ("piece_dim", args.piece_dim), ("eps", args.eps), ("criterion", args.criterion),
         ("max_candidates", args.candidates), ("n_alpha", args.n_alpha), ("n_beta", args.n_beta),
-        ("symmetrize", args.symmetrize)) if value is not None}
+        ("symmetrize", args.symmetrize), ("on_breach", args.on_breach)) if value is not None}
     if args.no_subset_selection:
         changes["subset_selection"] = False
     return ManifoldConfig(**changes)
