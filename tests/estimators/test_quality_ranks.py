@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from plm.estimators.base import compute_neighbors
+from plm.estimators import create_estimator
+from plm.estimators.base import as_features, compute_neighbors
 from plm.estimators.quality import knn_purity_same_size, rank_measures, sample_strata
 from plm.estimators.report import batch_quality, neighborhood_batches
 
@@ -94,9 +95,6 @@ def test_batch_quality_reports_group_purity_and_size_averaged_over_batches() -> 
     gauss, pl, km = (out["estimators"][n] for n in ("gaussian", "plm", "kmeans"))
     assert gauss["purity"] is None and gauss["mean_group_size"] is None  # no groups
     # recompute PL's figures batch by batch, the obviously-correct way
-    from plm.estimators import create_estimator
-    from plm.estimators.base import as_features
-
     feats = as_features(x)  # L2-normalised, as the report sees them
     batches = neighborhood_batches(compute_neighbors(feats, 3).indices, 40, 4, 4, 0)
     shares, sizes = [], []
