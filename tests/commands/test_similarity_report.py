@@ -33,12 +33,18 @@ def test_digits_json(tmp_path, capsys) -> None:
         assert name in printed
 
 
+def _blobs_file(tmp_path, classes: int, per_class: int, dim: int, noise: float, seed: int):
+    """A features file of Gaussian blobs, one per class ('vectors' + 'labels')."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class)
+    vectors = (rng.normal(size=(classes, dim))[labels] + noise * rng.normal(size=(len(labels), dim)))
+    path = tmp_path / "f.npz"
+    np.savez(path, vectors=vectors.astype(np.float32), labels=labels)
+    return path
+
+
 def test_features_file_sparse_mode_and_skip_notice(tmp_path, capsys) -> None:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(20), 15)
-    vectors = (rng.normal(size=(20, 32))[labels] + 0.5 * rng.normal(size=(300, 32))).astype(np.float32)
-    feats = tmp_path / "f.npz"
-    np.savez(feats, vectors=vectors, labels=labels)
+    feats = _blobs_file(tmp_path, classes=20, per_class=15, dim=32, noise=0.5, seed=0)
     out = tmp_path / "q.json"
     code = main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--dense-max", "100",
                  "--exact-pairs", "1000", "--eps", "0.3", "--estimators", "plm", "hierarchical", "stml",
@@ -53,11 +59,7 @@ def test_features_file_sparse_mode_and_skip_notice(tmp_path, capsys) -> None:
 
 
 def test_batch_regime_prints_group_purity_and_passes_the_pl_options(tmp_path, capsys) -> None:
-    rng = np.random.default_rng(1)
-    labels = np.repeat(np.arange(10), 24)
-    vectors = (rng.normal(size=(10, 16))[labels] + 0.4 * rng.normal(size=(240, 16))).astype(np.float32)
-    feats = tmp_path / "f.npz"
-    np.savez(feats, vectors=vectors, labels=labels)
+    feats = _blobs_file(tmp_path, classes=10, per_class=24, dim=16, noise=0.4, seed=1)
     out = tmp_path / "b.json"
     assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--regime", "batch",
                  "--batches", "3", "--estimators", "plm", "gaussian", "--on-breach", "stop", "--candidates", "8",

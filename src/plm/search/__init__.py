@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 
 from plm.search.embedder import EmbedStats, embed_folder
 from plm.search.identity import describe, model_from_identity, model_identity
-from plm.search.index import KINDS, METRICS, VectorIndex, ann_recall, choose_metric, exact_neighbors, tune_search
+from plm.search.index import (
+    KINDS,
+    METRICS,
+    OLD_NAMES,
+    VectorIndex,
+    ann_recall,
+    choose_metric,
+    exact_neighbors,
+    tune_search,
+)
 from plm.search.indexfile import SearchIndex
 from plm.search.store import EmbeddingStore
 from plm.utils.deprecation import deprecated_names
@@ -26,4 +35,4 @@ __all__ = [
 
 
 if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
-    __getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})
+    __getattr__ = deprecated_names(__name__, OLD_NAMES)

@@ -24,6 +24,9 @@ import numpy as np
 from plm.errors import UserError
 from plm.utils.deprecation import deprecated_names
 
+#: old spellings of this module's public names (kept for one release; :mod:`plm.search` re-exports them)
+OLD_NAMES = {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"}
+
 KINDS = ("exact", "hnsw", "ivf", "pq")
 METRICS = ("cosine", "l2")
 
@@ -350,4 +353,4 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
 
 
 if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
-    __getattr__ = deprecated_names(__name__, {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"})
+    __getattr__ = deprecated_names(__name__, OLD_NAMES)

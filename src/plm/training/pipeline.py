@@ -29,6 +29,9 @@ from plm.training.sampler import NeighborhoodSampler
 
 log = logging.getLogger(__name__)
 
+#: the PCA head starts (``model.head_init``) and whether each centres the features
+PCA_CENTERING = {"pca": True, "pca_uncentered": False}
+
 
 def model_config_of(config) -> ModelConfig:
     """The :class:`plm.models.ModelConfig` of a training config (saved in checkpoints)."""
@@ -137,8 +140,8 @@ class FrozenPipeline(Pipeline):
         self.splits = splits
         self._features: dict[int, tuple[Tensor, np.ndarray]] = {}
         self.train_features, _ = self._split_features(splits.train)
-        if fresh and m.head_init in ("pca", "pca_uncentered"):
-            self.model.head.init_pca(self.train_features.cpu(), center=m.head_init == "pca")
+        if fresh and m.head_init in PCA_CENTERING:
+            self.model.head.init_pca(self.train_features.cpu(), center=PCA_CENTERING[m.head_init])
         self.student = self.model.head.to(device)
         ctx.broadcast_module(self.student)  # every rank starts from rank 0's head
         self.student.requires_grad_(True)
@@ -260,8 +263,9 @@ class FinetunePipeline(Pipeline):
         self.student = self.model
         self.splits = splits
         self.train_ds = splits.train
-        if fresh and config.model.head_init in ("pca", "pca_uncentered"):  # one pretrained pass over the images
-            self.model.head.init_pca(self._pretrained_train_features(), center=config.model.head_init == "pca")
+        head_init = config.model.head_init
+        if fresh and head_init in PCA_CENTERING:  # one pass of the pretrained backbone over the images
+            self.model.head.init_pca(self._pretrained_train_features(), center=PCA_CENTERING[head_init])
         ctx.broadcast_module(self.model.head)  # every rank starts from rank 0's head
         self._train_transform = build_transform(self.model.preprocess, train=config.augment)
         self.set_train()
