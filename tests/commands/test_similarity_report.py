@@ -71,6 +71,15 @@ def test_batch_regime_prints_group_purity_and_passes_the_pl_options(tmp_path, ca
     pl, gauss = data["estimators"]["plm"], data["estimators"]["gaussian"]
     assert 0.5 < pl["purity"] <= 1.0 and 2.0 <= pl["mean_group_size"] <= 9.0  # anchor + at most 8 candidates
     assert gauss["purity"] is None
+    assert "AP − plm" in printed and data["reference"] == "plm"
+    assert gauss["ap_diff"] == pytest.approx(gauss["ap"] - pl["ap"])
+
+
+def test_batch_regime_rejects_a_reference_it_does_not_run(tmp_path, capsys) -> None:
+    feats = _blobs_file(tmp_path, classes=10, per_class=24, dim=16, noise=0.4, seed=1)
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--regime", "batch",
+                 "--batches", "2", "--estimators", "gaussian", "--reference", "plm", "--quiet"]) == 2
+    assert "--reference plm is not among" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:

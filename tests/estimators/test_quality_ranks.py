@@ -110,3 +110,43 @@ def test_batch_quality_reports_group_purity_and_size_averaged_over_batches() -> 
     assert pl["purity"] == pytest.approx(np.mean(shares))
     assert pl["mean_group_size"] == pytest.approx(np.mean(sizes))
     assert 0.0 < km["purity"] <= 1.0 and km["mean_group_size"] >= 1.0
+
+
+def test_batch_quality_paired_differences_match_a_batch_by_batch_recomputation() -> None:
+    x, labels = _data(6, n=120)
+    out = batch_quality(x, labels, ["gaussian", "plm"], batch_size=40, k=4, num_batches=5, progress=False)
+    assert out["reference"] == "plm"  # plm is the default reference when it is scored
+    feats = as_features(x)
+    batches = neighborhood_batches(compute_neighbors(feats, 3).indices, 40, 4, 5, 0)
+    diffs = []
+    for b in batches:
+        b = np.unique(b)
+        r, c = np.triu_indices(len(b), 1)
+        same = labels[b][r] == labels[b][c]
+        if same.all() or not same.any():
+            continue
+        per = {}
+        for name in ("gaussian", "plm"):
+            s = create_estimator(name).fit(feats[b]).pair_similarity(r, c).astype(np.float64)
+            per[name] = (roc_auc_score(same, s), average_precision_score(same, s))
+        diffs.append(np.subtract(per["gaussian"], per["plm"]))
+    diffs = np.asarray(diffs)
+    assert len(diffs) >= 2
+    gauss, pl = out["estimators"]["gaussian"], out["estimators"]["plm"]
+    assert gauss["auc_diff"] == pytest.approx(diffs[:, 0].mean())
+    assert gauss["ap_diff"] == pytest.approx(diffs[:, 1].mean())
+    assert gauss["auc_diff_se"] == pytest.approx(diffs[:, 0].std(ddof=1) / np.sqrt(len(diffs)))
+    assert gauss["ap_diff_se"] == pytest.approx(diffs[:, 1].std(ddof=1) / np.sqrt(len(diffs)))
+    assert gauss["ap_diff"] == pytest.approx(gauss["ap"] - pl["ap"])  # same batches scored by both
+    assert pl["ap_diff"] == 0.0 and pl["ap_diff_se"] == 0.0
+
+
+def test_batch_quality_reference_is_chosen_or_checked() -> None:
+    x, labels = _data(6, n=120)
+    out = batch_quality(x, labels, ["gaussian", "kmeans"], batch_size=40, k=4, num_batches=2, progress=False)
+    assert out["reference"] == "gaussian"  # no plm: the first estimator
+    out = batch_quality(x, labels, ["gaussian", "plm"], batch_size=40, k=4, num_batches=2, progress=False,
+                        reference="gaussian")
+    assert out["estimators"]["gaussian"]["auc_diff"] == 0.0
+    with pytest.raises(ValueError, match="reference"):
+        batch_quality(x, labels, ["gaussian"], batch_size=40, k=4, num_batches=1, progress=False, reference="plm")

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split: every estimator on the whole split; batch: on neighbourhood-sampled batches "
                              "as the trainer builds them (rank measures averaged over --batches batches)")
     parser.add_argument("--batches", type=int, default=50, help="batches averaged in --regime batch")
+    parser.add_argument("--reference", default=None, metavar="NAME",
+                        help="--regime batch: the estimator the others are compared with, batch by batch "
+                             "(default: plm when it is run, else the first)")
     parser.add_argument("--batch-k", type=int, default=5,
                         help="group size (a seed and its k-1 neighbours) in --regime batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
@@ -160,14 +163,19 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
     if args.batches < 1 or args.batch_k < 1:
         raise UserError(f"--batches and --batch-k must be positive, got {args.batches} and {args.batch_k}")
     batch_size = 120 - 120 % args.batch_k
+    if args.reference is not None and args.reference not in args.estimators:
+        raise UserError(f"--reference {args.reference} is not among --estimators {' '.join(args.estimators)}")
     result = batch_quality(vectors, labels, args.estimators, options=options, batch_size=batch_size, k=args.batch_k,
-                           num_batches=args.batches, seed=args.seed, progress=not args.quiet)
+                           num_batches=args.batches, seed=args.seed, progress=not args.quiet,
+                           reference=args.reference)
     print(f"{args.dataset} / {args.split}: {result['num_points']} points, features from {source}; "
           f"{result['num_batches']} neighbourhood batches of {batch_size} (k = {args.batch_k})")
-    rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["purity"], r["mean_group_size"], r["batches"]]
+    ref = result["reference"]
+    rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["auc_diff"], r["auc_diff_se"], r["ap_diff"],
+             r["ap_diff_se"], r["purity"], r["mean_group_size"], r["batches"]]
             for name, r in result["estimators"].items()]
-    print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", "purity", "group size", "batches"],
-                       rows))
+    print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", f"AUC − {ref}", "± se", f"AP − {ref}",
+                        "± se", "purity", "group size", "batches"], rows))
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(), **result},
                           args.json)
