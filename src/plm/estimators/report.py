@@ -204,8 +204,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
         grp = np.asarray(groups[name]) if groups[name] else None
         results[name].update(purity=float(grp[:, 0].mean()) if grp is not None else None,
                              mean_group_size=float(grp[:, 1].mean()) if grp is not None else None)
-        results[name].update(_paired_difference(scored, scores[reference]) if reference is not None
-                             else _paired_difference({}, {}))
+        results[name].update(_paired_difference(scored, scores[reference] if reference is not None else {}))
     return {"regime": "batch", "num_points": len(feats), "num_batches": len(batches), "batch_size": batch_size,
             "k": k, "reference": reference, "estimators": results}
 
