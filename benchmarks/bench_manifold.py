@@ -3,7 +3,8 @@
 Cases (each in its own subprocess, so wall time and peak resident memory are its own):
 
 - ``batch``: ``similarity_matrix`` on B = 120 points at d = 128 and 512 (median of repeats), next
-  to the explicit-loop reference (``plm.manifold.reference``) on the same input.
+  to the explicit-loop reference (``plm.manifold.reference``) on the same input; at d = 1024 (the
+  glyph head) with K_c = 16 candidates per anchor (the default) and with the whole batch.
 - ``step``: one training step of EfficientNet-Lite0 at 64 px on 120 images, the yardstick of the
   batch case: fine-tuning (forward + backward through the backbone, AdamW), frozen backbone
   (no-grad forward + head step) and head only (cached features).
@@ -70,13 +71,17 @@ def run_case(case: str, arg: str, threads: int) -> dict:
     cfg = ManifoldConfig()
     out: dict = {"case": case, "arg": arg, "threads": threads}
     if case == "batch":
-        d = int(arg)
+        dim, _, kc = arg.partition(":")
+        d = int(dim)
+        if kc:
+            cfg = ManifoldConfig(max_candidates=None if kc == "all" else int(kc))
         x = torch.from_numpy(make_points(120, d))
         similarity_matrix(x, cfg)  # warm-up
         base = _rss_mib()
         out["seconds"] = _median_time(lambda: similarity_matrix(x, cfg), 20)
         out["cpu_seconds"] = _median_time(lambda: similarity_matrix(x, cfg), 20, time.process_time)
         out["peak_rss_mib"], out["rss_before_mib"] = _rss_mib(), base
+        out["mean_group_size"] = float(fit_pieces(x, cfg).sizes.float().mean())
         start = time.perf_counter()
         ref = reference_similarity(x.numpy(), cfg)
         out["reference_seconds"] = time.perf_counter() - start
@@ -240,13 +245,14 @@ def main(argv: list[str]) -> int:
     if "batch" in args.cases:
         print(f"\n{'case':<22}{'PL s':>9}{'PL CPU s':>10}{'ref s':>9}{'ratio':>8}{'peak MiB':>10}{'max|Δ|':>10}"
               + ("  % finetune  % frozen  (CPU-time ratios)" if step and "error" not in step else ""))
-        for d in (128, 512):
-            r = _subprocess("batch", str(d), args.threads)
+        for arg in ("128", "512", "1024:16", "1024:all"):
+            r = _subprocess("batch", arg, args.threads)
             results.append(r)
+            name = "B=120 d=" + arg.replace(":", " K_c=")
             if "error" in r:
-                print(f"B=120 d={d}: {r['error']}")
+                print(f"{name}: {r['error']}")
                 continue
-            line = (f"{'B=120 d=' + str(d):<22}{r['seconds']:>9.4f}{r['cpu_seconds']:>10.4f}"
+            line = (f"{name:<22}{r['seconds']:>9.4f}{r['cpu_seconds']:>10.4f}"
                     f"{r['reference_seconds']:>9.2f}{r['reference_seconds'] / r['seconds']:>7.0f}x"
                     f"{r['peak_rss_mib']:>10.0f}{r['max_abs_diff_vs_reference']:>10.1e}")
             if step and "error" not in step:
@@ -254,7 +260,7 @@ def main(argv: list[str]) -> int:
                          f"  {100 * r['seconds'] / step['frozen_seconds']:>7.1f}%"
                          f"  ({100 * r['cpu_seconds'] / step['finetune_cpu_seconds']:.1f}%, "
                          f"{100 * r['cpu_seconds'] / step['frozen_cpu_seconds']:.1f}%)")
-            print(line)
+            print(line + f"  |S_i| {r['mean_group_size']:.1f}")
     if "dataset" in args.cases:
         print(f"\n{'case':<22}{'total s':>9}{'CPU s':>8}{'k-NN s':>9}{'pieces s':>10}{'pairs s':>9}"
               f"{'peak MiB':>10}  notes")

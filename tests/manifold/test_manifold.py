@@ -104,6 +104,31 @@ def test_blocks_do_not_change_the_result() -> None:
     torch.testing.assert_close(pairwise_similarity(x, a, cfg, block_size=9), pairwise_similarity(x, b, cfg))
 
 
+@pytest.mark.parametrize("criterion", ["relative_candidate_residual", "residual_variance"])
+@pytest.mark.parametrize("k", [6, None])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_global_gram_and_gathered_points_agree(monkeypatch: pytest.MonkeyPatch, criterion: str, k: int | None,
+                                               dtype: torch.dtype) -> None:
+    """Small sets take their pieces from one Gram matrix of all points, large ones gather each anchor's
+    candidates: both give the same pieces."""
+    from plm.manifold import pieces as pieces_module
+
+    x = _points(8, 40, 9, dtype)
+    cfg = ManifoldConfig(max_candidates=k, criterion=criterion, eps=0.9 if criterion.endswith("residual") else 0.2)
+    cand = torch.tensor([[(i + j) % 40 if j != 2 else -1 for j in range(1, 8)] for i in range(40)])
+    for given in (None, cand):
+        a = fit_pieces(x, cfg, candidates=given)
+        monkeypatch.setattr(pieces_module, "GLOBAL_GRAM_MAX", 0)
+        b = fit_pieces(x, cfg, candidates=given)
+        monkeypatch.undo()
+        assert a.groups() == b.groups()
+        tol = 1e-9 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(a.means, b.means, atol=tol, rtol=0)
+        torch.testing.assert_close(a.bases @ a.bases.transpose(1, 2), b.bases @ b.bases.transpose(1, 2),
+                                   atol=tol * 10, rtol=0)
+        assert torch.equal(a.ranks, b.ranks)
+
+
 # ---------------------------------------------------------------- properties
 
 configs = st.builds(

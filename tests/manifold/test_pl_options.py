@@ -24,9 +24,11 @@ def _points(seed: int, n: int, d: int) -> torch.Tensor:
                                            ("relative_candidate_residual", 1.5)])
 @pytest.mark.parametrize("on_breach", ["skip", "stop"])
 @pytest.mark.parametrize("m", [1, 2, 3])
-def test_candidate_criteria_match_explicit_loops(criterion: str, eps: float, on_breach: str, m: int) -> None:
+@pytest.mark.parametrize("k", [10, None])
+def test_candidate_criteria_match_explicit_loops(criterion: str, eps: float, on_breach: str, m: int,
+                                                 k: int | None) -> None:
     x = _points(m * 7 + int(eps * 10), 24, 6)
-    cfg = ManifoldConfig(piece_dim=m, eps=eps, criterion=criterion, on_breach=on_breach, max_candidates=10)
+    cfg = ManifoldConfig(piece_dim=m, eps=eps, criterion=criterion, on_breach=on_breach, max_candidates=k)
     ref = reference_fit(x.numpy(), cfg)
     pieces = fit_pieces(x, cfg)
     assert pieces.groups() == [r["members"] for r in ref]

@@ -3,8 +3,11 @@
 For anchor i with candidates c_1..c_K (its nearest other points, nearest first), the selected
 neighbourhood starts as S_i = {i}; candidate c_t joins when the m-dimensional PCA fit of
 S_i ∪ {c_t} has a scale-free error ≤ ε (docs/method.md §3). All anchors advance together: the loop runs
-over the K candidate positions, never over points. Each step needs only the (K+1)×(K+1) Gram matrix
-of the anchor's candidates, so the work per anchor is a handful of tiny batched eigen-decompositions.
+over the K candidate positions (set errors) or over the joins (candidate criteria: one fit of the
+current members scores every remaining candidate), never over points. Each step needs only the
+(K+1)×(K+1) Gram matrix of the anchor's candidates, so the work per anchor is a handful of small
+batched eigen-decompositions. Up to :data:`GLOBAL_GRAM_MAX` points these Gram matrices are read off
+one float64 Gram matrix of all points, so no (anchors, K+1, d) tensor is built.
 
 Set errors (both in [0, 1], invariant to scale, rotation and translation), computed on the grown
 set S_i ∪ {c_t}:
@@ -29,6 +32,7 @@ line); with the set errors the first m do (a set of ≤ m+1 points fits exactly)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -38,6 +42,7 @@ from plm.manifold.config import ManifoldConfig, Pieces
 from plm.manifold.neighbors import knn_candidates
 
 DENSE_MAX = 4096  # up to this many points, candidate distances are computed in float64
+GLOBAL_GRAM_MAX = 1024  # up to this many points, the pieces come from one float64 Gram matrix of all points
 _REL_TOL = 1e-6  # eigenvalues below this share of the set's variance count as zero
 ERR_SLACK = 1e-6  # rounding slack on the fit-error test (an exact fit must not fail ε = 0 by rounding)
 
@@ -85,7 +90,7 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
         config: the PL options.
         candidates: optional (N, K) neighbour indices, nearest first (-1 = none); by default the
             ``config.max_candidates`` nearest other points (exact).
-        block_size: anchors processed together (memory ≈ block_size × (K+1) × d floats).
+        block_size: anchors processed together (memory ≈ block_size × (K+1) × max(K+1, d) floats).
 
     Returns:
         the fitted :class:`Pieces`.
@@ -109,25 +114,67 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
     members = torch.full((n, k + 1), -1, dtype=torch.long, device=x.device)
     sizes = torch.empty(n, dtype=torch.long, device=x.device)
     ranks = torch.empty(n, dtype=torch.long, device=x.device)
+    x64 = x.double() if n <= GLOBAL_GRAM_MAX else None
+    gram_all = None if x64 is None else x64 @ x64.T
     for start in range(0, n, block_size):
         stop = min(n, start + block_size)
         anchors = torch.arange(start, stop, device=x.device)
         idx = torch.cat([anchors[:, None], candidates[start:stop]], dim=1)  # (b, K+1)
         valid = idx >= 0
-        pts = x[idx.clamp(min=0)]  # (b, K+1, d)
-        z = pts - pts[:, :1]  # relative to the anchor
-        gram = (z @ z.transpose(1, 2)).double()
+        safe = idx.clamp(min=0)
+        z = None
+        if gram_all is not None:
+            gram = _gram_from_global(gram_all, safe)
+        else:
+            z = x[safe] - x[anchors][:, None, :]  # (b, K+1, d) relative to the anchor
+            gram = (z @ z.transpose(1, 2)).double()
         mask = _select(gram, valid, config)
-        mu, basis, rank = _local_pca(pts[:, 0], z, gram, mask, m)
-        del pts
+        # members first (anchor in column 0, then candidate order); the PCA sees the members only
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+        members[start:stop] = torch.where(mask.gather(1, order), idx.gather(1, order), torch.full_like(idx, -1))
+        keep = order[:, :int(mask.sum(1).max())]
+        size = keep.shape[1]
+        gram = gram.gather(1, keep[:, :, None].expand(-1, -1, gram.shape[2]))
+        gram = gram.gather(2, keep[:, None, :].expand(-1, size, -1))
+        if x64 is not None:
+            combine = _global_combiner(x64, safe.gather(1, keep), x.dtype)
+        else:
+            assert z is not None
+            combine = _gathered_combiner(z.gather(1, keep[:, :, None].expand(-1, -1, d)))
+        mu, basis, rank = _local_pca(x[anchors], combine, gram, mask.gather(1, keep), m)
         means[start:stop] = mu
         bases[start:stop] = basis
         ranks[start:stop] = rank
         sizes[start:stop] = mask.sum(1)
-        # accepted indices first, in candidate order
-        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
-        members[start:stop] = torch.where(mask.gather(1, order), idx.gather(1, order), torch.full_like(idx, -1))
     return Pieces(anchors=x, means=means, bases=bases, members=members, sizes=sizes, ranks=ranks)
+
+
+Combiner = Callable[[Tensor], Tensor]
+
+
+def _gram_from_global(gram_all: Tensor, idx: Tensor) -> Tensor:
+    """(b, n, n) Gram matrices relative to each row's first point, from the points' global Gram matrix:
+    (x_a − x_i)·(x_c − x_i) = x_a·x_c − x_a·x_i − x_i·x_c + x_i·x_i (float64)."""
+    g = gram_all[idx[:, :, None], idx[:, None, :]]
+    g_anchor = g[:, :, :1]
+    return g - g_anchor - g_anchor.transpose(1, 2) + g[:, :1, :1]
+
+
+def _gathered_combiner(z: Tensor) -> Combiner:
+    """Σ_k c_k z_k for gathered (b, n, d) points ``z`` relative to their anchor: (b, n, r) → (b, d, r)."""
+    return lambda coeffs: z.transpose(1, 2) @ coeffs.to(z.dtype)
+
+
+def _global_combiner(x64: Tensor, idx: Tensor, dtype: torch.dtype) -> Combiner:
+    """As :func:`_gathered_combiner` without gathering the points: the coefficients are scattered to the
+    points' global rows, Σ_k c_k (x_k − x_i) = Xᵀc − (Σ_k c_k) x_i, in float64."""
+    def combine(coeffs: Tensor) -> Tensor:
+        b, n, r = coeffs.shape
+        c = coeffs.double()
+        spread = c.new_zeros(b, x64.shape[0], r).scatter_add_(1, idx[:, :, None].expand(b, n, r), c)
+        out = torch.einsum("nd,bnr->bdr", x64, spread) - x64[idx[:, 0]][:, :, None] * c.sum(1)[:, None, :]
+        return out.to(dtype)
+    return combine
 
 
 def _check_candidates(candidates: Tensor, n: int, device: torch.device) -> Tensor:
@@ -184,29 +231,23 @@ def fit_error(gram: Tensor, w: Tensor, m: int, criterion: str, anchor_dist: Tens
 def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
     """(b, K+1) bool: the members of each anchor's selected neighbourhood (anchor = column 0).
 
-    At step t only the first t+1 slots can hold members, so the eigen-decompositions work on the
-    leading (t+1)×(t+1) block. A set of at most m+1 points fits an m-dim subspace exactly (error 0),
-    so the first m valid candidates always join.
+    For the set errors, step t tests candidate t on the leading (t+1)×(t+1) block. A set of at
+    most m+1 points fits an m-dim subspace exactly (error 0), so the first m valid candidates
+    always join. The candidate criteria go through :func:`_select_by_candidate`.
     """
     mask = torch.zeros_like(valid)
     mask[:, 0] = True
     if not config.subset_selection:
         return mask | valid
-    m = config.piece_dim
     anchor_dist = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=0).sqrt()
-    candidate_test = config.criterion in ("candidate_residual", "relative_candidate_residual")
-    free = 1 if candidate_test else m  # candidates that join without a test
-    radius = _nearest_valid_distance(anchor_dist, valid)
+    if config.criterion in ("candidate_residual", "relative_candidate_residual"):
+        return _select_by_candidate(gram, valid, anchor_dist, config)
+    m = config.piece_dim
     w = mask.to(gram.dtype)
     growing = torch.ones_like(valid[:, 0])
     for t in range(1, gram.shape[1]):
-        if t <= free:
+        if t <= m:
             accept = valid[:, t]
-        elif candidate_test:
-            res = candidate_residual(gram[:, :t + 1, :t + 1], w[:, :t + 1], m)
-            if config.criterion == "relative_candidate_residual":
-                res = res / radius.clamp(min=torch.finfo(res.dtype).tiny)
-            accept = valid[:, t] & (res <= config.eps + ERR_SLACK)
         else:
             trial = w[:, :t + 1].clone()
             trial[:, t] = 1.0
@@ -217,6 +258,88 @@ def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
             accept = accept & growing
         w[:, t] = accept.to(w.dtype)
     return w > 0.5
+
+
+def _select_by_candidate(gram: Tensor, valid: Tensor, anchor_dist: Tensor, config: ManifoldConfig) -> Tensor:
+    """:func:`_select` for the candidate criteria, looping over joins instead of candidates.
+
+    Between two joins the piece does not change, so one fit of the current members scores every
+    remaining candidate at once: the next member is the first later candidate within ε (``skip``),
+    or the next valid candidate if it is within ε (``stop``). The loop runs max |S_i| times,
+    each on the anchors still growing, with eigen-decompositions of the members' size only. It
+    gives the members of the candidate-by-candidate loop (same piece, same test).
+    """
+    b, n = valid.shape
+    mask = torch.zeros_like(valid)
+    mask[:, 0] = True
+    if n == 1:
+        return mask
+    mask[:, 1] = valid[:, 1]  # the nearest candidate joins untested
+    last = torch.ones(b, dtype=torch.long, device=valid.device)  # the last candidate considered
+    radius = _nearest_valid_distance(anchor_dist, valid)
+    relative = config.criterion == "relative_candidate_residual"
+    positions = torch.arange(n, device=valid.device)
+    active = torch.arange(b, device=valid.device)
+    while active.numel():
+        members = mask[active]
+        later = valid[active] & (positions[None, :] > last[active, None])
+        keep_rows = later.any(1)
+        active, members, later = active[keep_rows], members[keep_rows], later[keep_rows]
+        if not active.numel():
+            break
+        res = _residuals_to_piece(gram[active], members, config.piece_dim)
+        if relative:
+            res = res / radius[active, None].clamp(min=torch.finfo(res.dtype).tiny)
+        fits = later & (res <= config.eps + ERR_SLACK)
+        if config.on_breach == "stop":
+            nxt = _first_true(later)
+            joins = fits.gather(1, nxt[:, None]).squeeze(1)
+        else:
+            joins = fits.any(1)
+            nxt = _first_true(fits)
+        active, nxt = active[joins], nxt[joins]
+        mask[active, nxt] = True
+        last[active] = nxt
+    return mask
+
+
+def _first_true(flags: Tensor) -> Tensor:
+    """(b,) the first column where each row of ``flags`` is true (rows must have one)."""
+    n = flags.shape[1]
+    pos = torch.arange(n, device=flags.device).expand_as(flags)
+    return torch.where(flags, pos, torch.full_like(pos, n)).amin(1)
+
+
+def _residuals_to_piece(gram: Tensor, members: Tensor, m: int) -> Tensor:
+    """(b, n) orthogonal distance of every point to the piece of the members (as
+    :func:`candidate_residual`, for all points at once).
+
+    Args:
+        gram: (b, n, n) Gram matrices relative to the anchor (float64).
+        members: (b, n) bool member indicator (at least one per row).
+        m: piece dimension.
+    """
+    b, n, _ = gram.shape
+    size = int(members.sum(1).max())
+    slots = torch.sort((~members).to(torch.int8), dim=1, stable=True).indices[:, :size]  # members first
+    w = members.gather(1, slots).to(gram.dtype)  # (b, S)
+    count = w.sum(1, keepdim=True)
+    g_all = gram.gather(2, slots[:, None, :].expand(b, n, size))  # (b, n, S): z_k · z_a
+    row = (g_all * w[:, None, :]).sum(2) / count  # z_k · z̄
+    g_mm = g_all.gather(1, slots[:, :, None].expand(b, size, size))
+    row_m = row.gather(1, slots)
+    total = (row_m * w).sum(1, keepdim=True) / count  # ||z̄||²
+    gc = (g_mm - row_m[:, :, None] - row_m[:, None, :] + total[:, :, None]) * w[:, :, None] * w[:, None, :]
+    lam, vec = torch.linalg.eigh(gc)  # ascending
+    lam, vec = lam[:, -m:], vec[:, :, -m:]
+    scale = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
+    keep = lam > _REL_TOL * scale
+    cross_all = (g_all - row[:, :, None] - row_m[:, None, :] + total[:, :, None]) * w[:, None, :]
+    cross = cross_all @ vec  # (b, n, m): (z_k − z̄)·(z_a − z̄) along each direction
+    proj2 = torch.where(keep[:, None, :], cross ** 2 / lam.clamp(min=torch.finfo(lam.dtype).tiny)[:, None, :],
+                        torch.zeros_like(cross)).sum(2)
+    diag = torch.diagonal(gram, dim1=1, dim2=2) - 2 * row + total
+    return (diag - proj2).clamp(min=0).sqrt()
 
 
 def _nearest_valid_distance(anchor_dist: Tensor, valid: Tensor) -> Tensor:
@@ -252,20 +375,21 @@ def candidate_residual(gram: Tensor, w: Tensor, m: int) -> Tensor:
     return (full[:, -1, -1] - proj2).clamp(min=0).sqrt()
 
 
-def _local_pca(anchor: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+def _local_pca(anchor: Tensor, combine: Combiner, gram: Tensor, mask: Tensor,
+               m: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, orthonormal top-m basis (zero columns past the set's rank) and rank of each member set.
 
     Args:
         anchor: (b, d) the anchors.
-        z: (b, n, d) the candidates relative to their anchor (anchor first, so z[:, 0] = 0).
-        gram: (b, n, n) float64 Gram matrix of ``z``.
+        combine: maps (b, n, r) coefficients c to Σ_k c_k z_k, (b, d, r), with z_k the k-th candidate
+            relative to its anchor (anchor first, so z_0 = 0).
+        gram: (b, n, n) float64 Gram matrix of the z.
         mask: (b, n) members.
         m: piece dimension.
     """
-    b, n, d = z.shape
+    b, n = mask.shape
     w = mask.to(gram.dtype)
-    wz = mask.to(z.dtype)
-    mu = anchor + (z * wz[:, :, None]).sum(1) / wz.sum(1, keepdim=True)
+    mu = anchor + combine((w / w.sum(1, keepdim=True))[:, :, None])[:, :, 0]
     gc = _centered_gram(gram, w)
     lam, vec = torch.linalg.eigh(gc)  # ascending
     lam, vec = lam.flip(1)[:, :m], vec.flip(2)[:, :, :m]
@@ -275,10 +399,10 @@ def _local_pca(anchor: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) ->
         vec = torch.cat([vec, vec.new_zeros(b, n, pad)], 2)
     total = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
     scale = torch.diagonal(gram, dim1=1, dim2=2).amax(1, keepdim=True)
-    good = (lam > _REL_TOL * total) & (lam > 1e3 * torch.finfo(z.dtype).eps * scale)
+    good = (lam > _REL_TOL * total) & (lam > 1e3 * torch.finfo(anchor.dtype).eps * scale)
     # eigenvectors of non-zero eigenvalues vanish off the members and sum to zero over them, so
     # zᵀv equals the centred members' (z − z̄)ᵀv without centring z
-    raw = z.transpose(1, 2) @ (vec * w[:, :, None]).to(z.dtype)  # (b, d, m), column norms ≈ sqrt(λ)
+    raw = combine(vec * w[:, :, None])  # (b, d, m), column norms ≈ sqrt(λ)
     basis = torch.zeros_like(raw)
     for j in range(m):  # Gram-Schmidt keeps the columns orthonormal to working precision
         col = raw[:, :, j]
@@ -286,6 +410,6 @@ def _local_pca(anchor: Tensor, z: Tensor, gram: Tensor, mask: Tensor, m: int) ->
             col = col - (basis[:, :, :j] @ (basis[:, :, :j].transpose(1, 2) @ col[:, :, None])).squeeze(2)
         norm = col.norm(dim=1, keepdim=True)
         ok = good[:, j:j + 1] & (norm > 0)
-        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(z.dtype).tiny), torch.zeros_like(col))
+        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(anchor.dtype).tiny), torch.zeros_like(col))
     rank = (basis.abs().sum(1) > 0).sum(1)
     return mu, basis, rank
