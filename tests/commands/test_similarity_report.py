@@ -75,6 +75,17 @@ def test_batch_regime_prints_group_purity_and_passes_the_pl_options(tmp_path, ca
     assert gauss["ap_diff"] == pytest.approx(gauss["ap"] - pl["ap"])
 
 
+def test_seed_groups_need_the_batch_regime(tmp_path, capsys) -> None:
+    feats = _blobs_file(tmp_path, classes=10, per_class=24, dim=16, noise=0.4, seed=1)
+    out = tmp_path / "g.json"
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--regime", "batch",
+                 "--batches", "2", "--estimators", "plm", "--seed-groups", "--quiet", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["plm_config"]["group_size"] == 5 and data["estimators"]["plm"]["mean_group_size"] <= 5.0
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--seed-groups"]) == 2
+    assert "--seed-groups needs --regime batch" in capsys.readouterr().err
+
+
 def test_batch_regime_rejects_a_reference_it_does_not_run(tmp_path, capsys) -> None:
     feats = _blobs_file(tmp_path, classes=10, per_class=24, dim=16, noise=0.4, seed=1)
     assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--regime", "batch",

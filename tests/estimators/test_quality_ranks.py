@@ -141,6 +141,31 @@ def test_batch_quality_paired_differences_match_a_batch_by_batch_recomputation()
     assert pl["ap_diff"] == 0.0 and pl["ap_diff_se"] == 0.0
 
 
+def test_batch_quality_fits_seed_group_candidates_on_the_batch_as_drawn() -> None:
+    from plm.manifold import ManifoldConfig
+
+    x, labels = _data(6, n=120)
+    cfg = ManifoldConfig(group_size=4)
+    out = batch_quality(x, labels, ["plm"], options={"plm": {"config": cfg}}, batch_size=40, k=4, num_batches=4,
+                        progress=False)
+    feats = as_features(x)
+    aucs, shares = [], []
+    for drawn in neighborhood_batches(compute_neighbors(feats, 3).indices, 40, 4, 4, 0):
+        b, first = np.unique(drawn, return_index=True)
+        r, c = np.triu_indices(len(b), 1)
+        same = labels[b][r] == labels[b][c]
+        if same.all() or not same.any():
+            continue
+        est = create_estimator("plm", config=cfg).fit(feats[drawn])  # 40 points in seed-group order
+        assert all(j // 4 == i // 4 for i, g in enumerate(est.groups_) for j in g)  # candidates from the group
+        aucs.append(roc_auc_score(same, est.pair_similarity(first[r], first[c]).astype(np.float64)))
+        groups = [g for g in est.groups_ if len(g) >= 2]
+        shares.append(np.mean([np.bincount(labels[drawn][g]).max() / len(g) for g in groups]))
+    pl = out["estimators"]["plm"]
+    assert pl["auc"] == pytest.approx(np.mean(aucs)) and pl["purity"] == pytest.approx(np.mean(shares))
+    assert pl["mean_group_size"] <= 4.0
+
+
 def test_batch_quality_reference_is_chosen_or_checked() -> None:
     x, labels = _data(6, n=120)
     out = batch_quality(x, labels, ["gaussian", "kmeans"], batch_size=40, k=4, num_batches=2, progress=False)

@@ -116,10 +116,10 @@ def test_global_gram_and_gathered_points_agree(monkeypatch: pytest.MonkeyPatch, 
     x = _points(8, 40, 9, dtype)
     cfg = ManifoldConfig(max_candidates=k, criterion=criterion, eps=0.9 if criterion.endswith("residual") else 0.2)
     cand = torch.tensor([[(i + j) % 40 if j != 2 else -1 for j in range(1, 8)] for i in range(40)])
-    for given in (None, cand):
-        a = fit_pieces(x, cfg, candidates=given)
+    for supplied in (None, cand):
+        a = fit_pieces(x, cfg, candidates=supplied)
         monkeypatch.setattr(pieces_module, "GLOBAL_GRAM_MAX", 0)
-        b = fit_pieces(x, cfg, candidates=given)
+        b = fit_pieces(x, cfg, candidates=supplied)
         monkeypatch.undo()
         assert a.groups() == b.groups()
         tol = 1e-9 if dtype == torch.float64 else 1e-5

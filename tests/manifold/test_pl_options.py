@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from plm.losses import LossConfig, PLMConfig, ProxyBank, ProxyConfig
 from plm.losses.functional import balanced_pair_weights, proxy_contrastive_loss
 from plm.manifold import ManifoldConfig, fit_pieces, normalize_similarity, similarity_matrix
-from plm.manifold.reference import reference_fit, reference_normalize
+from plm.manifold.reference import reference_fit, reference_normalize, reference_similarity
 
 
 def _points(seed: int, n: int, d: int) -> torch.Tensor:
@@ -34,6 +34,23 @@ def test_candidate_criteria_match_explicit_loops(criterion: str, eps: float, on_
     assert pieces.groups() == [r["members"] for r in ref]
     for i, r in enumerate(ref):
         np.testing.assert_allclose(pieces.means[i].numpy(), r["mean"], atol=1e-9)
+
+
+@pytest.mark.parametrize("criterion,eps", [("relative_candidate_residual", 1.5), ("candidate_residual", 0.6),
+                                           ("residual_variance", 0.2)])
+@pytest.mark.parametrize("subset_selection", [True, False])
+def test_seed_group_candidates_match_explicit_loops(criterion: str, eps: float, subset_selection: bool) -> None:
+    x = _points(11, 30, 5)
+    cfg = ManifoldConfig(eps=eps, criterion=criterion, group_size=6, subset_selection=subset_selection)
+    ref = reference_fit(x.numpy(), cfg)
+    pieces = fit_pieces(x, cfg)
+    assert pieces.groups() == [r["members"] for r in ref]
+    assert all(j // 6 == i // 6 for i, g in enumerate(pieces.groups()) for j in g)
+    np.testing.assert_allclose(similarity_matrix(x, cfg).numpy(), reference_similarity(x.numpy(), cfg), atol=1e-9)
+    with pytest.raises(ValueError, match="group_size"):
+        fit_pieces(x[:29], cfg)
+    with pytest.raises(ValueError, match="not both"):
+        fit_pieces(x, cfg, candidates=torch.zeros(30, 2, dtype=torch.long))
 
 
 def test_stop_never_grows_past_the_first_rejection() -> None:

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-breach", default=None, choices=["skip", "stop"],
                         help="PL subset selection at a rejected candidate: skip it, or stop growing")
     parser.add_argument("--no-subset-selection", action="store_true", help="PL ablation: no subset selection")
+    parser.add_argument("--seed-groups", action="store_true",
+                        help="PL candidates from the anchor's seed group of --batch-k (--regime batch only; "
+                             "plm train's glyph default)")
     parser.add_argument("--dense-max", type=int, default=5000,
                         help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")
     parser.add_argument("--exact-pairs", type=int, default=20_000_000,
@@ -70,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pl_config(args: argparse.Namespace):
+    from plm.errors import UserError
     from plm.manifold import ManifoldConfig
 
     changes = {key: value for key, value in (
@@ -78,6 +82,12 @@ def _pl_config(args: argparse.Namespace):
         ("symmetrize", args.symmetrize), ("on_breach", args.on_breach)) if value is not None}
     if args.no_subset_selection:
         changes["subset_selection"] = False
+    if args.seed_groups:
+        if args.regime != "batch":
+            raise UserError("--seed-groups needs --regime batch: only neighbourhood-sampled batches have seed groups")
+        if args.batch_k < 2:
+            raise UserError(f"--seed-groups needs --batch-k >= 2, got {args.batch_k}")
+        changes["group_size"] = args.batch_k
     return ManifoldConfig(**changes)
 
 

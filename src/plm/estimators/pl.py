@@ -47,7 +47,7 @@ class PLManifoldEstimator(SimilarityEstimator):
         cfg = self.manifold_config
         t = torch.from_numpy(x)
         cand = None
-        if neighbors is not None:
+        if neighbors is not None and cfg.group_size is None:  # seed groups bring their own candidates
             kc = cfg.max_candidates if cfg.max_candidates is not None else neighbors.k
             cand = torch.from_numpy(neighbors.indices[:, :kc])
         self.pieces_ = fit_pieces(t, cfg, candidates=cand)

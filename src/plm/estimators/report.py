@@ -131,6 +131,12 @@ def neighborhood_batches(neighbors_indices: np.ndarray, batch_size: int = 120, k
     return out
 
 
+def _uses_seed_groups(estimator: object) -> bool:
+    """Whether an estimator draws its PL candidates from the batch's seed groups (``group_size``)."""
+    config = getattr(estimator, "config", None)
+    return getattr(config, "group_size", None) is not None
+
+
 def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] = DEFAULT_ESTIMATORS,
                   options: Optional[dict[str, dict]] = None, batch_size: int = 120, k: int = 5,
                   num_batches: int = 50, seed: int = 0, progress: bool = True,
@@ -140,8 +146,10 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     Each batch (:func:`neighborhood_batches` over the exact k-NN table of ``x``) is given to every
     estimator on its own; ROC-AUC and average precision of its similarity for the same-class
     indicator are computed over the batch's pairs (duplicate points excluded) and averaged over the
-    batches where both classes of pairs occur. Clustering peers get as many clusters as the batch
-    has classes (an oracle count, as in the whole-split mode).
+    batches where both classes of pairs occur. A PL estimator whose config has ``group_size``
+    (candidates from the anchor's seed group, ``group_size`` = ``k``) is fitted on the batch as
+    drawn, duplicates and group order kept, and scored on the same pairs. Clustering peers get as
+    many clusters as the batch has classes (an oracle count, as in the whole-split mode).
 
     For estimators with groups (clusters, k-reciprocal sets, selected PL neighbourhoods) the
     groups' purity (majority-label share of groups of two or more) and mean size are averaged over
@@ -176,7 +184,8 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     groups: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
     for index, b in enumerate(progress_bar(batches, total=len(batches), desc="batches", unit="batch",
                                            disable=not progress)):
-        b = np.unique(b)  # a point drawn twice would make a trivially similar pair
+        drawn = b
+        b, first = np.unique(drawn, return_index=True)  # a point drawn twice would make a trivially similar pair
         xb, yb = feats[b], labels[b]
         r, c = np.triu_indices(len(b), 1)
         y = yb[r] == yb[c]
@@ -187,11 +196,16 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
             est = create_estimator(name, **{**default_options(name, n_classes),
                                             **{kk: v for kk, v in options.get(name, {}).items()
                                                if kk not in ("n_clusters", "dense_max")}})
-            est.fit(xb)
-            auc, ap = _auc_ap(est.pair_similarity(r, c).astype(np.float64), y)
+            if _uses_seed_groups(est):  # fitted on the batch as drawn, in seed-group order (as in training)
+                est.fit(feats[drawn])
+                sims, group_labels = est.pair_similarity(first[r], first[c]), labels[drawn]
+            else:
+                est.fit(xb)
+                sims, group_labels = est.pair_similarity(r, c), yb
+            auc, ap = _auc_ap(sims.astype(np.float64), y)
             if auc is not None and ap is not None:  # both or neither
                 scores[name][index] = (auc, ap)
-                share, size = purity(est.groups_, yb), mean_group_size(est.groups_)
+                share, size = purity(est.groups_, group_labels), mean_group_size(est.groups_)
                 if share is not None and size is not None:
                     groups[name].append((share, size))
     results = {}

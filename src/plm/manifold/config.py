@@ -32,6 +32,9 @@ class ManifoldConfig:
         on_breach: ``"skip"`` (a rejected candidate is skipped and the next one tried) or
             ``"stop"`` (the neighbourhood stops growing at the first rejection).
         max_candidates: K_c, candidates per anchor (its nearest other points); ``None`` = all.
+        group_size: restrict the candidates to the anchor's group, for points that come in
+            consecutive groups of this many (a training batch's seed groups: ``sampler.k``);
+            ``None`` = every other point is a candidate.
         n_alpha: N_α, the exponent of the orthogonal-distance term α.
         n_beta: N_β, the exponent of the in-piece-distance term β.
         symmetrize: ``"mean"`` (½(s′(i,j) + s′(j,i))), ``"max"``, ``"min"`` (both directions must
@@ -50,6 +53,7 @@ class ManifoldConfig:
     eps: float = 1.5
     criterion: str = "relative_candidate_residual"
     max_candidates: Optional[int] = 16
+    group_size: Optional[int] = None
     n_alpha: float = 2.0
     n_beta: float = 0.5
     symmetrize: str = "mean"
@@ -69,6 +73,9 @@ class ManifoldConfig:
                                                 or not isinstance(self.max_candidates, int)
                                                 or self.max_candidates < 1):
             raise ValueError(f"max_candidates must be None or an integer >= 1, got {self.max_candidates!r}")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                                            or self.group_size < 2):
+            raise ValueError(f"group_size must be None or an integer >= 2, got {self.group_size!r}")
         for name in ("n_alpha", "n_beta"):
             value = getattr(self, name)
             if not _finite_number(value) or value < 0:

@@ -81,6 +81,24 @@ def nearest_candidates(x: Tensor, k: int, block_size: int = 2048) -> Tensor:
 
 
 @torch.no_grad()
+def group_candidates(x: Tensor, group_size: int) -> Tensor:
+    """(N, g−1) indices of the other points of each point's group, nearest first (ties by index).
+
+    The points come in consecutive groups of ``group_size`` = g (rows g·q … g·q + g − 1).
+
+    Raises:
+        ValueError: N is not a multiple of g.
+    """
+    n, g = x.shape[0], group_size
+    if n % g:
+        raise ValueError(f"group_size {g} must divide the number of points, got {n}")
+    xs = x.double().reshape(n // g, g, -1)
+    dist = torch.cdist(xs, xs) + torch.diag(torch.full((g,), float("inf"), dtype=torch.float64, device=x.device))
+    order = torch.sort(dist, dim=2, stable=True).indices[:, :, :g - 1]
+    return (order + torch.arange(0, n, g, device=x.device)[:, None, None]).reshape(n, g - 1)
+
+
+@torch.no_grad()
 def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates: Optional[Tensor] = None,
                block_size: int = 512) -> Pieces:
     """Subset selection + local PCA for every point (no gradient).
@@ -89,19 +107,27 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
         x: (N, d) points (teacher embeddings).
         config: the PL options.
         candidates: optional (N, K) neighbour indices, nearest first (-1 = none); by default the
-            ``config.max_candidates`` nearest other points (exact).
+            ``config.max_candidates`` nearest other points (exact), of the anchor's group with
+            ``config.group_size``.
         block_size: anchors processed together (memory ≈ block_size × (K+1) × max(K+1, d) floats).
 
     Returns:
         the fitted :class:`Pieces`.
 
     Raises:
-        ValueError: bad shapes, NaN or inf values, or out-of-range candidate indices.
+        ValueError: bad shapes, NaN or inf values, out-of-range candidate indices, or both
+            ``candidates`` and ``config.group_size``.
     """
     x = prepare(x, config)
     n, d = x.shape
     m = config.piece_dim
-    if candidates is None:
+    if candidates is not None and config.group_size is not None:
+        raise ValueError("pass either candidates or a config with group_size, not both")
+    if candidates is None and config.group_size is not None:
+        candidates = group_candidates(x, config.group_size)
+        if config.max_candidates is not None:
+            candidates = candidates[:, :config.max_candidates]
+    elif candidates is None:
         k = n - 1 if config.max_candidates is None else min(config.max_candidates, n - 1)
         candidates = nearest_candidates(x, k) if k > 0 else torch.empty(n, 0, dtype=torch.long, device=x.device)
     else:

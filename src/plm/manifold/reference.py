@@ -24,9 +24,11 @@ def reference_fit(x: np.ndarray, config: ManifoldConfig = ManifoldConfig()) -> l
     n = len(x)
     m = config.piece_dim
     k = n - 1 if config.max_candidates is None else min(config.max_candidates, n - 1)
+    g = config.group_size
     out = []
     for i in range(n):
-        dists = [(float(np.sum((x[i] - x[j]) ** 2)), j) for j in range(n) if j != i]
+        pool = range(n) if g is None else range(i // g * g, i // g * g + g)
+        dists = [(float(np.sum((x[i] - x[j]) ** 2)), j) for j in pool if j != i]
         candidates = [j for _, j in sorted(dists)][:k]
         members = [i]
         radius = float(np.linalg.norm(x[candidates[0]] - x[i])) if candidates else float("inf")
