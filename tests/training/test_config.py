@@ -34,6 +34,17 @@ def test_dataset_presets() -> None:
     sop = default_config("sop", mode="finetune")
     assert sop.ema.momentum == 0.9 and sop.sampler.k == 2
     assert default_config("cub200", mode="finetune").model.image_size is None
+    glyphs = default_config("glyphs")
+    assert glyphs.manifold.group_size == glyphs.sampler.k == 5
+    assert default_config("fashion-mnist").manifold.group_size is None
+
+
+def test_seed_group_candidates_follow_the_sampler() -> None:
+    with pytest.raises(ConfigError, match=r"set manifold.group_size=10 or manifold.group_size=null"):
+        default_config("glyphs", overrides=["sampler.k=10"])
+    cfg = default_config("glyphs", overrides=["sampler.k=10", "manifold.group_size=10"])
+    assert cfg.manifold.group_size == 10
+    assert default_config("glyphs", overrides=["manifold.group_size=null"]).manifold.group_size is None
 
 
 def test_parse_override_values_are_yaml_scalars() -> None:

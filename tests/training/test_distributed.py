@@ -38,9 +38,11 @@ def _spawn(fn, world: int, *args) -> None:
 def _tiny_config(epochs: int, method: str = "plm"):
     from plm.training import default_config
 
+    # PL candidates from the seed groups (the glyph default): the global batch must keep each group together
+    manifold = {"group_size": 5} if method == "plm" else {}
     return default_config("digits", method=method, epochs=epochs, log={"progress": False, "tensorboard": False},
                           sampler={"batch_size": 30, "k": 5, "batches_per_epoch": 3}, proxies={"num": 6},
-                          eval={"nmi": False, "baseline": False}, data={"limit": 300})
+                          eval={"nmi": False, "baseline": False}, data={"limit": 300}, manifold=manifold)
 
 
 def _train_worker(rank: int, world: int, port: int, out: str, epochs: int, stop_after, resume: bool,

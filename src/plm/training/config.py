@@ -247,6 +247,10 @@ class TrainConfig:
               f"seed must be a non-negative integer; got {self.seed!r}")
         if self.method != "plm":
             check(self.similarity == "continuous", "similarity=binary is an ablation of method plm only")
+        check(self.manifold.group_size in (None, self.sampler.k),
+              f"manifold.group_size restricts the PL candidates to a batch's seed groups, so it must be null or "
+              f"sampler.k; got manifold.group_size={self.manifold.group_size!r} with sampler.k={self.sampler.k} "
+              f"(set manifold.group_size={self.sampler.k} or manifold.group_size=null)")
 
     @property
     def augment(self) -> bool:
@@ -284,9 +288,11 @@ DATASET_PRESETS: dict[str, dict] = {
     "fashion-mnist": {"epochs": 6, "model": {"image_size": 64}, "sampler": {"batches_per_epoch": 100},
                       "eval": {"val_limit": 3000}},
     # 49 Latin classes (12 held out for validation) / 42 Greek and Cyrillic classes; the 1024-d head (over 128,
-    # 256, 512, 1280) and the uncentred PCA start won on the validation classes (docs/results.md)
+    # 256, 512, 1280), the uncentred PCA start and the seed groups as candidate pool (over the 16 nearest
+    # batch points and the whole batch) won on the validation classes (docs/results.md)
     "glyphs": {"epochs": 10, "data": {"val_classes": 12},
-               "model": {"image_size": 64, "embed_dim": 1024, "head_init": "pca_uncentered"}},
+               "model": {"image_size": 64, "embed_dim": 1024, "head_init": "pca_uncentered"},
+               "manifold": {"group_size": 5}},
     "digits": {"model": {"image_size": 32}, "sampler": {"batch_size": 60}, "proxies": {"num": 20},
                "kmeans": {"num_clusters": 20}},
     "sop": {"ema": {"momentum": 0.9}, "sampler": {"k": 2}, "eval": {"recall_at": [1, 10, 100, 1000]}},
