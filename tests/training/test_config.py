@@ -45,6 +45,7 @@ def test_seed_group_candidates_follow_the_sampler() -> None:
     cfg = default_config("glyphs", overrides=["sampler.k=10", "manifold.group_size=10"])
     assert cfg.manifold.group_size == 10
     assert default_config("glyphs", overrides=["manifold.group_size=null"]).manifold.group_size is None
+    assert default_config("glyphs", method="stml", overrides=["sampler.k=10"]).sampler.k == 10  # no PL model
 
 
 def test_parse_override_values_are_yaml_scalars() -> None:

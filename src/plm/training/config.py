@@ -247,7 +247,7 @@ class TrainConfig:
               f"seed must be a non-negative integer; got {self.seed!r}")
         if self.method != "plm":
             check(self.similarity == "continuous", "similarity=binary is an ablation of method plm only")
-        check(self.manifold.group_size in (None, self.sampler.k),
+        check(self.method != "plm" or self.manifold.group_size in (None, self.sampler.k),
               f"manifold.group_size restricts the PL candidates to a batch's seed groups, so it must be null or "
               f"sampler.k; got manifold.group_size={self.manifold.group_size!r} with sampler.k={self.sampler.k} "
               f"(set manifold.group_size={self.sampler.k} or manifold.group_size=null)")
