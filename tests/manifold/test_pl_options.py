@@ -53,6 +53,22 @@ def test_seed_group_candidates_match_explicit_loops(criterion: str, eps: float, 
         fit_pieces(x, cfg, candidates=torch.zeros(30, 2, dtype=torch.long))
 
 
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_candidate_residual_matches_the_reference(m: int) -> None:
+    from plm.manifold import candidate_residual
+    from plm.manifold.reference import reference_candidate_residual
+
+    rng = np.random.default_rng(m)
+    for size in (1, 2, 4, 7):
+        pts = rng.normal(size=(5, size + 1, 6))  # per row: anchor, members, candidate last
+        z = torch.from_numpy(pts - pts[:, :1])
+        w = torch.zeros(5, size + 1, dtype=torch.float64)
+        w[:, :size] = 1.0
+        got = candidate_residual(z @ z.transpose(1, 2), w, m).numpy()
+        want = [reference_candidate_residual(p[:size], p[size], m) for p in pts]
+        np.testing.assert_allclose(got, want, atol=1e-9)
+
+
 def test_stop_never_grows_past_the_first_rejection() -> None:
     x = _points(3, 40, 8)
     skip = fit_pieces(x, ManifoldConfig(criterion="candidate_residual", eps=0.6, on_breach="skip"))

@@ -378,27 +378,17 @@ def candidate_residual(gram: Tensor, w: Tensor, m: int) -> Tensor:
     """Orthogonal distance of the last point to the piece of the current members.
 
     The piece is the members' mean plus their top-min(m, rank) principal directions; the last
-    column of ``gram`` is the candidate, which is not a member.
+    column of ``gram`` is the candidate, which is not a member (:func:`_residuals_to_piece` for
+    one candidate).
 
     Args:
         gram: (b, n, n) Gram matrices relative to the anchor (float64), candidate last.
-        w: (b, n) member indicator (the candidate's entry is ignored).
+        w: (b, n) member indicator, at least one member per row (the candidate's entry is ignored).
         m: piece dimension.
     """
-    w = w.clone()
-    w[:, -1] = 0.0
-    count = w.sum(1).clamp(min=1)[:, None]
-    row = (gram * w[:, None, :]).sum(2) / count  # z_k · z̄ for every k, candidate included
-    total = (row * w).sum(1, keepdim=True) / count  # ||z̄||²
-    full = gram - row[:, :, None] - row[:, None, :] + total[:, :, None]  # (z_a − z̄)·(z_b − z̄)
-    gc = full * w[:, :, None] * w[:, None, :]
-    lam, vec = torch.linalg.eigh(gc)  # ascending
-    lam, vec = lam[:, -m:], vec[:, :, -m:]
-    scale = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
-    keep = lam > _REL_TOL * scale
-    cross = torch.einsum("bn,bnk->bk", full[:, -1, :] * w, vec)  # (c − z̄)·(z_a − z̄) along each direction
-    proj2 = torch.where(keep, cross ** 2 / lam.clamp(min=torch.finfo(lam.dtype).tiny), torch.zeros_like(lam)).sum(1)
-    return (full[:, -1, -1] - proj2).clamp(min=0).sqrt()
+    members = w > 0.5
+    members[:, -1] = False
+    return _residuals_to_piece(gram, members, m)[:, -1]
 
 
 def _local_pca(anchor: Tensor, combine: Combiner, gram: Tensor, mask: Tensor,
