@@ -66,6 +66,13 @@ def _glyphs(split: str, root, val_classes: int) -> ImageDataset:
     return load_glyphs(split, root=root, val_classes=val_classes)
 
 
+@DATASETS.register("sprites")
+def _sprites(split: str, root, val_classes: int) -> ImageDataset:
+    from plm.data.sprites import load_sprites
+
+    return load_sprites(split, root=root, val_classes=val_classes)
+
+
 @DATASETS.register("digits")
 def _digits(split: str, root, val_classes: int) -> ImageDataset:
     from plm.data.digits import load_digits_dataset
@@ -87,11 +94,12 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | os.PathLi
     """Load a dataset split by name.
 
     Args:
-        name: one of ``cub200``, ``cars196``, ``sop``, ``fashion-mnist``, ``glyphs``, ``digits``, ``folder``.
+        name: one of ``cub200``, ``cars196``, ``sop``, ``fashion-mnist``, ``glyphs``, ``sprites``, ``digits``,
+            ``folder``.
         split: ``train`` (seen classes), ``val`` (held-out seen classes), ``test`` (unseen
             classes) or ``all``.
         root: dataset root; required for cub200, cars196, sop and folder (for glyphs: an optional
-            folder of font files instead of the system's fonts).
+            folder of font files instead of the system's fonts; for sprites: the game's ``data/core``).
         val_classes: how many seen classes form the class-disjoint ``val`` split.
     """
     return DATASETS.get(name)(split, root, val_classes)
