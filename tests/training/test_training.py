@@ -13,6 +13,7 @@ from PIL import Image
 
 from plm.cli import main
 from plm.training import default_config, train
+from plm.training.selection import PRETRAINED
 from plm.training.trainer import Trainer
 
 
@@ -129,7 +130,11 @@ def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> Non
     assert trained[-1]["loss"] < trained[0]["loss"]
     assert max(h["val_map_at_r"] for h in trained) > untrained + 0.01
     assert result.selection == "val_map_at_r"
-    assert result.best_epoch == max(hist, key=lambda h: h["val_map_at_r"])["epoch"] > 0
+    # the best epoch that beats the pretrained features by its margin, or the pretrained features themselves
+    pretrained = hist[0]["val_pretrained"]
+    qualified = [h for h in hist if h["val_map_at_r"] - pretrained > h["val_margin"]]
+    expected = max(qualified, key=lambda h: h["val_map_at_r"])["epoch"] if qualified else PRETRAINED
+    assert result.best_epoch == expected and result.training_helped is bool(qualified)
     # outputs
     out = tmp_path / "run"
     for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "metrics.json", "summary.json"):
@@ -265,30 +270,100 @@ def test_unlabelled_folder_selects_on_training_loss(tmp_path, shared_cache) -> N
     shutil.rmtree(folder)
 
 
-def test_the_untrained_model_is_kept_when_no_epoch_beats_it(tmp_path, shared_cache, monkeypatch, caplog) -> None:
-    # validation scores that fall after epoch 0: best.pt must be the untrained model, and the summary must say so
-    scores = iter([0.9, 0.5, 0.6])
-    monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))
-    trainer = Trainer(tiny(epochs=2), tmp_path / "run", progress=False)
-    untrained = {k: v.clone() for k, v in trainer.pipeline.export_state("student").items()}
+def _scripted_validation(monkeypatch, pretrained: float, scores: list[float]) -> None:
+    """Validation AP@R arrays with the given means: the pretrained features score ``pretrained``,
+    the evaluated network ``scores`` in turn (epoch 0 first); every query moves together, so the
+    paired standard error of a gain is zero and the margin is ``eval.min_gain``."""
+    it = iter(scores)
+    monkeypatch.setattr(Trainer, "_val_ap", lambda self, which: np.full(
+        len(self.splits.val), pretrained if which == "pretrained" else next(it)))
+
+
+def test_the_pretrained_features_are_kept_when_no_epoch_beats_them(tmp_path, shared_cache, monkeypatch,
+                                                                   caplog) -> None:
+    # training that only hurts: best.pt must be the pretrained features, and the run must say so
+    _scripted_validation(monkeypatch, 0.9, [0.9, 0.5, 0.6])
     with caplog.at_level("WARNING", logger="plm.training.trainer"):
-        result = trainer.run()
-    assert result.best_epoch == 0 and result.selection == "val_map_at_r"
-    assert "no training epoch beat the untrained model" in caplog.text
+        result = Trainer(tiny(epochs=2), tmp_path / "run", progress=False).run()
+    assert result.best_epoch == PRETRAINED and result.training_helped is False
+    assert "training did not help" in caplog.text and "training did not help" in result.verdict
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["best_epoch"] == 0 and summary["training_helped"] is False and summary["best_value"] == 0.9
+    assert summary["best_epoch"] == PRETRAINED and summary["training_helped"] is False
+    assert summary["best_value"] == summary["val_pretrained"] == pytest.approx(0.9)
+    assert "did not help" in summary["verdict"]
+    # best.pt is the pretrained model: the backbone's L2-normalised pooled features, no head
+    from plm.models import load_model
+
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    assert best["epoch"] == 0
-    for key, value in untrained.items():
-        assert torch.equal(best["model_state"][key], value), key
+    assert best["epoch"] == PRETRAINED and best["model_config"]["embed_dim"] is None
+    model = load_model(tmp_path / "run" / "best.pt")
+    assert model.out_dim == model.backbone.feature_dim
+    # and the test row is the pretrained features' row
+    assert result.test_metrics == result.baseline_metrics
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert last["epoch"] == 2 and not torch.equal(last["model_state"]["head.linear.weight"],
-                                                  untrained["head.linear.weight"])
+    assert last["epoch"] == 2 and last["best"]["epoch"] == PRETRAINED
 
 
-def test_a_trained_epoch_that_beats_epoch_zero_is_selected(tmp_path, shared_cache, monkeypatch) -> None:
-    scores = iter([0.5, 0.4, 0.7])
-    monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))
+def test_a_gain_within_the_margin_does_not_count(tmp_path, shared_cache, monkeypatch) -> None:
+    _scripted_validation(monkeypatch, 0.5, [0.5, 0.52, 0.53])
+    result = Trainer(tiny(epochs=2, eval={"min_gain": 0.05}), tmp_path / "run", progress=False).run()
+    assert result.best_epoch == PRETRAINED and result.training_helped is False
+
+
+def test_a_trained_epoch_that_beats_the_pretrained_features_is_selected(tmp_path, shared_cache, monkeypatch) -> None:
+    _scripted_validation(monkeypatch, 0.5, [0.5, 0.4, 0.7])
     result = Trainer(tiny(epochs=2), tmp_path / "run", progress=False).run()
-    assert result.best_epoch == 2
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["training_helped"] is True
+    assert result.best_epoch == 2 and result.training_helped is True and "training helped" in result.verdict
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["training_helped"] is True and summary["val_pretrained"] == pytest.approx(0.5)
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_the_untrained_model_is_a_candidate_too(tmp_path, shared_cache, monkeypatch) -> None:
+    _scripted_validation(monkeypatch, 0.5, [0.8, 0.6, 0.7])
+    result = Trainer(tiny(epochs=2), tmp_path / "run", progress=False).run()
+    assert result.best_epoch == 0 and result.training_helped is True
+
+
+@pytest.mark.slow
+def test_frozen_mode_trains_the_last_blocks_on_cached_views(tmp_path, shared_cache) -> None:
+    from plm.models import load_model
+    from plm.training.pipeline import build_model
+
+    cfg = tiny(epochs=2, model={"train_blocks": 2, "head_init": "pca_uncentered"}, data={"views": 2},
+               eval={"signals": True})
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    pretrained = build_model(cfg).state_dict()
+    student = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["student_state"]
+    steps = len(build_model(cfg).backbone.units())
+    changed = {k for k, v in student.items() if not torch.equal(v, pretrained[k[len("model."):]])}
+    # the head and the last two steps (block 15, the head convolution) train; nothing before them moves
+    assert any(k.startswith("model.head.") for k in changed)
+    assert any("_blocks.15." in k for k in changed) and any("_conv_head" in k for k in changed)
+    assert not any(f"_blocks.{b}." in k for k in changed for b in range(steps - 3))
+    assert not any("_bn" in k and k.endswith(("weight", "bias")) for k in changed)  # BatchNorm stays frozen
+    # every row records the label-free scores, the pretrained features' too
+    assert {"lf_agreement", "lf_rank", "lf_agreement_pretrained"} <= set(straight.history[0])
+    assert all(0.0 <= h["lf_agreement"] <= 1.0 for h in straight.history)
+    # best.pt is a plain model that embeds images as the run's cached-input tail did
+    from plm.data import load_dataset
+    from plm.evaluation import embed_dataset, retrieval_metrics
+
+    model = load_model(tmp_path / "straight" / "best.pt")
+    emb = embed_dataset(model, load_dataset("digits", "test"), cache_dir=False, progress=False)
+    again = retrieval_metrics(emb.vectors, emb.labels, ks=[1], with_nmi=False)
+    assert again["map_at_r"] == pytest.approx(straight.test_metrics["map_at_r"], abs=1e-4)
+    # an interrupted run resumes to the same weights
+    assert Trainer(cfg, tmp_path / "split", progress=False).run(stop_after=1) is None
+    train(cfg, tmp_path / "split", progress=False, resume=True)
+    a, b = _states(tmp_path / "straight" / "last.pt"), _states(tmp_path / "split" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_only_options_are_refused_in_finetune_mode() -> None:
+    from plm.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="frozen-mode options"):
+        tiny(mode="finetune", data={"views": 2})
+    with pytest.raises(ConfigError, match="frozen-mode options"):
+        tiny(mode="finetune", model={"train_blocks": 1})

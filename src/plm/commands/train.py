@@ -114,10 +114,12 @@ def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:
 
 
 def _report(result) -> int:
+    from plm.training.selection import PRETRAINED
     from plm.utils.tables import format_table, metrics_headers, metrics_row
 
-    print(f"best epoch {result.best_epoch} (selected on {result.selection.replace('_', ' ')}); "
-          f"checkpoint {result.best_checkpoint}")
+    best = "the pretrained features" if result.best_epoch == PRETRAINED else f"epoch {result.best_epoch}"
+    print(f"best: {best} (selected on {result.selection.replace('_', ' ')}); checkpoint {result.best_checkpoint}")
+    print(result.verdict)
     if result.test_metrics is not None:
         ks = list(result.test_metrics["recall_at"])
         rows = []

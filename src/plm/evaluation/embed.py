@@ -76,7 +76,7 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     kind = "features" if features else "embeddings"
     if amp is not None:  # reduced-precision vectors are cached apart from full-precision ones
         kind += "-" + str(amp).removeprefix("torch.")
-    dim = model.backbone.feature_dim if features else model.out_dim
+    dim = model.feature_dim if features else model.out_dim
     cache_file = None
     if cache_dir is not False:
         folder = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -11,10 +11,12 @@ initialisation happens only when asked for explicitly with ``pretrained=False``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union, cast
+from typing import Any, Union, cast
 
 import torch
 from torch import nn
@@ -23,6 +25,21 @@ from plm.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 from plm.utils.registry import Registry
 
 Pretrained = Union[bool, str, os.PathLike, None]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One step of a backbone (:meth:`Backbone.units`): ``fn`` applies it, ``modules`` own its weights."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    modules: tuple[nn.Module, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The step's parameters."""
+        return [p for m in self.modules for p in m.parameters()]
 
 
 class Backbone(nn.Module):
@@ -40,6 +57,15 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def units(self) -> list[Unit]:
+        """The network as a sequence of steps whose composition is :meth:`forward` (a stem, each
+        block, a head convolution), for training only the last ones (``model.train_blocks``).
+        The steps call this backbone's own modules, so they share its weights."""
+        body = self.body
+        if isinstance(body, nn.Sequential):
+            return [Unit(m, (m,)) for m in body.children()]
+        return cast(Callable[[], list[Unit]], body.units)()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -148,6 +174,21 @@ class _EfficientNetBody(nn.Module):
         extract_features = cast(Callable[[torch.Tensor], torch.Tensor], self.net.extract_features)
         return extract_features(x)
 
+    def units(self) -> list[Unit]:
+        """Stem, the 16 MBConv blocks (each with its drop-connect rate, as ``extract_features``), head conv."""
+        net = cast(Any, self.net)
+        rate = net._global_params.drop_connect_rate
+        steps = [Unit(lambda x: net._swish(net._bn0(net._conv_stem(x))), (net._conv_stem, net._bn0))]
+        for idx, block in enumerate(net._blocks):
+            r = rate * float(idx) / len(net._blocks) if rate else rate
+            steps.append(Unit(functools.partial(_run_block, block, r), (block,)))
+        steps.append(Unit(lambda x: net._swish(net._bn1(net._conv_head(x))), (net._conv_head, net._bn1)))
+        return steps
+
+
+def _run_block(block: nn.Module, rate: float, x: torch.Tensor) -> torch.Tensor:
+    return cast(torch.Tensor, block(x, drop_connect_rate=rate))
+
 
 def _efficientnet_net() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
@@ -202,11 +243,17 @@ class _GoogLeNetBody(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        x = cast(Callable[[torch.Tensor], torch.Tensor], n._transform_input)(x)
-        for name in _GOOGLENET_LAYERS:
-            x = n.get_submodule(name)(x)
+        for step in self.units():
+            x = step(x)
         return x
+
+    def units(self) -> list[Unit]:
+        """The input transform with the first convolution, then each layer of ``_GOOGLENET_LAYERS``."""
+        n = self.net
+        first = n.get_submodule(_GOOGLENET_LAYERS[0])
+        transform = cast(Callable[[torch.Tensor], torch.Tensor], n._transform_input)
+        rest = [n.get_submodule(name) for name in _GOOGLENET_LAYERS[1:]]
+        return [Unit(lambda x: first(transform(x)), (first,))] + [Unit(m, (m,)) for m in rest]
 
 
 def _googlenet_net(init_weights: bool = False, transform_input: bool = False) -> nn.Module:

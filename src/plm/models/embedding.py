@@ -147,13 +147,21 @@ class EmbeddingModel(nn.Module):
         """Embedding dimension."""
         return self.head.out_dim
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features, shape (B, feature_dim)."""
-        fmap = self.backbone(x)
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`features`."""
+        return self.backbone.feature_dim
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The model's pooling of a (B, C, H, W) feature map: (B, C)."""
         pooled = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
         if self.config.pooling == "avg+max":
             pooled = pooled + F.adaptive_max_pool2d(fmap, 1).flatten(1)
         return pooled
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, shape (B, feature_dim)."""
+        return self.pool(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

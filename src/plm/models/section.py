@@ -27,6 +27,9 @@ class ModelSection:
             labels), ``pca_uncentered`` (the top directions of the uncentred second moment, zero
             bias: at ``embed_dim`` = the feature width a rotation, so the untrained model ranks as the
             pretrained features do) or ``orthogonal`` (random orthogonal weights, zero bias).
+        train_blocks: frozen mode: how many of the backbone's last steps (its head convolution,
+            then its blocks from the last one back) train with the head, on cached outputs of the
+            steps before them (:mod:`plm.models.partial`); 0 trains the head alone.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -36,8 +39,10 @@ class ModelSection:
     image_size: Optional[int] = None
     freeze_bn: bool = True
     head_init: str = "pca"
+    train_blocks: int = 0
 
     def __post_init__(self) -> None:
+        check_positive("model.train_blocks", self.train_blocks, allow_zero=True)
         from plm.models.backbones import canonical_backbone, check_image_size
 
         check_positive("model.embed_dim", self.embed_dim)

@@ -102,12 +102,13 @@ def pending_best_path(best_path: str | os.PathLike) -> Path:
 
 
 def commit_checkpoints(payload: dict[str, Any], last_path: str | os.PathLike, best_path: str | os.PathLike,
-                       improved: bool) -> None:
+                       improved: bool, best_payload: dict[str, Any] | None = None) -> None:
     """Write ``last.pt`` (and ``best.pt`` when ``improved``) with the rename of ``last.pt`` as the
-    single commit point (see the module docs). ``payload["best"]`` must name the best epoch."""
+    single commit point (see the module docs). ``payload["best"]`` must name the best epoch, which is
+    ``best_payload["epoch"]`` when the best checkpoint is not this epoch's (the pretrained features)."""
     pending = pending_best_path(best_path)
     if improved:
-        save_checkpoint(payload, pending)
+        save_checkpoint(payload if best_payload is None else best_payload, pending)
     save_checkpoint(payload, last_path)  # the commit point
     if improved:
         os.replace(pending, best_path)

@@ -161,6 +161,11 @@ class EvalConfig:
         recall_at: K values; ``None`` = 1/2/4/8 (1/10/100/1000 on SOP).
         nmi: compute NMI on the test split.
         baseline: also report the pretrained backbone's test metrics (free in frozen mode).
+        min_gain: the smallest validation MAP@R gain over the pretrained features that counts as
+            "training helped" (see :mod:`plm.training.selection`).
+        gain_se: the gain must also exceed this many standard errors (paired over validation queries).
+        signals: record the label-free scores of :mod:`plm.evaluation.label_free` every validated
+            epoch (``lf_*`` columns); ``None`` = only without a validation split.
     """
 
     every: int = 1
@@ -171,9 +176,14 @@ class EvalConfig:
     recall_at: Optional[list[int]] = None
     nmi: bool = True
     baseline: bool = True
+    min_gain: float = 0.0
+    gain_se: float = 2.0
+    signals: Optional[bool] = None
 
     def __post_init__(self) -> None:
         check_positive("eval.every", self.every)
+        check_positive("eval.min_gain", self.min_gain, allow_zero=True)
+        check_positive("eval.gain_se", self.gain_se, allow_zero=True)
         check_positive("eval.batch_size", self.batch_size)
         check_choice("eval.model", self.model, EVAL_MODELS)
         check_positive("eval.val_limit", self.val_limit, allow_none=True)
@@ -247,6 +257,10 @@ class TrainConfig:
               f"seed must be a non-negative integer; got {self.seed!r}")
         if self.method != "plm":
             check(self.similarity == "continuous", "similarity=binary is an ablation of method plm only")
+        if self.mode == "finetune":
+            check(not self.model.train_blocks and not self.data.views,
+                  "model.train_blocks and data.views are frozen-mode options (finetune mode trains the whole "
+                  "network on freshly augmented images); set them to 0 or use mode=frozen")
         check(self.method != "plm" or self.manifold.group_size in (None, self.sampler.k),
               f"manifold.group_size restricts the PL candidates to a batch's seed groups, so it must be null or "
               f"sampler.k; got manifold.group_size={self.manifold.group_size!r} with sampler.k={self.sampler.k} "
@@ -293,6 +307,9 @@ DATASET_PRESETS: dict[str, dict] = {
     "glyphs": {"epochs": 10, "data": {"val_classes": 12},
                "model": {"image_size": 64, "embed_dim": 1024, "head_init": "pca_uncentered"},
                "manifold": {"group_size": 5}},
+    # 139 units of the peoples (40 held out for validation) / 91 creature units; sprites are 72 px,
+    # rendered at 128 px
+    "sprites": {"data": {"val_classes": 40}, "model": {"image_size": 128}},
     "digits": {"model": {"image_size": 32}, "sampler": {"batch_size": 60}, "proxies": {"num": 20},
                "kmeans": {"num_clusters": 20}},
     "sop": {"ema": {"momentum": 0.9}, "sampler": {"k": 2}, "eval": {"recall_at": [1, 10, 100, 1000]}},

@@ -13,6 +13,7 @@ Both expose the same interface to :mod:`plm.training.trainer`.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from typing import Optional, cast
@@ -22,7 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from plm.data import ImageDataset, collate_skip
+from plm.data.views import AugmentedViews
 from plm.models import EmbeddingModel, ModelConfig, build_transform, create_model
+from plm.models.partial import PrefixModel, TailModel
 from plm.training.distributed import DistContext
 from plm.training.ema import EMATeacher
 from plm.training.sampler import NeighborhoodSampler
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: the PCA head starts (``model.head_init``) and whether each centres the features
 PCA_CENTERING = {"pca": True, "pca_uncentered": False}
+#: training images (a seeded subset) on which the label-free signals are measured
+SIGNAL_IMAGES = 1000
 
 
 def model_config_of(config) -> ModelConfig:
@@ -118,56 +123,123 @@ class Pipeline:
         """Full :class:`EmbeddingModel` state dict with the chosen network's weights (for load_model)."""
         raise NotImplementedError
 
+    def pretrained_state(self) -> dict:
+        """State dict of the pretrained model (backbone, no head) that :meth:`pretrained_model_config` describes."""
+        raise NotImplementedError
+
+    def signal_pairs(self, net: str) -> Optional[tuple[Tensor, Tensor]]:
+        """(clean, augmented view) embeddings of a seeded subset of training images by ``net``
+        (``student``, ``teacher`` or ``pretrained``) for :mod:`plm.evaluation.label_free`, on
+        every rank; ``None`` where the pipeline cannot give them."""
+        return None
+
+    def pretrained_model_config(self) -> ModelConfig:
+        """The model of the pretrained features: the backbone's L2-normalised pooled features, no head."""
+        return feature_config_of(self.config, normalize=True)
+
     def load_export_state(self, state: dict) -> None:
         """Load an :meth:`export_state` into :attr:`model` (used for the final test evaluation)."""
         self.model.load_state_dict(state)
 
 
 class FrozenPipeline(Pipeline):
-    """Cached pooled features; trains the embedding head (see module docs)."""
+    """Cached inputs (pooled features, or prefix maps with ``model.train_blocks``); trains the head
+    (and the backbone's last steps) on them (see module docs)."""
 
     def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
                  fresh: bool = True):
         super().__init__(config, device, ctx, progress)
         if config.data.augment:
-            log.info("frozen mode: backbone features are computed once from un-augmented images, so data "
-                     "augmentation is not possible (use mode=finetune for it)")
+            log.info("frozen mode: backbone features are computed once from un-augmented images; for augmentation "
+                     "use data.views=N (N cached augmented views of every training image) or mode=finetune")
         self.model = build_model(config)
         self.model.requires_grad_(False)
         m = config.model
-        # shares the backbone; its fingerprint does not depend on the randomly initialised head
-        self._feature_model = EmbeddingModel(self.model.backbone, feature_config_of(config))
+        steps = len(self.model.backbone.units())
+        if m.train_blocks >= steps:
+            raise ValueError(f"model.train_blocks={m.train_blocks}: {m.backbone} has {steps} steps; train at most "
+                             f"{steps - 1} of them in frozen mode (or use mode=finetune)")
         self.splits = splits
-        self._features: dict[int, tuple[Tensor, np.ndarray]] = {}
-        self.train_features, _ = self._split_features(splits.train)
+        self._inputs: dict[int, tuple[Tensor, np.ndarray]] = {}
+        # the inputs the student consumes; its fingerprint does not depend on the randomly initialised head
+        self.tail: Optional[TailModel] = None
+        if m.train_blocks:
+            start = steps - m.train_blocks
+            prefix = PrefixModel(self.model.backbone, feature_config_of(config), start)
+            self._input_model: EmbeddingModel = prefix
+            self.tail = TailModel(self.model, start, prefix.map_shape)
+        else:
+            self._input_model = EmbeddingModel(self.model.backbone, feature_config_of(config))
+        self.train_features, _ = self._split_inputs(splits.train)
+        # the pretrained model's pooled features, from the cached inputs (the tail before training)
+        self._pretrained_tail = copy.deepcopy(self.tail).to(device).eval() if self.tail is not None else None
         if fresh and m.head_init in PCA_CENTERING:
-            self.model.head.init_pca(self.train_features.cpu(), center=PCA_CENTERING[m.head_init])
-        self.student = self.model.head.to(device)
+            pooled = self._pretrained_pooled(self.train_features).cpu()
+            self.model.head.init_pca(pooled, center=PCA_CENTERING[m.head_init])
+        self.student: nn.Module = self.model.head if self.tail is None else self.tail.trainable_()
+        self.student.to(device)
         ctx.broadcast_module(self.student)  # every rank starts from rank 0's head
-        self.student.requires_grad_(True)
+        if self.tail is None:
+            self.student.requires_grad_(True)
+        self.train_views: Optional[Tensor] = None
+        if config.data.views:
+            n = self.num_train
+            views = AugmentedViews(splits.train, config.data.views, self._input_model.preprocess.resize_size,
+                                   self._input_model.preprocess.crop_scale)
+            flat, _ = self._split_inputs(views)
+            if flat.shape[0] != config.data.views * n:
+                raise RuntimeError("some augmented views could not be read although their images could")
+            self.train_views = flat.reshape(config.data.views, n, -1)
+        self.set_train()
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
 
-    def _split_features(self, ds: ImageDataset) -> tuple[Tensor, np.ndarray]:
+    def _split_inputs(self, ds: ImageDataset) -> tuple[Tensor, np.ndarray]:
         from plm.evaluation import embed_dataset
 
         key = id(ds)
-        if key not in self._features:
+        if key not in self._inputs:
             cache = None if self.config.data.cache else False
             kw = dict(batch_size=self.config.eval.batch_size, features=True, cache_dir=cache, device=self.device,
                       num_workers=self.config.data.num_workers)
             if self.ctx.enabled and cache is not False:  # rank 0 fills the cache, the others read it
                 if self.ctx.is_main:
-                    emb = embed_dataset(self._feature_model, ds, progress=self.progress, **kw)
+                    emb = embed_dataset(self._input_model, ds, progress=self.progress, **kw)
                 self.ctx.barrier()
                 if not self.ctx.is_main:
-                    emb = embed_dataset(self._feature_model, ds, progress=False, **kw)
+                    emb = embed_dataset(self._input_model, ds, progress=False, **kw)
             else:
-                emb = embed_dataset(self._feature_model, ds, progress=self.progress, **kw)
+                emb = embed_dataset(self._input_model, ds, progress=self.progress, **kw)
             if emb.skipped:
                 log.warning("%s/%s: skipped %d unreadable image(s), e.g. %s", ds.name, ds.split, len(emb.skipped),
                             ", ".join(emb.skipped[:3]))
-            self._features[key] = (torch.from_numpy(emb.vectors).to(self.device), emb.labels)
-        return self._features[key]
+            self._inputs[key] = (torch.from_numpy(emb.vectors).to(self.device), emb.labels)
+        return self._inputs[key]
+
+    def _pretrained_pooled(self, inputs: Tensor) -> Tensor:
+        """The pretrained backbone's pooled features of cached inputs."""
+        if self._pretrained_tail is None:
+            return inputs
+        return self._apply(self._pretrained_tail.pooled, inputs)
+
+    def set_train(self) -> None:
+        self.student.train()
+        if self.tail is not None and self.config.model.freeze_bn:
+            freeze_batchnorm(self.student)
+
+    def param_groups(self) -> list[dict]:
+        if self.tail is None:
+            return super().param_groups()
+        o = self.config.optim
+        groups = []
+        for group, lr in (("backbone", o.lr_backbone), ("embedding", o.lr_embedding)):
+            params = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad
+                      and ("embedding" if n.startswith("model.head.") else "backbone") == group]
+            for decay in (True, False):
+                chosen = [p for _, p in params if (p.ndim > 1) == decay]
+                if chosen:
+                    groups.append({"name": group, "params": chosen, "lr": lr,
+                                   "weight_decay": o.weight_decay if decay else 0.0})
+        return groups
 
     @property
     def num_train(self) -> int:
@@ -176,47 +248,81 @@ class FrozenPipeline(Pipeline):
     def batches(self, sampler: NeighborhoodSampler) -> Iterator[tuple[Tensor, Tensor]]:
         for positions in sampler:
             idx = torch.as_tensor(positions, dtype=torch.long, device=self.device)
-            yield self.train_features[idx], idx
+            if self.train_views is None:
+                yield self.train_features[idx], idx
+            else:  # one of the cached augmented views of each image, drawn from the epoch's seeded RNG
+                view = torch.randint(self.train_views.shape[0], (len(idx),)).to(self.device)
+                yield self.train_views[view, idx], idx
 
     @torch.no_grad()
-    def _apply(self, net: nn.Module, feats: Tensor, chunk: int = 8192) -> Tensor:
-        return torch.cat([net(feats[i:i + chunk]) for i in range(0, len(feats), chunk)]) if len(feats) else \
-            torch.zeros(0, self.model.out_dim, device=feats.device)
+    def _apply(self, net, feats: Tensor, chunk: int = 2048) -> Tensor:
+        if not len(feats):
+            return torch.zeros(0, self.model.out_dim, device=feats.device)
+        return torch.cat([net(feats[i:i + chunk]) for i in range(0, len(feats), chunk)])
 
-    def train_embeddings(self, net: str = "teacher") -> Tensor:
-        module = self._net(net)
+    def _run(self, which: str, feats: Tensor) -> Tensor:
+        module = self._net(which)
         was_training = module.training
         module.eval()
-        out = self._apply(module, self.train_features)
+        out = self._apply(module, feats)
         module.train(was_training)
+        if was_training and module is self.student:
+            self.set_train()  # BatchNorm frozen again
         return out
 
+    def train_embeddings(self, net: str = "teacher") -> Tensor:
+        return self._run(net, self.train_features)
+
     def embed_split(self, split: ImageDataset, net: str = "student"):
-        feats, labels = self._split_features(split)
+        feats, labels = self._split_inputs(split)
         if not self.ctx.is_main:
             return None
-        module = self._net(net)
-        was_training = module.training
-        module.eval()
-        out = self._apply(module, feats).cpu().numpy()
-        module.train(was_training)
-        return out, labels
+        return self._run(net, feats).cpu().numpy(), labels
 
     def baseline_split(self, split: ImageDataset):
-        feats, labels = self._split_features(split)
+        feats, labels = self._split_inputs(split)
         if not self.ctx.is_main:
             return None
-        return torch.nn.functional.normalize(feats, dim=1).cpu().numpy(), labels
+        return torch.nn.functional.normalize(self._pretrained_pooled(feats), dim=1).cpu().numpy(), labels
+
+    def _signal_features(self) -> tuple[Tensor, Tensor]:
+        """Cached inputs of the signal subset: clean and one seeded augmented view each."""
+        if getattr(self, "_signal", None) is None:
+            n = self.num_train
+            idx = np.sort(np.random.default_rng(0).choice(n, size=min(n, SIGNAL_IMAGES), replace=False))
+            subset = self.splits.train.subset(idx)
+            pre = self._input_model.preprocess
+            views, _ = self._split_inputs(AugmentedViews(subset, 1, pre.resize_size, pre.crop_scale, seed=1))
+            if len(views) != len(idx):
+                raise RuntimeError("some augmented views could not be read although their images could")
+            self._signal = (self.train_features[torch.as_tensor(idx, device=self.device)], views)
+        return self._signal
+
+    def signal_pairs(self, net: str) -> Optional[tuple[Tensor, Tensor]]:
+        clean, views = self._signal_features()
+        if net == "pretrained":
+            norm = torch.nn.functional.normalize
+            return norm(self._pretrained_pooled(clean), dim=1), norm(self._pretrained_pooled(views), dim=1)
+        return self._run(net, clean), self._run(net, views)
 
     def export_state(self, which: str) -> dict:
-        head = self._net(which)
+        net = self._net(which)
+        if self.tail is not None:
+            return {k[len("model."):]: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if not k.startswith("head.")}
-        state.update({f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()})
+        state.update({f"head.{k}": v.detach().cpu().clone() for k, v in net.state_dict().items()})
         return state
 
     def load_export_state(self, state: dict) -> None:
+        if self.tail is not None:
+            self.model.load_state_dict(state)
+            return
         head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
         self.model.head.load_state_dict(head)
+
+    def pretrained_state(self) -> dict:
+        model = self._pretrained_tail.model if self._pretrained_tail is not None else self.model
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
 
 
 def embed_distributed(model: EmbeddingModel, dataset: ImageDataset, ctx: DistContext, batch_size: int = 128,
@@ -270,8 +376,9 @@ class FinetunePipeline(Pipeline):
         self._train_transform = build_transform(self.model.preprocess, train=config.augment)
         self.set_train()
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
+        # the pretrained features are a candidate of the model selection (validation) and the test baseline
         self._pretrained_backbone: Optional[dict] = None
-        if config.eval.baseline and splits.test is not None:
+        if splits.val is not None or (config.eval.baseline and splits.test is not None):
             self._pretrained_backbone = {k: v.detach().cpu().clone()
                                          for k, v in self.model.backbone.state_dict().items()}
 
@@ -346,6 +453,11 @@ class FinetunePipeline(Pipeline):
 
     def export_state(self, which: str) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self._net(which).state_dict().items()}
+
+    def pretrained_state(self) -> dict:
+        if self._pretrained_backbone is None:
+            raise RuntimeError("the pretrained backbone was not kept (no validation or test split)")
+        return {f"backbone.{k}": v.clone() for k, v in self._pretrained_backbone.items()}
 
 
 def build_pipeline(config, splits, device: torch.device, ctx: DistContext, progress: bool = True,

@@ -43,6 +43,7 @@ from plm.training.methods import BatchView, build_method
 from plm.training.optim import build_optimizer, build_scheduler
 from plm.training.pipeline import build_pipeline, model_config_of
 from plm.training.sampler import NeighborhoodSampler
+from plm.training.selection import PRETRAINED, Judgement, judge, verdict
 from plm.training.sizing import fit_to_data
 from plm.training.splits import load_splits
 from plm.utils.device import autocast
@@ -69,10 +70,16 @@ class TrainResult:
         config: the resolved configuration.
         out_dir: the output folder.
         history: one dict per epoch (the rows of ``metrics.csv``).
-        selection: ``val_map_at_r`` (validation MAP@R, higher is better; the untrained model,
-            epoch 0, is a candidate) or ``train_pair_loss`` (mean training loss of the pair term,
-            lower is better; used without a validation split).
-        best_epoch: the selected epoch (1-based; 0 = no training epoch beat the untrained model).
+        selection: ``val_map_at_r`` (validation MAP@R, higher is better; the pretrained features
+            and the untrained model, epoch 0, are candidates: :mod:`plm.training.selection`) or
+            ``train_pair_loss`` (mean training loss of the pair term, lower is better; used
+            without a validation split).
+        best_epoch: the selected epoch (1-based; 0 = the untrained model; ``-1``
+            (:data:`~plm.training.selection.PRETRAINED`) = the pretrained features, kept because no
+            epoch beat them on validation by more than the margin).
+        training_helped: whether a trained epoch beat the pretrained features on validation
+            (``None`` without a validation split: it cannot be known).
+        verdict: the one line that says so.
         best_checkpoint: path of ``best.pt``.
         last_checkpoint: path of ``last.pt``.
         test_metrics: test-split metrics of the best checkpoint (``None`` without a labelled test split).
@@ -85,6 +92,8 @@ class TrainResult:
     history: list[dict[str, Any]]
     selection: str
     best_epoch: int
+    training_helped: Optional[bool]
+    verdict: str
     best_checkpoint: Path
     last_checkpoint: Path
     test_metrics: Optional[dict[str, Any]] = None
@@ -157,6 +166,8 @@ class Trainer:
         self.global_step = 0
         self.best: dict[str, Any] = {"epoch": 0, "value": None}
         self._train_emb: Optional[torch.Tensor] = None
+        self._ap_pretrained: Optional[np.ndarray] = None  # per-query validation AP@R (rank 0)
+        self._pretrained_scored = False
         #: set to {} to accumulate seconds per step phase (forward, method, backward_step)
         self.timings: Optional[dict[str, float]] = None
         self._setup()
@@ -365,19 +376,64 @@ class Trainer:
         m = retrieval_metrics(vec, labels, ks=ks, with_nmi=with_nmi)
         return {"dataset": self.config.dataset, "split": split.split, "skipped": len(split) - len(labels), **m}
 
-    def validate(self) -> Optional[float]:
-        """Validation MAP@R of the evaluated network (``eval.model``), on every rank."""
-        from plm.evaluation import retrieval_metrics
+    def _val_ap(self, which: str) -> Optional[np.ndarray]:
+        """Per-query validation AP@R of ``which`` (``student``, ``teacher`` or ``pretrained``) on rank 0
+        (``None`` on the others); every rank must call it (finetune mode embeds in shards)."""
+        from plm.evaluation.metrics import query_ranks
 
+        assert self.splits.val is not None
+        split = self.splits.val
+        res = self.pipeline.baseline_split(split) if which == "pretrained" else self.pipeline.embed_split(split, which)
+        if res is None:
+            return None
+        # the row scan: on validation splits with few large classes it is several times faster
+        # than the symmetric scan (3,000 Fashion-MNIST images, 2 classes: 1.3 s vs 5.1 s)
+        return query_ranks(res[0], res[1], symmetric=False).ap_at_r
+
+    def _pretrained_ap(self) -> Optional[np.ndarray]:
+        if not self._pretrained_scored:
+            self._ap_pretrained = self._val_ap("pretrained")
+            self._pretrained_scored = True
+        return self._ap_pretrained
+
+    def validate(self) -> Optional[Judgement]:
+        """The evaluated network (``eval.model``) on the validation split, judged against the
+        pretrained features (:func:`plm.training.selection.judge`), on every rank."""
         if self.splits.val is None:
             return None
-        res = self.pipeline.embed_split(self.splits.val, self.config.eval.model)
-        value = torch.zeros(1, dtype=torch.float64, device=self.device)
-        if res is not None:
-            # the row scan: on validation splits with few large classes it is several times faster
-            # than the symmetric scan (3,000 Fashion-MNIST images, 2 classes: 1.3 s vs 5.1 s)
-            value[0] = retrieval_metrics(res[0], res[1], ks=[1], with_nmi=False, symmetric=False)["map_at_r"]
-        return float(self.ctx.broadcast(value)[0])
+        pre = self._pretrained_ap()
+        ap = self._val_ap(self.config.eval.model)
+        return self._broadcast_judgement(judge(ap, pre, self.config.eval.min_gain, self.config.eval.gain_se)
+                                         if ap is not None and pre is not None else None)
+
+    def pretrained_value(self) -> float:
+        """Validation MAP@R of the pretrained features, on every rank."""
+        pre = self._pretrained_ap()
+        return self._broadcast_judgement(judge(pre, pre, 0.0, 0.0) if pre is not None else None).value
+
+    @property
+    def signals_on(self) -> bool:
+        """Whether the label-free scores are recorded (``eval.signals``; by default only without validation)."""
+        flag = self.config.eval.signals
+        return self.splits.val is None if flag is None else bool(flag)
+
+    def label_free(self, net: str) -> dict[str, float]:
+        """The label-free scores (:mod:`plm.evaluation.label_free`) of ``net`` (``student``, ``teacher``
+        or ``pretrained``) on a seeded subset of training images; empty where the pipeline has none."""
+        from plm.evaluation.label_free import effective_rank, knn_agreement
+
+        pairs = self.pipeline.signal_pairs(net)
+        if pairs is None:
+            return {}
+        clean, views = pairs
+        return {"lf_agreement": knn_agreement(clean, views), "lf_rank": effective_rank(clean)}
+
+    def _broadcast_judgement(self, j: Optional[Judgement]) -> Judgement:
+        value = torch.zeros(5, dtype=torch.float64, device=self.device)
+        if j is not None:
+            value[:] = torch.tensor([j.value, j.gain, j.se, j.margin, float(j.qualified)], dtype=torch.float64)
+        v = self.ctx.broadcast(value).tolist()
+        return Judgement(v[0], v[1], v[2], v[3], bool(v[4]))
 
     def _improved(self, score: float) -> bool:
         prev = self.best.get("value")
@@ -386,6 +442,12 @@ class Trainer:
         return score > prev if self.selection == "val_map_at_r" else score < prev
 
     # ------------------------------------------------------------------------------ checkpoints
+    def _pretrained_payload(self, epoch: int) -> dict[str, Any]:
+        """``best.pt`` when the pretrained features are the selected model: their model, with the
+        resume state of ``epoch`` (so the file stays a complete training checkpoint)."""
+        return {**self._payload(epoch), "model_config": self.pipeline.pretrained_model_config().to_dict(),
+                "model_state": self.pipeline.pretrained_state(), "epoch": PRETRAINED}
+
     def _payload(self, epoch: int) -> dict[str, Any]:
         pipe = self.pipeline
         cpu = lambda sd: {k: v.detach().cpu().clone() for k, v in sd.items()}  # noqa: E731
@@ -422,24 +484,45 @@ class Trainer:
             write_csv(self.history, self.out / "metrics.csv")
         try:
             if self.start_epoch == 0 and not self.history and self.splits.val is not None:
-                # the untrained model is the first candidate: training must beat it to be kept
-                val0 = self.validate()
-                self.history.append({"epoch": 0, "step": 0, "val_map_at_r": val0})
-                self.best = {"epoch": 0, "value": val0}
+                # the pretrained features and the untrained model are the first candidates: a trained
+                # epoch is kept only when it beats the pretrained features by more than the margin
+                pre = self.pretrained_value()
+                j0 = self.validate()
+                assert j0 is not None
+                row0 = {"epoch": 0, "step": 0, **_val_columns(j0), "val_pretrained": pre}
+                if self.signals_on:
+                    row0.update(self.label_free(cfg.eval.model))
+                    row0.update({f"{k}_pretrained": v for k, v in self.label_free("pretrained").items()})
+                self.history.append(row0)
+                self.best = ({"epoch": 0, "value": j0.value, "margin": j0.margin} if j0.qualified
+                             else {"epoch": PRETRAINED, "value": pre, "margin": None})
+                self.best["pretrained"] = pre
                 if ctx.is_main:
-                    commit_checkpoints(self._payload(0), self.last_path, self.best_path, True)
+                    commit_checkpoints(self._payload(0), self.last_path, self.best_path, True,
+                                       self._pretrained_payload(0) if self.best["epoch"] == PRETRAINED else None)
                     write_csv(self.history, self.out / "metrics.csv")
-                    log.info("epoch 0 (untrained): val MAP@R %.4f", val0)
+                    log.info("epoch 0 (untrained): val MAP@R %.4f (pretrained features %.4f)", j0.value, pre)
                 ctx.barrier()
             for epoch in range(self.start_epoch, cfg.epochs):
                 row = self.run_epoch(epoch)
                 last = epoch + 1 == cfg.epochs
-                val = self.validate() if ((epoch + 1) % cfg.eval.every == 0 or last) else None
-                row["val_map_at_r"] = val
-                score = val if self.selection == "val_map_at_r" else pair_loss(row)
-                improved = score is not None and self._improved(score)
-                if improved:
-                    self.best = {"epoch": epoch + 1, "value": score}
+                validated = (epoch + 1) % cfg.eval.every == 0 or last
+                judgement = self.validate() if validated else None
+                if validated and self.signals_on:
+                    row.update(self.label_free(cfg.eval.model))
+                if self.selection == "val_map_at_r":
+                    row.update(_val_columns(judgement))
+                    improved = judgement is not None and judgement.qualified and (
+                        self.best["epoch"] == PRETRAINED or judgement.value > self.best["value"])
+                    if improved:
+                        assert judgement is not None
+                        self.best.update({"epoch": epoch + 1, "value": judgement.value, "margin": judgement.margin})
+                else:
+                    row["val_map_at_r"] = None
+                    score = pair_loss(row)
+                    improved = self._improved(score)
+                    if improved:
+                        self.best = {"epoch": epoch + 1, "value": score}
                 self.history.append(row)
                 if ctx.is_main:
                     commit_checkpoints(self._payload(epoch + 1), self.last_path, self.best_path, improved)
@@ -461,35 +544,54 @@ class Trainer:
         cfg, ctx = self.config, self.ctx
         ctx.barrier()
         best = safe_torch_load(self.best_path)
-        if int(best.get("epoch", -1)) != int(self.best["epoch"]):
+        if best.get("epoch") is None or int(best["epoch"]) != int(self.best["epoch"]):
             raise ValueError(f"{self.best_path} holds epoch {best.get('epoch')} but {self.last_path.name} committed "
                              f"epoch {self.best['epoch']} as the best; the run folder was changed by hand")
-        self.pipeline.load_export_state(best["model_state"])
+        kept_pretrained = self.best["epoch"] == PRETRAINED
+        if not kept_pretrained:
+            self.pipeline.load_export_state(best["model_state"])
         test = baseline = None
         if self.splits.test is not None:
             ks = cfg.eval.recall_at or default_ks(cfg.dataset)
-            test = self._metrics(self.splits.test, ks, cfg.eval.nmi)
-            if cfg.eval.baseline:
+            if cfg.eval.baseline or kept_pretrained:
                 baseline = self._metrics(self.splits.test, ks, cfg.eval.nmi, baseline=True)
+            test = baseline if kept_pretrained else self._metrics(self.splits.test, ks, cfg.eval.nmi)
+            if not cfg.eval.baseline:
+                baseline = None
+        helped = self._helped()
+        line = verdict(self.selection, int(self.best["epoch"]), self.best["value"], self.best.get("pretrained"),
+                       self.best.get("margin"))
         if ctx.is_main:
-            if self.best["epoch"] == 0:
-                log.warning("no training epoch beat the untrained model on validation (MAP@R %.4f): best.pt is the "
-                            "untrained model, so training did not help with these settings", self.best["value"])
+            (log.warning if helped is False else log.info)("%s", line)
             if test is not None:
                 atomic_write_json(test, self.out / "metrics.json")
                 log.info("test (best epoch %d): R@1 %.4f  MAP@R %.4f", self.best["epoch"],
                          test["recall_at"][str(ks[0])], test["map_at_r"])
             atomic_write_json(self._summary(test, baseline), self.out / "summary.json")
-        model = self.pipeline.model.cpu().eval()
-        return TrainResult(cfg, self.out, list(self.history), self.selection, int(self.best["epoch"]), self.best_path,
-                           self.last_path, test, baseline, model)
+        if kept_pretrained:
+            from plm.models import load_model
+
+            model = load_model(self.best_path)
+        else:
+            model = self.pipeline.model.cpu().eval()
+        return TrainResult(cfg, self.out, list(self.history), self.selection, int(self.best["epoch"]), helped, line,
+                           self.best_path, self.last_path, test, baseline, model)
+
+    def _helped(self) -> Optional[bool]:
+        """Whether a trained epoch beat the pretrained features on validation (``None``: no validation)."""
+        if self.selection != "val_map_at_r":
+            return None
+        return int(self.best["epoch"]) != PRETRAINED
 
     def _summary(self, test: Optional[dict], baseline: Optional[dict]) -> dict[str, Any]:
         cfg, s = self.config, self.splits
         return {
             "dataset": cfg.dataset, "method": cfg.method, "mode": cfg.mode, "epochs": cfg.epochs, "seed": cfg.seed,
             "selection": self.selection, "best_epoch": self.best["epoch"], "best_value": self.best["value"],
-            "training_helped": self.best["epoch"] > 0 if self.selection == "val_map_at_r" else None,
+            "training_helped": self._helped(),
+            "verdict": verdict(self.selection, int(self.best["epoch"]), self.best["value"],
+                               self.best.get("pretrained"), self.best.get("margin")),
+            "val_pretrained": self.best.get("pretrained"), "val_margin": self.best.get("margin"),
             "val_classes": s.val_classes, "train_images": self.pipeline.num_train,
             "val_images": len(s.val) if s.val is not None else 0,
             "test_images": len(s.test) if s.test is not None else 0,
@@ -548,6 +650,13 @@ def pair_loss(row: dict[str, Any]) -> float:
     what every method trains the embedding with. The peers' totals are their pair term.
     """
     return float(row["loss_point"] if row.get("loss_point") is not None else row["loss"])
+
+
+def _val_columns(j: Optional[Judgement]) -> dict[str, Any]:
+    """The validation columns of a ``metrics.csv`` row (empty values for an epoch not validated)."""
+    if j is None:
+        return {"val_map_at_r": None, "val_gain": None, "val_margin": None}
+    return {"val_map_at_r": j.value, "val_gain": j.gain, "val_margin": j.margin}
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
