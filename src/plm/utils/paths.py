@@ -168,11 +168,11 @@ def is_torch_checkpoint(path: Path) -> bool:
 
 def is_plm_yaml_config(path: Path) -> bool:
     """A ``config.yaml`` written by ``plm train``."""
-    import yaml
+    from plm.utils.config import ConfigError, load_yaml_text
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else None
-    except (OSError, ValueError, yaml.YAMLError):
+        data = load_yaml_text(path.read_text(encoding="utf-8"), str(path)) if path.stat().st_size < 1 << 20 else None
+    except (OSError, ValueError, ConfigError):
         return False
     return isinstance(data, dict) and {"dataset", "method", "mode"} <= set(data)
 
