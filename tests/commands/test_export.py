@@ -3,6 +3,7 @@ file by faiss.read_index (same neighbours as plm's own index), and clear errors.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from plm.cli import main
 from plm.search import EmbeddingStore, SearchIndex
-from test_search_helpers import make_shapes_folder
+from test_search_helpers import make_shapes_folder, store_like
 
 faiss = pytest.importorskip("faiss")
 HOSTILE = 'odd, "name".png'
@@ -86,7 +87,7 @@ def test_wrong_inputs_give_one_clear_line(made: dict[str, Path], capsys: pytest.
         (["export", str(made["tmp"] / "exact.npz"), "--out", str(made["tmp"] / "x.csv")], "exports to faiss"),
         (["export", str(made["emb"]), "--out", str(made["tmp"] / "x.faiss")], "exports to csv or parquet"),
         (["export", str(made["emb"]), "--out", str(made["tmp"] / "x.txt")], "cannot tell the format"),
-        (["export", str(made["emb"]), "--out", str(made["emb"])], "is the input file"),
+        (["export", str(made["emb"]), "--out", str(made["emb"]), "--format", "csv"], "also an input"),
         (["export", str(made["tmp"] / "missing.npz"), "--out", str(made["tmp"] / "x.csv")], "file not found"),
         (["export", str(made["root"] / "squares" / "square_001.jpg"), "--out", str(made["tmp"] / "x.csv")],
          "neither a plm embeddings file"),
@@ -112,3 +113,76 @@ def test_parquet_without_pyarrow_names_the_extra(made: dict[str, Path], monkeypa
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     assert main(["export", str(made["emb"]), "--out", str(made["tmp"] / "none.parquet")]) == 2
     assert "plm[parquet]" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ issue 27
+
+
+def _export(capsys, caplog, *argv: str) -> tuple[int, str]:
+    """(exit status, what it said on stderr and in warnings)."""
+    caplog.clear()
+    code = main(["export", *argv])
+    return code, capsys.readouterr().err + caplog.text
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_neutralised(made: dict[str, Path], tmp_path: Path, capsys,
+                                                               caplog) -> None:
+    from plm.search import EmbeddingStore
+
+    store = EmbeddingStore.load(made["emb"])
+    hostile = ['=HYPERLINK("http://x","y").png', "+1.png", "-2.png", "@SUM(A1).png", "\tx.png", "\rx.png"]
+    paths = hostile + store.paths[len(hostile):]
+    names = {k: ("=cmd|' /C calc'!A0" if k == 0 else v) for k, v in store.class_names.items()}
+    src = store_like(made["emb"], tmp_path / "hostile.npz", paths=paths, class_names=names)
+    out = tmp_path / "hostile.csv"
+    code, err = _export(capsys, caplog, str(src), "--out", str(out))
+    assert code == 0 and "spreadsheets" in err and "Traceback" not in err
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    assert [r[0] for r in rows[:len(hostile)]] == ["'" + p for p in hostile]
+    labelled = [r[1] for r in rows if r[1].startswith("'=cmd")]
+    assert labelled and all(not r[1].startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows)
+    assert float(rows[0][2]) == pytest.approx(float(store.vectors[0, 0]))  # numbers stay numbers
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_names_that_are_not_utf8_are_exported_as_shown_everywhere(made, tmp_path: Path, capsys, caplog,
+                                                                  fmt: str) -> None:
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    from plm.search import EmbeddingStore
+
+    paths = EmbeddingStore.load(made["emb"]).paths
+    src = store_like(made["emb"], tmp_path / "latin1.npz", paths=["squares/caf\udce9.png", *paths[1:]])
+    out = tmp_path / f"latin1.{fmt}"
+    code, err = _export(capsys, caplog, str(src), "--out", str(out))
+    assert code == 0 and "not valid UTF-8" in err and "Traceback" not in err, err
+    if fmt == "csv":
+        first = out.read_text(encoding="utf-8").splitlines()[1]
+    else:
+        import pyarrow.parquet as pq
+
+        first = pq.read_table(out).column("path")[0].as_py()
+    assert first.startswith("squares/caf\\xe9.png")
+
+
+def test_rows_that_cannot_be_searched_are_left_out_and_counted(made: dict[str, Path], tmp_path: Path, capsys,
+                                                               caplog) -> None:
+    import numpy as np
+
+    from plm.search import EmbeddingStore
+
+    store = EmbeddingStore.load(made["emb"])
+    vectors = store.vectors.copy()
+    vectors[0, 3], vectors[1, 0], vectors[2] = np.nan, np.inf, 0.0
+    src = store_like(made["emb"], tmp_path / "bad.npz", vectors=vectors)
+    out = tmp_path / "bad.csv"
+    code, err = _export(capsys, caplog, str(src), "--out", str(out))
+    assert code == 0 and "left out 2 NaN or infinite and 1 all-zero vector(s)" in err, err
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    assert [r[0] for r in rows] == store.paths[3:] and "nan" not in out.read_text().lower()
+    none_left = store_like(made["emb"], tmp_path / "zeros.npz", vectors=np.zeros_like(vectors))
+    code, err = _export(capsys, caplog, str(none_left), "--out", str(tmp_path / "zeros.csv"))
+    assert code == 2 and "no vector that can be exported" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "zeros.csv").exists()

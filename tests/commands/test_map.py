@@ -12,7 +12,7 @@ import pytest
 
 from plm.cli import main
 from test_browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, PROBE, _chromium, _console
-from test_search_helpers import make_shapes_folder
+from test_search_helpers import make_shapes_folder, store_like
 
 
 class _Tags(HTMLParser):
@@ -103,3 +103,72 @@ def test_map_renders_in_chromium(mapped: dict[str, Path], tmp_path: Path) -> Non
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
     coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > 100
     assert coloured.sum() >= 19 * 40, "the map's dots are not drawn"
+
+
+# ------------------------------------------------------------------------------ issue 27
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _plm(*args: str):
+    """``python -m plm ARGS`` in a child process: a crash in native code (t-SNE) shows as its exit status."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "plm", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_identical_vectors_make_a_grid_map_not_a_crash(mapped: dict[str, Path], tmp_path: Path) -> None:
+    """A folder of identical images: t-SNE's PCA start divided by a zero deviation and crashed (rc 139)."""
+    import numpy as np
+
+    from plm.search import EmbeddingStore
+
+    n = len(EmbeddingStore.load(mapped["emb"]))
+    vectors = np.repeat(EmbeddingStore.load(mapped["emb"]).vectors[:1], n, axis=0)
+    same = store_like(mapped["emb"], tmp_path / "same.npz", vectors=vectors)
+    page = tmp_path / "same.html"
+    run = _plm("map", str(same), "--html", str(page), "--method", "tsne")
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = page.read_text(encoding="utf-8")
+    positions = set(re.findall(r"left:([\d.]+)%;top:([\d.]+)%", text))
+    assert text.count('class="pt') == n and len(positions) == n  # side by side, none hidden under another
+    assert "identical vectors" in text
+
+
+@pytest.mark.parametrize("poison,needle", [("zero", "all zeros"), ("nan", "NaN or infinite")])
+def test_vectors_that_cannot_be_searched_are_refused_as_by_index(mapped, tmp_path: Path, poison: str,
+                                                                 needle: str) -> None:
+    import numpy as np
+
+    from plm.search import EmbeddingStore
+
+    vectors = EmbeddingStore.load(mapped["emb"]).vectors.copy()
+    if poison == "zero":
+        vectors[:] = 0.0
+    else:
+        vectors[0, 0] = np.nan
+    bad = store_like(mapped["emb"], tmp_path / f"{poison}.npz", vectors=vectors)
+    page = tmp_path / "m.html"
+    run = _plm("map", str(bad), "--html", str(page), "--method", "tsne")
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and needle in run.stderr, run.stderr[-2000:]
+    assert not page.exists()
+
+
+def test_a_path_holding_a_nul_byte_loses_one_thumbnail_not_the_page(mapped, tmp_path: Path, capsys) -> None:
+    from plm.search import EmbeddingStore
+
+    paths = EmbeddingStore.load(mapped["emb"]).paths
+    damaged = store_like(mapped["emb"], tmp_path / "nul.npz", paths=[paths[0] + "\x00x", *paths[1:]])
+    page = tmp_path / "nul.html"
+    assert main(["map", str(damaged), "--html", str(page), "--method", "pca"]) == 0, capsys.readouterr().err
+    assert page.read_text(encoding="utf-8").count("<div>unreadable</div>") == 1
+    idx, gallery = tmp_path / "nul-idx.npz", tmp_path / "gallery.html"
+    assert main(["index", str(damaged), "--out", str(idx)]) == 0
+    query = mapped["root"] / "circles" / "circle_001.jpg"
+    assert main(["search", str(idx), str(query), "-k", str(len(paths)), "--html", str(gallery)]) == 0, \
+        capsys.readouterr().err
+    assert gallery.read_text(encoding="utf-8").count('class="missing"') == 1

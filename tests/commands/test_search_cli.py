@@ -133,3 +133,12 @@ def test_embeddings_with_wrong_dimension_are_refused_by_index(built: dict[str, P
     _one_line_error(capsys, "dimension mismatch", "64-d", "1280-d")
     assert main(["index", str(built["tmp"] / "none.npz"), "--out", str(built["tmp"] / "x.npz")]) == 2
     _one_line_error(capsys, "file not found", "plm embed")
+
+
+def test_index_says_when_a_search_setting_does_not_apply(built: dict[str, Path], tmp_path: Path, caplog) -> None:
+    """Issue 27: ``--ef-search`` (or --nprobe, --k-factor …) given for an exact index was ignored silently."""
+    out = tmp_path / "exact.npz"
+    assert main(["index", str(built["emb"]), "--out", str(out), "--kind", "exact", "--ef-search", "64",
+                 "--nprobe", "4"]) == 0
+    assert "--ef-search applies to hnsw indexes only; ignored for this exact index" in caplog.text
+    assert "--nprobe applies to ivf indexes only" in caplog.text

@@ -101,3 +101,13 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert "unknown estimator" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["similarity-report", "--dataset", "digits"])  # needs --backbone, --checkpoint or --features
+
+
+def test_clusters_zero_is_refused_not_taken_as_the_default(tmp_path, capsys) -> None:
+    """Issue 27: ``--clusters 0`` silently meant the number of classes."""
+    feats = _blobs_file(tmp_path, classes=3, per_class=8, dim=4, noise=0.4, seed=1)
+    with pytest.raises(SystemExit) as exc:
+        main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--estimators", "kmeans",
+              "--clusters", "0", "--quiet"])
+    assert exc.value.code == 2
+    assert "--clusters: must be an integer >= 1, got 0" in capsys.readouterr().err

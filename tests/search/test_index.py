@@ -173,3 +173,26 @@ def test_benchmark_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     ivf = [r for r in rows if r["index"] == "IVF16,Flat"]
     assert ivf[-1]["value"] == 16 and ivf[-1]["recall"] == 1.0  # every cell visited: exact
     assert "| index | build (s) |" in capsys.readouterr().out
+
+
+def test_a_damaged_hnsw_graph_is_refused_not_searched(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Issue 27: unlinking one node of the HNSW graph (the file otherwise intact) made its image vanish from
+    every result without a word; the checksum written with the index now refuses such a file."""
+    x = _clustered(rng, n=300)
+    model = {"source": "backbone", "backbone": "efficientnet_lite0", "dim": 16, "fingerprint": "abc"}
+    path = tmp_path / "i.npz"
+    SearchIndex(VectorIndex.build(x, "hnsw", M=8), [f"{i}.jpg" for i in range(300)], np.full(300, -1), "/data",
+                model).save(path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    graph = faiss.deserialize_index(arrays["faiss"])
+    victim = next(i for i in range(300) if i != graph.hnsw.entry_point)
+    links = faiss.vector_to_array(graph.hnsw.neighbors)
+    links[links == victim] = -1  # nothing leads to the victim any more
+    faiss.copy_array_to_vector(links, graph.hnsw.neighbors)
+    arrays["faiss"] = faiss.serialize_index(graph)
+    np.savez(tmp_path / "damaged.npz", **arrays)  # a valid archive with the same meta record
+    assert victim not in graph.search(x[victim:victim + 1], 10)[1]  # what a search would have answered
+    with pytest.raises(UserError, match="damaged.npz .*checksum recorded when it was written"):
+        SearchIndex.load(tmp_path / "damaged.npz")
+    assert SearchIndex.load(path).index.count == 300  # the intact file still loads

@@ -42,6 +42,31 @@ def make_shapes_folder(root: Path, per_class: int = 8, seed: int = 0, start: int
     return written
 
 
+def embedded_collection(tmp: Path, per_class: int = 3) -> dict[str, Path]:
+    """A shapes folder under ``tmp/imgs``, embedded (EfficientNet-Lite0 at 32 px) and indexed (exact):
+    ``{"tmp", "root", "emb", "idx"}``."""
+    from plm.cli import main
+
+    root = tmp / "imgs"
+    make_shapes_folder(root, per_class=per_class)
+    emb, idx = tmp / "emb.npz", tmp / "idx.npz"
+    assert main(["embed", str(root), "--backbone", "efficientnet_lite0", "--image-size", "32", "--out", str(emb),
+                 "--quiet"]) == 0
+    assert main(["index", str(emb), "--out", str(idx), "--quiet"]) == 0
+    return {"tmp": tmp, "root": root, "emb": emb, "idx": idx}
+
+
+def store_like(src: Path, dst: Path, **changes) -> Path:
+    """A copy of the embeddings file ``src`` at ``dst`` with some fields replaced (``vectors``, ``paths`` …)."""
+    from plm.search import EmbeddingStore
+
+    store = EmbeddingStore.load(src)
+    for key, value in changes.items():
+        setattr(store, key, value)
+    store.save(dst)
+    return dst
+
+
 def test_make_shapes_folder_writes_decodable_images(tmp_path: Path) -> None:
     paths = make_shapes_folder(tmp_path, per_class=2)
     assert len(paths) == 6 and {p.parent.name for p in paths} == set(SHAPES)

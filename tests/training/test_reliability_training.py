@@ -155,6 +155,24 @@ def test_killed_between_last_and_best_is_rolled_forward(tmp_path, shared_cache) 
     assert not pending_best_path(out / "best.pt").exists()
 
 
+def test_an_unreadable_last_keeps_the_pending_best(tmp_path) -> None:
+    """Issue 27: with last.pt unreadable, whether it committed the pending best is unknown; recovery deleted
+    the intact best.pt.pending (the only copy of that epoch's best weights). It now keeps it."""
+    from plm.training.checkpoint import pending_best_path, recover_checkpoints
+
+    out = tmp_path / "run"
+    out.mkdir()
+    pending = pending_best_path(out / "best.pt")
+    torch.save({"epoch": 3, "best": {"epoch": 3}}, pending)
+    (out / "last.pt").write_bytes(b"half a checkpoint")
+    done = recover_checkpoints(out)
+    assert pending.is_file() and torch.load(pending, weights_only=True)["epoch"] == 3
+    assert any("kept best.pt.pending" in line for line in done), done
+    (out / "last.pt").unlink()  # no last.pt at all: nothing was committed, so it goes
+    recover_checkpoints(out)
+    assert not pending.exists()
+
+
 def test_a_write_failure_keeps_the_previous_checkpoints(tmp_path, shared_cache, capsys, monkeypatch) -> None:
     """Disk full while writing epoch 2's checkpoint: one line, epoch 1's last.pt / best.pt intact."""
     import errno

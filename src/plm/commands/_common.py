@@ -95,3 +95,27 @@ def embed_labelled_split(args: argparse.Namespace, needed_for: str) -> tuple[Any
     if emb.skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(emb.skipped), ", ".join(emb.skipped[:3]))
     return dataset, emb
+
+
+def load_searchable_store(path: str) -> Any:
+    """The :class:`~plm.search.EmbeddingStore` at ``path``, with the vector checks of ``plm index``.
+
+    Raises:
+        UserError: not a plm embeddings file, no vectors, vectors that are NaN, infinite or all zeros
+            (they cannot be searched or drawn), or vectors of another dimension than the recorded model's.
+    """
+    from plm.errors import UserError
+    from plm.search import EmbeddingStore
+    from plm.search.checks import bad_rows, describe_bad_rows
+    from plm.utils.paths import display_path
+
+    store = EmbeddingStore.load(path)
+    if len(store) == 0:
+        raise UserError(f"{path} holds no vectors; run plm embed on a folder with readable images")
+    if store.bad_rows().any():
+        raise UserError(f"{path}: {describe_bad_rows(store.paths, *bad_rows(store.vectors), display_path)}; "
+                        f"such vectors cannot be searched: re-run plm embed with the same --out (it recomputes them)")
+    if store.dim != int(store.model.get("dim", store.dim)):
+        raise UserError(f"dimension mismatch in {path}: vectors are {store.dim}-d but the recorded model "
+                        f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")
+    return store

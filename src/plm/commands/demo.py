@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from plm.utils.args import non_negative_int, positive_int
+from plm.utils.args import positive_int, seed_int
 
 NAME = "demo"
 HELP = "offline demo: unsupervised training on Latin glyphs, zero-shot retrieval of Greek and Cyrillic ones"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(preset="standard")
     parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=None,
                         help="train exactly these (overrides --quick/--full)")
-    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0],
+    parser.add_argument("--seeds", nargs="+", type=seed_int, default=[0],
                         help="one run per seed; metrics are averaged")
     parser.add_argument("--dataset", default="glyphs", choices=["glyphs", "fashion-mnist", "digits"],
                         help="the demo's data (default glyphs)")

@@ -47,25 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from plm.commands._common import load_searchable_store
     from plm.errors import UserError
-    from plm.search import EmbeddingStore, SearchIndex, VectorIndex, tune_search
+    from plm.search import SearchIndex, VectorIndex, tune_search
     from plm.search.index import have_faiss
     from plm.utils.paths import INDEX, check_output_file
 
     check_output_file(args.out, "--out", inputs=[args.embeddings], kind=INDEX, force=args.force)
-    store = EmbeddingStore.load(args.embeddings)
-    if len(store) == 0:
-        raise UserError(f"{args.embeddings} holds no vectors; run plm embed on a folder with readable images")
-    bad = store.bad_rows()
-    if bad.any():
-        from plm.search.checks import bad_rows, describe_bad_rows
-        from plm.utils.paths import display_path
-
-        raise UserError(f"{args.embeddings}: {describe_bad_rows(store.paths, *bad_rows(store.vectors), display_path)}; "
-                        f"such vectors cannot be searched: re-run plm embed with the same --out (it recomputes them)")
-    if store.dim != int(store.model.get("dim", store.dim)):
-        raise UserError(f"dimension mismatch in {args.embeddings}: vectors are {store.dim}-d but the recorded model "
-                        f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")
+    store = load_searchable_store(args.embeddings)
     if not 0 < args.target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     kind = args.kind
@@ -73,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         kind = "exact" if len(store) <= AUTO_EXACT_MAX or not have_faiss() else "hnsw"
         if len(store) > AUTO_EXACT_MAX and kind == "exact":
             log.warning("faiss is not installed: building an exact index (pip install faiss-cpu for hnsw/ivf/pq)")
+    for dest, applies in (("ef_search", "hnsw"), ("nlist", "ivf"), ("nprobe", "ivf"), ("pq_m", "pq"),
+                          ("k_factor", "pq")):
+        if getattr(args, dest) is not None and kind != applies:
+            flag = "--" + dest.replace("_", "-")
+            log.warning("%s applies to %s indexes only; ignored for this %s index", flag, applies, kind)
     index = VectorIndex.build(store.vectors, kind, args.metric, M=args.m, ef_construction=args.ef_construction,
                               ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
                               k_factor=args.k_factor)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from plm.utils.args import seed_int
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NAME = "map"
 HELP = "a 2-D map (t-SNE, or UMAP when installed) of a plm embed file as an HTML page with thumbnails on hover"
@@ -23,23 +29,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw a seeded random sample of at most this many images")
     parser.add_argument("--thumb-size", type=int, default=96, help="longest side of the hover thumbnails (px)")
     parser.add_argument("--root", default=None, help="the embedded image folder at a new location (for thumbnails)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the projection")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the sample and the projection")
+    parser.add_argument("--force", action="store_true", help="replace an existing --html file that is not a plm page")
+
+
+def _grid(n: int) -> np.ndarray:
+    """Positions of ``n`` points on a square grid, row by row (for vectors that are all the same)."""
+    import numpy as np
+
+    side = int(np.ceil(np.sqrt(n)))
+    i = np.arange(n)
+    return np.stack([i % side, -(i // side)], axis=1).astype(np.float64)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from plm.commands._common import load_searchable_store
     from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
     from plm.errors import UserError
-    from plm.search import EmbeddingStore, describe
+    from plm.search import describe
+    from plm.utils.paths import HTML, check_output_file
     from plm.viz.interactive_map import group_names, map_page
     from plm.viz.maps import project_2d
 
     if args.max_points < 1 or args.thumb_size < 8:
         raise UserError("--max-points must be >= 1 and --thumb-size >= 8")
-    store = EmbeddingStore.load(args.embeddings)
-    if len(store) == 0:
-        raise UserError(f"{args.embeddings} holds no vectors; run plm embed on a folder with readable images")
+    check_output_file(args.html, "--html", [args.embeddings, args.root], HTML, args.force)  # before the projection
+    store = load_searchable_store(args.embeddings)
     method = args.method
     if method == "auto":
         try:
@@ -57,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         coords = project_2d(store.vectors[rows], method, seed=args.seed)
     except ImportError as err:
         raise UserError(str(err)) from err
+    shown = method if len(rows) >= 4 else "pca"
+    if len(rows) > 1 and not np.ptp(coords, axis=0).any():
+        log.info("note: all %d vectors are the same (identical images?): drawn side by side on a grid", len(rows))
+        coords, shown = _grid(len(rows)), "identical vectors, side by side"
     root = Path(args.root) if args.root else Path(store.root)
     resolved = root.resolve()
     paths = [store.paths[i] for i in rows]
@@ -68,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
             return None
 
     groups = group_names(paths, store.labels[rows], store.class_names)
-    shown = method if len(rows) >= 4 else "pca"
     page = map_page(coords, paths, groups, thumbnail, title=f"plm map: {Path(args.embeddings).name}",
                     subtitle=f"{len(rows)} of {n} images · {shown} of {store.dim}-d embeddings · "
                              f"{describe(store.model)}",

@@ -12,7 +12,8 @@ NAME = "serve"
 HELP = "browse and search an index in the web browser: click an image or upload one to see the nearest images"
 DESCRIPTION = (HELP + ". A small local web server (127.0.0.1 by default): it serves only the images that are in "
                "the index, embeds uploads with the index's own model, and refuses uploads that are too large or "
-               "not images. Stop it with Ctrl-C.")
+               "not images. It answers only requests addressed to it by the names it is bound to (no DNS "
+               "rebinding) and refuses uploads posted from other web sites. Stop it with Ctrl-C.")
 EXAMPLE = "plm serve photos-index.npz --port 8765    # then open http://127.0.0.1:8765/"
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 127.0.0.1 = this machine only (0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (0 = any free port)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests addressed to this host name (e.g. this machine's DNS name with "
+                             "--host 0.0.0.0); by default only 127.0.0.1, localhost, [::1] and the --host value "
+                             "(any IP address when bound to all interfaces), against DNS rebinding")
     parser.add_argument("-k", type=int, default=12, help="results per query")
     parser.add_argument("--root", default=None, help="the indexed image folder at a new location")
     parser.add_argument("--checkpoint", default=None,
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     service = SearchService(idx, root, embed=embed, k=args.k, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                             title=f"plm serve: {Path(args.index).name}")
     try:
-        server = make_server(service, args.host, args.port, max_requests=args.max_requests)
+        server = make_server(service, args.host, args.port, max_requests=args.max_requests,
+                             allow_hosts=args.allow_host)
     except OSError as err:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from plm.commands._common import add_dataset_arguments, add_runtime_arguments
-from plm.utils.args import positive_int
+from plm.utils.args import positive_int, seed_int
 from plm.utils.tables import format_table
 
 NAME = "similarity-report"
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
     parser.add_argument("--estimators", nargs="+", default=list(DEFAULT_ESTIMATORS), metavar="NAME",
                         help=f"estimators to run ({', '.join(ESTIMATORS.names())})")
-    parser.add_argument("--clusters", type=int, default=None,
+    parser.add_argument("--clusters", type=positive_int, default=None,
                         help="clusters for kmeans / hierarchical (default: the number of classes)")
     parser.add_argument("--piece-dim", type=int, default=None, help="PL piece dimension m")
     parser.add_argument("--eps", type=float, default=None, help="PL subset-selection threshold ε")
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: plm when it is run, else the first)")
     parser.add_argument("--batch-k", type=int, default=5,
                         help="group size (a seed and its k-1 neighbours) in --regime batch")
-    parser.add_argument("--seed", type=int, default=0, help="seed of k-means and the pair sample")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of k-means and the pair sample")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--force", action="store_true", help="replace an existing --json file that is not plm's report")
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         options["plm"]["config"] = config
         options["plm"]["top_k"] = max(16, config.max_candidates or 16)
     for name in ("kmeans", "hierarchical"):
-        if name in options and args.clusters:
+        if name in options and args.clusters is not None:
             options[name]["n_clusters"] = args.clusters
     if "kmeans" in options:
         options["kmeans"]["seed"] = args.seed

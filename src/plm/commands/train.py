@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from plm.utils.args import non_negative_int, positive_int
+from plm.utils.args import non_negative_int, positive_int, seed_int
 
 NAME = "train"
 HELP = "train an embedding model without labels (PLM, STML or k-means pseudo-labels)"
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frozen: cached backbone features, trains the embedding head (no augmentation); "
                              "finetune: the whole network")
     parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs (>= 1)")
-    parser.add_argument("--seed", type=non_negative_int, default=None, help="random seed")
+    parser.add_argument("--seed", type=seed_int, default=None, help="random seed")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                         help="where training runs (config default: auto = CUDA when a GPU is present)")
     parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],

@@ -51,8 +51,10 @@ def safe_join(root: Path, relative: str, resolved_root: Optional[Path] = None) -
             per entry on large indexes).
 
     Raises:
-        UnsafePathError: the entry would leave the dataset root.
+        UnsafePathError: the entry would leave the dataset root, or holds a NUL byte.
     """
+    if "\x00" in relative:  # no file system accepts it; os calls would raise ValueError
+        raise UnsafePathError(f"index entry {relative!r} holds a NUL byte, which no file name can")
     root_resolved = resolved_root if resolved_root is not None else Path(root).resolve()
     rel = Path(relative)
     if rel.is_absolute():

@@ -106,7 +106,7 @@ def check_common_meta(meta: Mapping[str, Any]) -> None:
 
 
 def check_index_info(info: Any, kinds: tuple[str, ...], metrics: tuple[str, ...]) -> None:
-    """``meta.index`` of an index file: kind, metric, dim, count and integer params."""
+    """``meta.index`` of an index file: kind, metric, dim, count, integer params and the optional sha256."""
     where = "meta.index"
     if not isinstance(info, dict):
         raise FileProblem(f"{where} must be an object, got {type(info).__name__} {str(info)[:40]!r}")
@@ -116,6 +116,9 @@ def check_index_info(info: Any, kinds: tuple[str, ...], metrics: tuple[str, ...]
         raise FileProblem(f"{where}.metric must be one of {', '.join(metrics)}, got {info['metric']!r}")
     if _field(info, "dim", (int,), where) <= 0 or _field(info, "count", (int,), where) < 0:
         raise FileProblem(f"{where}.dim must be positive and count not negative, got {info['dim']}, {info['count']}")
+    digest = _field(info, "sha256", (str,), where, required=False, none_ok=True)
+    if digest is not None and len(digest) != 64:
+        raise FileProblem(f"{where}.sha256 must be 64 hex digits, got {digest[:70]!r}")
     params = _field(info, "params", (dict,), where, required=False, none_ok=True) or {}
     for k, v in params.items():
         if not _is_int(v) or v < 1:

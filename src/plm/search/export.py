@@ -2,10 +2,15 @@
 
 - :func:`write_embeddings_csv`: ``path,label,embedding_0,…,embedding_{D-1}`` (one row per image;
   ``label`` is the class sub-folder, empty when there is none; floats written so they read back
-  exactly as float32).
+  exactly as float32). A text cell that a spreadsheet would run as a formula (it starts with
+  ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written with a leading ``'``.
 - :func:`write_embeddings_parquet`: columns ``path`` (string), ``label`` (string, null when
   none) and ``embedding`` (fixed-size list of D float32); the file's schema metadata ``plm``
   holds the root folder and the model identity as JSON. Needs ``pyarrow`` (``plm[parquet]``).
+
+In both, rows whose vector is NaN, infinite or all zeros are left out (and counted), and a name
+with bytes that are not UTF-8 is written as it is shown everywhere (each such byte as ``\\xNN``),
+since both formats hold UTF-8 text (:class:`EmbeddingsExport` counts all three).
 - :func:`write_faiss`: a plain faiss index file (``faiss.read_index``) and an id list JSON
   (``paths[i]`` is id i). Cosine indexes hold unit vectors: the exact kind becomes an
   ``IndexFlatIP`` (scores = cosine similarity), the approximate kinds stay L2 indexes on unit
@@ -14,7 +19,8 @@
   (model config, preprocessing, dimensions) that rebuilds the network with
   ``plm.models.create_model(ModelConfig(**config["model_config"]), pretrained=False)``.
 
-Every file is written atomically.
+Every file is written atomically. :func:`outputs` lists, for each format, the files written and
+the kind of existing file each may replace (the command checks them before any work).
 """
 
 from __future__ import annotations
@@ -23,33 +29,95 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from plm.errors import UserError
+from plm.search.checks import bad_rows
+from plm.utils.paths import Kind, display_path, json_format, read_head
 
 IDS_FORMAT = "plm-faiss-ids"
 MODEL_FORMAT = "plm-model-safetensors"
+#: a CSV cell starting with one of these is a formula to a spreadsheet (written with a leading ')
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class EmbeddingsExport:
+    """What an embeddings export wrote: rows, and what was left out or changed on the way."""
+
+    path: Path
+    rows: int
+    nonfinite: int = 0  #: rows left out: NaN or infinite vectors
+    zero: int = 0  #: rows left out: all-zero vectors
+    escaped: int = 0  #: names with bytes that are not UTF-8 (written with \\xNN)
+    example: str = ""  #: the first of them, as written
+    neutralised: int = 0  #: CSV cells written with a leading ' (they would run as formulas)
+
+    def notes(self) -> list[str]:
+        """One line for each thing the user should know (empty when nothing was left out or changed)."""
+        out = []
+        if self.nonfinite or self.zero:
+            what = " and ".join(part for part in (f"{self.nonfinite} NaN or infinite" if self.nonfinite else "",
+                                                  f"{self.zero} all-zero" if self.zero else "") if part)
+            out.append(f"left out {what} vector(s), which cannot be searched (re-run plm embed with the same --out "
+                       f"to recompute them)")
+        if self.escaped:
+            out.append(f"{self.escaped} name(s) are not valid UTF-8: written with \\xNN for each such byte "
+                       f"(e.g. {self.example})")
+        if self.neutralised:
+            out.append(f"{self.neutralised} text cell(s) start with =, +, -, @, a tab or a carriage return: written "
+                       f"with a leading ' so that spreadsheets do not run them as formulas")
+        return out
 
 
 def _label_names(labels: np.ndarray, class_names: dict[int, str]) -> list[Optional[str]]:
     return [None if int(y) < 0 else class_names.get(int(y), str(int(y))) for y in labels]
 
 
-def write_embeddings_csv(store: Any, path: str | os.PathLike) -> Path:
-    """An :class:`~plm.search.EmbeddingStore` as CSV (see the module docs); returns the path."""
+def _rows(store: Any, path: Path) -> tuple[EmbeddingsExport, np.ndarray, list[str], list[Optional[str]]]:
+    """(report, kept row numbers, their paths and labels as UTF-8 text) of an embeddings export."""
+    nonfinite, zero = bad_rows(store.vectors)
+    keep = np.flatnonzero(~(nonfinite | zero))
+    names = _label_names(store.labels, store.class_names)
+    report = EmbeddingsExport(path, len(keep), int(nonfinite.sum()), int(zero.sum()))
+    paths = [_text(store.paths[i], report) for i in keep]
+    labels = [None if name is None else _text(name, report) for name in (names[i] for i in keep)]
+    return report, keep, paths, labels
+
+
+def _text(raw: str, report: EmbeddingsExport) -> str:
+    """``raw`` as UTF-8 text: each byte of a name that is not UTF-8 as ``\\xNN`` (counted)."""
+    text = display_path(raw)
+    if text != raw:
+        report.escaped += 1
+        report.example = report.example or text
+    return text
+
+
+def _cell(text: str, report: EmbeddingsExport) -> str:
+    if text.startswith(FORMULA_STARTS):
+        report.neutralised += 1
+        return "'" + text
+    return text
+
+
+def write_embeddings_csv(store: Any, path: str | os.PathLike) -> EmbeddingsExport:
+    """An :class:`~plm.search.EmbeddingStore` as CSV (see the module docs)."""
     from plm.utils.io import atomic_write_bytes
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", *(f"embedding_{j}" for j in range(store.dim))])
-    for p, name, vec in zip(store.paths, _label_names(store.labels, store.class_names), store.vectors, strict=True):
-        writer.writerow([p, name or "", *(f"{float(v):.9g}" for v in vec)])
     path = Path(path)
+    report, keep, paths, labels = _rows(store, path)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")  # RFC 4180: a name holding a line break is quoted
+    writer.writerow(["path", "label", *(f"embedding_{j}" for j in range(store.dim))])
+    for i, p, name in zip(keep, paths, labels, strict=True):
+        writer.writerow([_cell(p, report), _cell(name or "", report), *(f"{float(v):.9g}" for v in store.vectors[i])])
     atomic_write_bytes(buf.getvalue().encode("utf-8"), path)
-    return path
+    return report
 
 
 def _pyarrow() -> Any:
@@ -62,8 +130,8 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def write_embeddings_parquet(store: Any, path: str | os.PathLike) -> Path:
-    """An :class:`~plm.search.EmbeddingStore` as Parquet (see the module docs); returns the path.
+def write_embeddings_parquet(store: Any, path: str | os.PathLike) -> EmbeddingsExport:
+    """An :class:`~plm.search.EmbeddingStore` as Parquet (see the module docs).
 
     Raises:
         UserError: pyarrow is not installed.
@@ -73,17 +141,17 @@ def write_embeddings_parquet(store: Any, path: str | os.PathLike) -> Path:
 
     from plm.utils.io import atomic_write_bytes
 
-    flat = pa.array(np.ascontiguousarray(store.vectors, np.float32).reshape(-1), type=pa.float32())
-    table = pa.table({"path": pa.array(store.paths, type=pa.string()),
-                      "label": pa.array(_label_names(store.labels, store.class_names), type=pa.string()),
+    path = Path(path)
+    report, keep, paths, labels = _rows(store, path)
+    flat = pa.array(np.ascontiguousarray(store.vectors[keep], np.float32).reshape(-1), type=pa.float32())
+    table = pa.table({"path": pa.array(paths, type=pa.string()), "label": pa.array(labels, type=pa.string()),
                       "embedding": pa.FixedSizeListArray.from_arrays(flat, store.dim)})
     meta = {"root": store.root, "model": store.model, "dim": store.dim}
     table = table.replace_schema_metadata({"plm": json.dumps(meta)})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    path = Path(path)
     atomic_write_bytes(sink.getvalue().to_pybytes(), path)
-    return path
+    return report
 
 
 def ids_path_for(path: str | os.PathLike) -> Path:
@@ -164,13 +232,70 @@ def write_safetensors(checkpoint: str | os.PathLike, path: str | os.PathLike) ->
     return path, cfg_path
 
 
-def npz_format(path: str | os.PathLike) -> Optional[str]:
-    """The ``meta.format`` tag of a plm ``.npz`` (``plm-embeddings``, ``plm-index``), or ``None``."""
+# ------------------------------------------------------------------ the files each format writes
+
+def _is_plm_csv(path: Path) -> bool:
+    return read_head(path, 64).startswith(b"path,label,embedding_0")
+
+
+def _is_plm_parquet(path: Path) -> bool:
+    """A Parquet file whose footer holds plm's schema metadata (read without pyarrow)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                return None
-            meta = json.loads(str(z["meta"]))
-    except Exception:  # noqa: BLE001 - anything unreadable is "not ours"
-        return None
-    return meta.get("format") if isinstance(meta, dict) else None
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PAR1":
+                return False
+            fh.seek(-8, os.SEEK_END)
+            tail = fh.read(8)
+            size = int.from_bytes(tail[:4], "little")
+            if tail[4:] != b"PAR1" or size > 1 << 26:
+                return False
+            fh.seek(-8 - size, os.SEEK_END)
+            footer = fh.read(size)
+    except OSError:
+        return False
+    return b"plm" in footer and b'{"root": ' in footer and b'"model": ' in footer
+
+
+def _is_plm_faiss(path: Path) -> bool:
+    """A faiss file (a four-letter code starting with ``I``) that its plm id list names."""
+    ids = ids_path_for(path)
+    if not read_head(path, 1) == b"I" or json_format(ids) != IDS_FORMAT:
+        return False
+    try:
+        return json.loads(ids.read_text(encoding="utf-8")).get("faiss_index") == path.name
+    except (OSError, ValueError):
+        return False
+
+
+def _is_plm_safetensors(path: Path) -> bool:
+    """A safetensors file whose header metadata says plm wrote it."""
+    head = read_head(path, 8)
+    size = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 2 <= size <= 1 << 24:
+        return False
+    try:
+        header = json.loads(read_head(path, 8 + size)[8:])
+    except ValueError:
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+
+
+CSV: Kind = ("a plm CSV export", _is_plm_csv)
+PARQUET: Kind = ("a plm Parquet export", _is_plm_parquet)
+FAISS: Kind = ("a faiss index exported by plm (its NAME.ids.json names it)", _is_plm_faiss)
+SAFETENSORS: Kind = ("a safetensors file exported by plm", _is_plm_safetensors)
+IDS_JSON: Kind = ("a plm faiss id list", lambda p: json_format(p) == IDS_FORMAT)
+MODEL_JSON: Kind = ("a plm model config (safetensors export)", lambda p: json_format(p) == MODEL_FORMAT)
+
+
+def outputs(fmt: str, path: str | os.PathLike) -> list[tuple[str, Path, Kind]]:
+    """(what, path, kind it may replace) of every file an export to ``fmt`` at ``path`` writes: the
+    file itself (``--out``), then its side file (``NAME.ids.json`` for faiss, ``NAME.json`` for safetensors)."""
+    path = Path(path)
+    main = [("--out", path, {"csv": CSV, "parquet": PARQUET, "faiss": FAISS, "safetensors": SAFETENSORS}[fmt])]
+    if fmt == "faiss":
+        return main + [("--out's id list", ids_path_for(path), IDS_JSON)]
+    if fmt == "safetensors":
+        return main + [("--out's model config", config_path_for(path), MODEL_JSON)]
+    return main

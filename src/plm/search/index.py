@@ -104,6 +104,7 @@ class VectorIndex:
         self.params = dict(params)
         self.vectors = vectors
         self._faiss_index = faiss_index
+        self._direct_map = False  # IVF: built on the first vector() call
         self._apply_search_params()
 
     @classmethod
@@ -242,6 +243,22 @@ class VectorIndex:
             d = np.sqrt(d)
         d[ids < 0] = np.inf
         return d, ids.astype(np.int64)
+
+    def vector(self, i: int) -> np.ndarray:
+        """The stored vector of id ``i`` as a (1, D) float32 array (unit length for ``cosine``).
+
+        Raises:
+            IndexError: no such id.
+        """
+        if not 0 <= int(i) < self.count:
+            raise IndexError(f"id {i} is not in [0, {self.count})")
+        if self.kind == "exact":
+            assert self.vectors is not None  # the exact kind stores its vectors
+            return self.vectors[int(i):int(i) + 1]
+        if self.kind == "ivf" and not self._direct_map:  # IVF lists need an id -> list map to give vectors back
+            self._faiss_index.make_direct_map()
+            self._direct_map = True
+        return np.asarray(self._faiss_index.reconstruct(int(i)), np.float32)[None, :]
 
     # -- storage -------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

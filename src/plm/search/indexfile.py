@@ -13,12 +13,17 @@ key           dtype      content
 ============  =========  ===============================================================
 
 ``meta`` = ``{"format": "plm-index", "version": 1, "index": {"kind", "metric", "dim", "count",
-"params"}, "root": "/abs/folder", "model": <identity>, "class_names": {...},
+"params", "sha256"}, "root": "/abs/folder", "model": <identity>, "class_names": {...},
 "embeddings": "/abs/embeddings.npz", "recall": [{"param", "value", "recall", "qps"}, ...]}``.
+
+``index.sha256`` is the SHA-256 of the stored ``vectors`` or ``faiss`` bytes: an index whose data
+was changed after it was written (a damaged HNSW graph loses images from every result without
+any other sign) is refused. Files written before it existed are read without this check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -36,6 +41,15 @@ FORMAT, VERSION = "plm-index", 1
 ARRAYS: ArraySpec = {"paths": ("U", 1), "labels": ("iu", 1)}
 KIND_ARRAYS: dict[str, ArraySpec] = {"exact": {"vectors": ("f", 2)}, "hnsw": {"faiss": ("u", 1)},
                                      "ivf": {"faiss": ("u", 1)}, "pq": {"faiss": ("u", 1)}}
+
+
+def payload_digest(arrays: dict[str, np.ndarray]) -> str:
+    """The SHA-256 (hex) of an index's stored arrays (``vectors`` or ``faiss``), names and bytes in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -60,11 +74,13 @@ class SearchIndex:
         """Write the ``.npz`` atomically; returns its path."""
         from plm.utils.io import atomic_write_npz
 
-        meta = {"format": FORMAT, "version": VERSION, "index": self.index.describe(), "root": self.root,
+        arrays = self.index.to_arrays()
+        info = {**self.index.describe(), "sha256": payload_digest(arrays)}
+        meta = {"format": FORMAT, "version": VERSION, "index": info, "root": self.root,
                 "model": self.model, "class_names": {str(k): v for k, v in self.class_names.items()}, **self.extra}
         path = Path(path)
         atomic_write_npz(path, paths=np.array(self.paths, dtype=str), labels=self.labels,
-                         meta=np.array(json.dumps(meta)), **self.index.to_arrays())
+                         meta=np.array(json.dumps(meta)), **arrays)
         return path
 
     @classmethod
@@ -92,6 +108,10 @@ class SearchIndex:
                 nonfinite, zero = bad_rows(arrays["vectors"])
                 if nonfinite.any():
                     raise FileProblem(f"{int(nonfinite.sum())} stored vector(s) hold NaN or infinite values")
+            recorded = info.get("sha256")  # before faiss reads the bytes
+            if recorded is not None and recorded != payload_digest({k: arrays[k] for k in KIND_ARRAYS[info["kind"]]}):
+                raise FileProblem(f"its stored {' and '.join(KIND_ARRAYS[info['kind']])} array does not match the "
+                                  f"checksum recorded when it was written (the file was changed or damaged)")
             index = VectorIndex.from_arrays(info, arrays)
             extra = {k: v for k, v in meta.items()
                      if k not in ("format", "version", "index", "root", "model", "class_names")}

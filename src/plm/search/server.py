@@ -16,17 +16,33 @@ that are in the index can be served; each is joined onto the collection root wit
 pages carry a Content-Security-Policy without scripts, and uploads larger than the limit or that
 are not decodable images get a clear 413 / 400 page. The server binds to 127.0.0.1 unless told
 otherwise.
+
+Other web pages cannot use it through the browser (:class:`HostPolicy`): a request is answered
+only when its ``Host`` header names the server as it was bound (``127.0.0.1:PORT``,
+``localhost:PORT``, ``[::1]:PORT``, the ``--host`` value, ``--allow-host`` names; any IP address
+when bound to all interfaces), so a DNS-rebinding page gets a 400; a ``POST`` whose ``Origin`` is
+another site, or that the browser marks ``Sec-Fetch-Site: cross-site`` / ``same-site``, gets a 403.
+
+Memory stays bounded however many requests arrive at once: at most :data:`DECODE_SLOTS` images
+are decoded at a time (thumbnails and uploads), a thumbnail is decoded once however many requests
+ask for it at the same moment (the others wait for it), JPEG thumbnails are decoded at a reduced
+scale, and no image of more than :data:`MAX_IMAGE_PIXELS` pixels (after that reduction) is
+decoded. Full images are streamed from disk. Numbers in a request are ASCII digits of bounded
+length, an upload's multipart body is read one level deep, and any other failure is a 500 page
+with one line, never a dropped connection.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import email.message
 import io
+import ipaddress
 import json
 import logging
+import re
+import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +54,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
+from plm.utils.paths import display_path
 from plm.viz.html import Page, escape, image_data_uri
 
 log = logging.getLogger(__name__)
@@ -47,7 +64,15 @@ PAGE_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline';
 #: the response header adds what a <meta> policy cannot say: no framing by other sites
 SERVE_CSP = PAGE_CSP + "; frame-ancestors 'none'"
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
-MAX_UPLOAD_PIXELS = 40_000_000
+#: the most pixels decoded from one image (an upload, or a collection image once reduced for its thumbnail)
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS
+#: images decoded at the same time (thumbnails and uploads); further requests wait their turn
+DECODE_SLOTS = 2
+#: thumbnails kept in memory (about 5 KB each)
+MAX_CACHED_THUMBS = 4096
+#: the most digits of a number in a request (ids, page numbers, Content-Length)
+MAX_DIGITS = 12
 PER_PAGE = 60
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                  ".bmp": "image/bmp", ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
@@ -65,6 +90,85 @@ class RequestError(Exception):
     def __init__(self, status: HTTPStatus, message: str):
         super().__init__(message)
         self.status = status
+
+
+def parse_number(text: Optional[str]) -> Optional[int]:
+    """``text`` as a non-negative integer when it is 1 to :data:`MAX_DIGITS` ASCII digits, else ``None``."""
+    if text is None or not re.fullmatch(rf"[0-9]{{1,{MAX_DIGITS}}}", text):
+        return None
+    return int(text)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A request value for a message: repr, cut to ``limit`` characters."""
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which ``Host`` and ``Origin`` values the server answers (against DNS rebinding and cross-site posts).
+
+    Args:
+        names: the host names accepted, lower case, IPv6 addresses in brackets.
+        port: the port the server listens on.
+        any_ip: also accept any IP address (the server is bound to all interfaces); an address
+            cannot be rebound by DNS, so this stays safe.
+    """
+
+    names: frozenset[str]
+    port: int
+    any_ip: bool = False
+
+    @classmethod
+    def for_bind(cls, host: str, port: int, extra: Iterable[str] = ()) -> HostPolicy:
+        """The policy of a server bound to ``host``:``port``, with ``extra`` host names allowed too."""
+        names = {"127.0.0.1", "localhost", "[::1]"}
+        for name in (host, *extra):
+            name = name.strip().lower().rstrip(".")
+            if name:
+                names.add(f"[{name}]" if ":" in name and not name.startswith("[") else name)
+        return cls(frozenset(names), int(port), host.strip() in ("", "0.0.0.0", "::", "[::]"))
+
+    def _name_ok(self, name: str) -> bool:
+        if name in self.names:
+            return True
+        if not self.any_ip:
+            return False
+        try:
+            ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
+        except ValueError:
+            return False
+        return True
+
+    def allows_host(self, header: Optional[str]) -> bool:
+        """Whether a ``Host`` header value names this server (``name:port``; no port means 80)."""
+        if not header or len(header) > 300:
+            return False
+        header = header.strip().lower()
+        found = re.fullmatch(r"(\[[0-9a-f:.]+\]|[^:\[\]]+?)\.?(?::([0-9]{1,5}))?", header)
+        if found is None:
+            return False
+        port = int(found.group(2)) if found.group(2) else 80
+        return port == self.port and self._name_ok(found.group(1))
+
+    def allows_origin(self, origin: str) -> bool:
+        """Whether an ``Origin`` header value is this server's own (``http://`` + an allowed host)."""
+        parts = urlsplit(origin.strip())
+        return parts.scheme == "http" and not parts.path and self.allows_host(parts.netloc)
+
+    def describe(self) -> str:
+        """The accepted hosts, for messages."""
+        names = sorted(self.names) + (["any IP address"] if self.any_ip else [])
+        return ", ".join(f"{n}:{self.port}" for n in names)
+
+
+@dataclass
+class _Flight:
+    """One thumbnail being decoded; requests for the same image wait for it instead of decoding again."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Optional[bytes] = None
+    error: Optional[RequestError] = None
 
 
 @dataclass
@@ -88,6 +192,10 @@ class SearchService:
     title: str = "plm serve"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _thumbs: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _flights: dict[int, _Flight] = field(default_factory=dict, repr=False)
+    _decode_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(DECODE_SLOTS),
+                                                      repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -100,36 +208,56 @@ class SearchService:
         """Images in the index."""
         return len(self.index.paths)
 
-    def check_id(self, value: str) -> int:
-        """An image id from a request, or a 404."""
-        if not value.isdigit() or int(value) >= self.count:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no image {value!r} in this index (ids 0 to {self.count - 1})")
-        return int(value)
+    def check_id(self, value: Optional[str]) -> int:
+        """An image id from a request (ASCII digits), or a 404."""
+        i = parse_number(value)
+        if i is None or i >= self.count:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no image {_shown(value or '')} in this index "
+                                                     f"(ids 0 to {self.count - 1})")
+        return i
 
     def file_of(self, i: int) -> Path:
         """The file of image ``i``, inside the root (a 404 when it is gone or leads out of it)."""
         try:
             path = safe_join(self.root, str(PurePosixPath(self.index.paths[i])), self._resolved_root)
         except UnsafePathError as err:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"image {i} lies outside the collection: {err}") from err
+            raise RequestError(HTTPStatus.NOT_FOUND, f"image {i} cannot be served: {err}") from err
         if not path.is_file():
-            raise RequestError(HTTPStatus.NOT_FOUND, f"image {i} ({self.index.paths[i]}) is no longer on disk")
+            raise RequestError(HTTPStatus.NOT_FOUND, f"image {i} ({display_path(self.index.paths[i])}) is no "
+                                                     f"longer on disk")
         return path
 
     def thumbnail(self, i: int, side: int = 160) -> bytes:
-        """A JPEG thumbnail of image ``i`` (cached)."""
-        if i not in self._thumbs:
-            try:
-                img = open_image(self.file_of(i))
-            except ImageLoadError as err:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"image {i} cannot be decoded: {err}") from err
-            img.thumbnail((side, side))
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=85)
-            if len(self._thumbs) > 4096:
-                self._thumbs.clear()
-            self._thumbs[i] = buf.getvalue()
-        return self._thumbs[i]
+        """A JPEG thumbnail of image ``i`` (cached; decoded once however many requests ask at once)."""
+        with self._thumbs_lock:
+            cached = self._thumbs.get(i)
+            if cached is not None:
+                return cached
+            flight = self._flights.get(i)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[i] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.result is None:
+                raise flight.error or RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"image {i}: no thumbnail")
+            return flight.result
+        try:
+            with self._decode_slots:
+                flight.result = thumbnail_jpeg(self.file_of(i), side, f"image {i}")
+            with self._thumbs_lock:
+                if len(self._thumbs) >= MAX_CACHED_THUMBS:
+                    self._thumbs.clear()
+                self._thumbs[i] = flight.result
+            return flight.result
+        except Exception as err:
+            flight.error = err if isinstance(err, RequestError) else RequestError(
+                HTTPStatus.INTERNAL_SERVER_ERROR, f"image {i}: the thumbnail failed ({type(err).__name__}: {err})")
+            raise flight.error from err
+        finally:
+            with self._thumbs_lock:
+                self._flights.pop(i, None)
+            flight.done.set()
 
     def label_of(self, i: int) -> Optional[str]:
         """Image ``i``'s class name, or ``None``."""
@@ -138,19 +266,28 @@ class SearchService:
 
     # -- searching -----------------------------------------------------------------------------
     def _vector_of(self, i: int) -> np.ndarray:
-        vi = self.index.index
-        if vi.vectors is not None:
-            return vi.vectors[i:i + 1]
         try:
-            return np.asarray(vi._faiss_index.reconstruct(int(i)), np.float32)[None, :]
-        except RuntimeError:  # an index without a direct map: embed the file again
-            return self._embed_image(open_image(self.file_of(i)))
+            return self.index.index.vector(i)
+        except RuntimeError:  # an index that cannot give its vectors back: embed the file again
+            if self.embed is None:
+                raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"this index cannot give back the vector of "
+                                                                     f"image {i}, and the server has no model to "
+                                                                     f"embed it again (--no-upload)") from None
+            with self._decode_slots:
+                try:
+                    img = open_image(self.file_of(i))
+                except ImageLoadError as err:
+                    raise RequestError(HTTPStatus.NOT_FOUND, f"image {i} cannot be decoded: {err}") from None
+                return self._embed_image(img)
 
-    def _embed_image(self, img: Image.Image) -> np.ndarray:
+    def _model(self) -> Callable[[Image.Image], np.ndarray]:
         if self.embed is None:
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "this server was started without a model; "
                                                                "uploads are disabled")
-        return np.asarray(self.embed(img), np.float32).reshape(1, -1)
+        return self.embed
+
+    def _embed_image(self, img: Image.Image) -> np.ndarray:
+        return np.asarray(self._model()(img), np.float32).reshape(1, -1)
 
     def _hits(self, vector: np.ndarray, exclude: Optional[int] = None) -> list[dict[str, Any]]:
         dist, ids = self.index.index.search(vector, min(self.k + (exclude is not None), self.count))
@@ -173,9 +310,12 @@ class SearchService:
         Raises:
             RequestError: not a decodable image of an accepted format, or too many pixels.
         """
-        img = decode_upload(data)
+        self._model()  # refused before any decoding when there is none
+        with self._decode_slots:
+            img = decode_upload(data)
+            vector = self._embed_image(img)
         with self._lock:
-            return img, self._hits(self._embed_image(img))
+            return img, self._hits(vector)
 
     # -- pages ---------------------------------------------------------------------------------
     def _page(self, subtitle: str) -> Page:
@@ -258,6 +398,31 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
 
 
+def thumbnail_jpeg(path: Path, side: int, what: str) -> bytes:
+    """A JPEG thumbnail (longest side ``side``) of the image file ``path``, decoded at reduced scale
+    where the format allows (JPEG: 1/2 to 1/8).
+
+    Raises:
+        RequestError: not decodable (404), or more than :data:`MAX_IMAGE_PIXELS` pixels to decode (413).
+    """
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (side, side))  # JPEG decodes at the smallest scale still >= side; others: no-op
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                   f"{what} has {img.width}x{img.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                   f"this server decodes for a thumbnail (open the full image instead)")
+            img.thumbnail((side, side))
+            thumb = img.convert("RGB")
+    except RequestError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise RequestError(HTTPStatus.NOT_FOUND, f"{what} cannot be decoded: {err}") from err
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
 def decode_upload(data: bytes) -> Image.Image:
     """An uploaded file as an RGB image.
 
@@ -272,10 +437,10 @@ def decode_upload(data: bytes) -> Image.Image:
             if img.format not in UPLOAD_FORMATS:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"uploads must be {', '.join(UPLOAD_FORMATS)} images; "
                                                            f"this one is {img.format}")
-            if img.width * img.height > MAX_UPLOAD_PIXELS:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                    f"the image has {img.width}x{img.height} pixels, more than the "
-                                   f"{MAX_UPLOAD_PIXELS:,} accepted")
+                                   f"{MAX_IMAGE_PIXELS:,} accepted")
             img.load()
             return img.convert("RGB")
     except RequestError:
@@ -288,27 +453,55 @@ def decode_upload(data: bytes) -> Image.Image:
                                                    f"corrupt?): {err}") from err
 
 
+def _header_params(name: str, value: str) -> email.message.Message:
+    """One header parsed for its parameters (quoting and RFC 2231 names handled by :mod:`email`)."""
+    msg = email.message.Message()
+    msg[name] = value
+    return msg
+
+
 def parse_multipart(content_type: str, body: bytes, field_name: str = "image") -> tuple[str, bytes]:
     """(file name, bytes) of the ``field_name`` part of a ``multipart/form-data`` body.
 
+    The body is split at its boundary once: a part that is itself multipart is not opened (it is
+    just bytes, which then are not an image), so no nesting can make the parser recurse.
+
     Raises:
-        RequestError: not multipart, or no such field.
+        RequestError: not multipart, no boundary, a part without headers, or no such field.
     """
-    if not content_type.lower().startswith("multipart/form-data"):
+    header = _header_params("Content-Type", content_type)
+    if header.get_content_type() != "multipart/form-data":
         raise RequestError(HTTPStatus.BAD_REQUEST, "uploads must be sent as multipart/form-data (the page's form)")
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not msg.is_multipart():
-        raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is not a valid multipart/form-data body")
-    for part in msg.iter_parts():
-        if part.get_param("name", header="content-disposition") == field_name:
-            payload = part.get_payload(decode=True)  # bytes, or None for a nested multipart part
-            return str(part.get_filename() or "upload"), payload if isinstance(payload, bytes) else b""
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 200:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "the upload's multipart/form-data header has no usable boundary")
+    delimiter = b"\r\n--" + boundary.encode("latin-1", "replace")
+    for part in (b"\r\n" + body).split(delimiter)[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is not a valid multipart/form-data body "
+                                                       "(a part has no headers)")
+        disposition = ""
+        for line in head.split(b"\r\n"):
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-disposition":
+                disposition = value.decode("utf-8", "replace").strip()
+        fields = _header_params("Content-Disposition", disposition)
+        if fields.get_param("name", header="content-disposition") == field_name:
+            return str(fields.get_filename() or "upload"), content
     raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload has no {field_name!r} file field")
 
 
-def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> type:
-    class Handler(BaseHTTPRequestHandler):
+class _PolicyHandler(BaseHTTPRequestHandler):
+    """A request handler that knows the server's :class:`HostPolicy` (set once the port is known)."""
+
+    policy: Optional[HostPolicy] = None
+
+
+def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> type[_PolicyHandler]:
+    class Handler(_PolicyHandler):
         server_version = "plm-serve"
         sys_version = ""
         timeout = 60
@@ -316,17 +509,33 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), fmt % args)
 
-        def _send(self, status: HTTPStatus, body: bytes, ctype: str, cache: bool = False) -> None:
+        def _headers(self, status: HTTPStatus, ctype: str, length: int, cache: bool = False) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
             self.send_header("Content-Security-Policy", SERVE_CSP)
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Referrer-Policy", "no-referrer")
             self.send_header("Cache-Control", "max-age=300" if cache else "no-store")
             self.end_headers()
+
+        def _send(self, status: HTTPStatus, body: bytes, ctype: str, cache: bool = False) -> None:
+            self._headers(status, ctype, len(body), cache)
             if self.command != "HEAD":
                 self.wfile.write(body)
+
+        def _send_file(self, path: Path) -> None:
+            """Stream a file (never read whole into memory)."""
+            try:
+                fh = open(path, "rb")
+                size = path.stat().st_size
+            except (OSError, ValueError) as err:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"{display_path(path.name)} cannot be read: {err}") from err
+            with fh:
+                self._headers(HTTPStatus.OK, CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"), size,
+                              cache=True)
+                if self.command != "HEAD":
+                    shutil.copyfileobj(fh, self.wfile, 1 << 20)
 
         def _html(self, text: str, status: HTTPStatus = HTTPStatus.OK) -> None:
             self._send(status, text.encode("utf-8"), "text/html; charset=utf-8")
@@ -340,73 +549,106 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
             else:
                 self._html(service.error_page(err.status, str(err)), err.status)
 
-        def _done(self) -> None:
-            if limit is not None:
-                limit()
+        def _answer(self, route: Callable[[], None], as_json: bool) -> None:
+            """Run a route; every failure becomes a one-line error page, never a dropped connection."""
+            try:
+                self._check_host()
+                route()
+            except RequestError as err:
+                self._fail(err, as_json)
+            except (BrokenPipeError, ConnectionResetError):  # the client went away: nobody to answer
+                self.close_connection = True
+            except Exception as err:  # one line to the user, the traceback to the debug log
+                log.debug("%s %s failed", self.command, self.path, exc_info=True)
+                self.close_connection = True
+                try:
+                    self._fail(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                            f"the server could not answer this request ({type(err).__name__}: "
+                                            f"{str(err)[:200]})"), as_json)
+                except OSError:
+                    pass
+            finally:
+                if limit is not None:
+                    limit()
+
+        def _check_host(self) -> None:
+            policy = self.policy
+            if policy is not None and not policy.allows_host(self.headers.get("Host")):
+                self.close_connection = True
+                raise RequestError(HTTPStatus.BAD_REQUEST,
+                                   f"this server answers only requests addressed to {policy.describe()} "
+                                   f"(this one names host {_shown(self.headers.get('Host') or '')}); to reach it under "
+                                   f"another name, start it with --allow-host NAME")
+
+        def _check_same_origin(self) -> None:
+            site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
+            origin = self.headers.get("Origin")
+            policy = self.policy
+            if site in ("cross-site", "same-site") or (
+                    origin is not None and policy is not None and not policy.allows_origin(origin)):
+                raise RequestError(HTTPStatus.FORBIDDEN, "uploads from other web sites are refused; use this "
+                                                         "server's own page")
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            as_json = url.path.startswith("/api/")
-            try:
-                if url.path == "/":
-                    page = query.get("page", ["0"])[0]
-                    self._html(service.home_page(int(page) if page.isdigit() else 0))
-                elif url.path in ("/similar", "/api/similar"):
-                    i = service.check_id(query.get("id", [""])[0])
-                    if as_json:
-                        self._json({"query": {"id": i, "path": service.index.paths[i]}, "distance": service._metric,
-                                    "results": service.similar(i)})
-                    else:
-                        self._html(service.similar_page(i))
-                elif url.path.startswith("/thumb/"):
-                    thumb = service.thumbnail(service.check_id(url.path[7:]))
-                    self._send(HTTPStatus.OK, thumb, "image/jpeg", cache=True)
-                elif url.path.startswith("/image/"):
-                    path = service.file_of(service.check_id(url.path[7:]))
-                    ctype = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
-                    self._send(HTTPStatus.OK, path.read_bytes(), ctype, cache=True)
-                else:
-                    raise RequestError(HTTPStatus.NOT_FOUND, f"nothing at {url.path}")
-            except RequestError as err:
-                self._fail(err, as_json)
-            finally:
-                self._done()
+            self._answer(lambda: self._get(url), url.path.startswith("/api/"))
 
         do_HEAD = do_GET
 
+        def _get(self, url: Any) -> None:
+            query = parse_qs(url.query)
+            as_json = url.path.startswith("/api/")
+            if url.path == "/":
+                page = parse_number(query.get("page", ["0"])[0])
+                if page is None:
+                    raise RequestError(HTTPStatus.BAD_REQUEST, "?page= must be a page number (0, 1, 2 …)")
+                self._html(service.home_page(page))
+            elif url.path in ("/similar", "/api/similar"):
+                i = service.check_id(query.get("id", [""])[0])
+                if as_json:
+                    self._json({"query": {"id": i, "path": service.index.paths[i]}, "distance": service._metric,
+                                "results": service.similar(i)})
+                else:
+                    self._html(service.similar_page(i))
+            elif url.path.startswith("/thumb/"):
+                thumb = service.thumbnail(service.check_id(url.path[7:]))
+                self._send(HTTPStatus.OK, thumb, "image/jpeg", cache=True)
+            elif url.path.startswith("/image/"):
+                self._send_file(service.file_of(service.check_id(url.path[7:])))
+            else:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"nothing at {_shown(url.path)}")
+
         def do_POST(self) -> None:
             url = urlsplit(self.path)
+            self._answer(lambda: self._post(url), parse_qs(url.query).get("format", [""])[0] == "json")
+
+        def _post(self, url: Any) -> None:
             as_json = parse_qs(url.query).get("format", [""])[0] == "json"
-            try:
-                if url.path != "/search":
-                    raise RequestError(HTTPStatus.NOT_FOUND, f"nothing to post to at {url.path}")
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    raise RequestError(HTTPStatus.LENGTH_REQUIRED, "uploads need a Content-Length")
-                if int(length) > service.max_upload_bytes:
-                    self.close_connection = True  # the body is never read
-                    raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                       f"the upload ({_mb(int(length))}) is larger than the "
-                                       f"{_mb(service.max_upload_bytes)} this server accepts "
-                                       f"(plm serve --max-upload-mb)")
-                body = self.rfile.read(int(length))
-                name, data = parse_multipart(self.headers.get("Content-Type", ""), body)
-                img, hits = service.search_upload(data)
-                if as_json:
-                    self._json({"query": {"upload": name}, "distance": service._metric, "results": hits})
-                else:
-                    self._html(service.upload_page(img, hits, name))
-            except RequestError as err:
-                self._fail(err, as_json)
-            finally:
-                self._done()
+            if url.path != "/search":
+                raise RequestError(HTTPStatus.NOT_FOUND, f"nothing to post to at {_shown(url.path)}")
+            self._check_same_origin()
+            length = parse_number(self.headers.get("Content-Length"))
+            if length is None:
+                self.close_connection = True  # the body is never read
+                raise RequestError(HTTPStatus.LENGTH_REQUIRED, "uploads need a Content-Length (a number of bytes)")
+            if length > service.max_upload_bytes:
+                self.close_connection = True  # the body is never read
+                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                   f"the upload ({_mb(length)}) is larger than the {_mb(service.max_upload_bytes)} "
+                                   f"this server accepts (plm serve --max-upload-mb)")
+            body = self.rfile.read(length)
+            name, data = parse_multipart(self.headers.get("Content-Type", ""), body)
+            img, hits = service.search_upload(data)
+            if as_json:
+                self._json({"query": {"upload": name}, "distance": service._metric, "results": hits})
+            else:
+                self._html(service.upload_page(img, hits, name))
 
     return Handler
 
 
 def make_server(service: SearchService, host: str = "127.0.0.1", port: int = 8765,
-                max_requests: Optional[int] = None) -> ThreadingHTTPServer:
+                max_requests: Optional[int] = None, allow_hosts: Iterable[str] = ()) -> ThreadingHTTPServer:
     """An HTTP server for ``service`` (not yet serving: call ``serve_forever``; port 0 picks a free one).
 
     Args:
@@ -414,6 +656,7 @@ def make_server(service: SearchService, host: str = "127.0.0.1", port: int = 876
         host: the address to bind (127.0.0.1: this machine only).
         port: the TCP port.
         max_requests: stop serving after this many requests (tests); ``None`` = no limit.
+        allow_hosts: more host names the ``Host`` header may give (see :class:`HostPolicy`).
     """
     server: Optional[ThreadingHTTPServer] = None
     count = [0]
@@ -425,6 +668,8 @@ def make_server(service: SearchService, host: str = "127.0.0.1", port: int = 876
             if max_requests is not None and count[0] >= max_requests and server is not None:
                 threading.Thread(target=server.shutdown, daemon=True).start()
 
-    server = ThreadingHTTPServer((host, port), _handler(service, limit))
+    handler = _handler(service, limit)
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    handler.policy = HostPolicy.for_bind(host, server.server_address[1], allow_hosts)
     return server

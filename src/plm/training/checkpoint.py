@@ -126,7 +126,8 @@ def recover_checkpoints(out_dir: str | os.PathLike) -> list[str]:
     """Bring ``out_dir`` back to its last committed state after a kill; returns what was done.
 
     Removes the temporary files of interrupted writes, rolls a pending ``best.pt`` forward when
-    ``last.pt`` committed it, and discards it otherwise.
+    ``last.pt`` committed it, and discards it when ``last.pt`` did not (or is absent: nothing was
+    committed). A ``last.pt`` that cannot be read cannot tell, so the pending file is then kept.
     """
     last, best = checkpoint_paths(out_dir)
     pending = pending_best_path(best)
@@ -137,7 +138,8 @@ def recover_checkpoints(out_dir: str | os.PathLike) -> list[str]:
             try:
                 committed = int(safe_torch_load(last)["best"]["epoch"])
             except (ValueError, KeyError, TypeError, FileNotFoundError):
-                committed = None
+                done.append(f"kept {pending.name}: {last.name} cannot be read, so whether it was committed is unknown")
+                return done
         if committed is not None and _epoch_of(pending) == committed:
             os.replace(pending, best)
             done.append(f"completed {best.name} (epoch {committed})")

@@ -29,10 +29,12 @@ from plm.losses.config import SIMILARITIES, LossConfig, ProxyConfig
 from plm.manifold.config import ManifoldConfig
 from plm.models.section import ModelSection
 from plm.utils.config import (
+    MAX_SEED,
     ConfigError,
     build_config,
     check,
     check_choice,
+    check_int,
     check_positive,
     config_diff,
     deep_merge,
@@ -253,8 +255,7 @@ class TrainConfig:
         check_choice("amp", self.amp, AMP_MODES)
         check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
               f"epochs must be a positive integer (>= 1); got {self.epochs!r}")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
-              f"seed must be a non-negative integer; got {self.seed!r}")
+        check_int("seed", self.seed, 0, MAX_SEED, "numpy, torch, scikit-learn and faiss take it as a 32-bit integer")
         if self.method != "plm":
             check(self.similarity == "continuous", "similarity=binary is an ablation of method plm only")
         if self.mode == "finetune":

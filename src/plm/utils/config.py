@@ -7,7 +7,13 @@ rejecting unknown keys with a did-you-mean hint and the list of valid ones::
     cfg = build_config(TrainConfig, deep_merge(defaults, overrides_to_dict(["loss.delta=1.2"])))
 
 Sections validate their own values in ``__post_init__``; a ``ValueError`` there becomes a
-:class:`ConfigError` naming the section. No torch, no plm imports: this is layer 0.
+:class:`ConfigError` naming the section. Integers must fit in 64 bits (:data:`INT64`); a section
+checks the narrower range it uses (:func:`check_int`). YAML (a file or a ``key=value`` value) is
+checked before it is built into objects (:func:`load_yaml_text`): at most :data:`MAX_YAML_BYTES`,
+nested at most :data:`MAX_YAML_DEPTH` deep, and at most :data:`MAX_YAML_EXPANDED` characters once
+its aliases are expanded, so a small file of nested aliases cannot make a huge value (or a huge
+error message). Values shown in messages are cut to a few dozen characters (:func:`short_repr`).
+No torch, no plm imports: this is layer 0.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import os
+import reprlib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,9 +32,37 @@ import yaml
 
 T = TypeVar("T")
 
+#: the integers a config value may hold (what torch and numpy take as a 64-bit integer)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+#: the largest seed: numpy, torch, scikit-learn and faiss all take it, faiss and scikit-learn as a 32-bit
+#: integer to which some users add the epoch
+MAX_SEED = 1 << 30
+#: the largest config file (or override value) read, in bytes
+MAX_YAML_BYTES = 1 << 20
+#: the deepest nesting of mappings and lists in a config
+MAX_YAML_DEPTH = 32
+#: the most characters a config may hold once its aliases (``*name``) are expanded
+MAX_YAML_EXPANDED = 1 << 20
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+_REPR.maxlevel = 3
+
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message says which and what is allowed."""
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut for a one-line message: long strings, big numbers and nested values abridged."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"a {int(value.bit_length() * math.log10(2)) + 1}-digit integer"
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def check(cond: bool, message: str) -> None:
@@ -38,7 +73,13 @@ def check(cond: bool, message: str) -> None:
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     """``value`` must be one of ``choices``."""
-    check(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    check(value in choices, f"{name} must be one of {', '.join(choices)}; got {short_repr(value)}")
+
+
+def check_int(name: str, value: Any, low: int, high: int, why: str = "") -> None:
+    """``value`` must be an integer in ``[low, high]`` (``why``: what uses it, for the message)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    check(ok, f"{name} must be an integer from {low} to {high}{f' ({why})' if why else ''}; got {short_repr(value)}")
 
 
 def check_positive(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
@@ -48,7 +89,7 @@ def check_positive(name: str, value: Any, allow_none: bool = False, allow_zero: 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         and (value >= 0 if allow_zero else value > 0)
     check(ok, f"{name} must be a finite {'non-negative' if allow_zero else 'positive'} number"
-              f"{' or null' if allow_none else ''}; got {value!r}")
+              f"{' or null' if allow_none else ''}; got {short_repr(value)}")
 
 
 def _section_type(tp: Any) -> Optional[type]:
@@ -71,7 +112,7 @@ def unknown_key(key: str, schema: type) -> ConfigError:
     keys = valid_keys(schema)
     close = difflib.get_close_matches(key, keys, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}")
+    return ConfigError(f"unknown config key {short_repr(key)}{hint}; valid keys: {', '.join(keys)}")
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -88,12 +129,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             value = [value]
         return [coerce(v, args[0], key) for v in value]
     if tp is bool:
-        check(isinstance(value, bool), f"{key} must be true or false; got {value!r}")
+        check(isinstance(value, bool), f"{key} must be true or false; got {short_repr(value)}")
         return value
     if tp is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer; got {value!r}")
+        check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer; got "
+                                                                      f"{short_repr(value)}")
+        check_int(key, value, *INT64)
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
@@ -101,13 +144,18 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key} must be a number; got {value!r}")
-        return float(value)
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key} must be a number; got "
+                                                                               f"{short_repr(value)}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key} must be a number of at most about 1e308; got {short_repr(value)}") from None
     if tp is str:
-        check(value is not None and not isinstance(value, (dict, list)), f"{key} must be a string; got {value!r}")
+        check(value is not None and not isinstance(value, (dict, list)), f"{key} must be a string; got "
+                                                                         f"{short_repr(value)}")
         return str(value)
     if tp is dict:
-        check(isinstance(value, Mapping), f"{key} must be a mapping; got {value!r}")
+        check(isinstance(value, Mapping), f"{key} must be a mapping; got {short_repr(value)}")
         return dict(value)
     return value
 
@@ -126,7 +174,7 @@ def build_config(schema: type[T], data: Mapping[str, Any], root: Optional[type] 
     """
     root = root or schema
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping; got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping; got {short_repr(data)}")
     hints = typing.get_type_hints(schema)
     names = {f.name for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -174,10 +222,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+    value = load_yaml_text(raw, f"override {short_repr(item)}") if raw.strip() else None
     return key.split("."), value
 
 
@@ -220,15 +265,74 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_YAML_BYTES + 1)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    data = load_yaml_text(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     return dict(data)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` once the text is checked against the limits above.
+
+    Args:
+        text: the YAML.
+        where: what it is, for messages (a file name, ``override 'seed=…'``).
+
+    Raises:
+        ConfigError: too large, nested too deep, aliases expanding too far (or to themselves), or
+            not valid YAML.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where} is larger than {MAX_YAML_BYTES >> 10} KiB; a config is a few lines of YAML")
+    try:
+        _check_yaml_shape(text, where)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())
+        raise ConfigError(f"{where} is not valid YAML: {first[:300]}") from None
+    except (ValueError, RecursionError, OverflowError) as err:  # e.g. an integer of over 4,300 digits
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{where}: a value cannot be read ({str(err)[:200]})") from None
+
+
+def _check_yaml_shape(text: str, where: str) -> None:
+    """Walk the YAML events (no objects built, no recursion): depth and expanded size within the limits."""
+    sizes: dict[str, int] = {}  # anchor -> expanded size in characters
+    stack: list[list[Any]] = []  # open mappings and lists: [anchor, expanded size so far]
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise ConfigError(f"{where} nests mappings and lists deeper than {MAX_YAML_DEPTH} levels")
+            stack.append([event.anchor, 1])
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, len(event.value) + 1
+        elif isinstance(event, yaml.AliasEvent):
+            if any(frame[0] == event.anchor for frame in stack):
+                raise ConfigError(f"{where}: alias *{event.anchor} refers to a value that contains it")
+            anchor, size = None, sizes.get(event.anchor or "", 1)
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = size
+        if stack:
+            stack[-1][1] += size
+        total += size if not stack else 0
+        if max(total, stack[-1][1] if stack else 0) > MAX_YAML_EXPANDED:
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_EXPANDED >> 10} KiB once its aliases (*name) "
+                              f"are replaced by what they name; write the values out or use fewer aliases")
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from plm.errors import OutputError
 from plm.utils.io import describe_os_error
@@ -75,29 +75,34 @@ def check_output_dir(folder: str | os.PathLike, flag: str = "--out", create: boo
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Iterable[str | os.PathLike] = (),
                       kind: Optional[Kind] = None, force: bool = False,
-                      others: Iterable[tuple[str, Optional[str | os.PathLike]]] = ()) -> Path:
+                      others: Iterable[tuple[str, Optional[str | os.PathLike]]] = (),
+                      side_of: Optional[str] = None) -> Path:
     """Check an output file path before any work; returns it as a :class:`Path`.
 
     Args:
         path: the output file.
-        flag: the flag that named it (for messages).
+        flag: the flag that named it, or for a side file what it is (``"--out's id list"``), for messages.
         inputs: the command's input files (and folders); ``path`` must be none of them.
         kind: (description, test) of the files this output may replace; ``None``: none may be.
         force: replace an existing file of another kind.
         others: (flag, path) of the command's other outputs, which must differ from ``path``.
+        side_of: for a side file whose name derives from another output's: that output's flag
+            (the one to change).
 
     Raises:
         OutputError: ``path`` is an input or another output, a folder, below a file, an existing
             file of another kind (without ``force``), or in a folder that cannot be written.
     """
     path = Path(path)
+    change = side_of or flag
     for item in inputs:
         if item is not None and _same_file(path, Path(item)):
             raise OutputError(f"{flag} {path} is also an input of this command; writing it would destroy the "
-                              f"input: choose another {flag} path")
+                              f"input: choose another {change} path")
     for other_flag, other in others:
         if other is not None and _same_file(path, Path(other)):
-            raise OutputError(f"{flag} and {other_flag} name the same file {path}; give each its own path")
+            raise OutputError(f"{flag} and {other_flag} name the same file {path}; "
+                              + (f"choose another {change} path" if side_of else "give each its own path"))
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; give a file path (e.g. {path / 'out'}{path.suffix or ''})")
     blocker = _below_file(path)
@@ -116,8 +121,9 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Iter
 
 # ------------------------------------------------------------------------------ kinds of file
 
-def _npz_format(path: Path) -> Optional[str]:
-    """The ``meta["format"]`` of a plm ``.npz`` (read from its small ``meta`` member only)."""
+def npz_format(path: str | os.PathLike) -> Optional[str]:
+    """The ``meta["format"]`` of a plm ``.npz`` (``plm-embeddings``, ``plm-index``; read from its small
+    ``meta`` member only), or ``None``."""
     import numpy as np
 
     try:
@@ -127,22 +133,42 @@ def _npz_format(path: Path) -> Optional[str]:
                 return None
             meta = np.load(io.BytesIO(zf.read(info)), allow_pickle=False)
         data = json.loads(str(meta))
-        return data.get("format") if isinstance(data, dict) else None
+        fmt = data.get("format") if isinstance(data, dict) else None
+        return fmt if isinstance(fmt, str) else None
     except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
         return None
 
 
-def _json_keys(path: Path) -> set[str]:
+def _read_json(path: Path) -> Any:
+    """The JSON value of ``path`` (``None`` when it is not a readable JSON file of at most 256 MiB)."""
     try:
         if path.stat().st_size > 1 << 28:
-            return set()
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _json_keys(path: Path) -> set[str]:
+    data = _read_json(path)
     return set(data) if isinstance(data, dict) else set()
 
 
-def _head(path: Path, n: int = 4096) -> bytes:
+def json_format(path: str | os.PathLike) -> Optional[str]:
+    """The ``"format"`` tag of a JSON object file (plm's side files carry one), else ``None``."""
+    data = _read_json(Path(path))
+    fmt = data.get("format") if isinstance(data, dict) else None
+    return fmt if isinstance(fmt, str) else None
+
+
+def _is_backbone_list(path: Path) -> bool:
+    data = _read_json(path)
+    return isinstance(data, list) and bool(data) and all(isinstance(b, dict) and {"name", "feature_dim"} <= set(b)
+                                                         for b in data)
+
+
+def read_head(path: Path, n: int = 4096) -> bytes:
+    """The first ``n`` bytes of ``path`` (empty when it cannot be read)."""
     try:
         with open(path, "rb") as fh:
             return fh.read(n)
@@ -152,7 +178,7 @@ def _head(path: Path, n: int = 4096) -> bytes:
 
 def is_plm_html(path: Path) -> bool:
     """An HTML page written by plm (:class:`plm.viz.html.Page`)."""
-    head = _head(path)
+    head = read_head(path)
     return head.startswith(b"<!DOCTYPE html>") and (b'name="generator" content="plm' in head
                                                        or b"Content-Security-Policy" in head and b"<title>plm" in head)
 
@@ -168,22 +194,22 @@ def is_torch_checkpoint(path: Path) -> bool:
 
 def is_plm_yaml_config(path: Path) -> bool:
     """A ``config.yaml`` written by ``plm train``."""
-    import yaml
+    from plm.utils.config import ConfigError, load_yaml_text
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else None
-    except (OSError, ValueError, yaml.YAMLError):
+        data = load_yaml_text(path.read_text(encoding="utf-8"), str(path)) if path.stat().st_size < 1 << 20 else None
+    except (OSError, ValueError, ConfigError):
         return False
     return isinstance(data, dict) and {"dataset", "method", "mode"} <= set(data)
 
 
 def is_metrics_csv(path: Path) -> bool:
     """A ``metrics.csv`` written by ``plm train``."""
-    return _head(path, 64).startswith(b"epoch,")
+    return read_head(path, 64).startswith(b"epoch,")
 
 
-EMBEDDINGS: Kind = ("a plm embeddings file", lambda p: _npz_format(p) == "plm-embeddings")
-INDEX: Kind = ("a plm index file", lambda p: _npz_format(p) == "plm-index")
+EMBEDDINGS: Kind = ("a plm embeddings file", lambda p: npz_format(p) == "plm-embeddings")
+INDEX: Kind = ("a plm index file", lambda p: npz_format(p) == "plm-index")
 SEARCH_JSON: Kind = ("a plm search JSON report", lambda p: {"queries", "index"} <= _json_keys(p))
 METRICS_JSON: Kind = ("a plm metrics JSON file", lambda p: {"recall_at", "map_at_r"} <= _json_keys(p))
 SIMILARITY_JSON: Kind = ("a plm similarity-report JSON file", lambda p: {"estimators", "plm_config"} <= _json_keys(p))
@@ -193,14 +219,16 @@ HTML: Kind = ("a plm HTML report", is_plm_html)
 CHECKPOINT: Kind = ("a plm checkpoint", is_torch_checkpoint)
 CONFIG_YAML: Kind = ("a plm config.yaml", is_plm_yaml_config)
 METRICS_CSV: Kind = ("a plm metrics.csv", is_metrics_csv)
+BACKBONES_JSON: Kind = ("a plm backbones JSON list", _is_backbone_list)
 
 
 def file_kind(path: Path) -> Optional[str]:
     """What plm file ``path`` is, for messages (``None`` when it is none of plm's)."""
-    fmt = _npz_format(path)
+    fmt = npz_format(path) or json_format(path)
     if fmt:
         return f"a {fmt} file"
-    for what, test in (SEARCH_JSON, METRICS_JSON, HTML, CHECKPOINT):
+    for what, test in (SEARCH_JSON, METRICS_JSON, SIMILARITY_JSON, SUMMARY_JSON, DEMO_JSON, BACKBONES_JSON, HTML,
+                       CHECKPOINT):
         if test(path):
             return what
     return None

@@ -20,8 +20,12 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.n
         method: ``"tsne"`` (default, scikit-learn), ``"umap"`` (needs ``umap-learn``) or ``"pca"``.
         seed: random state of t-SNE / UMAP.
 
+    Vectors that are all the same (no variance: a folder of identical images, all-zero rows) have
+    no direction to project on; they all map to the origin, whatever the method (t-SNE's PCA start
+    would divide by their zero deviation).
+
     Raises:
-        ValueError: unknown method, or ``vectors`` not 2-D.
+        ValueError: unknown method, ``vectors`` not 2-D, or holding NaN or infinite values.
         ImportError: ``"umap"`` without ``umap-learn`` installed.
     """
     x = np.asarray(vectors, dtype=np.float64)
@@ -29,7 +33,11 @@ def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.n
         raise ValueError(f"vectors must be 2-D (N, D), got shape {x.shape}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not np.isfinite(x).all():
+        raise ValueError("vectors hold NaN or infinite values; they cannot be projected")
     n = len(x)
+    if n and float(np.ptp(x, axis=0).max(initial=0.0)) <= 1e-6 * float(np.abs(x).max(initial=0.0)):
+        return np.zeros((n, 2))
     if n < 4 or x.shape[1] < 2:  # too few points for t-SNE/UMAP: PCA (or padding) is the honest answer
         method = "pca"
     if method == "tsne":
