@@ -287,6 +287,13 @@ def test_pca_head_init_warns_when_there_are_too_few_rows(caplog) -> None:
     with caplog.at_level("WARNING", logger="plm.models.embedding"):
         EmbeddingHead(8, 6).init_pca(torch.randn(4, 8))
     assert "only 3 of the 6 directions" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="plm.models.embedding"):  # full width: a rotation, nothing lost
+        head = EmbeddingHead(8, 8)
+        head.init_pca(torch.randn(4, 8), center=False)
+    assert "directions" not in caplog.text
+    w = head.linear.weight.detach().double()
+    torch.testing.assert_close(w @ w.T, torch.eye(8, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_pca_head_init_errors() -> None:

@@ -15,16 +15,17 @@ from plm.evaluation.label_free import effective_rank, knn_agreement
 from plm.training.selection import PRETRAINED, judge, paired_gain, verdict
 
 
-def _reference_paired_gain(ap, ref):
-    diffs, values = [], []
-    for a, b in zip(ap, ref, strict=True):
+def _reference_paired_gain(ap, ref, groups=None):
+    values, by_unit = [], {}
+    for i, (a, b) in enumerate(zip(ap, ref, strict=True)):
         if math.isfinite(a) and math.isfinite(b):
-            diffs.append(a - b)
             values.append(a)
-    n = len(diffs)
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return sum(values) / n, mean, math.sqrt(var / n)
+            by_unit.setdefault(i if groups is None else groups[i], []).append(a - b)
+    gains = [sum(d) / len(d) for d in by_unit.values()]
+    n = len(gains)
+    mean = sum(gains) / n
+    var = sum((g - mean) ** 2 for g in gains) / (n - 1)
+    return sum(values) / len(values), mean, math.sqrt(var / n), n
 
 
 def test_paired_gain_matches_a_loop_and_leaves_out_queries_without_a_score(rng) -> None:
@@ -32,22 +33,35 @@ def test_paired_gain_matches_a_loop_and_leaves_out_queries_without_a_score(rng) 
     ref = rng.random(50)
     ap[3] = np.nan  # a query with nothing of its class to retrieve
     ref[7] = np.nan
-    got = paired_gain(ap, ref)
-    want = _reference_paired_gain(ap, ref)
-    assert got == pytest.approx(want, rel=1e-12)
+    labels = rng.integers(0, 6, 50)
+    for groups in (None, labels):
+        got = paired_gain(ap, ref, groups)
+        want = _reference_paired_gain(ap, ref, groups)
+        assert got[:3] == pytest.approx(want[:3], rel=1e-12) and got[3] == want[3]
+    assert paired_gain(ap, ref, labels)[3] == 6
     with pytest.raises(ValueError, match="same queries"):
         paired_gain(ap, ref[:10])
 
 
-def test_judge_needs_the_gain_to_exceed_both_margins(rng) -> None:
+def test_judge_tests_the_gain_over_the_validation_classes(rng) -> None:
+    from scipy.stats import t as student_t
+
+    labels = np.repeat(np.arange(10), 20)
     ref = rng.random(200)
     shifted = ref + 0.02  # every query gains exactly 0.02: no spread
-    assert judge(shifted, ref, 0.0, 2.0).qualified
-    assert not judge(shifted, ref, 0.05, 2.0).qualified  # below the minimum gain
-    noisy = ref + 0.02 + rng.normal(0, 0.5, 200)  # a mean gain buried in noise
-    j = judge(noisy, ref, 0.0, 2.0)
-    assert j.margin == pytest.approx(2 * j.se) and j.qualified == (j.gain > 2 * j.se)
-    assert not judge(ref, ref, 0.0, 2.0).qualified  # the pretrained features never beat themselves
+    assert judge(shifted, ref, labels, 0.0, 0.95).qualified
+    assert not judge(shifted, ref, labels, 0.05, 0.95).qualified  # below the minimum gain
+    noisy = ref + 0.02 + rng.normal(0, 0.3, 200)  # a mean gain buried in noise
+    j = judge(noisy, ref, labels, 0.0, 0.95)
+    assert j.margin == pytest.approx(student_t.ppf(0.95, 9) * j.se) and j.qualified == (j.gain > j.margin)
+    assert not judge(ref, ref, labels, 0.0, 0.95).qualified  # the pretrained features never beat themselves
+    # with two classes a consistent gain must be large: the one-sided t quantile with 1 degree of freedom is 6.3
+    two = np.repeat([0, 1], 100)
+    gains = np.where(two == 0, 0.03, 0.05)
+    j2 = judge(ref[:200] + gains, ref[:200], two, 0.0, 0.95)
+    assert j2.margin == pytest.approx(6.3138 * 0.01, rel=1e-3) and not j2.qualified
+    assert not judge(ref + 0.5, ref, np.zeros(200, int), 0.0, 0.95).qualified  # one class: it cannot be known
+    assert judge(ref + 0.5, ref, np.zeros(200, int), 0.0, 0.0).qualified  # unless no test is asked for
 
 
 def test_verdict_lines_say_what_best_pt_holds() -> None:

@@ -98,4 +98,19 @@ def test_augmentation_notice_only_when_asked_for(caplog) -> None:
         caplog.clear()
         with caplog.at_level(logging.INFO):
             FrozenPipeline(cfg, load_splits(cfg), torch.device("cpu"), init_distributed("cpu"), progress=False)
-        assert any("augmentation is not possible" in r.getMessage() for r in caplog.records) is noticed
+        assert any("computed once from un-augmented images" in r.getMessage() for r in caplog.records) is noticed
+
+
+def test_mode_auto_finetunes_small_training_sets_and_on_a_gpu() -> None:
+    cfg = default_config("folder", data_root="x", mode="auto", data={"views": 4}, model={"train_blocks": 2})
+    small, notes = fit_to_data(cfg, 500)
+    assert small.mode == "finetune" and small.data.views == 0 and small.model.train_blocks == 0
+    assert any("mode auto: finetune" in n and "500 training images" in n for n in notes)
+    large, notes = fit_to_data(cfg, 5000)
+    assert large.mode == "frozen" and large.data.views == 4 and any("mode auto: frozen" in n for n in notes)
+    gpu, _ = fit_to_data(cfg, 5000, device_type="cuda")
+    assert gpu.mode == "finetune"
+    limit, _ = fit_to_data(default_config("folder", data_root="x", mode="auto", finetune_max_images=5000), 5000)
+    assert limit.mode == "finetune"
+    fixed, none = fit_to_data(default_config("folder", data_root="x", mode="frozen"), 500)
+    assert fixed.mode == "frozen" and not any("mode" in n for n in none)

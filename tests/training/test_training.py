@@ -154,8 +154,8 @@ def test_checkpoint_loads_with_load_model_and_plm_eval(finished_run, shared_cach
     from plm.models import load_model
 
     out, result = finished_run
-    model = load_model(out / "best.pt")
-    assert model.out_dim == 128
+    model = load_model(out / "best.pt")  # the trained head, or the pretrained features when they were kept
+    assert model.out_dim == (128 if result.best_epoch != PRETRAINED else model.backbone.feature_dim)
     expected = result.model.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
@@ -247,7 +247,8 @@ def test_cli_resume_uses_saved_config(tmp_path, shared_cache) -> None:
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
-def test_unlabelled_folder_selects_on_training_loss(tmp_path, shared_cache) -> None:
+@pytest.mark.parametrize("criterion", ["lf_agreement", "lf_rank", "train_pair_loss", "last_epoch"])
+def test_an_unlabelled_folder_selects_on_a_label_free_criterion(tmp_path, shared_cache, criterion) -> None:
     from sklearn.datasets import load_digits
 
     folder = tmp_path / "images"
@@ -257,16 +258,23 @@ def test_unlabelled_folder_selects_on_training_loss(tmp_path, shared_cache) -> N
         Image.fromarray(np.uint8(img * 15)).resize((16, 16)).save(folder / f"img{i:03d}.png")
     cfg = default_config("folder", data_root=str(folder), epochs=2, model={"image_size": 32},
                          sampler={"batch_size": 20, "k": 5, "batches_per_epoch": 3}, proxies={"num": 4},
-                         kmeans={"num_clusters": 5}, log={"progress": False})
+                         kmeans={"num_clusters": 5}, log={"progress": False}, eval={"label_free": criterion})
     result = train(cfg, tmp_path / "run", progress=False)
-    assert result.selection == "train_pair_loss" and result.test_metrics is None
+    assert result.selection == criterion and result.test_metrics is None
     assert not (tmp_path / "run" / "metrics.json").exists()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["selection"] == "train_pair_loss" and summary["test"] is None
-    assert summary["training_helped"] is None  # nothing to compare the untrained model with
-    # the pair term, not the total that L_proxy and L_neighbourhood dominate
-    losses = {h["epoch"]: h["loss_point"] for h in result.history}
-    assert result.best_epoch == min(losses, key=losses.get)
+    assert summary["selection"] == criterion and summary["test"] is None
+    assert summary["training_helped"] is None and "cannot tell" in summary["verdict"]  # no labels to know
+    rows = [h for h in result.history if (h.get("loss") is not None or criterion != "train_pair_loss")]
+    if criterion == "train_pair_loss":  # the pair term, not the total that L_proxy and L_neighbourhood dominate
+        expected = min(rows, key=lambda h: h["loss_point"])["epoch"]
+    elif criterion == "last_epoch":
+        expected = 2
+    else:  # the untrained model (epoch 0) is a candidate of the label-free scores
+        assert result.history[0]["epoch"] == 0 and f"{criterion}_pretrained" in result.history[0]
+        expected = max(rows, key=lambda h: h[criterion])["epoch"]
+    assert result.best_epoch == expected
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == expected
     shutil.rmtree(folder)
 
 
@@ -275,8 +283,8 @@ def _scripted_validation(monkeypatch, pretrained: float, scores: list[float]) ->
     the evaluated network ``scores`` in turn (epoch 0 first); every query moves together, so the
     paired standard error of a gain is zero and the margin is ``eval.min_gain``."""
     it = iter(scores)
-    monkeypatch.setattr(Trainer, "_val_ap", lambda self, which: np.full(
-        len(self.splits.val), pretrained if which == "pretrained" else next(it)))
+    monkeypatch.setattr(Trainer, "_val_ap", lambda self, which: (np.full(
+        len(self.splits.val), pretrained if which == "pretrained" else next(it)), self.splits.val.labels))
 
 
 def test_the_pretrained_features_are_kept_when_no_epoch_beats_them(tmp_path, shared_cache, monkeypatch,
@@ -367,3 +375,37 @@ def test_frozen_only_options_are_refused_in_finetune_mode() -> None:
         tiny(mode="finetune", data={"views": 2})
     with pytest.raises(ConfigError, match="frozen-mode options"):
         tiny(mode="finetune", model={"train_blocks": 1})
+
+
+def test_split_images_trains_on_every_class_and_holds_out_images(tmp_path, shared_cache) -> None:
+    from sklearn.datasets import load_digits
+
+    from plm.training.splits import load_splits
+
+    digits = load_digits()
+    folder = tmp_path / "labelled"
+    for i, (img, label) in enumerate(zip(digits.images[:200], digits.target[:200], strict=True)):
+        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.uint8(img * 15)).resize((16, 16)).save(folder / f"class{label}" / f"{i:03d}.png")
+    zero_shot = load_splits(default_config("folder", data_root=str(folder)))
+    assert zero_shot.train.num_classes < 10  # the zero-shot protocol trains on half of the classes
+    cfg = default_config("folder", data_root=str(folder), data={"split": "images"})
+    splits = load_splits(cfg)
+    assert splits.train.num_classes == splits.val.num_classes == splits.test.num_classes == 10
+    ids = [set(s.ids) for s in (splits.train, splits.val, splits.test)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert sum(map(len, ids)) == 200
+    for c in range(10):  # 20 % of each class held out, half for validation, half for test
+        n = int((digits.target[:200] == c).sum())
+        held = int((splits.val.labels == c).sum() + (splits.test.labels == c).sum())
+        assert held == int(0.2 * n + 1e-9)
+    again = load_splits(default_config("folder", data_root=str(folder), data={"split": "images"}, seed=5))
+    assert again.val.ids == splits.val.ids  # the hold-out does not move with the training seed
+    every = load_splits(default_config("folder", data_root=str(folder), data={"split": "images", "holdout": 0}))
+    assert len(every.train) == 200 and every.val is None and every.test is None
+    unlabelled = tmp_path / "flat"
+    unlabelled.mkdir()
+    for i in range(10):
+        Image.fromarray(np.uint8(digits.images[i] * 15)).save(unlabelled / f"{i}.png")
+    with pytest.raises(ValueError, match="needs a labelled dataset"):
+        load_splits(default_config("folder", data_root=str(unlabelled), data={"split": "images"}))

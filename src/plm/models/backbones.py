@@ -300,6 +300,12 @@ BACKBONES.add("googlenet", _googlenet)
 BACKBONES.add("resnet50", _resnet50)
 
 
+@functools.cache
+def feature_width(name: str) -> int:
+    """The pooled feature width of a registered backbone (built once without weights)."""
+    return int(create_backbone(name, pretrained=False).feature_dim)
+
+
 def list_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
     return sorted(BACKBONES.names())

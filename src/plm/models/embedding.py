@@ -80,7 +80,8 @@ class EmbeddingHead(nn.Module):
         the initial embedding is the normalised PCA of the pooled features. The covariance is
         accumulated in float64 over ``chunk`` rows at a time (memory ≈ in_dim² + chunk × in_dim).
         With fewer than ``embed_dim + 1`` rows the trailing directions span no data (a warning
-        says so): they are whatever the eigen-solver returns for a zero eigenvalue.
+        says so, below the full width): they are whatever the eigen-solver returns for a zero
+        eigenvalue, still orthonormal.
 
         With ``center=False`` the directions are those of the uncentred second moment and the bias
         is zero: ``linear(f) = Vᵀf``. With ``embed_dim`` equal to the feature width that is a
@@ -98,7 +99,7 @@ class EmbeddingHead(nn.Module):
         if out_dim > in_dim:
             raise ValueError(f"PCA gives at most {in_dim} directions, embed_dim is {out_dim}")
         n = features.shape[0]
-        if n - 1 < out_dim:
+        if n - 1 < out_dim < in_dim:  # at full width the directions form a rotation whatever the data
             log.warning("PCA head from %d images: only %d of the %d directions are fitted to data", n, n - 1, out_dim)
         feats = features.detach().cpu()
         mean = torch.zeros(in_dim, dtype=torch.float64)

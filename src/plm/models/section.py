@@ -18,7 +18,9 @@ class ModelSection:
     Attributes:
         backbone: registered backbone name (``efficientnet_lite0``, ``googlenet``, ``resnet50``).
         backbone_weights: local ImageNet weights file for backbones that ship without weights.
-        embed_dim: output dimension of the linear embedding layer.
+        embed_dim: output dimension of the linear embedding layer; ``None`` = the backbone's
+            feature width (with ``pca_uncentered`` the head then starts as a rotation of the
+            pretrained features).
         pooling: ``avg`` or ``avg+max`` (GAP + GMP).
         image_size: input resolution; ``None`` = the backbone's own.
         freeze_bn: keep BatchNorm layers in eval mode with frozen affine weights (finetune mode).
@@ -34,7 +36,7 @@ class ModelSection:
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: Optional[str] = None
-    embed_dim: int = 128
+    embed_dim: Optional[int] = 128
     pooling: str = "avg+max"
     image_size: Optional[int] = None
     freeze_bn: bool = True
@@ -45,7 +47,7 @@ class ModelSection:
         check_positive("model.train_blocks", self.train_blocks, allow_zero=True)
         from plm.models.backbones import canonical_backbone, check_image_size
 
-        check_positive("model.embed_dim", self.embed_dim)
+        check_positive("model.embed_dim", self.embed_dim, allow_none=True)
         check_choice("model.pooling", self.pooling, POOLINGS)
         check_choice("model.head_init", self.head_init, HEAD_INITS)
         try:

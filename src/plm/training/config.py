@@ -54,9 +54,11 @@ __all__ = [
     "resolve_config", "valid_keys",
 ]
 
-MODES = ("frozen", "finetune")
+MODES = ("auto", "frozen", "finetune")
 SCHEDULES = ("cosine", "constant")
 EVAL_MODELS = ("student", "teacher")
+#: selection criteria without a validation split (``eval.label_free``)
+LABEL_FREE_CRITERIA = ("lf_agreement", "lf_rank", "train_pair_loss", "last_epoch")
 
 
 @dataclass
@@ -165,9 +167,14 @@ class EvalConfig:
         baseline: also report the pretrained backbone's test metrics (free in frozen mode).
         min_gain: the smallest validation MAP@R gain over the pretrained features that counts as
             "training helped" (see :mod:`plm.training.selection`).
-        gain_se: the gain must also exceed this many standard errors (paired over validation queries).
+        confidence: the gain must also be significant at this one-sided level over the validation
+            classes (a paired t-test of the class gains; 0 = no test).
         signals: record the label-free scores of :mod:`plm.evaluation.label_free` every validated
             epoch (``lf_*`` columns); ``None`` = only without a validation split.
+        label_free: the selection criterion without a validation split (an unlabelled folder):
+            ``lf_agreement`` (k-NN agreement under augmentation, higher is better), ``lf_rank``
+            (effective rank, higher), ``train_pair_loss`` (mean pair loss, lower) or
+            ``last_epoch``; docs/results.md measures how each tracks validation MAP@R.
     """
 
     every: int = 1
@@ -179,13 +186,16 @@ class EvalConfig:
     nmi: bool = True
     baseline: bool = True
     min_gain: float = 0.0
-    gain_se: float = 2.0
+    confidence: float = 0.95
     signals: Optional[bool] = None
+    label_free: str = "lf_agreement"
 
     def __post_init__(self) -> None:
         check_positive("eval.every", self.every)
         check_positive("eval.min_gain", self.min_gain, allow_zero=True)
-        check_positive("eval.gain_se", self.gain_se, allow_zero=True)
+        check(isinstance(self.confidence, (int, float)) and not isinstance(self.confidence, bool)
+              and 0.0 <= self.confidence < 1.0, f"eval.confidence must be in [0, 1); got {self.confidence!r}")
+        check_choice("eval.label_free", self.label_free, LABEL_FREE_CRITERIA)
         check_positive("eval.batch_size", self.batch_size)
         check_choice("eval.model", self.model, EVAL_MODELS)
         check_positive("eval.val_limit", self.val_limit, allow_none=True)
@@ -212,7 +222,10 @@ class TrainConfig:
         data_root: dataset root folder.
         method: a name of :data:`plm.training.methods.METHODS` (``plm``, ``stml``, ``kmeans``).
         mode: ``frozen`` (cached backbone features; trains the embedding head, its teacher and the
-            proxies) or ``finetune`` (the whole network).
+            proxies), ``finetune`` (the whole network) or ``auto``: ``finetune`` on a GPU or when
+            the training split has at most ``finetune_max_images`` images, ``frozen`` otherwise
+            (resolved before any feature extraction, with a notice; ``config.yaml`` records it).
+        finetune_max_images: the largest training split ``mode: auto`` fine-tunes on the CPU.
         similarity: ``continuous`` PL similarity or the ``binary`` same-piece ablation.
         epochs: training epochs.
         seed: seed of every random choice (runs are reproducible on CPU).
@@ -225,6 +238,7 @@ class TrainConfig:
     data_root: Optional[str] = None
     method: str = "plm"
     mode: str = "frozen"
+    finetune_max_images: int = 2000
     similarity: str = "continuous"
     epochs: int = 10
     seed: int = 0
@@ -250,6 +264,8 @@ class TrainConfig:
         check_choice("dataset", self.dataset, list(DATASETS))
         check_choice("method", self.method, METHODS.names())
         check_choice("mode", self.mode, MODES)
+        check(isinstance(self.finetune_max_images, int) and self.finetune_max_images >= 0,
+              f"finetune_max_images must be a non-negative integer; got {self.finetune_max_images!r}")
         check_choice("similarity", self.similarity, SIMILARITIES)
         check_choice("device", self.device, DEVICES)
         check_choice("amp", self.amp, AMP_MODES)

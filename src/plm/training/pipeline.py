@@ -41,7 +41,10 @@ SIGNAL_IMAGES = 1000
 def model_config_of(config) -> ModelConfig:
     """The :class:`plm.models.ModelConfig` of a training config (saved in checkpoints)."""
     m = config.model
-    return ModelConfig(backbone=m.backbone, embed_dim=m.embed_dim, pooling=m.pooling, normalize=True,
+    from plm.models.backbones import feature_width
+
+    width = m.embed_dim if m.embed_dim is not None else feature_width(m.backbone)
+    return ModelConfig(backbone=m.backbone, embed_dim=width, pooling=m.pooling, normalize=True,
                        image_size=m.image_size)
 
 

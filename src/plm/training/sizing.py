@@ -19,13 +19,28 @@ from typing import Any
 from plm.errors import UserError
 
 
-def fit_to_data(config: Any, num_train: int, world_size: int = 1) -> tuple[Any, list[str]]:
-    """``config`` with its data-bound sizes capped to ``num_train`` training images, and one notice per change.
+def resolve_mode(config: Any, num_train: int, device_type: str = "cpu") -> tuple[str, str]:
+    """The mode ``mode: auto`` stands for, and why: ``finetune`` on a GPU or when the training
+    split has at most ``finetune_max_images`` images (a whole-network step costs tens of head-only
+    steps on the CPU, so only small collections are fine-tuned there), else ``frozen``."""
+    if device_type == "cuda":
+        return "finetune", "a GPU is in use"
+    if num_train <= config.finetune_max_images:
+        return "finetune", f"{num_train} training images (at most finetune_max_images={config.finetune_max_images})"
+    return "frozen", f"{num_train} training images on the CPU (more than finetune_max_images=" \
+                     f"{config.finetune_max_images})"
+
+
+def fit_to_data(config: Any, num_train: int, world_size: int = 1,
+                device_type: str = "cpu") -> tuple[Any, list[str]]:
+    """``config`` with ``mode: auto`` resolved and its data-bound sizes capped to ``num_train``
+    training images, and one notice per change.
 
     Args:
         config: a :class:`~plm.training.config.TrainConfig` (not modified).
         num_train: images in the training split.
         world_size: training processes (the batch is split over them).
+        device_type: ``cpu`` or ``cuda`` (for ``mode: auto``).
 
     Returns:
         (the config, unchanged when nothing needed capping; the notices).
@@ -43,8 +58,15 @@ def fit_to_data(config: Any, num_train: int, world_size: int = 1) -> tuple[Any, 
         raise UserError(f"the training split has {num_train} image(s); plm train needs at least {need} "
                         f"(a seed and its sampler.k-1={k - 1} neighbours{per_process}); "
                         f"add images or lower sampler.k")
-    changes: dict[str, dict[str, int]] = {}
+    changes: dict[str, Any] = {}
     notices: list[str] = []
+    if config.mode == "auto":
+        mode, why = resolve_mode(config, num_train, device_type)
+        changes["mode"] = mode
+        notices.append(f"mode auto: {mode} ({why})")
+        if mode == "finetune" and (config.model.train_blocks or config.data.views):
+            changes["model"] = {"train_blocks": 0}
+            changes["data"] = {"views": 0}  # frozen-mode options: finetuning trains every step on fresh views
     batch = config.sampler.batch_size
     if batch > num_train:
         new = num_train // unit * unit

@@ -166,7 +166,7 @@ class Trainer:
         self.global_step = 0
         self.best: dict[str, Any] = {"epoch": 0, "value": None}
         self._train_emb: Optional[torch.Tensor] = None
-        self._ap_pretrained: Optional[np.ndarray] = None  # per-query validation AP@R (rank 0)
+        self._ap_pretrained: Optional[tuple[np.ndarray, np.ndarray]] = None  # validation AP@R, labels (rank 0)
         self._pretrained_scored = False
         #: set to {} to accumulate seconds per step phase (forward, method, backward_step)
         self.timings: Optional[dict[str, float]] = None
@@ -175,8 +175,8 @@ class Trainer:
     # ------------------------------------------------------------------------------ setup
     @property
     def selection(self) -> str:
-        """``val_map_at_r`` with a validation split, ``train_pair_loss`` without."""
-        return "val_map_at_r" if self.splits.val is not None else "train_pair_loss"
+        """``val_map_at_r`` with a validation split, the label-free ``eval.label_free`` without."""
+        return "val_map_at_r" if self.splits.val is not None else self.config.eval.label_free
 
     def _setup(self) -> None:
         cfg, ctx = self.config, self.ctx
@@ -196,7 +196,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.splits = load_splits(cfg)
         # sizes the data cannot support (proxies, clusters, batch) are capped before any feature extraction
-        cfg, notices = fit_to_data(cfg, len(self.splits.train), ctx.world_size)
+        cfg, notices = fit_to_data(cfg, len(self.splits.train), ctx.world_size, self.device.type)
         self.config = cfg
         if ctx.is_main:
             for line in notices:
@@ -376,9 +376,10 @@ class Trainer:
         m = retrieval_metrics(vec, labels, ks=ks, with_nmi=with_nmi)
         return {"dataset": self.config.dataset, "split": split.split, "skipped": len(split) - len(labels), **m}
 
-    def _val_ap(self, which: str) -> Optional[np.ndarray]:
-        """Per-query validation AP@R of ``which`` (``student``, ``teacher`` or ``pretrained``) on rank 0
-        (``None`` on the others); every rank must call it (finetune mode embeds in shards)."""
+    def _val_ap(self, which: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """Per-query validation AP@R of ``which`` (``student``, ``teacher`` or ``pretrained``) and
+        the queries' labels, on rank 0 (``None`` on the others); every rank must call it
+        (finetune mode embeds in shards)."""
         from plm.evaluation.metrics import query_ranks
 
         assert self.splits.val is not None
@@ -388,9 +389,9 @@ class Trainer:
             return None
         # the row scan: on validation splits with few large classes it is several times faster
         # than the symmetric scan (3,000 Fashion-MNIST images, 2 classes: 1.3 s vs 5.1 s)
-        return query_ranks(res[0], res[1], symmetric=False).ap_at_r
+        return query_ranks(res[0], res[1], symmetric=False).ap_at_r, np.asarray(res[1])
 
-    def _pretrained_ap(self) -> Optional[np.ndarray]:
+    def _pretrained_ap(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
         if not self._pretrained_scored:
             self._ap_pretrained = self._val_ap("pretrained")
             self._pretrained_scored = True
@@ -402,14 +403,18 @@ class Trainer:
         if self.splits.val is None:
             return None
         pre = self._pretrained_ap()
-        ap = self._val_ap(self.config.eval.model)
-        return self._broadcast_judgement(judge(ap, pre, self.config.eval.min_gain, self.config.eval.gain_se)
-                                         if ap is not None and pre is not None else None)
+        cur = self._val_ap(self.config.eval.model)
+        if cur is None or pre is None:
+            return self._broadcast_judgement(None)
+        if not np.array_equal(cur[1], pre[1]):
+            raise RuntimeError("the validation queries differ between the model and the pretrained features")
+        e = self.config.eval
+        return self._broadcast_judgement(judge(cur[0], pre[0], cur[1], e.min_gain, e.confidence))
 
     def pretrained_value(self) -> float:
         """Validation MAP@R of the pretrained features, on every rank."""
         pre = self._pretrained_ap()
-        return self._broadcast_judgement(judge(pre, pre, 0.0, 0.0) if pre is not None else None).value
+        return self._broadcast_judgement(judge(pre[0], pre[0], None, 0.0, 0.0) if pre is not None else None).value
 
     @property
     def signals_on(self) -> bool:
@@ -439,7 +444,7 @@ class Trainer:
         prev = self.best.get("value")
         if prev is None:
             return True
-        return score > prev if self.selection == "val_map_at_r" else score < prev
+        return score < prev if self.selection == "train_pair_loss" else score > prev
 
     # ------------------------------------------------------------------------------ checkpoints
     def _pretrained_payload(self, epoch: int) -> dict[str, Any]:
@@ -483,6 +488,17 @@ class Trainer:
         if ctx.is_main and self.history and self.start_epoch > 0:  # a kill may have come before metrics.csv
             write_csv(self.history, self.out / "metrics.csv")
         try:
+            if self.start_epoch == 0 and not self.history and self.splits.val is None and self.signals_on:
+                # without validation, the untrained model is a candidate of a label-free criterion
+                row0 = {"epoch": 0, "step": 0, **self.label_free(cfg.eval.model)}
+                row0.update({f"{k}_pretrained": v for k, v in self.label_free("pretrained").items()})
+                self.history.append(row0)
+                score0 = label_free_score(row0, self.selection)
+                self.best = {"epoch": 0, "value": score0}
+                if ctx.is_main:
+                    commit_checkpoints(self._payload(0), self.last_path, self.best_path, score0 is not None)
+                    write_csv(self.history, self.out / "metrics.csv")
+                ctx.barrier()
             if self.start_epoch == 0 and not self.history and self.splits.val is not None:
                 # the pretrained features and the untrained model are the first candidates: a trained
                 # epoch is kept only when it beats the pretrained features by more than the margin
@@ -519,8 +535,8 @@ class Trainer:
                         self.best.update({"epoch": epoch + 1, "value": judgement.value, "margin": judgement.margin})
                 else:
                     row["val_map_at_r"] = None
-                    score = pair_loss(row)
-                    improved = self._improved(score)
+                    score = label_free_score(row, self.selection)
+                    improved = score is not None and self._improved(score)
                     if improved:
                         self.best = {"epoch": epoch + 1, "value": score}
                 self.history.append(row)
@@ -650,6 +666,17 @@ def pair_loss(row: dict[str, Any]) -> float:
     what every method trains the embedding with. The peers' totals are their pair term.
     """
     return float(row["loss_point"] if row.get("loss_point") is not None else row["loss"])
+
+
+def label_free_score(row: dict[str, Any], criterion: str) -> Optional[float]:
+    """The selection score of an epoch's row without validation (``eval.label_free``); ``None``
+    when the row has none (an epoch that was not evaluated)."""
+    if criterion == "train_pair_loss":
+        return pair_loss(row) if row.get("loss") is not None else None
+    if criterion == "last_epoch":
+        return float(row["epoch"])
+    value = row.get(criterion)
+    return None if value is None else float(value)
 
 
 def _val_columns(j: Optional[Judgement]) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""The defaults study: candidate settings trained on several benchmarks, chosen on validation classes.
+
+    python scripts/transfer.py run --variants base views --benchmarks glyphs sprites fashion-mnist \\
+        --seeds 0 1 2 --out runs/transfer --jobs 2
+    python scripts/transfer.py report runs/transfer            # the tables of docs/results.md
+
+``run`` trains ``plm train --dataset B --out OUT/B/VARIANT-seedS [overrides]`` for every benchmark,
+variant and seed (skipping finished runs; ``--jobs`` runs at a time, one thread each). ``report``
+reads every ``summary.json`` and ``metrics.csv`` under OUT and prints, per benchmark, each variant's
+best validation MAP@R over its epochs, its gain over the pretrained features, whether the run
+judged that training helped, and the test
+metrics; then the rule that picks the defaults: **the variant with the best mean rank of
+validation MAP@R over the benchmarks** (ties broken by the mean validation gain); then, for the
+label-free selection criteria, the Spearman rank correlation of each with validation MAP@R over
+every validated epoch of every run of a benchmark (runs with ``eval.signals=true``). Test columns
+are reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+#: the full-width head that starts as a rotation of the pretrained features (epoch 0 ranks as they do)
+WIDE = ["model.embed_dim=1280", "model.head_init=pca_uncentered"]
+#: candidate settings, each explicit (dotted overrides on top of the dataset preset)
+VARIANTS: dict[str, list[str]] = {
+    "old-defaults": ["model.embed_dim=128", "model.head_init=pca", "manifold.group_size=null"],
+    "wide": [*WIDE, "manifold.group_size=null"],
+    "wide-groups": [*WIDE, "manifold.group_size=5"],
+    "wide-groups-blocks2": [*WIDE, "manifold.group_size=5", "model.train_blocks=2"],
+    "wide-groups-views8": [*WIDE, "manifold.group_size=5", "data.views=8"],
+    "wide-groups-blocks2-views8": [*WIDE, "manifold.group_size=5", "model.train_blocks=2", "data.views=8"],
+    "wide-groups-blocks6-views8": [*WIDE, "manifold.group_size=5", "model.train_blocks=6", "data.views=8"],
+    "w1024": ["model.embed_dim=1024", "model.head_init=pca_uncentered", "manifold.group_size=null"],
+    "w1024-groups": ["model.embed_dim=1024", "model.head_init=pca_uncentered", "manifold.group_size=5"],
+    "w1024-groups-blocks2-views8": ["model.embed_dim=1024", "model.head_init=pca_uncentered",
+                                    "manifold.group_size=5", "model.train_blocks=2", "data.views=8"],
+    "finetune": [*WIDE, "manifold.group_size=5", "mode=finetune"],
+}
+METHOD_OF = {"stml": "stml"}  # a variant name ending in "+stml" trains the STML peer with the same settings
+
+
+def _run_one(bench: str, variant: str, seed: int, out: Path, extra: list[str]) -> str:
+    name, _, peer = variant.partition("+")
+    folder = out / bench / f"{variant}-seed{seed}"
+    if (folder / "summary.json").is_file():
+        return f"{folder}: done before"
+    cmd = [sys.executable, "-m", "plm", "train", "--dataset", bench, "--out", str(folder), "--seed", str(seed),
+           "--quiet", *(["--method", METHOD_OF[peer]] if peer else []), *VARIANTS[name], "eval.signals=true",
+           "log.tensorboard=false", *extra]
+    if folder.exists() and (folder / "last.pt").is_file():
+        cmd.insert(cmd.index("--quiet"), "--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(folder) + ".log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    return f"{folder}: rc {rc}"
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = [(b, v, s) for b in args.benchmarks for v in args.variants for s in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda j: _run_one(*j, Path(args.out), args.extra), jobs):
+            print(line, flush=True)
+    return 0
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic) if len(x) > 2 else float("nan")
+
+
+def _mean_sd(values: list[float]) -> str:
+    import numpy as np
+
+    if not values:
+        return "–"
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def report(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out = Path(args.out)
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for summary in sorted(out.glob("*/*/summary.json")):
+        bench, name = summary.parent.parent.name, summary.parent.name.rsplit("-seed", 1)[0]
+        s = json.loads(summary.read_text())
+        s["history"] = list(csv.DictReader((summary.parent / "metrics.csv").open()))
+        runs.setdefault(bench, {}).setdefault(name, []).append(s)
+    ranks: dict[str, list[float]] = {}
+    gains: dict[str, list[float]] = {}
+    for bench, variants in sorted(runs.items()):
+        print(f"\n### {bench}\n")
+        print("| variant | seeds | val MAP@R | val gain over pretrained | helped | test R@1 | test MAP@R |")
+        print("|---|---|---|---|---|---|---|")
+        first = next(iter(variants.values()))[0]
+        pre_val = float(first["history"][0]["val_pretrained"])
+        pre = first["pretrained_test"] or {}
+        pre_r1 = pre.get("recall_at", {}).get("1", float("nan"))
+        print(f"| pretrained features | – | {pre_val:.4f} | – | – | {pre_r1:.4f} | {pre.get('map_at_r', float('nan')):.4f} |")
+        means = {}
+        for name, rs in sorted(variants.items()):
+            # the best validated epoch (what the selection compares with the pretrained features)
+            vals = [max(float(h["val_map_at_r"]) for h in r["history"] if h.get("val_map_at_r")) for r in rs]
+            means[name] = float(np.mean(vals))
+            gains.setdefault(name, []).append(means[name] - pre_val)
+            helped = sum(bool(r["training_helped"]) for r in rs)
+            r1 = [r["test"]["recall_at"]["1"] for r in rs if r.get("test")]
+            mp = [r["test"]["map_at_r"] for r in rs if r.get("test")]
+            print(f"| {name} | {len(rs)} | {_mean_sd(vals)} | {means[name] - pre_val:+.4f} | {helped}/{len(rs)} | "
+                  f"{_mean_sd(r1)} | {_mean_sd(mp)} |")
+        order = sorted(means, key=lambda n: -means[n])
+        for i, name in enumerate(order):
+            ranks.setdefault(name, []).append(i + 1)
+    common = [n for n in ranks if len(ranks[n]) == len(runs)]
+    print("\n### The rule: best mean rank of validation MAP@R over the benchmarks\n")
+    print("| variant | mean rank | ranks | mean validation gain |\n|---|---|---|---|")
+    for name in sorted(common, key=lambda n: (np.mean(ranks[n]), -np.mean(gains[n]))):
+        print(f"| {name} | {np.mean(ranks[name]):.2f} | {', '.join(map(str, ranks[name]))} | "
+              f"{np.mean(gains[name]):+.4f} |")
+    print("\n### Label-free criteria: Spearman correlation with validation MAP@R (epochs of every run)\n")
+    criteria = ("lf_agreement", "lf_rank", "train_pair_loss", "last_epoch")
+    print("| benchmark | epochs | " + " | ".join(criteria) + " |\n|---|---|" + "---|" * len(criteria))
+    for bench, variants in sorted(runs.items()):
+        rows = [h for rs in variants.values() for r in rs for h in r["history"]
+                if h.get("val_map_at_r") and h.get("lf_agreement")]
+        val = [float(h["val_map_at_r"]) for h in rows]
+        cells = []
+        for c in criteria:
+            if c == "train_pair_loss":
+                pairs = [(-float(h.get("loss_point") or h["loss"]), v) for h, v in zip(rows, val, strict=True)
+                         if h.get("loss")]
+            elif c == "last_epoch":
+                pairs = [(float(h["epoch"]), v) for h, v in zip(rows, val, strict=True)]
+            else:
+                pairs = [(float(h[c]), v) for h, v in zip(rows, val, strict=True)]
+            cells.append(f"{_spearman([p[0] for p in pairs], [p[1] for p in pairs]):+.2f}")
+        print(f"| {bench} | {len(rows)} | " + " | ".join(cells) + " |")
+    print("\n(train_pair_loss is negated: a positive correlation means lower loss, higher validation MAP@R.)")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    r.add_argument("--benchmarks", nargs="+", default=["glyphs", "sprites", "fashion-mnist"])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0])
+    r.add_argument("--out", default="runs/transfer")
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    p = sub.add_parser("report")
+    p.add_argument("out", nargs="?", default="runs/transfer")
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
