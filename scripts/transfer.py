@@ -106,8 +106,8 @@ def report(args: argparse.Namespace) -> int:
         first = next(iter(variants.values()))[0]
         pre_val = float(first["history"][0]["val_pretrained"])
         pre = first["pretrained_test"] or {}
-        pre_r1 = pre.get("recall_at", {}).get("1", float("nan"))
-        print(f"| pretrained features | – | {pre_val:.4f} | – | – | {pre_r1:.4f} | {pre.get('map_at_r', float('nan')):.4f} |")
+        pre_r1, pre_map = pre.get("recall_at", {}).get("1", float("nan")), pre.get("map_at_r", float("nan"))
+        print(f"| pretrained features | – | {pre_val:.4f} | – | – | {pre_r1:.4f} | {pre_map:.4f} |")
         means = {}
         for name, rs in sorted(variants.items()):
             # the best validated epoch (what the selection compares with the pretrained features)
