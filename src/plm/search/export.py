@@ -281,12 +281,12 @@ def _is_plm_safetensors(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
 
 
-CSV: Kind = ("a plm CSV export", _is_plm_csv)
-PARQUET: Kind = ("a plm Parquet export", _is_plm_parquet)
-FAISS: Kind = ("a faiss index exported by plm (its NAME.ids.json names it)", _is_plm_faiss)
-SAFETENSORS: Kind = ("a safetensors file exported by plm", _is_plm_safetensors)
-IDS_JSON: Kind = ("a plm faiss id list", lambda p: json_format(p) == IDS_FORMAT)
-MODEL_JSON: Kind = ("a plm model config (safetensors export)", lambda p: json_format(p) == MODEL_FORMAT)
+CSV = Kind("a plm CSV export", _is_plm_csv, (".csv",))
+PARQUET = Kind("a plm Parquet export", _is_plm_parquet, (".parquet",))
+FAISS = Kind("a faiss index exported by plm (its NAME.ids.json names it)", _is_plm_faiss, (".faiss", ".index"))
+SAFETENSORS = Kind("a safetensors file exported by plm", _is_plm_safetensors, (".safetensors",))
+IDS_JSON = Kind("a plm faiss id list", lambda p: json_format(p) == IDS_FORMAT)
+MODEL_JSON = Kind("a plm model config (safetensors export)", lambda p: json_format(p) == MODEL_FORMAT)
 
 
 def outputs(fmt: str, path: str | os.PathLike) -> list[tuple[str, Path, Kind]]:
