@@ -94,9 +94,11 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_skip, pin_memory=torch.device(device).type == "cuda")
     vecs, kept = [], []
+    bar = progress_bar(total=len(dataset), desc=f"embed {dataset.name}/{dataset.split}", unit="img",
+                       disable=not progress, leave=False)
     try:
-        for images, _, indices, _ in progress_bar(loader, desc=f"embed {dataset.name}/{dataset.split}", unit="batch",
-                                                  disable=not progress, leave=False):
+        for images, _, indices, skipped in loader:
+            bar.update(len(indices) + int(skipped[0]))  # images per second, whatever the batch size
             if len(indices) == 0:
                 continue
             images = images.to(device, non_blocking=True)
@@ -105,6 +107,7 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
             vecs.append(out.float().cpu().numpy())
             kept.append(indices.numpy())
     finally:
+        bar.close()
         dataset.transform = transform_before
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
     kept_idx = np.concatenate(kept) if kept else np.zeros(0, np.int64)
