@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     runtime = runtime_from_args(args)
     folder, out = Path(args.folder), Path(args.out)
+    if folder.is_file():
+        raise UserError(f"{folder} is a file; plm embed takes a folder of images (and embeds every image under "
+                        f"it): put the image in a folder, or search an index with it: plm search INDEX {folder}")
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
     from plm.utils.paths import EMBEDDINGS, check_output_file
