@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     identity = model_identity(model, backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights)
     store, stats = embed_folder(model, folder, identity, previous=previous, batch_size=args.batch_size,
-                                progress=not args.quiet, **runtime)
+                                progress=not args.quiet, cache_dir=False if args.no_cache else None, **runtime)
     if stats.reason:
         log.warning("re-embedding all images: %s", stats.reason)
     if len(store) == 0:
@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{out}: {len(store)} images, {store.dim}-d, {describe(identity)}")
     print(f"  embedded {stats.embedded} new or changed, reused {stats.reused}, dropped {stats.dropped} deleted, "
           f"skipped {stats.skipped} unreadable, ignored {len(stats.ignored)} non-image")
+    if stats.cached_features:
+        print(f"  {stats.cached_features} of the {stats.embedded} embedded took their backbone features from the "
+              f"feature cache (computed before, e.g. by plm train): only the head ran for them")
     if store.skipped:
         print(f"skipped {len(store.skipped)} unreadable file(s):")
         print(_listing([f"{p}: {stats.skipped_reasons.get(p, 'unreadable (unchanged since an earlier run)')}"
