@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from plm.data import DATASETS
 from plm.utils.args import non_negative_int, positive_int
@@ -132,3 +132,27 @@ def load_searchable_store(path: str) -> Any:
         raise UserError(f"dimension mismatch in {path}: vectors are {store.dim}-d but the recorded model "
                         f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")
     return store
+
+
+def collection_root(recorded: str, given: Optional[str], needed_for: str = "") -> Any:
+    """The indexed (embedded) image folder: ``--root`` when given, else the one the file records.
+
+    When it is missing (the collection moved): with ``needed_for`` (what needs its images: ``"the HTML
+    gallery's thumbnails"``) one error suggesting ``--root``, as ``plm serve``; else a warning.
+
+    Raises:
+        UserError: the folder is missing and its images are needed.
+    """
+    from pathlib import Path
+
+    from plm.errors import UserError
+
+    root = Path(given) if given else Path(recorded)
+    if not root.is_dir():
+        where = "--root" if given else "the indexed folder"
+        if needed_for:
+            raise UserError(f"{where} is missing: {root}; {needed_for} need its images: pass --root DIR to point at "
+                            f"its new location")
+        log.warning("warning: %s is missing: %s; the results name its files where they were (pass --root DIR "
+                    "to point at its new location)", where, root)
+    return root
