@@ -28,6 +28,8 @@ OUT = "{out}"
 #: the extension the output is written under)]
 WRITERS: dict[str, list[tuple[str, list[str], list[str], str]]] = {
     "backbones": [("--json", ["backbones", "--json", OUT], [], ".json")],
+    "duplicates": [("--csv", ["duplicates", "{idx}", "--csv", OUT], ["idx"], ".csv"),
+                   ("--json", ["duplicates", "{idx}", "--json", OUT], ["idx"], ".json")],
     "embed": [("--out", ["embed", "{root}", *BACKBONE, "--weights", "{ckpt}", "--out", OUT], ["ckpt"], ".npz")],
     "eval": [("--json", ["eval", "--dataset", "digits", "--checkpoint", "{ckpt}", "--json", OUT], ["ckpt"], ".json")],
     "export": [("--out", ["export", "{emb}", "--out", OUT, "--format", "csv"], ["emb"], ".csv"),
