@@ -87,8 +87,18 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, e
     sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {extra_hint}" if extra_hint else ""))
 
 
+_INVOCATION: list[str] = []
+
+
+def invocation() -> Optional[list[str]]:
+    """The command line :func:`main` is running (``["plm", "demo", "--quick"]``), or ``None`` outside it
+    (reports print it: how the run was made)."""
+    return list(_INVOCATION) or None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``plm`` and ``python -m plm``; returns the exit status."""
+    _INVOCATION[:] = ["plm", *(sys.argv[1:] if argv is None else argv)]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
