@@ -83,7 +83,7 @@ def _reuse_reason(previous: EmbeddingStore, identity: dict[str, Any], root: str)
 def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
                  previous: Optional[EmbeddingStore] = None, batch_size: int = 64,
                  progress: bool = True, device: Any = "cpu", amp: Any = None,
-                 num_workers: int = 0, cache_dir: Any = None) -> tuple[EmbeddingStore, EmbedStats]:
+                 num_workers: int = 0, cache_dir: Any = None, ctx: Any = None) -> tuple[EmbeddingStore, EmbedStats]:
     """Embed every image under ``root`` (recursive), reusing unchanged entries of ``previous``.
 
     Args:
@@ -98,6 +98,9 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
         num_workers: DataLoader workers decoding images.
         cache_dir: the feature cache read for these files' backbone features (``None``: the default one,
             ``False``: none).
+        ctx: a :class:`~plm.training.distributed.DistContext` of several processes (``torchrun … -m plm
+            embed``): every rank finds the same files to embed, embeds its contiguous share of them, and all
+            shares are gathered, so every rank returns the whole store (rank 0 writes it). ``None``: one process.
 
     Raises:
         DatasetNotFoundError: ``root`` is missing or holds no image files.
@@ -145,9 +148,14 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
     stats.reused = len(dataset) - len(todo) - len(bad)
 
     if todo:
-        emb, stats.cached_features = features_then_head(model, dataset.subset(todo), batch_size=batch_size,
-                                                        progress=progress, device=device, amp=amp,
-                                                        num_workers=num_workers, cache_dir=cache_dir)
+        several = ctx is not None and ctx.enabled
+        mine = [todo[i] for i in ctx.shard(len(todo))] if several else todo
+        emb, stats.cached_features = features_then_head(model, dataset.subset(mine), batch_size=batch_size,
+                                                        progress=progress and (not several or ctx.is_main),
+                                                        device=device, amp=amp, num_workers=num_workers,
+                                                        cache_dir=cache_dir)
+        if several:
+            emb, stats.cached_features = _gather(ctx, emb, stats.cached_features, dataset, device)
         row_of = {rel: v for rel, v in zip(emb.ids, emb.vectors, strict=True)}
         for i in todo:
             rel = dataset.ids[i]
@@ -177,6 +185,21 @@ def embed_folder(model: Any, root: str | os.PathLike, identity: dict[str, Any],
         skipped_sizes=np.array([stamps[i][0] for i in bad_sorted], np.int64),
         skipped_mtimes_ns=np.array([stamps[i][1] for i in bad_sorted], np.int64))
     return store, stats
+
+
+def _gather(ctx: Any, emb: Any, cached: int, dataset: Any, device: Any) -> tuple[Any, int]:
+    """Every rank's embedded rows (and cache hits), in rank order, on every rank."""
+    import torch
+
+    from plm.evaluation.embed import Embeddings
+
+    where = torch.device(device) if torch.device(device).type == "cuda" else torch.device("cpu")  # NCCL: on the GPU
+    index_of = {rel: i for i, rel in enumerate(dataset.ids)}
+    rows = torch.tensor([index_of[rel] for rel in emb.ids], dtype=torch.long, device=where)
+    vectors = ctx.gather_uneven(torch.from_numpy(np.ascontiguousarray(emb.vectors)).to(where)).cpu().numpy()
+    rows_all = ctx.gather_uneven(rows).cpu().numpy()
+    hits = int(ctx.all_reduce_sum(torch.tensor([cached], dtype=torch.long, device=where)).item())
+    return Embeddings(vectors, dataset.labels[rows_all], [dataset.ids[int(i)] for i in rows_all]), hits
 
 
 def features_then_head(model: Any, dataset: Any, batch_size: int = 64, progress: bool = True, device: Any = "cpu",
