@@ -101,7 +101,7 @@ def test_near_groups_cover_every_index_kind(coll) -> None:
     found = []
     for kind in ("exact", "hnsw", "ivf"):
         index = VectorIndex.build(vectors, kind)
-        groups, _ = near_groups(index, 0.04, k=5)
+        groups, _ = near_groups(index, 0.03, k=5)
         found.append(sorted(tuple(g.ids) for g in groups))
         np.testing.assert_allclose(index.vectors_of(0, index.count), VectorIndex.build(vectors).vectors, atol=1e-6)
     assert found[0] == found[1] == found[2] and found[0]
