@@ -67,7 +67,8 @@ def test_report_is_self_contained_with_all_figures(demo_out: Path) -> None:
     assert "http://" not in html and "https://" not in html
     assert "pretrained" in html and "plm" in html
     # issue 24: how the run was made
-    assert "demo --quick --epochs 2" in html and f"<td>{plm.__version__}</td>" in html and "<td>seeds</td><td>0</td>" in html
+    assert "demo --quick --epochs 2" in html and f"<td>{plm.__version__}</td>" in html
+    assert "<td>seeds</td><td>0</td>" in html
 
 
 @pytest.mark.slow

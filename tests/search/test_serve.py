@@ -155,7 +155,8 @@ def test_a_query_vector_is_searched_through_the_json_api(server: dict) -> None:
     result = json.loads(out)
     assert status == 200 and reply_headers["Content-Type"] == "application/json", out
     assert len(result["results"]) == 3 and result["results"][0]["path"] == "triangles/triangle_002.png"
-    assert result["distance"] == "1 - cosine similarity" and result["results"][0]["distance"] == pytest.approx(0, abs=1e-4)
+    assert result["distance"] == "1 - cosine similarity"
+    assert result["results"][0]["distance"] == pytest.approx(0, abs=1e-4)
     dist, ids = SearchIndex.load(server["idx"]).index.search(vector[None, :], 3)
     assert [r["id"] for r in result["results"]] == ids[0].tolist()
     bad = [({"vector": [1.0, 2.0]}, 400, f"list of {store.dim} numbers"), ({"vec": []}, 400, '"vector"'),

@@ -98,7 +98,7 @@ def test_the_report_reads_well_in_chromium(tmp_path: Path) -> None:
     # the maps: about half the page each, side by side, one legend naming every class
     (m1, m2) = g["maps"]
     assert min(m1[2] - m1[0], m2[2] - m2[0]) >= 0.4 * g["width"] and abs(m1[1] - m2[1]) < 2 and m2[0] > m1[2]
-    assert sorted(g["legend"], key=lambda s: s[-2:]) == [f"\u25cf\u25a0\u25b2\u25c6"[c // 20] + f"class-{c:02d}"
+    assert sorted(g["legend"], key=lambda s: s[-2:]) == ["\u25cf\u25a0\u25b2\u25c6"[c // 20] + f"class-{c:02d}"
                                                           for c in range(CLASSES)]
     # pretrained and trained results of one query side by side, in one row per query
     strips = g["strips"]

@@ -88,7 +88,8 @@ def _from_folder(path: str, flag: str, model: Any, args: argparse.Namespace) -> 
     if emb.skipped:
         log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(emb.skipped), ds.root,
                     ", ".join(emb.skipped[:3]))
-    names = [ds.class_names[int(y)] for y in emb.labels]
+    class_names = ds.class_names or {}  # a labelled folder names its classes
+    names = [class_names[int(y)] for y in emb.labels]
     return _Side(emb.vectors, names, len(emb.skipped), None, path)
 
 

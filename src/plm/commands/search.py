@@ -67,6 +67,8 @@ def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optiona
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from plm.commands._common import collection_root, runtime_from_args
     from plm.errors import UserError
     from plm.evaluation import embed_dataset
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if emb.skipped:  # decoded fine a moment ago; reaching here means the files changed under us
         raise UserError(f"query image(s) became unreadable while searching: {', '.join(emb.skipped[:5])}")
     own = own_ids(emb.ids, root, idx.paths)
-    dist, ids = idx.index.search(emb.vectors, args.k, exclude=own if args.exclude_self else None)
+    dist, ids = idx.index.search(emb.vectors, args.k, exclude=np.asarray(own) if args.exclude_self else None)
 
     def label_name(y: int) -> Optional[str]:
         return None if y < 0 else idx.class_names.get(y, str(y))

@@ -440,11 +440,11 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
 
     Returns:
         ``{"num_queries", "num_left_out", "recall_at": {"1": …}, "map_at_r", "r_precision", "nmi"}``
-        plus ``"num_reference"`` with ``reference=``, and with ``per_class`` ``"per_class": {label:
-        {"num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision"}}`` (labels as ``str``). ``num_left_out`` queries had nothing of their
-        class to retrieve (R = 0) and are in none of the averages; ``nmi`` is ``None`` when it was
-        not computed. Recall@K, MAP@R and R-precision are NaN (with a warning) when every query
-        is left out.
+        plus ``"num_reference"`` with ``reference=``, and with ``per_class`` ``"per_class": {label: {...}}``
+        (labels as ``str``; each ``{"num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision"}``).
+        ``num_left_out`` queries had nothing of their class to retrieve (R = 0) and are in none of the
+        averages; ``nmi`` is ``None`` when it was not computed. Recall@K, MAP@R and R-precision are NaN
+        (with a warning) when every query is left out.
     """
     ks = check_ks(ks)
     if (reference is None) != (reference_labels is None):
@@ -485,7 +485,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     if qr.num_left_out == len(labels):
         log.warning("retrieval metrics undefined (NaN): none of the %d queries has another item of its class "
                     "to retrieve", len(labels))
-    out = {
+    out: dict[str, Any] = {
         "num_queries": int(len(labels)),
         **extra,
         "num_left_out": qr.num_left_out,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
+from torch import nn
 
 from plm.models.backbones import TIMM_PREFIX, create_backbone, list_backbones
 
@@ -70,7 +71,7 @@ def _info(name: str) -> BackboneInfo:
     elif name.startswith(TIMM_PREFIX):
         from plm.models.timmnets import _source
 
-        source = _source(name, bb.body.net)
+        source = _source(name, cast(nn.Module, bb.body.net))
     else:
         from plm.models.tvnets import default_weights
         from plm.models.weights import torch_hub_source

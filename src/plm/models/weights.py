@@ -120,7 +120,7 @@ def pretrained_file(source: WeightsSource) -> Path:
             download(source.url, source.cache_path)
             return source.cache_path
         return hf_download(source.hf_repo, source.file_name)
-    except Exception as err:  # noqa: BLE001 - no network, refused, a proxy page, a failed hash: all the same to the user
+    except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise NoPretrainedWeightsError.for_source(source, f"not in the cache, and the download failed "
                                                           f"({type(err).__name__}: {reason[:120]})") from err
