@@ -102,16 +102,9 @@ def test_wrong_inputs_give_one_clear_line(made: dict[str, Path], capsys: pytest.
 
 
 def test_parquet_without_pyarrow_names_the_extra(made: dict[str, Path], monkeypatch, capsys) -> None:
-    import builtins
+    from test_search_helpers import without_module
 
-    real_import = builtins.__import__
-
-    def no_pyarrow(name, *args, **kwargs):
-        if name.startswith("pyarrow"):
-            raise ImportError("no pyarrow")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    without_module(monkeypatch, "pyarrow")
     assert main(["export", str(made["emb"]), "--out", str(made["tmp"] / "none.parquet")]) == 2
     assert "plm[parquet]" in capsys.readouterr().err
 

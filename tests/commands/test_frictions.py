@@ -18,18 +18,9 @@ from pathlib import Path
 import pytest
 
 from plm.cli import main
-from test_search_helpers import make_shapes_folder
+from test_search_helpers import make_shapes_folder, one_line_error, without_module
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _one_line(capsys: pytest.CaptureFixture, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.mark.slow
@@ -52,18 +43,9 @@ def test_the_progress_line_and_the_epoch_summary_give_one_loss(tmp_path: Path, m
 
 def test_no_tensorboard_notice_when_it_is_not_installed(tmp_path: Path, monkeypatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    import builtins
-
     from plm.training.history import TensorBoardLogger
 
-    real_import = builtins.__import__
-
-    def no_tensorboard(name, *args, **kwargs):
-        if name.startswith("torch.utils.tensorboard"):
-            raise ImportError("TensorBoard logging requires TensorBoard")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    without_module(monkeypatch, "torch.utils.tensorboard")
     with caplog.at_level(logging.INFO):
         logger = TensorBoardLogger(tmp_path / "tb")
     assert logger.writer is None and [r for r in caplog.records if r.levelno >= logging.INFO] == []
@@ -103,7 +85,7 @@ def test_embed_of_a_file_says_it_is_a_file(tmp_path: Path, capsys) -> None:
     make_shapes_folder(tmp_path / "imgs", per_class=1)
     image = next((tmp_path / "imgs").rglob("*.png"))
     assert main(["embed", str(image), "--out", str(tmp_path / "e.npz")]) == 2
-    _one_line(capsys, f"{image} is a file", "takes a folder", f"plm search INDEX {image}")
+    one_line_error(capsys, f"{image} is a file", "takes a folder", f"plm search INDEX {image}")
     assert not (tmp_path / "e.npz").exists()
 
 
@@ -114,7 +96,7 @@ def test_a_split_of_an_unlabelled_folder_names_the_flag(tmp_path: Path, capsys) 
     for p in (tmp_path / "imgs").rglob("*.*"):
         p.rename(flat / p.name)
     assert main(["eval", "--dataset", "folder", "--data-root", str(flat), "--split", "test"]) == 2
-    err = _one_line(capsys, "use --split all")
+    err = one_line_error(capsys, "use --split all")
     assert "split='all'" not in err
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from plm.cli import build_parser, main
 from plm.models import ModelConfig, create_model, save_model
-from test_search_helpers import embedded_collection
+from test_search_helpers import embedded_collection, one_line_error
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 OUT = "{out}"
@@ -89,12 +89,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def _refused(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
     assert main(argv) == 2, argv
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
+    return one_line_error(capsys, *needles)
 
 
 def _foreign(name: str, folder: Path, command: str, suffix: str) -> Path:

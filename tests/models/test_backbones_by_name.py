@@ -214,15 +214,8 @@ def test_timm_weights_from_a_file_and_from_the_hub_cache(timm, tmp_path: Path, m
 
 
 def test_timm_missing_names_the_extra(monkeypatch) -> None:
-    import builtins
+    from test_search_helpers import without_module
 
-    real_import = builtins.__import__
-
-    def no_timm(name, *args, **kwargs):
-        if name == "timm" or name.startswith("timm."):
-            raise ImportError("no timm")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_timm)
+    without_module(monkeypatch, "timm")
     with pytest.raises(ValueError, match=r"pip install 'plm\[timm\]'"):
         create_backbone("timm:resnet50")
