@@ -87,18 +87,27 @@ def test_preprocessing_follows_the_default_weights() -> None:
 
 def _state(name: str, classes: int = 1000) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    net = _tv().models.get_model(name, weights=None, num_classes=classes)
+    extra = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    net = _tv().models.get_model(name, weights=None, num_classes=classes, **extra)
     return net.state_dict()
 
 
-def test_weights_come_from_the_standard_cache_offline(tmp_path: Path, monkeypatch) -> None:
+def _param_name(name: str, key: str) -> str:
+    return {"mobilenet_v3_small": "body.0.0.weight", "googlenet": "body.net.conv1.conv.weight"}[name]
+
+
+@pytest.mark.parametrize("name,file,key", [("mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth",
+                                              "features.0.0.weight"),
+                                             ("googlenet", "googlenet-1378be20.pth", "conv1.conv.weight")])
+def test_weights_come_from_the_standard_cache_offline(tmp_path: Path, monkeypatch, name: str, file: str,
+                                                      key: str) -> None:
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    state = _state("mobilenet_v3_small")
-    torch.save(state, cache / "mobilenet_v3_small-047dcff4.pth")  # the default weights' file name
-    backbone = create_backbone("mobilenet_v3_small")  # PLM_OFFLINE is set: only the cache can serve it
-    assert torch.equal(backbone.body[0][0].weight, state["features.0.0.weight"])
+    state = _state(name)
+    torch.save(state, cache / file)  # the default weights' file name, as torchvision caches it
+    backbone = create_backbone(name)  # PLM_OFFLINE is set: only the cache can serve it
+    assert torch.equal(dict(backbone.named_parameters())[_param_name(name, key)], state[key])
 
 
 def test_a_download_lands_in_the_standard_cache(tmp_path: Path, monkeypatch) -> None:
