@@ -144,12 +144,20 @@ def _stamp(path: Path) -> tuple[int, int]:
         return -1, -1
 
 
+def _resolved(path: str | os.PathLike) -> str:
+    """``path`` made absolute with its links followed (as it is, absolute, when that fails: a link loop)."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
 def _file_stamps(dataset: ImageDataset, rows: np.ndarray) -> FileStamps:
     """The file, size and modification time of each item at ``rows`` (``None`` unless all are files)."""
     files = [dataset.file_of(int(i)) for i in rows]
     if not files or any(f is None for f in files):
         return None
-    paths = [str(Path(f).resolve()) for f in files if f is not None]
+    paths = [_resolved(f) for f in files if f is not None]
     return paths, np.array([_stamp(Path(p)) for p in paths], dtype=np.int64).reshape(-1, 2)
 
 
@@ -184,7 +192,7 @@ def cached_features_of_files(model: EmbeddingModel, files: list[Path], amp: Opti
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     wanted: dict[str, int] = {}
     for i, f in enumerate(files):
-        wanted.setdefault(str(Path(f).resolve()), i)
+        wanted.setdefault(_resolved(f), i)
     found: dict[int, np.ndarray] = {}
     if not wanted or not folder.is_dir():
         return found
