@@ -9,8 +9,14 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own plm cache folder, so nothing leaks between tests or into ~/.cache."""
+    """Each test gets its own plm cache folder, so nothing leaks between tests or into ~/.cache, and its
+    own (empty) torch hub and Hugging Face caches with downloads off: nothing is downloaded in tests."""
     monkeypatch.setenv("PLM_CACHE_DIR", str(tmp_path_factory.mktemp("plm-cache")))
+    monkeypatch.setenv("PLM_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

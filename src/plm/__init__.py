@@ -15,7 +15,20 @@ The package is layered; a module imports only from its own layer or lower ones (
 - L9 ``plm.commands``, ``plm.cli``, ``plm.demo``, ``plm.__main__``: the CLI layer
 """
 
+from types import ModuleType
+
 __version__ = "0.1.0"
+
+
+def import_torchvision() -> ModuleType:
+    """torchvision, importable in your own code too: on a CPU build of torch beside torchvision's CUDA wheel
+    (what ``scripts/install.sh`` installs), a plain ``import torchvision`` fails with ``RuntimeError:
+    operator torchvision::nms does not exist``; after this call it works in the process (models,
+    transforms; not ``torchvision.ops.nms`` nor ``torchvision.io`` decoding). See :mod:`plm._compat`."""
+    from plm._compat import import_torchvision as _import
+
+    return _import()
+
 
 #: the layer order, bottom → top: each entry is one layer's top-level modules (see the docstring)
 LAYERS: tuple[tuple[str, ...], ...] = (

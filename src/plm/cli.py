@@ -75,12 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Report arguments no parser took with the subcommand's own usage (and its hint, when it has
+    one: a command module's ``unknown_argument_hint(args) -> str``); exits with status 2."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = getattr(args, "command", None)
+    sub = action.choices.get(command, parser) if command else parser
+    mod = next((m for m in _command_modules() if m.NAME == command), None)
+    hint = getattr(mod, "unknown_argument_hint", None)
+    extra_hint = hint(extra) if callable(hint) else ""
+    sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {extra_hint}" if extra_hint else ""))
+
+
+_INVOCATION: list[str] = []
+
+
+def invocation() -> Optional[list[str]]:
+    """The command line :func:`main` is running (``["plm", "demo", "--quick"]``), or ``None`` outside it
+    (reports print it: how the run was made)."""
+    return list(_INVOCATION) or None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``plm`` and ``python -m plm``; returns the exit status."""
+    _INVOCATION[:] = ["plm", *(sys.argv[1:] if argv is None else argv)]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_unknown(parser, args, extra)
     level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
+    if not args.verbose:  # faiss's loader reports each CPU build it tries at INFO: chatter that reads like errors
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -264,48 +264,49 @@ def _test_views(result) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     return test, feats.labels, before, after
 
 
+def _command() -> list[str]:
+    """The command that made this run, as typed (``plm demo …``; from Python: the interpreter's command)."""
+    import sys
+
+    from plm.cli import invocation
+
+    return invocation() or ["python", *sys.argv]
+
+
+def _runs_of(out: Path) -> tuple[list[int], dict[str, str]]:
+    """The seeds of the training runs under ``out/runs`` and each method's verdict line (its first seed's)."""
+    import json
+
+    seeds: set[int] = set()
+    verdicts: dict[str, str] = {}
+    for folder in sorted((out / "runs").glob("*-seed*")):
+        name, _, seed = folder.name.rpartition("-seed")
+        if not seed.isdigit():
+            continue
+        seeds.add(int(seed))
+        try:
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and isinstance(summary.get("verdict"), str):
+            verdicts.setdefault(name, summary["verdict"])
+    return sorted(seeds), verdicts
+
+
 def write_report(path: Path, demo: DemoResult, result, histories: dict[str, list[dict]],
                  queries_per_class: int = 1, k: int = 6) -> Path:
-    """The self-contained ``report.html``: results table, curves, t-SNE maps, retrieval galleries."""
-    import numpy as np
-
-    from plm.utils.tables import metrics_headers, metrics_row
-    from plm.viz import embedding_map_png, retrieval_gallery_png, retrieval_rows, training_curves_png
-    from plm.viz.html import Page
+    """The self-contained ``report.html``: how the run was made, results (with a note on rows that equal
+    another), retrieval galleries (pretrained and trained side by side), t-SNE maps with a legend, curves
+    (:mod:`plm.viz.demo_report`)."""
+    from plm.viz.demo_report import ReportData, ReportViews, demo_report_page, run_info
 
     trained = next(iter(histories))
-    page = Page("plm demo: zero-shot retrieval without labels",
-                subtitle=f"{demo.dataset}: trained on the seen classes with labels hidden, "
-                         f"evaluated on the unseen classes")
-    ks = list(next(iter(demo.methods.values()))["recall_at"])
-    rows = [metrics_row(name, m, ks) for name, m in demo.methods.items()]
-    results = page.section("Results", "Recall@K, MAP@R, R-precision and NMI on the unseen classes "
-                                      "(means over seeds where several were run).")
-    results.table(metrics_headers(ks), rows)
-    for note in demo.notes:
-        results.paragraph(note)
-    curves = page.section("Training curves", "Per epoch: losses and the validation MAP@R used for model "
-                                              "selection (validation classes are held-out seen classes).")
-    for name, history in histories.items():
-        keys = [key for key in ("loss", "loss_point", "loss_proxy", "loss_neighbourhood", "val_map_at_r")
-                if any(key in row for row in history)]
-        curves.figure(training_curves_png(history, keys or None, title=name), caption=name)
     test, labels, before, after = _test_views(result)
-    names = test.class_names
-    maps = page.section("Embedding maps (t-SNE, unseen classes)",
-                        f"Above: pretrained backbone features. Below: after {trained} training.")
-    maps.figure(embedding_map_png(before, labels, title="pretrained", class_names=names, max_points=1500),
-                caption="pretrained features", width=520)
-    maps.figure(embedding_map_png(after, labels, title=trained, class_names=names, max_points=1500),
-                caption=f"{trained} embedding", width=520)
-    rng = np.random.default_rng(0)
-    queries = [int(i) for c in np.unique(labels)
-               for i in rng.choice(np.flatnonzero(labels == c), size=queries_per_class, replace=False)]
-    gallery = page.section("Retrieval gallery (unseen classes)",
-                           "Each row: a query (blue) and its nearest test images, green when of the query's class, "
-                           "red otherwise.")
-    for title, vectors in (("pretrained", before), (trained, after)):
-        rows_ = retrieval_rows(vectors, queries, k=k, labels=labels)
-        gallery.figure(retrieval_gallery_png(rows_, test.load_image, labels=labels, class_names=names, title=title),
-                       caption=title, width=640)
-    return page.write(path)
+    seeds, verdicts = _runs_of(Path(demo.out_dir))
+    info = run_info(_command(), seeds or [int(result.config.seed)],
+                    {"dataset": demo.dataset, "trained": f"{trained}, {result.config.epochs} epochs, "
+                                                        f"{result.config.mode} mode, {result.config.model.backbone}"})
+    views = ReportViews(test.load_image, labels, dict(test.class_names or {}), before, after)
+    data = ReportData(demo.dataset, demo.methods, trained, histories, views, info, verdicts, list(demo.notes),
+                      queries_per_class=queries_per_class, k=k)
+    return demo_report_page(data).write(path)

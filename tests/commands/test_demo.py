@@ -56,13 +56,19 @@ def test_results_json_contract(demo_out: Path) -> None:
 
 @pytest.mark.slow
 def test_report_is_self_contained_with_all_figures(demo_out: Path) -> None:
+    import plm
+
     html = (demo_out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    # curves (1 method) + 2 t-SNE maps + 2 galleries
-    assert len(images) == 5
+    # curves (1 method) + 2 t-SNE maps + galleries as tiles: 5 unseen classes, one query each, with 6 results by
+    # the pretrained features and 6 by plm
+    assert len(images) == 3 + 5 * (1 + 6 + 6)
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert "http://" not in html and "https://" not in html
     assert "pretrained" in html and "plm" in html
+    # issue 24: how the run was made
+    assert "demo --quick --epochs 2" in html and f"<td>{plm.__version__}</td>" in html
+    assert "<td>seeds</td><td>0</td>" in html
 
 
 @pytest.mark.slow

@@ -77,8 +77,9 @@ def test_faiss_file_opens_with_read_index_and_finds_the_same_neighbours(made: di
     scores, found = index.search(np.ascontiguousarray(q, np.float32), 4)
     dist, expected = idx.index.search(q, 4)
     np.testing.assert_array_equal(found, expected)
-    theirs = 1 - scores if ids["faiss_metric"] == "inner_product" else scores / 2
-    np.testing.assert_allclose(theirs, dist, atol=1e-5)
+    # issue 24: every kind in one convention, squared L2 of unit vectors (the exact kind gave cosine similarity)
+    assert ids["faiss_metric"] == "l2" and type(index).__name__ != "IndexFlatIP"
+    np.testing.assert_allclose(scores / 2, dist, atol=1e-5)
     assert [ids["paths"][i] for i in found[:, 0]] == store.paths[:5]
 
 
@@ -101,16 +102,9 @@ def test_wrong_inputs_give_one_clear_line(made: dict[str, Path], capsys: pytest.
 
 
 def test_parquet_without_pyarrow_names_the_extra(made: dict[str, Path], monkeypatch, capsys) -> None:
-    import builtins
+    from test_search_helpers import without_module
 
-    real_import = builtins.__import__
-
-    def no_pyarrow(name, *args, **kwargs):
-        if name.startswith("pyarrow"):
-            raise ImportError("no pyarrow")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    without_module(monkeypatch, "pyarrow")
     assert main(["export", str(made["emb"]), "--out", str(made["tmp"] / "none.parquet")]) == 2
     assert "plm[parquet]" in capsys.readouterr().err
 

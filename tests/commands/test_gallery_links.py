@@ -37,7 +37,8 @@ def test_thumbnails_link_to_full_images_and_a_legend_explains_borders(tmp_path: 
     assert main(["embed", str(root), *model, "--out", str(tmp_path / "e.npz"), "--quiet"]) == 0
     assert main(["index", str(tmp_path / "e.npz"), "--out", str(tmp_path / "i.npz")]) == 0
     page = tmp_path / "g.html"
-    assert main(["search", str(tmp_path / "i.npz"), str(odd), "-k", "4", "--html", str(page)]) == 0
+    assert main(["search", str(tmp_path / "i.npz"), str(odd), "-k", "4", "--html", str(page),
+                 "--no-exclude-self"]) == 0  # keep the query among its results: its link is checked too
     text = page.read_text(encoding="utf-8")
     parser = _Links()
     parser.feed(text)

@@ -64,6 +64,9 @@ def test_backbones_lists_sizes_and_weights(capsys: pytest.CaptureFixture, tmp_pa
     assert rows["googlenet"]["feature_dim"] == 1024 and rows["googlenet"]["input_size"] == 227
     assert rows["resnet50"]["feature_dim"] == 2048 and rows["resnet50"]["weights"] is False
     assert "--weights" in rows["resnet50"]["note"]
+    # issue 24: torchvision's classifiers by name, with the file that stands in for their download
+    assert rows["vit_b_16"]["feature_dim"] == 768 and rows["convnext_tiny"]["feature_dim"] == 768
+    assert rows["resnet50"]["file"] == "resnet50-11ad3fa6.pth" and rows["resnet50"]["source"] == "file"
 
 
 _IMPORT_PROBE = """

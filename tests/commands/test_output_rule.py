@@ -19,26 +19,29 @@ from PIL import Image
 
 from plm.cli import build_parser, main
 from plm.models import ModelConfig, create_model, save_model
-from test_search_helpers import embedded_collection
+from test_search_helpers import embedded_collection, one_line_error
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 OUT = "{out}"
 
-#: command -> [(output flag, argv with {out} and {file} placeholders, the inputs an output may not be)]
-WRITERS: dict[str, list[tuple[str, list[str], list[str]]]] = {
-    "backbones": [("--json", ["backbones", "--json", OUT], [])],
-    "embed": [("--out", ["embed", "{root}", *BACKBONE, "--weights", "{ckpt}", "--out", OUT], ["ckpt"])],
-    "eval": [("--json", ["eval", "--dataset", "digits", "--checkpoint", "{ckpt}", "--json", OUT], ["ckpt"])],
-    "export": [("--out", ["export", "{emb}", "--out", OUT, "--format", "csv"], ["emb"]),
-               ("--out", ["export", "{idx}", "--out", OUT, "--format", "faiss"], ["idx"]),
-               ("--out", ["export", "{ckpt}", "--out", OUT, "--format", "safetensors"], ["ckpt"])],
-    "index": [("--out", ["index", "{emb}", "--out", OUT], ["emb"])],
-    "map": [("--html", ["map", "{emb}", "--html", OUT, "--method", "pca"], ["emb"])],
-    "search": [("--json", ["search", "{idx}", "{query}", "--json", OUT], ["idx", "query"]),
-               ("--html", ["search", "{idx}", "{query}", "--html", OUT], ["idx", "query"])],
+#: command -> [(output flag, argv with {out} and {file} placeholders, the inputs an output may not be,
+#: the extension the output is written under)]
+WRITERS: dict[str, list[tuple[str, list[str], list[str], str]]] = {
+    "backbones": [("--json", ["backbones", "--json", OUT], [], ".json")],
+    "duplicates": [("--csv", ["duplicates", "{idx}", "--csv", OUT], ["idx"], ".csv"),
+                   ("--json", ["duplicates", "{idx}", "--json", OUT], ["idx"], ".json")],
+    "embed": [("--out", ["embed", "{root}", *BACKBONE, "--weights", "{ckpt}", "--out", OUT], ["ckpt"], ".npz")],
+    "eval": [("--json", ["eval", "--dataset", "digits", "--checkpoint", "{ckpt}", "--json", OUT], ["ckpt"], ".json")],
+    "export": [("--out", ["export", "{emb}", "--out", OUT, "--format", "csv"], ["emb"], ".csv"),
+               ("--out", ["export", "{idx}", "--out", OUT, "--format", "faiss"], ["idx"], ".faiss"),
+               ("--out", ["export", "{ckpt}", "--out", OUT, "--format", "safetensors"], ["ckpt"], ".safetensors")],
+    "index": [("--out", ["index", "{emb}", "--out", OUT], ["emb"], ".npz")],
+    "map": [("--html", ["map", "{emb}", "--html", OUT, "--method", "pca"], ["emb"], ".html")],
+    "search": [("--json", ["search", "{idx}", "{query}", "--json", OUT], ["idx", "query"], ".json"),
+               ("--html", ["search", "{idx}", "{query}", "--html", OUT], ["idx", "query"], ".html")],
     "similarity-report": [("--json", ["similarity-report", "--dataset", "folder", "--features", "{features}",
                                       "--json", OUT],
-                           ["features"])],
+                           ["features"], ".json")],
 }
 #: commands whose --out is a folder of files with fixed names -> (argv, those names)
 FOLDER_WRITERS: dict[str, tuple[list[str], list[str]]] = {
@@ -48,8 +51,11 @@ FOLDER_WRITERS: dict[str, tuple[list[str], list[str]]] = {
 }
 #: commands that write no file
 READ_ONLY = {"serve"}
-#: files of other kinds (the last: a plm file, but not of the kind the command writes)
-FOREIGN = ["thesis.html", "paper.tex", "photo.png", "plm-file-of-another-kind"]
+#: files of other kinds, named with the extension the command writes (the last: a plm file, but not of the
+#: kind the command writes)
+FOREIGN = ["thesis", "paper", "photo", "plm-file-of-another-kind"]
+#: names plm cannot honour for a command (issue 24): an output named as another format is refused
+WRONG_NAMES = ["x.faiss", "x.parquet", "x.csv", "map.png", "x.npz", "x.json", "no-extension"]
 
 
 @pytest.fixture(scope="module")
@@ -83,32 +89,29 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def _refused(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
     assert main(argv) == 2, argv
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
+    return one_line_error(capsys, *needles)
 
 
-def _foreign(name: str, folder: Path, command: str) -> Path:
-    path = folder / name
-    if name == "photo.png":
-        Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+def _foreign(name: str, folder: Path, command: str, suffix: str) -> Path:
+    path = folder / f"{name}{suffix}"
+    if name == "photo":
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(path, format="PNG")
     elif name == "plm-file-of-another-kind":
-        path = folder / "other.npz"
+        path = folder / f"other{suffix}"
         shutil.copy(folder / ("idx.npz" if command == "embed" else "emb.npz"), path)
     else:
-        path.write_text(f"three years of work in {name}")
+        path.write_text(f"three years of work in {path.name}")
     return path
 
 
 def _cases(kind: str) -> list:
     out = []
     for command, rows in WRITERS.items():
-        for n, (flag, template, inputs) in enumerate(rows):
-            for item in (inputs if kind == "input" else FOREIGN):
-                out.append(pytest.param(command, flag, template, item, id=f"{command}{flag}#{n}-{item}"))
+        for n, (flag, template, inputs, suffix) in enumerate(rows):
+            items = {"input": inputs, "foreign": FOREIGN,
+                     "name": [w for w in WRONG_NAMES if not w.endswith(suffix)]}[kind]
+            for item in items:
+                out.append(pytest.param(command, flag, template, item, suffix, id=f"{command}{flag}#{n}-{item}"))
     return out
 
 
@@ -128,24 +131,25 @@ def test_the_table_names_every_command_and_output_flag() -> None:
     for name, sub in commands.items():
         flags = {opt for a in sub._actions for opt in a.option_strings
                  if a.dest in ("out", "json", "html") or a.metavar == "OUT"}
-        listed = {flag for flag, _, _ in WRITERS.get(name, [])} | ({"--out"} if name in FOLDER_WRITERS else set())
+        listed = {flag for flag, _, _, _ in WRITERS.get(name, [])} | ({"--out"} if name in FOLDER_WRITERS else set())
         assert flags == listed, f"plm {name}: output flags {sorted(flags)}, table {sorted(listed)}"
 
 
 # ------------------------------------------------------------------------------------ the cases
 
 
-@pytest.mark.parametrize("command,flag,template,item", _cases("input"))
-def test_an_output_is_never_an_input(work, capsys, command: str, flag: str, template: list[str], item: str) -> None:
+@pytest.mark.parametrize("command,flag,template,item,suffix", _cases("input"))
+def test_an_output_is_never_an_input(work, capsys, command: str, flag: str, template: list[str], item: str,
+                                     suffix: str) -> None:
     before = _snapshot(work["tmp"])
     _refused(capsys, _argv(template, work, work[item]), "also an input")
     assert _snapshot(work["tmp"]) == before
 
 
-@pytest.mark.parametrize("command,flag,template,item", _cases("foreign"))
+@pytest.mark.parametrize("command,flag,template,item,suffix", _cases("foreign"))
 def test_a_file_of_another_kind_is_never_replaced(work, capsys, command: str, flag: str, template: list[str],
-                                                  item: str) -> None:
-    target = _foreign(item, work["tmp"], command)
+                                                  item: str, suffix: str) -> None:
+    target = _foreign(item, work["tmp"], command, suffix)
     before = _snapshot(work["tmp"])
     _refused(capsys, _argv(template, work, target), str(target), "--force")
     assert _snapshot(work["tmp"]) == before
@@ -160,6 +164,36 @@ def test_a_run_folder_keeps_files_of_its_names_that_plm_did_not_write(work, caps
         (folder / name).write_text("three years of work")
         _refused(capsys, _argv(template, work, folder), name)
         assert _snapshot(folder) == {name: b"three years of work"}
+
+
+@pytest.mark.parametrize("command,flag,template,item,suffix", _cases("name"))
+def test_a_name_of_another_format_is_refused(work, capsys, command: str, flag: str, template: list[str], item: str,
+                                             suffix: str) -> None:
+    """Issue 24, case 1: ``plm index coll.npz --out x.faiss`` wrote a plm .npz named x.faiss (rc 0)."""
+    before = _snapshot(work["tmp"])
+    target = work["tmp"] / item
+    argv = _argv(template, work, target)
+    if command == "export" and item in ("no-extension",):  # --format names the format of any other name
+        assert main(argv) == 0
+        return
+    if suffix == ".safetensors" and item == "x.json":  # its model config would be x.json too: refused for that
+        _refused(capsys, argv, "same file")
+        return
+    err = _refused(capsys, argv, str(target), f"name it {target.with_name(target.stem + suffix)}"
+                   if item != "no-extension" else f"name it {target}{suffix}")
+    if item in ("x.faiss", "x.parquet", "x.csv") and command != "export":
+        assert "plm export" in err  # the command that makes such a file
+    assert _snapshot(work["tmp"]) == before
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["index", "{emb}", "--out", "{tmp}/x.faiss"], ["x.npz", "plm export INDEX.npz --out NAME.faiss"]),
+    (["embed", "{root}", *BACKBONE, "--out", "{tmp}/x.parquet"], ["x.npz", "plm export EMBEDDINGS.npz"]),
+    (["map", "{emb}", "--html", "{tmp}/map.png"], ["map.html", "HTML"]),
+])
+def test_the_issue_commands_name_the_right_file(work, capsys, argv: list[str], needles: list[str]) -> None:
+    _refused(capsys, [a.format(**{k: str(v) for k, v in work.items()}) for a in argv], *needles)
+    assert not list(work["tmp"].glob("x.*")) and not (work["tmp"] / "map.png").exists()
 
 
 # ----------------------------------------------------------------- export's side files (issue 27)
@@ -180,7 +214,7 @@ def test_export_never_replaces_a_run_files_or_a_foreign_side_file(work, capsys) 
     before = _snapshot(run)
     # the resume checkpoint as --out, and a run's metrics.json as the model config beside --out
     _refused(capsys, ["export", str(work["ckpt"]), "--out", str(run / "last.pt"), "--format", "safetensors"],
-             "plm checkpoint")
+             "PyTorch checkpoint")  # issue 24: refused by its name already, before its content is read
     _refused(capsys, ["export", str(work["ckpt"]), "--out", str(run / "metrics.safetensors")],
              "metrics.json", "plm metrics JSON")
     (work["tmp"] / "photos.ids.json").write_text('{"my": "notes"}')
@@ -212,4 +246,6 @@ def test_map_and_backbones_replace_their_own_files_and_others_with_force(work) -
     thesis = work["tmp"] / "thesis.html"
     thesis.write_text("<html>mine</html>")
     assert main(["map", str(work["emb"]), "--html", str(thesis), "--method", "pca", "--force"]) == 0
-    assert main(["backbones", "--json", str(thesis), "--force"]) == 0
+    notes = work["tmp"] / "notes.json"
+    notes.write_text('{"mine": 1}')
+    assert main(["backbones", "--json", str(notes), "--force"]) == 0

@@ -77,7 +77,7 @@ def test_index_refuses_to_overwrite_its_input(work, capsys) -> None:
 
 
 def test_index_refuses_an_unrelated_file_unless_forced(work, capsys) -> None:
-    thesis = work["tmp"] / "my_thesis.txt"
+    thesis = work["tmp"] / "my_thesis.npz"  # named as an index is (issue 24 refuses other names outright)
     thesis.write_text("three years of work")
     assert main(["index", str(work["emb"]), "--out", str(thesis)]) == 2
     _one_line(capsys, "exists and is not a plm index file", "--force")
@@ -133,7 +133,9 @@ def test_search_outputs_of_another_kind_and_the_same_path_twice(work, capsys) ->
         assert main(["search", str(work["idx"]), str(work["query"]), "--json", str(js), "--html", str(page)]) == 0
     assert b'name="generator" content="plm"' in page.read_bytes()[:4096]
     capsys.readouterr()
-    assert main(["index", str(work["emb"]), "--out", str(js)]) == 2  # a search report is not an index
+    as_npz = work["tmp"] / "r-report.npz"  # a search report (even named .npz) is not an index
+    shutil.copy(js, as_npz)
+    assert main(["index", str(work["emb"]), "--out", str(as_npz)]) == 2
     _one_line(capsys, "plm search JSON report")
 
 

@@ -47,7 +47,8 @@ def test_round_trip_finds_the_query_itself_first(built: dict[str, Path], capsys:
     shutil.copy(root / "triangles" / "triangle_004.png", outside)
     queries = [root / "squares" / "square_005.jpg", root / HOSTILE_DIR / "circle_002.png", outside]
     out = built["tmp"] / "r.json"
-    assert main(["search", str(built["exact"]), *map(str, queries), "-k", "5", "--json", str(out)]) == 0
+    assert main(["search", str(built["exact"]), *map(str, queries), "-k", "5", "--json", str(out),
+                 "--no-exclude-self"]) == 0
     printed = capsys.readouterr().out
     assert "query: " in printed and "squares/square_005.jpg" in printed
     data = json.loads(out.read_text())

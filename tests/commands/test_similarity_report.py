@@ -99,8 +99,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys) -> None:
     assert main(["similarity-report", "--dataset", "digits", "--features", str(tmp_path / "x.npz"),
                  "--estimators", "bogus"]) == 2
     assert "unknown estimator" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["similarity-report", "--dataset", "digits"])  # needs --backbone, --checkpoint or --features
+    # issue 24: without --backbone, --checkpoint or --features the backbone whose weights ship is used
+    from plm.cli import build_parser
+
+    args = build_parser().parse_args(["similarity-report", "--dataset", "digits"])
+    assert args.backbone is args.checkpoint is args.features is None  # filled in by model_from_args
 
 
 def test_clusters_zero_is_refused_not_taken_as_the_default(tmp_path, capsys) -> None:

@@ -60,6 +60,21 @@ def test_splits_are_class_disjoint_and_capped(font_dir: Path) -> None:
     assert img.size == (64, 64) and img.mode == "RGB"
 
 
+def test_the_summary_lines_say_what_was_carved_out(font_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24: "glyphs train: 49 classes, 7987 images" then "glyphs train: 37 classes, 6031 images" said nothing
+    of the 12 classes held out between the two lines."""
+    with caplog.at_level("INFO", logger="plm.data.glyphs"):
+        seen = load_glyphs("train", root=font_dir, val_classes=0, options=OPTIONS)
+        train = load_glyphs("train", root=font_dir, val_classes=5, options=OPTIONS)
+        load_glyphs("val", root=font_dir, val_classes=5, options=OPTIONS)
+    first, second, third = (r.getMessage() for r in caplog.records if r.getMessage().startswith("glyphs "))
+    n = seen.num_classes
+    assert first.startswith(f"glyphs train: all {n} seen classes (none held out for validation), {len(seen)} images")
+    assert second.startswith(f"glyphs train: {train.num_classes} of the {n} seen classes (the other 5 are the "
+                             f"val split), {len(train)} images")
+    assert third.startswith("glyphs val: 5 seen classes held out for validation (at most 4 faces each)")
+
+
 def test_no_two_kept_faces_render_alike(font_dir: Path) -> None:
     data = build_glyph_set(font_dir, OPTIONS)
     ink = 1.0 - data["images"].reshape(len(data["images"]), -1).astype(np.float32) / 255.0

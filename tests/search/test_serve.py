@@ -142,6 +142,40 @@ def test_upload_finds_its_copy_first(server: dict) -> None:
     assert page.decode().count("d=0.0000") >= 1
 
 
+def test_a_query_vector_is_searched_through_the_json_api(server: dict) -> None:
+    """Issue 24, 4: no query by vector (clip-back's embedding query) in plm serve's API."""
+    from plm.search import EmbeddingStore, SearchIndex
+
+    store = EmbeddingStore.load(server["tmp"] / "e.npz")
+    i = store.paths.index("triangles/triangle_002.png")
+    vector = store.vectors[i]
+    body = json.dumps({"vector": [float(v) for v in vector], "k": 3}).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    status, reply_headers, out = _request(server, "POST", "/api/search", body, headers)
+    result = json.loads(out)
+    assert status == 200 and reply_headers["Content-Type"] == "application/json", out
+    assert len(result["results"]) == 3 and result["results"][0]["path"] == "triangles/triangle_002.png"
+    assert result["distance"] == "1 - cosine similarity"
+    assert result["results"][0]["distance"] == pytest.approx(0, abs=1e-4)
+    dist, ids = SearchIndex.load(server["idx"]).index.search(vector[None, :], 3)
+    assert [r["id"] for r in result["results"]] == ids[0].tolist()
+    bad = [({"vector": [1.0, 2.0]}, 400, f"list of {store.dim} numbers"), ({"vec": []}, 400, '"vector"'),
+           ({"vector": [0.0] * store.dim}, 400, "not all zero"), ({"vector": ["x"] * store.dim}, 400, "numbers only"),
+           ({"vector": [1e39] * store.dim}, 400, "finite"), ({"vector": [1.0] * store.dim, "k": 0}, 400, '"k"')]
+    for payload, code, needle in bad:
+        data = json.dumps(payload).encode()
+        status, _, out = _request(server, "POST", "/api/search", data,
+                                  {"Content-Type": "application/json", "Content-Length": str(len(data))})
+        assert status == code and needle in json.loads(out)["error"], (payload, out)
+    status, _, out = _request(server, "POST", "/api/search", b"{not json",
+                              {"Content-Type": "application/json", "Content-Length": "9"})
+    assert status == 400 and "not JSON" in json.loads(out)["error"]
+    status, _, out = _request(server, "POST", "/api/search", body, {**headers, "Content-Type": "text/plain"})
+    assert status == 415
+    status, _, out = _request(server, "POST", "/api/search", body, {**headers, "Origin": "http://evil.example"})
+    assert status == 403
+
+
 def test_bad_uploads_get_clear_messages(server: dict) -> None:
     big = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     buf = io.BytesIO()

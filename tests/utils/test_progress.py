@@ -30,8 +30,20 @@ def test_line_progress_prints_one_plain_line_per_interval(monkeypatch: pytest.Mo
     bar.close()  # once only
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert lines[0] == "embed photos: 3/5 batch (60%), 30 s, 0.1 batch/s"
+    # issue 24: a slow rate is not "0.1 batch/s" (it was "0.0 batch/s" above 20 s a batch), and the time left shows
+    assert lines[0] == "embed photos: 3/5 batch (60%), 30 s, 10.0 s/batch, ETA 20 s"
     assert len(lines) == 2 and lines[-1].startswith("embed photos: done, 5 batch in ") and "loss=0.1234" in lines[-1]
+
+
+@pytest.mark.parametrize("count,seconds,text", [(3, 30, "10.0 s/batch"), (120, 30, "4.0 batch/s"),
+                                                 (1, 1, "1.0 batch/s"), (0, 5, "")])
+def test_rates_never_round_to_zero(count: int, seconds: float, text: str) -> None:
+    assert prog.format_rate(count, seconds, "batch") == text
+
+
+@pytest.mark.parametrize("seconds,text", [(4.4, "4 s"), (185, "3 min 05 s"), (7620, "2 h 07 min")])
+def test_durations_read_well(seconds: float, text: str) -> None:
+    assert prog.format_duration(seconds) == text
 
 
 def test_short_passes_stay_silent_and_disable_prints_nothing() -> None:
@@ -63,6 +75,9 @@ def test_plm_embed_in_a_log_writes_lines_not_bars(tmp_path, monkeypatch: pytest.
     err = capfd.readouterr().err
     assert "\r" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("embed folder/all: ")]
-    assert len(lines) >= 2 and lines[-1].startswith("embed folder/all: done, 5 batch")
+    # issue 24: counted in images (9 of them in 5 batches), with a rate in images per second and an ETA
+    assert len(lines) >= 2 and lines[-1].startswith("embed folder/all: done, 9 img in ")
+    assert " img/s" in lines[0] or " s/img" in lines[0]
+    assert "ETA " in lines[0] and lines[0].startswith("embed folder/all: ") and "/9 img (" in lines[0]
     assert main([*args, "--quiet"]) == 0
     assert "embed folder/all" not in capfd.readouterr().err

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from plm.data import DATASETS
 from plm.utils.args import non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
+#: the backbone of every model command when neither --backbone nor --checkpoint is given: its weights
+#: ship with plm, so it works offline out of the box
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "test", required: bool = True) -> None:
@@ -25,12 +28,14 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backbone`` | ``--checkpoint``, ``--weights``, ``--image-size``, ``--batch-size``."""
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--backbone", help="pretrained backbone (pooled features, L2-normalised)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--backbone", help=f"pretrained backbone (pooled features, L2-normalised): a name of plm "
+                                          f"backbones (torchvision's: resnet50, vit_b_16, convnext_tiny …) or "
+                                          f"timm:NAME; default {DEFAULT_BACKBONE}, whose weights ship with plm")
     group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
-    parser.add_argument("--weights", default=None,
-                        help="local ImageNet weights file for backbones that ship without weights "
-                             "(googlenet, resnet50)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="a local weights file for the backbone, instead of its published ImageNet weights "
+                             "(those are taken from the standard cache, or downloaded into it when online)")
     parser.add_argument("--image-size", type=positive_int, default=None,
                         help="input resolution (default: the model's own)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
@@ -64,11 +69,19 @@ def runtime_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "num_workers": default_workers(device, getattr(args, "workers", None))}
 
 
+def default_model(args: argparse.Namespace) -> None:
+    """Fill in ``args.backbone`` with :data:`DEFAULT_BACKBONE` when no model source was given."""
+    if not any(getattr(args, name, None) for name in ("backbone", "checkpoint", "features", "embeddings")):
+        args.backbone = DEFAULT_BACKBONE
+
+
 def model_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~plm.models.EmbeddingModel` that ``--backbone``/``--checkpoint``, ``--weights`` and
-    ``--image-size`` name (see :func:`plm.models.factory.build_embedder`)."""
+    """The :class:`~plm.models.EmbeddingModel` that ``--backbone``/``--checkpoint`` (default:
+    :data:`DEFAULT_BACKBONE`), ``--weights`` and ``--image-size`` name (see
+    :func:`plm.models.factory.build_embedder`)."""
     from plm.models.factory import build_embedder
 
+    default_model(args)
     return build_embedder(backbone=args.backbone, checkpoint=args.checkpoint, weights=args.weights,
                           image_size=args.image_size)
 
@@ -119,3 +132,27 @@ def load_searchable_store(path: str) -> Any:
         raise UserError(f"dimension mismatch in {path}: vectors are {store.dim}-d but the recorded model "
                         f"gives {store.model.get('dim')}-d embeddings; re-create it with plm embed --full")
     return store
+
+
+def collection_root(recorded: str, given: Optional[str], needed_for: str = "") -> Any:
+    """The indexed (embedded) image folder: ``--root`` when given, else the one the file records.
+
+    When it is missing (the collection moved): with ``needed_for`` (what needs its images: ``"the HTML
+    gallery's thumbnails"``) one error suggesting ``--root``, as ``plm serve``; else a warning.
+
+    Raises:
+        UserError: the folder is missing and its images are needed.
+    """
+    from pathlib import Path
+
+    from plm.errors import UserError
+
+    root = Path(given) if given else Path(recorded)
+    if not root.is_dir():
+        where = "--root" if given else "the indexed folder"
+        if needed_for:
+            raise UserError(f"{where} is missing: {root}; {needed_for} need its images: pass --root DIR to point at "
+                            f"its new location")
+        log.warning("warning: %s is missing: %s; the results name its files where they were (pass --root DIR "
+                    "to point at its new location)", where, root)
+    return root

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     written = ex.outputs(fmt, out)
     for what, path, file_kind in written:  # every file, side files included, before any work
         check_output_file(path, what, [src], file_kind, args.force, others=[(w, p) for w, p, _ in written if w != what],
-                          side_of="--out")
+                          side_of="--out", known_suffixes_only=args.format is not None)
     if fmt in ("csv", "parquet"):
         store = EmbeddingStore.load(src)
         if store.bad_rows().all():

@@ -45,7 +45,7 @@ def _grid(n: int) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from plm.commands._common import load_searchable_store
+    from plm.commands._common import collection_root, load_searchable_store
     from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
     from plm.errors import UserError
     from plm.search import describe
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if len(rows) > 1 and not np.ptp(coords, axis=0).any():
         log.info("note: all %d vectors are the same (identical images?): drawn side by side on a grid", len(rows))
         coords, shown = _grid(len(rows)), "identical vectors, side by side"
-    root = Path(args.root) if args.root else Path(store.root)
+    root = collection_root(store.root, args.root, "the map's thumbnails")
     resolved = root.resolve()
     paths = [store.paths[i] for i in rows]
 

@@ -24,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", default=None, metavar="OUT", help="write a self-contained HTML gallery")
     parser.add_argument("--checkpoint", default=None,
                         help="the index's checkpoint at a new location (it must be the same model)")
-    parser.add_argument("--root", default=None, help="the indexed image folder at a new location (for --html)")
+    parser.add_argument("--root", default=None, help="the indexed image folder at a new location")
+    parser.add_argument("--exclude-self", action=argparse.BooleanOptionalAction, default=True,
+                        help="leave a query that is a file of the indexed folder out of its own results, as plm "
+                             "serve does (--no-exclude-self keeps it, at distance 0)")
     parser.add_argument("--ef-search", type=positive_int, default=None, help="override the HNSW search beam width")
     parser.add_argument("--nprobe", type=positive_int, default=None, help="override the IVF cells visited per query")
     parser.add_argument("--k-factor", type=positive_int, default=None,
@@ -33,6 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --json / --html file that is not a plm search report")
+
+
+def own_ids(queries: list[str], root: Path, paths: list[str]) -> list[int]:
+    """The index id of each query that is a file of the indexed folder ``root`` (``-1`` for the others)."""
+    id_of = {p: i for i, p in enumerate(paths)}
+    resolved = root.resolve()
+    out = []
+    for q in queries:
+        try:
+            rel = Path(q).resolve().relative_to(resolved).as_posix()
+        except ValueError:
+            rel = ""
+        out.append(id_of.get(rel, -1))
+    return out
 
 
 def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optional[int]:
@@ -50,7 +67,9 @@ def _query_label(query: str, root: Path, class_names: dict[int, str]) -> Optiona
 
 
 def run(args: argparse.Namespace) -> int:
-    from plm.commands._common import runtime_from_args
+    import numpy as np
+
+    from plm.commands._common import collection_root, runtime_from_args
     from plm.errors import UserError
     from plm.evaluation import embed_dataset
     from plm.search import SearchIndex, describe, model_from_identity
@@ -67,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.html, "--html", inputs, HTML, args.force)
     runtime = runtime_from_args(args)
     idx = SearchIndex.load(args.index)
+    root = collection_root(idx.root, args.root, "the HTML gallery's thumbnails" if args.html else "")
     queries, unreadable = collect_queries(args.queries)
     if unreadable:
         log.warning("skipped %d unreadable query file(s): %s", len(unreadable), ", ".join(unreadable[:5]))
@@ -81,19 +101,21 @@ def run(args: argparse.Namespace) -> int:
                         progress=len(queries) > args.batch_size and not args.quiet, **runtime)
     if emb.skipped:  # decoded fine a moment ago; reaching here means the files changed under us
         raise UserError(f"query image(s) became unreadable while searching: {', '.join(emb.skipped[:5])}")
-    dist, ids = idx.index.search(emb.vectors, args.k)
-    root = Path(args.root) if args.root else Path(idx.root)
+    own = own_ids(emb.ids, root, idx.paths)
+    dist, ids = idx.index.search(emb.vectors, args.k, exclude=np.asarray(own) if args.exclude_self else None)
 
     def label_name(y: int) -> Optional[str]:
         return None if y < 0 else idx.class_names.get(y, str(y))
 
     results: list[dict[str, Any]] = []
-    for q, drow, irow in zip(emb.ids, dist, ids, strict=True):
+    for q, drow, irow, self_id in zip(emb.ids, dist, ids, own, strict=True):
         hits = [{"rank": r + 1, "path": idx.paths[i], "file": str(root / PurePosixPath(idx.paths[i])),
                  "distance": float(d), "label": label_name(int(idx.labels[i]))}
                 for r, (d, i) in enumerate(zip(drow, irow, strict=True)) if i >= 0]
-        results.append({"query": q, "results": hits})
-        print(f"query: {display_path(q)}")
+        excluded = idx.paths[self_id] if args.exclude_self and self_id >= 0 else None
+        results.append({"query": q, "excluded": excluded, "results": hits})
+        print(f"query: {display_path(q)}" + (" (itself left out of its results: --no-exclude-self keeps it)"
+                                             if excluded is not None else ""))
         for h in hits:
             print(f"  {h['rank']:>3}. {h['distance']:.4f}  {display_path(h['path'])}"
                   + (f"  [{display_path(h['label'])}]" if h["label"] else ""))

@@ -12,7 +12,8 @@ NAME = "serve"
 HELP = "browse and search an index in the web browser: click an image or upload one to see the nearest images"
 DESCRIPTION = (HELP + ". A small local web server (127.0.0.1 by default): it serves only the images that are in "
                "the index, embeds uploads with the index's own model, and refuses uploads that are too large or "
-               "not images. It answers only requests addressed to it by the names it is bound to (no DNS "
+               "not images. POST /api/search takes a query vector as JSON ({\"vector\": [...], \"k\": N}). "
+               "It answers only requests addressed to it by the names it is bound to (no DNS "
                "rebinding) and refuses uploads posted from other web sites. Stop it with Ctrl-C.")
 EXAMPLE = "plm serve photos-index.npz --port 8765    # then open http://127.0.0.1:8765/"
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the indexed folder is missing: {root}; pass --root DIR to point at its new location")
     embed = None if args.no_upload else _embedder(idx, args)
     service = SearchService(idx, root, embed=embed, k=args.k, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                            title=f"plm serve: {Path(args.index).name}")
+                            title=f"plm serve: {Path(args.index).name}", model_name=describe(idx.model))
     try:
         server = make_server(service, args.host, args.port, max_requests=args.max_requests,
                              allow_hosts=args.allow_host)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from plm.commands._common import add_dataset_arguments, add_runtime_arguments
+from plm.commands._common import DEFAULT_BACKBONE, add_dataset_arguments, add_runtime_arguments
 from plm.utils.args import positive_int, seed_int
 from plm.utils.tables import format_table
 
@@ -19,13 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from plm.estimators import DEFAULT_ESTIMATORS, ESTIMATORS
 
     add_dataset_arguments(parser, default_split="train")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--backbone", help="pretrained backbone (pooled features, L2-normalised)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--backbone", help=f"pretrained backbone (pooled features, L2-normalised; default "
+                                          f"{DEFAULT_BACKBONE})")
     group.add_argument("--checkpoint", help="a plm checkpoint (plm train output)")
     group.add_argument("--features", metavar="NPZ",
                        help="precomputed features: an .npz with 'vectors' (N, d) and 'labels' (N,)")
     parser.add_argument("--weights", default=None,
-                        help="local ImageNet weights file for backbones that ship without them")
+                        metavar="FILE", help="a local weights file for the backbone, instead of its published ones")
     parser.add_argument("--image-size", type=positive_int, default=None,
                         help="input resolution (default: the model's own)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")

@@ -62,6 +62,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. loss.delta=1.2")
 
 
+def unknown_argument_hint(extra: list[str]) -> str:
+    """For ``plm train --lr 0.01``: the config keys an unknown ``--flag`` may mean, as ``KEY=VALUE`` overrides."""
+    import difflib
+
+    from plm.training.config import TrainConfig
+    from plm.utils.config import valid_keys
+
+    keys = valid_keys(TrainConfig)
+    for arg in extra:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_").lower()
+        leaves = {k: k.rsplit(".", 1)[-1] for k in keys}
+        found = [k for k, leaf in leaves.items() if leaf == name or leaf.startswith(name + "_")] or \
+            [k for k in keys if name in k] or difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+        if found:
+            return (f"settings without a flag are KEY=VALUE overrides: did you mean "
+                    f"{' or '.join(f'{k}=VALUE' for k in found[:3])}? (plm train --print-config lists every key)")
+    return "settings without a flag are KEY=VALUE overrides (plm train --print-config lists every key)"
+
+
 def _flags(args: argparse.Namespace) -> dict:
     return {"dataset": args.dataset, "data_root": args.data_root, "model.backbone": args.backbone,
             "method": args.method, "mode": args.mode, "epochs": args.epochs, "seed": args.seed, "device": args.device,

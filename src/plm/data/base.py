@@ -159,6 +159,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def _content_key(self) -> str:
         return ""
 
+    def file_of(self, index: int) -> Optional[Path]:
+        """The image file of item ``index`` (``None`` for images that are not files: rendered, in memory)."""
+        return None
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> SubsetDataset:
         """A view on ``indices`` of this dataset (same images, labels and ids)."""
         return SubsetDataset(self, indices)
@@ -191,6 +195,9 @@ class SubsetDataset(ImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return self.parent.load_image(int(self.indices[index]))
+
+    def file_of(self, index: int) -> Optional[Path]:
+        return self.parent.file_of(int(self.indices[index]))
 
     def _content_key(self) -> str:
         return self.parent._content_key()
@@ -231,6 +238,9 @@ class FileImageDataset(ImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return open_image(self.paths[index])
+
+    def file_of(self, index: int) -> Optional[Path]:
+        return self.paths[index]
 
     def _content_key(self) -> str:
         # each file's size and modification time: replacing or repairing an image changes the key

@@ -63,7 +63,8 @@ def load_image_folder(root: str | os.PathLike, split: str = "all", val_classes: 
     labelled = len(top) == len(rel)
     if not labelled:
         if split not in ("all", "train"):
-            raise ValueError(f"{root} has no class sub-folders, so it has no {split!r} split; use split='all'")
+            raise ValueError(f"{root} has no class sub-folders, so it has no {split!r} split: use --split all "
+                             f"(the whole folder), or put each class in its own sub-folder")
         return FileImageDataset(root, rel, [-1] * len(rel), "folder", split)
     names = sorted(set(top))
     label_of = {n: i for i, n in enumerate(names)}

@@ -417,8 +417,23 @@ def load_glyphs(split: str = "train", root: Optional[str | os.PathLike] = None, 
     ds.class_names = {c: classes[c] for c in keep_classes}
     ds.faces = data["meta"]["faces"]
     ds.packages = data["meta"]["packages"]
-    log.info("glyphs %s: %d classes, %d images, %d faces (Latin %d, Greek %d, Cyrillic %d) from %d font files",
-             split, len(keep_classes), len(sel), len(ds.faces), data["meta"]["faces_per_script"]["latin"],
-             data["meta"]["faces_per_script"]["greek"], data["meta"]["faces_per_script"]["cyrillic"],
+    per_script = data["meta"]["faces_per_script"]
+    log.info("glyphs %s: %s, %d images; %d faces (Latin %d, Greek %d, Cyrillic %d) from %d font files", split,
+             _split_summary(split, len(keep_classes), n_seen, len(present) - n_seen, val_classes,
+                            options.max_per_class),
+             len(sel), len(ds.faces), per_script["latin"], per_script["greek"], per_script["cyrillic"],
              data["meta"]["font_files"])
     return ds
+
+
+def _split_summary(split: str, kept: int, seen: int, unseen: int, val_classes: int, cap: int) -> str:
+    """What a split holds and what was carved out of it, e.g. ``37 of the 49 seen classes (the other 12 are
+    the val split)``: loading a split twice with different ``val_classes`` says why the counts differ."""
+    if split == "train":
+        return (f"{kept} of the {seen} seen classes (the other {seen - kept} are the val split)"
+                if val_classes else f"all {seen} seen classes (none held out for validation)")
+    if split == "val":
+        return f"{kept} seen classes held out for validation (at most {cap} faces each)"
+    if split == "test":
+        return f"{kept} unseen classes (at most {cap} faces each)"
+    return f"{kept} classes ({seen} seen, {unseen} unseen)"

@@ -6,6 +6,11 @@ size and modification time), so a second run on the same model and data loads in
 and any change, a repaired image included, recomputes. An entry is checked when read (its
 digest, shapes, ids and labels); a damaged one is discarded with a notice and recomputed. A cache
 folder that cannot be written means running without the cache, with a notice.
+
+An entry of a dataset of image files also records each embedded item's file (absolute path, size and
+modification time), so that pooled features computed for one dataset (``plm train``'s splits) serve
+any other set of the same files (``plm embed FOLDER --checkpoint best.pt`` of a frozen-mode run):
+:func:`cached_features_of_files`.
 """
 
 from __future__ import annotations
@@ -94,9 +99,11 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_skip, pin_memory=torch.device(device).type == "cuda")
     vecs, kept = [], []
+    bar = progress_bar(total=len(dataset), desc=f"embed {dataset.name}/{dataset.split}", unit="img",
+                       disable=not progress, leave=False)
     try:
-        for images, _, indices, _ in progress_bar(loader, desc=f"embed {dataset.name}/{dataset.split}", unit="batch",
-                                                  disable=not progress, leave=False):
+        for images, _, indices, skipped in loader:
+            bar.update(len(indices) + int(skipped[0]))  # images per second, whatever the batch size
             if len(indices) == 0:
                 continue
             images = images.to(device, non_blocking=True)
@@ -105,6 +112,7 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
             vecs.append(out.float().cpu().numpy())
             kept.append(indices.numpy())
     finally:
+        bar.close()
         dataset.transform = transform_before
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
     kept_idx = np.concatenate(kept) if kept else np.zeros(0, np.int64)
@@ -115,32 +123,110 @@ def embed_dataset(model: EmbeddingModel, dataset: ImageDataset, batch_size: int 
         from plm.errors import OutputError
         from plm.utils.io import atomic_write_npz
 
+        files = _file_stamps(dataset, kept_idx)
         try:
             atomic_write_npz(cache_file, vectors=result.vectors, labels=result.labels,
                              ids=np.array(result.ids, dtype=str), skipped=np.array(result.skipped, dtype=str),
-                             digest=np.array(_digest(result)))
+                             digest=np.array(_digest(result, files)), **_file_arrays(files))
         except OutputError as err:
             log.warning("feature cache not written (%s); continuing without it", err)
     return result
 
 
-def _digest(emb: Embeddings) -> str:
+FileStamps = Optional[tuple[list[str], np.ndarray]]  #: (absolute paths, (N, 2) int64 sizes and mtimes), or None
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return int(st.st_size), int(st.st_mtime_ns)
+    except OSError:
+        return -1, -1
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    """``path`` made absolute with its links followed (as it is, absolute, when that fails: a link loop)."""
+    try:
+        return str(Path(path).resolve())
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
+def _file_stamps(dataset: ImageDataset, rows: np.ndarray) -> FileStamps:
+    """The file, size and modification time of each item at ``rows`` (``None`` unless all are files)."""
+    files = [dataset.file_of(int(i)) for i in rows]
+    if not files or any(f is None for f in files):
+        return None
+    paths = [_resolved(f) for f in files if f is not None]
+    return paths, np.array([_stamp(Path(p)) for p in paths], dtype=np.int64).reshape(-1, 2)
+
+
+def _file_arrays(files: FileStamps) -> dict[str, np.ndarray]:
+    return {} if files is None else {"files": np.array(files[0], dtype=str), "file_stamps": files[1]}
+
+
+def _digest(emb: Embeddings, files: FileStamps = None) -> str:
     """A hash of everything a cache entry holds (checked when it is read)."""
     h = hashlib.sha1(np.ascontiguousarray(emb.vectors, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(emb.labels, dtype=np.int64).tobytes())
     h.update("\n".join(emb.ids).encode("utf-8", "surrogateescape"))
     h.update(b"\0" + "\n".join(emb.skipped).encode("utf-8", "surrogateescape"))
+    if files is not None:  # entries written before files were recorded keep their digest
+        h.update(b"\0" + "\n".join(files[0]).encode("utf-8", "surrogateescape"))
+        h.update(np.ascontiguousarray(files[1], dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
-def _cache_problem(emb: Embeddings, digest: str, dataset: ImageDataset, dim: int) -> Optional[str]:
+def cached_features_of_files(model: EmbeddingModel, files: list[Path], amp: Optional[torch.dtype] = None,
+                             cache_dir: Optional[str | os.PathLike] = None) -> dict[int, np.ndarray]:
+    """Pooled features of ``model`` (``features=True``) that the cache holds for these image files.
+
+    Every cache entry of this model's features (any dataset, any split) that recorded its files is read;
+    an item is taken when its file has the size and modification time it had when it was embedded.
+    A damaged entry is skipped.
+
+    Returns:
+        {position in ``files``: its (feature_dim,) float32 vector}.
+    """
+    kind = "features" + ("" if amp is None else "-" + str(amp).removeprefix("torch."))
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    wanted: dict[str, int] = {}
+    for i, f in enumerate(files):
+        wanted.setdefault(_resolved(f), i)
+    found: dict[int, np.ndarray] = {}
+    if not wanted or not folder.is_dir():
+        return found
+    for entry in sorted(folder.glob(f"*-{kind}-{model_fingerprint(model)}-*.npz")):
+        try:
+            with np.load(entry, allow_pickle=False) as z:
+                if "files" not in z.files:
+                    continue
+                emb = Embeddings(np.asarray(z["vectors"]), np.asarray(z["labels"]), [str(s) for s in z["ids"]],
+                                 [str(s) for s in z["skipped"]])
+                stamps = (list(map(str, z["files"])), np.asarray(z["file_stamps"], dtype=np.int64))
+                ok = str(z["digest"]) == _digest(emb, stamps) and emb.vectors.ndim == 2 \
+                    and emb.vectors.shape[1] == model.feature_dim and len(stamps[0]) == len(emb.vectors)
+        except Exception:  # noqa: BLE001 - a damaged entry serves nothing; embed_dataset replaces it when it reads it
+            continue
+        if not ok:
+            continue
+        for row, (path, stamp) in enumerate(zip(stamps[0], stamps[1], strict=True)):
+            pos = wanted.get(path)
+            if pos is not None and pos not in found and _stamp(Path(path)) == tuple(int(v) for v in stamp) \
+                    and np.isfinite(emb.vectors[row]).all():
+                found[pos] = emb.vectors[row]
+    return found
+
+
+def _cache_problem(emb: Embeddings, digest: str, dataset: ImageDataset, dim: int,
+                   files: FileStamps = None) -> Optional[str]:
     """Why a cache entry cannot be trusted for ``dataset`` (``None`` when it can)."""
     v = emb.vectors
     if v.dtype != np.float32 or v.ndim != 2 or v.shape[1] != dim:
         return f"vectors are {v.dtype} {v.shape}, expected float32 (N, {dim})"
     if not (len(v) == len(emb.labels) == len(emb.ids)):
         return "vectors, labels and ids differ in length"
-    if digest != _digest(emb):
+    if digest != _digest(emb, files):
         return "its content does not match its digest"
     position = {item: i for i, item in enumerate(dataset.ids)}
     pos = [position.get(item, -1) for item in emb.ids]
@@ -160,7 +246,8 @@ def _read_cache(path: Path, dataset: ImageDataset, dim: int) -> Optional[Embeddi
             emb = Embeddings(np.asarray(z["vectors"]), np.asarray(z["labels"]), [str(s) for s in z["ids"]],
                              [str(s) for s in z["skipped"]])
             digest = str(z["digest"])
-        problem = _cache_problem(emb, digest, dataset, dim)
+            files = (list(map(str, z["files"])), np.asarray(z["file_stamps"])) if "files" in z.files else None
+        problem = _cache_problem(emb, digest, dataset, dim, files)
     except Exception as err:  # noqa: BLE001 - truncated, zero-byte, random bytes, BadZipFile, EOFError, missing keys
         problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
     if problem is None:

@@ -121,6 +121,15 @@ class QueryRanks:
         """Mean R-precision over queries with R > 0 (NaN when there are none)."""
         return _nanmean(self.r_precision)
 
+    def subset(self, mask: np.ndarray) -> QueryRanks:
+        """The queries selected by the boolean ``mask``."""
+        return QueryRanks(self.first_hit[mask], self.ap_at_r[mask], self.r_precision[mask], self.r[mask])
+
+    def summary(self, ks: Sequence[int]) -> dict[str, Any]:
+        """``{"num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision"}`` of these queries."""
+        return {"num_queries": int(len(self.r)), "num_left_out": self.num_left_out, "recall_at": self.recall_at(ks),
+                "map_at_r": self.map_at_r(), "r_precision": self.mean_r_precision()}
+
 
 def _nanmean(x: np.ndarray) -> float:
     valid = ~np.isnan(x)
@@ -408,7 +417,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
                       with_nmi: bool = True, block_size: Optional[int] = None, use_faiss: bool = False,
                       symmetric: bool = True, nmi_max_classes: Optional[int] = NMI_MAX_CLASSES, *,
                       reference: Optional[np.ndarray] = None,
-                      reference_labels: Optional[np.ndarray] = None) -> dict:
+                      reference_labels: Optional[np.ndarray] = None, per_class: bool = False) -> dict:
     """All retrieval metrics of a labelled embedding set (leave-one-out), or of queries against a
     separate reference set.
 
@@ -426,13 +435,16 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         reference: (M, D) reference embeddings: each query retrieves among all of them (none is
             excluded), as pytorch-metric-learning's ``get_accuracy(query, reference)``.
         reference_labels: (M,) labels of ``reference`` (required with it).
+        per_class: also the metrics of each class's queries (pytorch-metric-learning's
+            ``return_per_class``), under ``"per_class"``.
 
     Returns:
         ``{"num_queries", "num_left_out", "recall_at": {"1": …}, "map_at_r", "r_precision", "nmi"}``
-        plus ``"num_reference"`` with ``reference=``. ``num_left_out`` queries had nothing of their
-        class to retrieve (R = 0) and are in none of the averages; ``nmi`` is ``None`` when it was
-        not computed. Recall@K, MAP@R and R-precision are NaN (with a warning) when every query
-        is left out.
+        plus ``"num_reference"`` with ``reference=``, and with ``per_class`` ``"per_class": {label: {...}}``
+        (labels as ``str``; each ``{"num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision"}``).
+        ``num_left_out`` queries had nothing of their class to retrieve (R = 0) and are in none of the
+        averages; ``nmi`` is ``None`` when it was not computed. Recall@K, MAP@R and R-precision are NaN
+        (with a warning) when every query is left out.
     """
     ks = check_ks(ks)
     if (reference is None) != (reference_labels is None):
@@ -473,7 +485,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
     if qr.num_left_out == len(labels):
         log.warning("retrieval metrics undefined (NaN): none of the %d queries has another item of its class "
                     "to retrieve", len(labels))
-    return {
+    out: dict[str, Any] = {
         "num_queries": int(len(labels)),
         **extra,
         "num_left_out": qr.num_left_out,
@@ -482,6 +494,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[i
         "r_precision": qr.mean_r_precision(),
         "nmi": nmi(x, labels) if with_nmi else None,
     }
+    if per_class:
+        out["per_class"] = {str(int(c)): qr.subset(labels == c).summary(ks) for c in np.unique(labels)}
+    return out
 
 
 def _score_block(kb: torch.Tensor, pos: torch.Tensor, r: torch.Tensor, r_np: np.ndarray, ref_labels: torch.Tensor,

@@ -1,12 +1,14 @@
 """Backbone registry: ``create_backbone(name, pretrained=...)`` returns a feature-map network.
 
 Every backbone answers the same interface: ``forward(images) -> (B, C, H, W)`` feature map,
-``feature_dim`` (C) and ``preprocess`` (its :class:`PreprocessConfig`).
+``feature_dim`` (C), ``preprocess`` (its :class:`PreprocessConfig`) and ``units()`` (its steps).
 
-Weights never download here. ``efficientnet_lite0`` ships real ImageNet weights in a pip package.
-``googlenet`` (the paper's backbone) and ``resnet50`` take ImageNet weights from a local file the
-user provides (a torchvision state dict, read with ``torch.load(weights_only=True)``); random
-initialisation happens only when asked for explicitly with ``pretrained=False``.
+Names: ``efficientnet_lite0`` (real ImageNet weights in a pip package, always offline), torchvision's
+ImageNet classifiers by their torchvision names (``googlenet``, ``resnet50``, ``vit_b_16``,
+``convnext_tiny`` …; :mod:`plm.models.tvnets`), and, when timm is installed, any timm model as
+``timm:NAME`` (:mod:`plm.models.timmnets`). Pretrained weights come from a local file
+(``pretrained=PATH``, read without unpickling), the standard cache, or a download into it when online
+(:mod:`plm.models.weights`); random initialisation happens only when asked for with ``pretrained=False``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Union, cast
 
 import torch
 from torch import nn
 
-from plm.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from plm.models.preprocess import PreprocessConfig
 from plm.utils.registry import Registry
 
 Pretrained = Union[bool, str, os.PathLike, None]
@@ -65,26 +66,27 @@ class Backbone(nn.Module):
         body = self.body
         if isinstance(body, nn.Sequential):
             return [Unit(m, (m,)) for m in body.children()]
+        if not callable(getattr(body, "units", None)):
+            raise ValueError(f"backbone {self.name} cannot be split into steps, so model.train_blocks cannot train "
+                             f"its last ones: use model.train_blocks=0 (the head alone) or mode=finetune, or a "
+                             f"backbone with steps ({', '.join(UNIT_FAMILIES)})")
         return cast(Callable[[], list[Unit]], body.units)()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a weights file safely (tensors only, nothing unpickled), unwrapping common wrappers."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report any decode failure the same way
-        from plm.utils.io import torch_load_error
+    from plm.models.weights import read_weights
 
-        raise torch_load_error(path, err, "weights") from None
-    for key in ("state_dict", "model_state", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return read_weights(path)
+
+
+read_weights_file = load_state_dict_file
+#: backbones whose steps :meth:`Backbone.units` gives (for messages)
+UNIT_FAMILIES = ("efficientnet_lite0", "googlenet", "resnet*/resnext*/wide_resnet*", "convnext_*", "vit_*",
+                 "efficientnet_b*/v2_*", "mobilenet_*")
+#: the state-dict key prefixes of classifiers, which feature extraction never uses
+CLASSIFIER_PREFIXES = ("fc.", "_fc.", "aux1.", "aux2.", "classifier.", "heads.")
+TIMM_PREFIX = "timm:"
 
 
 #: the smallest input side each backbone accepts: its feature map must keep at least one cell
@@ -94,19 +96,26 @@ MIN_IMAGE_SIZE = 32
 
 
 def canonical_backbone(name: str, what: str = "backbone") -> str:
-    """The registered name for ``name`` (``efficientnet-lite0`` → ``efficientnet_lite0``).
+    """The registered name for ``name`` (``efficientnet-lite0`` → ``efficientnet_lite0``; ``timm:NAME`` for
+    a timm model, checked against timm's list).
 
     Raises:
-        ValueError: unknown name (the message lists the known ones and the closest match).
+        ValueError: unknown name (the message lists the known ones and the closest match), or a timm
+            name without timm installed.
     """
     import difflib
 
+    if str(name).lower().startswith(TIMM_PREFIX):
+        from plm.models.timmnets import canonical_timm
+
+        return canonical_timm(str(name), what)
     key = str(name).replace("-", "_").lower()
     if key in BACKBONES:
         return key
     close = difflib.get_close_matches(key, list_backbones(), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown {what} {name!r}{hint}; choose one of {', '.join(list_backbones())}")
+    raise ValueError(f"unknown {what} {name!r}{hint}; choose one of {', '.join(list_backbones())}, or timm:NAME "
+                     f"for a timm model (plm backbones lists them)")
 
 
 def check_image_size(backbone: str, size: int | None, what: str = "image size") -> None:
@@ -125,12 +134,22 @@ def check_image_size(backbone: str, size: int | None, what: str = "image size") 
 _SIGNATURES: dict[str, dict[str, tuple]] = {}
 
 
+def _classifier_free(state: dict[str, Any]) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+
+
 def _signature(name: str) -> dict[str, tuple]:
-    """{key: shape} of a backbone's own network, with the classifier keys left out (cached)."""
+    """{key: shape} of a registered backbone's own network, classifier keys left out (built on the meta
+    device: no memory, no weights; cached)."""
     if name not in _SIGNATURES:
-        net = {"efficientnet_lite0": _efficientnet_net, "googlenet": _googlenet_net, "resnet50": _resnet50_net}[name]()
-        _SIGNATURES[name] = {k: tuple(v.shape) for k, v in net.state_dict().items()
-                             if not k.startswith(("fc.", "_fc.", "aux1.", "aux2."))}
+        with torch.device("meta"):
+            if name == "efficientnet_lite0":
+                net = _efficientnet_net()
+            else:
+                from plm.models.tvnets import network
+
+                net = network(name)
+        _SIGNATURES[name] = _classifier_free(net.state_dict())
     return _SIGNATURES[name]
 
 
@@ -138,31 +157,20 @@ def weights_mismatch(path: str | os.PathLike, backbone: str, state: dict[str, to
     """The one-line error for a weights file that does not fit ``backbone``: which backbone the
     file seems to be for (or that its keys match none), and how to choose it."""
     found = None
+    keys = _classifier_free(state)
     for name in list_backbones():
+        if name == backbone or not keys:
+            continue
         sig = _signature(name)
-        keys = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(("fc.", "_fc.", "aux1.", "aux2."))}
-        if name != backbone and keys and all(sig.get(k) == shape for k, shape in keys.items()) \
-                and len(keys) >= 0.9 * len(sig):
+        if len(keys) >= 0.9 * len(sig) and all(sig.get(k) == shape for k, shape in keys.items()):
             found = name
             break
     if found:
         return ValueError(f"weights file {path} does not fit backbone {backbone}: it seems to be for {found}; choose "
                           f"it with --backbone {found} (plm eval, plm embed) or model.backbone={found} (plm train)")
-    return ValueError(f"weights file {path} does not fit backbone {backbone}, and its keys match none of "
-                      f"{', '.join(list_backbones())}: give the ImageNet state dict of the backbone you chose "
+    return ValueError(f"weights file {path} does not fit backbone {backbone}, and its keys match none of plm's "
+                      f"backbones: give the ImageNet state dict of the backbone you chose "
                       f"(--backbone for plm eval / plm embed, model.backbone for plm train)")
-
-
-def _require_choice(name: str, pretrained: Pretrained) -> str | None:
-    if pretrained is True or pretrained is None:
-        from plm.errors import NoPretrainedWeightsError
-
-        raise NoPretrainedWeightsError(
-            f"no ImageNet weights for {name!r} ship with plm and nothing is downloaded: pass "
-            f"pretrained=PATH to a torchvision state dict (e.g. {name}-*.pth from the torchvision "
-            f"release page), or pretrained=False for an explicit random initialisation"
-        )
-    return None if pretrained is False else str(pretrained)
 
 
 class _EfficientNetBody(nn.Module):
@@ -196,11 +204,12 @@ def _efficientnet_net() -> nn.Module:
     return EfficientNet.from_name("efficientnet-lite0")
 
 
-def _load_checked(net: nn.Module, name: str, path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
+def load_checked(net: nn.Module, name: str, path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
     """Load ``state`` into ``net`` (classifier keys aside), or explain which backbone it is for."""
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     fits = all(own.get(k) == tuple(v.shape) for k, v in state.items())
-    missing = [k for k in own if k not in state and not k.startswith(("fc.", "_fc."))]
+    missing = [k for k in own if k not in state and not k.startswith(CLASSIFIER_PREFIXES)]
     if not fits or missing:
         raise weights_mismatch(path, name, state)
     net.load_state_dict(state, strict=False)
@@ -216,88 +225,38 @@ def _efficientnet_lite0(pretrained: Pretrained) -> Backbone:
     else:
         path = None if pretrained is False else pretrained
     if path is not None:
-        state = load_state_dict_file(path)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        _load_checked(net, "efficientnet_lite0", path, state)
+        load_checked(net, "efficientnet_lite0", path, load_state_dict_file(path))
     net._fc = nn.Identity()  # classifier unused
     cfg = PreprocessConfig(input_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return Backbone(_EfficientNetBody(net), 1280, cfg, "efficientnet_lite0")
 
 
-def _torchvision_state(net: nn.Module, name: str, pretrained: Pretrained) -> None:
-    path = _require_choice(name, pretrained)
-    if path is None:
-        return
-    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(("fc.", "aux1.", "aux2."))}
-    _load_checked(net, name, path, state)
+def _torchvision(name: str, pretrained: Pretrained) -> Backbone:
+    from plm.models.tvnets import build
+
+    return build(name, pretrained)
 
 
-_GOOGLENET_LAYERS = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
-                     "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d",
-                     "inception4e", "maxpool4", "inception5a", "inception5b")
-
-
-class _GoogLeNetBody(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for step in self.units():
-            x = step(x)
-        return x
-
-    def units(self) -> list[Unit]:
-        """The input transform with the first convolution, then each layer of ``_GOOGLENET_LAYERS``."""
-        n = self.net
-        first = n.get_submodule(_GOOGLENET_LAYERS[0])
-        transform = cast(Callable[[torch.Tensor], torch.Tensor], n._transform_input)
-        rest = [n.get_submodule(name) for name in _GOOGLENET_LAYERS[1:]]
-        return [Unit(lambda x: first(transform(x)), (first,))] + [Unit(m, (m,)) for m in rest]
-
-
-def _googlenet_net(init_weights: bool = False, transform_input: bool = False) -> nn.Module:
-    from plm._compat import import_torchvision
-
-    import_torchvision()
-    from torchvision.models import googlenet
-
-    return googlenet(weights=None, aux_logits=False, init_weights=init_weights, transform_input=transform_input)
-
-
-def _resnet50_net() -> nn.Module:
-    from plm._compat import import_torchvision
-
-    import_torchvision()
-    from torchvision.models import resnet50
-
-    return resnet50(weights=None)
-
-
-def _googlenet(pretrained: Pretrained) -> Backbone:
-    # Our preprocessing normalises with ImageNet mean/std. torchvision's released GoogLeNet weights
-    # expect that input converted back to the original Inception scaling (transform_input=True,
-    # as torchvision itself sets when it loads them), so weights from a file get the conversion.
-    net = _googlenet_net(init_weights=pretrained is False, transform_input=pretrained is not False)
-    _torchvision_state(net, "googlenet", pretrained)
-    net.fc = nn.Identity()
-    cfg = PreprocessConfig(input_size=227, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return Backbone(_GoogLeNetBody(net), 1024, cfg, "googlenet")
-
-
-def _resnet50(pretrained: Pretrained) -> Backbone:
-    net = _resnet50_net()
-    _torchvision_state(net, "resnet50", pretrained)
-    body = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc
-    cfg = PreprocessConfig(input_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return Backbone(body, 2048, cfg, "resnet50")
-
-
-#: backbone name → builder ``(pretrained) -> Backbone`` (see :mod:`plm.models.catalog` for their sizes)
+#: backbone name → builder ``(pretrained) -> Backbone`` (see :mod:`plm.models.catalog` for their sizes);
+#: timm models (``timm:NAME``) are built by :mod:`plm.models.timmnets`, outside the registry
 BACKBONES: Registry[Callable[[Pretrained], Backbone]] = Registry("backbone")
 BACKBONES.add("efficientnet_lite0", _efficientnet_lite0)
-BACKBONES.add("googlenet", _googlenet)
-BACKBONES.add("resnet50", _resnet50)
+
+
+#: torchvision's classifiers plm takes (:mod:`plm.models.tvnets`): name → family (how it is cut into steps)
+TORCHVISION_FAMILIES: dict[str, str] = {name: family for family, names in {
+    "resnet": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+               "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"),
+    "convnext": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
+    "vit": ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32"),
+    "googlenet": ("googlenet",),
+    "efficientnet": ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+                     "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s",
+                     "efficientnet_v2_m", "efficientnet_v2_l"),
+    "mobilenet": ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"),
+}.items() for name in names}
+for _name in TORCHVISION_FAMILIES:
+    BACKBONES.add(_name, functools.partial(_torchvision, _name))
 
 
 @functools.cache
@@ -312,14 +271,21 @@ def list_backbones() -> list[str]:
 
 
 def create_backbone(name: str, pretrained: Pretrained = True) -> Backbone:
-    """Build a registered backbone.
+    """Build a backbone.
 
     Args:
-        name: one of :func:`list_backbones`.
-        pretrained: ``True`` for the weights that ship with plm (only ``efficientnet_lite0``),
-            a path to a local state-dict file, or ``False`` for an explicit random initialisation.
+        name: one of :func:`list_backbones`, or ``timm:NAME``.
+        pretrained: ``True`` for its published ImageNet weights (shipped for ``efficientnet_lite0``;
+            otherwise from the standard cache, downloaded into it when online), a path to a local
+            weights file, or ``False`` for an explicit random initialisation.
 
     Raises:
-        ValueError: unknown name, or pretrained weights requested where none ship.
+        ValueError: unknown name, or a weights file that does not fit.
+        NoPretrainedWeightsError: pretrained weights asked for, and neither cached nor downloadable.
     """
-    return BACKBONES.get(canonical_backbone(name))(pretrained)
+    key = canonical_backbone(name)
+    if key.startswith(TIMM_PREFIX):
+        from plm.models.timmnets import build
+
+        return build(key, pretrained)
+    return BACKBONES.get(key)(pretrained)

@@ -1,8 +1,9 @@
-"""The one model factory: a backbone name (with its shipped or a local weights file) or a plm checkpoint.
+"""The one model factory: a backbone name (with its published or a local weights file) or a plm checkpoint.
 
 The CLI (``--backbone``/``--checkpoint``, ``--weights``, ``--image-size``), the search identity
 (:func:`plm.search.identity.model_from_identity`) and the training pipeline build their models here,
-so the rules (and the error for a backbone without shipped weights) are written once.
+so the rules (and the error for a backbone whose weights are neither here nor downloadable) are
+written once.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ def build_embedder(backbone: Union[str, ModelConfig, None] = None, checkpoint: O
         backbone: a backbone name (pooled features, L2-normalised, no head) or a full
             :class:`~plm.models.ModelConfig`; exclusive with ``checkpoint``.
         checkpoint: a plm checkpoint (``plm train`` output).
-        weights: a local ImageNet state-dict file for the backbone (default: the weights that
-            ship with plm; there are none for googlenet and resnet50).
+        weights: a local ImageNet weights file for the backbone (default: its published weights,
+            shipped with plm, cached, or downloaded when online; :mod:`plm.models.weights`).
         image_size: input resolution instead of the model's own.
         weights_hint: how the caller's user gives a weights file, for the error message.
 
     Raises:
-        UserError: the backbone ships without weights and no file was given.
+        UserError: no weights file was given and the backbone's weights are neither here nor downloadable.
         ValueError: neither or both of ``backbone`` and ``checkpoint``, an unknown backbone, a bad
             image size or weights file.
     """
@@ -54,5 +55,6 @@ def build_embedder(backbone: Union[str, ModelConfig, None] = None, checkpoint: O
     try:
         return create_model(config, pretrained=weights if weights else True)
     except NoPretrainedWeightsError as err:
-        raise UserError(f"{config.backbone} ships without ImageNet weights and nothing is downloaded: "
-                        f"{weights_hint} (a torchvision state dict)") from err
+        cache = f", {err.cache_hint}" if err.cache_hint else ""
+        raise UserError(f"no pretrained weights for {config.backbone} here ({err.reason}): {weights_hint} "
+                        f"({err.file_hint}){cache}") from err

@@ -11,6 +11,7 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class PreprocessConfig:
         mean: per-channel mean subtracted after scaling pixels to [0, 1].
         std: per-channel standard deviation divided by after subtracting ``mean``.
         crop_scale: RandomResizedCrop scale range used for training augmentation.
+        interpolation: resampling of the resize, ``bilinear`` or ``bicubic`` (as the weights were trained).
     """
 
     input_size: int
@@ -30,6 +32,11 @@ class PreprocessConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_scale: tuple[float, float] = (0.16, 1.0)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     def with_input_size(self, size: int) -> PreprocessConfig:
         """The same config at another resolution, keeping the resize/crop ratio."""
@@ -39,8 +46,12 @@ class PreprocessConfig:
         return replace(self, input_size=size, resize_size=max(size, int(round(size * ratio))))
 
     def to_dict(self) -> dict:
-        """Plain-dict form for configs and checkpoints."""
-        return asdict(self)
+        """Plain-dict form for configs and checkpoints (``interpolation`` only when not bilinear, so the
+        records, and with them the fingerprints, of files written before it existed stay valid)."""
+        out = asdict(self)
+        if out["interpolation"] == "bilinear":
+            del out["interpolation"]
+        return out
 
 
 def _to_tensor(img: Image.Image, mean: tuple, std: tuple) -> torch.Tensor:
@@ -62,10 +73,12 @@ def build_transform(cfg: PreprocessConfig, train: bool = False) -> Callable[[Ima
     import_torchvision()
     from torchvision import transforms as T
 
+    mode = T.InterpolationMode(cfg.interpolation)
     if train:
-        geo = T.Compose([T.RandomResizedCrop(cfg.input_size, scale=cfg.crop_scale), T.RandomHorizontalFlip()])
+        geo = T.Compose([T.RandomResizedCrop(cfg.input_size, scale=cfg.crop_scale, interpolation=mode),
+                         T.RandomHorizontalFlip()])
     else:
-        geo = T.Compose([T.Resize(cfg.resize_size), T.CenterCrop(cfg.input_size)])
+        geo = T.Compose([T.Resize(cfg.resize_size, interpolation=mode), T.CenterCrop(cfg.input_size)])
 
     def transform(img: Image.Image) -> torch.Tensor:
         return _to_tensor(geo(img.convert("RGB")), cfg.mean, cfg.std)

@@ -12,9 +12,9 @@ In both, rows whose vector is NaN, infinite or all zeros are left out (and count
 with bytes that are not UTF-8 is written as it is shown everywhere (each such byte as ``\\xNN``),
 since both formats hold UTF-8 text (:class:`EmbeddingsExport` counts all three).
 - :func:`write_faiss`: a plain faiss index file (``faiss.read_index``) and an id list JSON
-  (``paths[i]`` is id i). Cosine indexes hold unit vectors: the exact kind becomes an
-  ``IndexFlatIP`` (scores = cosine similarity), the approximate kinds stay L2 indexes on unit
-  vectors (``d = 2 - 2·cos``); normalise queries to unit length either way.
+  (``paths[i]`` is id i). Every kind searches by squared L2 distance (the exact kind becomes an
+  ``IndexFlatL2``); cosine indexes hold unit vectors, so ``d = 2 - 2·cos`` (plm reports ``d / 2 =
+  1 - cos``): normalise queries to unit length.
 - :func:`write_safetensors`: a checkpoint's model weights as safetensors plus a JSON config
   (model config, preprocessing, dimensions) that rebuilds the network with
   ``plm.models.create_model(ModelConfig(**config["model_config"]), pretrained=False)``.
@@ -171,20 +171,19 @@ def write_faiss(idx: Any, path: str | os.PathLike) -> tuple[Path, Path]:
 
     faiss = _faiss("faiss export")
     vi = idx.index
-    if vi.kind == "exact":
-        flat = faiss.IndexFlatIP(vi.dim) if vi.metric == "cosine" else faiss.IndexFlatL2(vi.dim)
-        flat.add(np.ascontiguousarray(vi.vectors, np.float32))
-        index, faiss_metric = flat, ("inner_product" if vi.metric == "cosine" else "l2")
+    if vi.kind == "exact":  # the same convention as the approximate kinds: squared L2 (on unit vectors for cosine)
+        index = faiss.IndexFlatL2(vi.dim)
+        index.add(np.ascontiguousarray(vi.vectors, np.float32))
     else:
-        index, faiss_metric = vi._faiss_index, "l2"  # search parameters as plm index tuned them
+        index = vi._faiss_index  # search parameters as plm index tuned them
     path = Path(path)
     atomic_write_bytes(faiss.serialize_index(index).tobytes(), path)
-    distance = {"inner_product": "cosine similarity of unit vectors (higher is nearer)",
-                "l2": ("squared L2 distance of unit vectors = 2 - 2 cos (lower is nearer)" if vi.metric == "cosine"
-                       else "squared L2 distance (lower is nearer)")}[faiss_metric]
+    distance = ("squared L2 distance of unit vectors = 2 - 2 cos (lower is nearer; plm reports half of it, "
+                "1 - cos)" if vi.metric == "cosine" else
+                "squared L2 distance (lower is nearer; plm reports its square root)")
     ids = ids_path_for(path)
     atomic_write_json({"format": IDS_FORMAT, "version": 1, "faiss_index": path.name, "kind": vi.kind,
-                       "metric": vi.metric, "faiss_metric": faiss_metric, "faiss_distance": distance,
+                       "metric": vi.metric, "faiss_metric": "l2", "faiss_distance": distance,
                        "normalize_queries": vi.metric == "cosine", "params": vi.params, "dim": vi.dim,
                        "root": idx.root, "model": idx.model, "paths": list(idx.paths),
                        "labels": _label_names(idx.labels, idx.class_names)}, ids)
@@ -281,12 +280,12 @@ def _is_plm_safetensors(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
 
 
-CSV: Kind = ("a plm CSV export", _is_plm_csv)
-PARQUET: Kind = ("a plm Parquet export", _is_plm_parquet)
-FAISS: Kind = ("a faiss index exported by plm (its NAME.ids.json names it)", _is_plm_faiss)
-SAFETENSORS: Kind = ("a safetensors file exported by plm", _is_plm_safetensors)
-IDS_JSON: Kind = ("a plm faiss id list", lambda p: json_format(p) == IDS_FORMAT)
-MODEL_JSON: Kind = ("a plm model config (safetensors export)", lambda p: json_format(p) == MODEL_FORMAT)
+CSV = Kind("a plm CSV export", _is_plm_csv, (".csv",))
+PARQUET = Kind("a plm Parquet export", _is_plm_parquet, (".parquet",))
+FAISS = Kind("a faiss index exported by plm (its NAME.ids.json names it)", _is_plm_faiss, (".faiss", ".index"))
+SAFETENSORS = Kind("a safetensors file exported by plm", _is_plm_safetensors, (".safetensors",))
+IDS_JSON = Kind("a plm faiss id list", lambda p: json_format(p) == IDS_FORMAT)
+MODEL_JSON = Kind("a plm model config (safetensors export)", lambda p: json_format(p) == MODEL_FORMAT)
 
 
 def outputs(fmt: str, path: str | os.PathLike) -> list[tuple[str, Path, Kind]]:

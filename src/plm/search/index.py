@@ -214,16 +214,40 @@ class VectorIndex:
         elif self.kind == "pq":
             idx.k_factor = float(self.params["k_factor"])
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int = 10,
+               exclude: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest ids of each query and their distances, nearest first.
+
+        Args:
+            queries: (Q, D) vectors.
+            k: results per query.
+            exclude: (Q,) an id never returned for each query (its own entry, when the query is an
+                indexed item; ``-1``: none).
 
         Returns:
             distances (Q, k') float32 and ids (Q, k') int64 with ``k' = min(k, N)``; an approximate
-            index may return fewer hits for some queries, padded with id ``-1`` and distance ``inf``.
+            index may return fewer hits for some queries (and a query with an excluded id has at most
+            N - 1), padded with id ``-1`` and distance ``inf``.
 
         Raises:
             ValueError: ``queries`` is not 2-D or has another dimension than the index.
         """
+        if exclude is None:
+            return self._search(queries, k)
+        ex = np.asarray(exclude, dtype=np.int64).reshape(-1)
+        d, ids = self._search(queries, k + 1)
+        if len(ex) != len(ids):
+            raise ValueError(f"exclude must hold one id (or -1) per query, got {len(ex)} for {len(ids)} queries")
+        width = min(int(k), self.count)
+        out_d = np.full((len(ids), width), np.inf, np.float32)
+        out_i = np.full((len(ids), width), -1, np.int64)
+        for r in range(len(ids)):
+            keep = (ids[r] >= 0) & (ids[r] != ex[r])
+            n = min(width, int(keep.sum()))
+            out_d[r, :n], out_i[r, :n] = d[r][keep][:n], ids[r][keep][:n]
+        return out_d, out_i
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _check_2d(queries, self.dim, "queries")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -259,6 +283,17 @@ class VectorIndex:
             self._faiss_index.make_direct_map()
             self._direct_map = True
         return np.asarray(self._faiss_index.reconstruct(int(i)), np.float32)[None, :]
+
+    def vectors_of(self, start: int, stop: int) -> np.ndarray:
+        """The stored vectors of ids ``start`` … ``stop - 1``, (stop - start, D) float32."""
+        start, stop = max(0, int(start)), min(self.count, int(stop))
+        if stop <= start:
+            return np.zeros((0, self.dim), np.float32)
+        if self.kind == "exact":
+            assert self.vectors is not None  # the exact kind stores its vectors
+            return self.vectors[start:stop]
+        self.vector(start)  # builds IVF's direct map when needed
+        return np.asarray(self._faiss_index.reconstruct_n(start, stop - start), np.float32)
 
     # -- storage -------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

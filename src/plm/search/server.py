@@ -8,6 +8,8 @@ Routes (all ``GET`` unless noted; nothing else is answered but 404):
 ``POST /search``            the nearest images of an uploaded image (multipart field ``image``)
 ``/image/I``, ``/thumb/I``  indexed image ``I`` in full / as a JPEG thumbnail
 ``/api/similar?id=I``       the nearest images of ``I`` as JSON (``POST /search?format=json``: of an upload)
+``POST /api/search``        the nearest images of a query vector, as JSON: body ``{"vector": [D numbers],
+                            "k": optional}`` (``application/json``; embedded elsewhere with the index's model)
 ==========================  ===================================================================
 
 Files are addressed by their id in the index, never by a path from the request, so only files
@@ -73,6 +75,8 @@ DECODE_SLOTS = 2
 MAX_CACHED_THUMBS = 4096
 #: the most digits of a number in a request (ids, page numbers, Content-Length)
 MAX_DIGITS = 12
+#: the most results a vector query may ask for
+MAX_K = 1000
 PER_PAGE = 60
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                  ".bmp": "image/bmp", ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
@@ -190,6 +194,7 @@ class SearchService:
     k: int = 12
     max_upload_bytes: int = 10 * 1024 * 1024
     title: str = "plm serve"
+    model_name: str = "the index's model"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _thumbs: dict[int, bytes] = field(default_factory=dict, repr=False)
     _thumbs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -289,20 +294,44 @@ class SearchService:
     def _embed_image(self, img: Image.Image) -> np.ndarray:
         return np.asarray(self._model()(img), np.float32).reshape(1, -1)
 
-    def _hits(self, vector: np.ndarray, exclude: Optional[int] = None) -> list[dict[str, Any]]:
-        dist, ids = self.index.index.search(vector, min(self.k + (exclude is not None), self.count))
-        hits = []
-        for d, j in zip(dist[0], ids[0], strict=True):
-            if j < 0 or int(j) == exclude:
-                continue
-            hits.append({"id": int(j), "path": self.index.paths[j], "distance": float(d),
-                         "label": self.label_of(int(j))})
-        return hits[:self.k]
+    def _hits(self, vector: np.ndarray, exclude: Optional[int] = None, k: Optional[int] = None) -> list[dict[str, Any]]:
+        dist, ids = self.index.index.search(vector, k or self.k, exclude=None if exclude is None else [exclude])
+        return [{"id": int(j), "path": self.index.paths[j], "distance": float(d), "label": self.label_of(int(j))}
+                for d, j in zip(dist[0], ids[0], strict=True) if j >= 0]
 
     def similar(self, i: int) -> list[dict[str, Any]]:
         """The ``k`` nearest other images of image ``i``."""
         with self._lock:
             return self._hits(self._vector_of(i), exclude=i)
+
+    def search_vector(self, body: bytes) -> list[dict[str, Any]]:
+        """The nearest images of the query vector in a JSON body ``{"vector": [...], "k": N}`` (``k`` optional,
+        1 to :data:`MAX_K`; the server's ``k`` by default).
+
+        Raises:
+            RequestError: not JSON, no ``vector`` list of the index's dimension, a value that is not a finite
+                number, an all-zero vector, or a bad ``k`` (400).
+        """
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON ({type(err).__name__}); send "
+                                                       f'{{"vector": [...], "k": N}}') from None
+        vector = data.get("vector") if isinstance(data, dict) else None
+        dim = self.index.index.dim
+        if not isinstance(vector, list) or len(vector) != dim:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f'"vector" must be a list of {dim} numbers (this index holds '
+                                                       f"{dim}-d vectors, made by {self.model_name})")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
+            raise RequestError(HTTPStatus.BAD_REQUEST, '"vector" must hold numbers only')
+        x = np.asarray(vector, dtype=np.float64)
+        if not np.isfinite(x).all() or not np.isfinite(x.astype(np.float32)).all() or not x.any():
+            raise RequestError(HTTPStatus.BAD_REQUEST, '"vector" must be finite float32 values, not all zero')
+        k = data.get("k", self.k)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f'"k" must be an integer from 1 to {MAX_K}')
+        with self._lock:
+            return self._hits(x.astype(np.float32).reshape(1, -1), k=k)
 
     def search_upload(self, data: bytes) -> tuple[Image.Image, list[dict[str, Any]]]:
         """(the decoded upload, its ``k`` nearest images).
@@ -620,11 +649,12 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
 
         def do_POST(self) -> None:
             url = urlsplit(self.path)
-            self._answer(lambda: self._post(url), parse_qs(url.query).get("format", [""])[0] == "json")
+            as_json = url.path.startswith("/api/") or parse_qs(url.query).get("format", [""])[0] == "json"
+            self._answer(lambda: self._post(url), as_json)
 
         def _post(self, url: Any) -> None:
-            as_json = parse_qs(url.query).get("format", [""])[0] == "json"
-            if url.path != "/search":
+            as_json = url.path.startswith("/api/") or parse_qs(url.query).get("format", [""])[0] == "json"
+            if url.path not in ("/search", "/api/search"):
                 raise RequestError(HTTPStatus.NOT_FOUND, f"nothing to post to at {_shown(url.path)}")
             self._check_same_origin()
             length = parse_number(self.headers.get("Content-Length"))
@@ -637,6 +667,14 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
                                    f"the upload ({_mb(length)}) is larger than the {_mb(service.max_upload_bytes)} "
                                    f"this server accepts (plm serve --max-upload-mb)")
             body = self.rfile.read(length)
+            if url.path == "/api/search":
+                ctype = _header_params("Content-Type", self.headers.get("Content-Type", "")).get_content_type()
+                if ctype != "application/json":
+                    raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "a vector query is sent as "
+                                                                         "application/json: {\"vector\": [...]}")
+                self._json({"query": {"vector": True}, "distance": service._metric,
+                            "results": service.search_vector(body)})
+                return
             name, data = parse_multipart(self.headers.get("Content-Type", ""), body)
             img, hits = service.search_upload(data)
             if as_json:

@@ -29,7 +29,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
 
 
 class TensorBoardLogger:
-    """Scalars to TensorBoard under ``folder`` when ``torch.utils.tensorboard`` imports; else nothing."""
+    """Scalars to TensorBoard under ``folder`` when ``torch.utils.tensorboard`` imports; else nothing,
+    silently (``log.tensorboard`` asks for TensorBoard where it is installed; plm does not install it)."""
 
     def __init__(self, folder: str | os.PathLike, enabled: bool = True):
         self.writer: Optional[Any] = None
@@ -37,9 +38,8 @@ class TensorBoardLogger:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed
-            log.info("note: tensorboard is not installed, so metrics go to metrics.csv only "
-                     "(pip install tensorboard for TensorBoard logs, or log.tensorboard=false to silence this)")
+        except ImportError:  # tensorboard not installed: metrics.csv has everything
+            log.debug("tensorboard is not installed: metrics go to metrics.csv only")
             return
         self.writer = SummaryWriter(str(Path(folder)))
 

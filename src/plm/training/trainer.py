@@ -351,8 +351,9 @@ class Trainer:
                 raise TrainingDivergedError(f"training diverged (non-finite loss {terms['loss']}) at epoch {epoch + 1} "
                                             f"step {steps}; lower the learning rates (optim.lr_*) "
                                             "or set optim.grad_clip")
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{steps * cfg.sampler.batch_size / elapsed:.0f}")
+            elapsed = time.perf_counter() - start  # the epoch's mean loss so far: the summary line's loss at the end
+            bar.set_postfix(**{"mean loss": f"{sums['loss'] / steps:.4f}",
+                               "images/s": f"{steps * cfg.sampler.batch_size / elapsed:.0f}"})
             bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - start

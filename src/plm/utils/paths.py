@@ -21,13 +21,64 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from plm.errors import OutputError
 from plm.utils.io import describe_os_error
 
-#: name → (description, test) of the kinds of file plm writes
-Kind = tuple[str, Callable[[Path], bool]]
+
+class Kind(NamedTuple):
+    """A kind of file plm writes: what it is (for messages), how to recognise one, and the file-name
+    extensions it is written under (the first is the usual one; empty: any name)."""
+
+    what: str
+    test: Callable[[Path], bool]
+    suffixes: tuple[str, ...] = ()
+
+
+#: extensions whose files other tools open as a format of their own, with how plm makes such a file
+#: (a command asked to write another kind under one of them refuses, pointing here)
+KNOWN_SUFFIXES: dict[str, tuple[str, str]] = {
+    ".npz": ("a NumPy .npz file", "plm embed and plm index write plm's .npz files"),
+    ".json": ("a JSON file", ""),
+    ".html": ("an HTML page", ""),
+    ".htm": ("an HTML page", ""),
+    ".csv": ("a CSV file", "a CSV of embeddings is made with plm export EMBEDDINGS.npz --out NAME.csv"),
+    ".parquet": ("a Parquet file", "a Parquet file of embeddings is made with plm export EMBEDDINGS.npz "
+                                   "--out NAME.parquet"),
+    ".faiss": ("a faiss index", "a faiss index is made from a plm index with plm export INDEX.npz --out NAME.faiss"),
+    ".index": ("a faiss index", "a faiss index is made from a plm index with plm export INDEX.npz --out NAME.faiss"),
+    ".safetensors": ("a safetensors file", "safetensors weights are made from a checkpoint with plm export "
+                                           "CHECKPOINT.pt --out NAME.safetensors"),
+    ".pt": ("a PyTorch checkpoint", "checkpoints are written by plm train"),
+    ".pth": ("a PyTorch weights file", "checkpoints are written by plm train"),
+    **{ext: ("an image", "plm draws its figures into self-contained HTML pages (.html)")
+       for ext in (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".pdf", ".tif", ".tiff", ".bmp")},
+    ".yaml": ("a YAML file", ""),
+    ".yml": ("a YAML file", ""),
+}
+
+
+def check_suffix(path: str | os.PathLike, flag: str, kind: Kind, known_only: bool = False) -> None:
+    """Refuse an output name whose extension says another format than ``kind`` (``plm index --out x.faiss``).
+
+    Args:
+        path: the output file.
+        flag: the flag that named it, for the message.
+        kind: what will be written; nothing is checked when it names no extensions.
+        known_only: refuse only extensions of :data:`KNOWN_SUFFIXES` (``plm export --format`` accepts others).
+
+    Raises:
+        OutputError: one line naming the right extension, and how to make a file of the asked-for kind.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not kind.suffixes or suffix in kind.suffixes or (known_only and suffix not in KNOWN_SUFFIXES):
+        return
+    name, hint = KNOWN_SUFFIXES.get(suffix, (f"a {suffix} file" if suffix else "a name without an extension", ""))
+    better = path.with_name((path.stem if suffix else path.name) + kind.suffixes[0])
+    raise OutputError(f"{flag} {path}: this writes {kind.what} ({' or '.join(kind.suffixes)}), which is not "
+                      f"{name}; name it {better}{f' ({hint})' if hint else ''}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -76,7 +127,7 @@ def check_output_dir(folder: str | os.PathLike, flag: str = "--out", create: boo
 def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Iterable[str | os.PathLike] = (),
                       kind: Optional[Kind] = None, force: bool = False,
                       others: Iterable[tuple[str, Optional[str | os.PathLike]]] = (),
-                      side_of: Optional[str] = None) -> Path:
+                      side_of: Optional[str] = None, known_suffixes_only: bool = False) -> Path:
     """Check an output file path before any work; returns it as a :class:`Path`.
 
     Args:
@@ -88,10 +139,12 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Iter
         others: (flag, path) of the command's other outputs, which must differ from ``path``.
         side_of: for a side file whose name derives from another output's: that output's flag
             (the one to change).
+        known_suffixes_only: check the extension with :func:`check_suffix`'s ``known_only``.
 
     Raises:
-        OutputError: ``path`` is an input or another output, a folder, below a file, an existing
-            file of another kind (without ``force``), or in a folder that cannot be written.
+        OutputError: ``path`` is an input or another output, a folder, below a file, named with an
+            extension of another format than ``kind``'s, an existing file of another kind (without
+            ``force``), or in a folder that cannot be written.
     """
     path = Path(path)
     change = side_of or flag
@@ -108,11 +161,12 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", inputs: Iter
     blocker = _below_file(path)
     if blocker is not None:
         raise OutputError(f"{flag} {path}: {blocker} is a file, not a folder")
+    if kind is not None:
+        check_suffix(path, flag, kind, known_suffixes_only)
     if path.exists() and not force:
-        what, test = kind if kind else ("", lambda p: False)
-        if not test(path):
+        if kind is None or not kind.test(path):
             found = file_kind(path)
-            raise OutputError(f"{flag} {path} exists and is not {what or 'a file this command writes'}"
+            raise OutputError(f"{flag} {path} exists and is not {kind.what if kind else 'a file this command writes'}"
                               f"{f' (it is {found})' if found else ''}; choose another path, remove it, "
                               f"or pass --force to replace it")
     check_output_dir(path.parent, flag)
@@ -208,18 +262,19 @@ def is_metrics_csv(path: Path) -> bool:
     return read_head(path, 64).startswith(b"epoch,")
 
 
-EMBEDDINGS: Kind = ("a plm embeddings file", lambda p: npz_format(p) == "plm-embeddings")
-INDEX: Kind = ("a plm index file", lambda p: npz_format(p) == "plm-index")
-SEARCH_JSON: Kind = ("a plm search JSON report", lambda p: {"queries", "index"} <= _json_keys(p))
-METRICS_JSON: Kind = ("a plm metrics JSON file", lambda p: {"recall_at", "map_at_r"} <= _json_keys(p))
-SIMILARITY_JSON: Kind = ("a plm similarity-report JSON file", lambda p: {"estimators", "plm_config"} <= _json_keys(p))
-SUMMARY_JSON: Kind = ("a plm summary.json", lambda p: {"selection", "best_epoch"} <= _json_keys(p))
-DEMO_JSON: Kind = ("a plm demo results.json", lambda p: {"dataset", "methods"} <= _json_keys(p))
-HTML: Kind = ("a plm HTML report", is_plm_html)
-CHECKPOINT: Kind = ("a plm checkpoint", is_torch_checkpoint)
-CONFIG_YAML: Kind = ("a plm config.yaml", is_plm_yaml_config)
-METRICS_CSV: Kind = ("a plm metrics.csv", is_metrics_csv)
-BACKBONES_JSON: Kind = ("a plm backbones JSON list", _is_backbone_list)
+EMBEDDINGS = Kind("a plm embeddings file", lambda p: npz_format(p) == "plm-embeddings", (".npz",))
+INDEX = Kind("a plm index file", lambda p: npz_format(p) == "plm-index", (".npz",))
+SEARCH_JSON = Kind("a plm search JSON report", lambda p: {"queries", "index"} <= _json_keys(p), (".json",))
+METRICS_JSON = Kind("a plm metrics JSON file", lambda p: {"recall_at", "map_at_r"} <= _json_keys(p), (".json",))
+SIMILARITY_JSON = Kind("a plm similarity-report JSON file", lambda p: {"estimators", "plm_config"} <= _json_keys(p),
+                       (".json",))
+SUMMARY_JSON = Kind("a plm summary.json", lambda p: {"selection", "best_epoch"} <= _json_keys(p), (".json",))
+DEMO_JSON = Kind("a plm demo results.json", lambda p: {"dataset", "methods"} <= _json_keys(p), (".json",))
+HTML = Kind("a plm HTML report", is_plm_html, (".html", ".htm"))
+CHECKPOINT = Kind("a plm checkpoint", is_torch_checkpoint, (".pt", ".pth"))
+CONFIG_YAML = Kind("a plm config.yaml", is_plm_yaml_config, (".yaml", ".yml"))
+METRICS_CSV = Kind("a plm metrics.csv", is_metrics_csv, (".csv",))
+BACKBONES_JSON = Kind("a plm backbones JSON list", _is_backbone_list, (".json",))
 
 
 def file_kind(path: Path) -> Optional[str]:
@@ -227,10 +282,10 @@ def file_kind(path: Path) -> Optional[str]:
     fmt = npz_format(path) or json_format(path)
     if fmt:
         return f"a {fmt} file"
-    for what, test in (SEARCH_JSON, METRICS_JSON, SIMILARITY_JSON, SUMMARY_JSON, DEMO_JSON, BACKBONES_JSON, HTML,
-                       CHECKPOINT):
-        if test(path):
-            return what
+    for kind in (SEARCH_JSON, METRICS_JSON, SIMILARITY_JSON, SUMMARY_JSON, DEMO_JSON, BACKBONES_JSON, HTML,
+                 CHECKPOINT):
+        if kind.test(path):
+            return kind.what
     return None
 
 
@@ -251,10 +306,10 @@ def check_run_folder(folder: str | os.PathLike, files: dict[str, Kind], flag: st
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{flag} {folder} is a file, not a folder; choose a folder path")
     if not force and folder.is_dir():
-        for name, (what, test) in files.items():
+        for name, kind in files.items():
             p = folder / name
-            if p.is_dir() or (p.exists() and not test(p)):
-                raise OutputError(f"{flag} {folder} holds {name}, which is not {what}; it would be replaced: "
+            if p.is_dir() or (p.exists() and not kind.test(p)):
+                raise OutputError(f"{flag} {folder} holds {name}, which is not {kind.what}; it would be replaced: "
                                   f"choose another {flag} folder, or pass --force")
     return check_output_dir(folder, flag, create=True)
 

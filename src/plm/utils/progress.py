@@ -2,11 +2,13 @@
 
 On a terminal (``stderr`` is a TTY) :func:`progress` is a tqdm bar. Anywhere else (a batch job,
 ``nohup``, CI) a bar's carriage returns turn into spam, so it prints one plain line per interval
-(``PLM_PROGRESS_INTERVAL`` seconds, default 30) and a last line when done (skipped for a pass
-shorter than 5 s), e.g.::
+(``PLM_PROGRESS_INTERVAL`` seconds, default 30) with the rate and the time left, and a last line
+when done (skipped for a pass shorter than 5 s), e.g.::
 
-    embed folder/all: 120/400 batch (30%), 31 s, 3.9 batch/s
-    embed folder/all: done, 400 batch in 98 s
+    embed folder/all: 1920/6400 img (30%), 31 s, 61.9 img/s, ETA 1 min 12 s
+    embed folder/all: done, 6400 img in 98 s (65.3 img/s)
+
+A rate below one per second is written the other way round (``12.5 s/step``), never as ``0.0 step/s``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,24 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Optional, TextIO
 
 DEFAULT_INTERVAL = 30.0
+
+
+def format_rate(count: float, seconds: float, unit: str) -> str:
+    """``61.9 img/s``, or ``12.5 s/step`` when fewer than one per second (empty when nothing was counted)."""
+    if count <= 0 or seconds <= 0:
+        return ""
+    rate = count / seconds
+    return f"{rate:.1f} {unit}/s" if rate >= 1 else f"{seconds / count:.1f} s/{unit}"
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _interval() -> float:
@@ -62,9 +82,12 @@ class LineProgress:
         elapsed = now - self.start
         count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        rate = f", {self.n / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.n else ""
+        rate = format_rate(self.n, elapsed, self.unit)
+        eta = ""
+        if self.total and self.n and elapsed > 0:
+            eta = f", ETA {format_duration((self.total - self.n) * elapsed / self.n)}"
         post = f", {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {count} {self.unit}{pct}, {elapsed:.0f} s{rate}{post}"
+        return f"{self.desc}: {count} {self.unit}{pct}, {elapsed:.0f} s{', ' + rate if rate else ''}{eta}{post}"
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more; print a line when the interval has passed."""
@@ -89,7 +112,9 @@ class LineProgress:
         elapsed = time.monotonic() - self.start
         if not self.disable and (self.lines or elapsed >= min(self.interval, 5.0)):
             post = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.desc}: done, {self.n} {self.unit} in {elapsed:.0f} s{post}", file=self._out(), flush=True)
+            rate = format_rate(self.n, elapsed, self.unit)
+            print(f"{self.desc}: done, {self.n} {self.unit} in {elapsed:.0f} s{f' ({rate})' if rate else ''}{post}",
+                  file=self._out(), flush=True)
 
     def __iter__(self) -> Iterator:
         if self.iterable is None:

@@ -13,15 +13,16 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with aligned columns (floats to 4 decimals, None as '-')."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], left: Sequence[int] = (0,)) -> str:
+    """A plain-text table with aligned columns (floats to 4 decimals, None as '-'); the columns ``left``
+    (text) are aligned left, the others right."""
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+    out += ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
             for r in cells]
-    return "\n".join(out)
+    return "\n".join(line.rstrip() for line in out)
 
 
 def metrics_row(name: str, metrics: dict[str, Any], ks: Optional[Sequence[str]] = None) -> list[Any]:

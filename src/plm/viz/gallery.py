@@ -106,7 +106,7 @@ def retrieval_gallery_png(rows: Sequence[RetrievalRow], load_image: Callable[[in
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(4)
             ax.set_xlabel(text, fontsize=7)
-    if title:
-        fig.suptitle(title)
+    if title:  # above the first row: the layout leaves room for it (it was drawn over the first row's tiles)
+        fig.suptitle(title, y=1.0, va="bottom")
     fig.tight_layout()
     return figure_png(fig)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from plm.viz._figure import PALETTE, figure_png, new_figure
+from plm.viz._figure import class_style, figure_png, new_figure
 
 METHODS = ("tsne", "umap", "pca")
 
@@ -77,9 +77,21 @@ def _label_names(labels: Sequence, class_names: Optional[Mapping]) -> list[str]:
     return names
 
 
+def map_classes(labels: Sequence, class_names: Optional[Mapping] = None) -> list[str]:
+    """The legend order of the classes of ``labels`` (numeric labels in order, then names; ``unlabelled`` last):
+    class number i of this list is drawn with :func:`plm.viz._figure.class_style` ``(i)``."""
+    names = _label_names(list(labels), class_names)
+    first_label: dict[str, Any] = {}  # legend name -> its label (int or str)
+    for y, name in zip(labels, names, strict=True):
+        first_label.setdefault(name, y.item() if hasattr(y, "item") else y)
+    numeric = all(isinstance(y, (int, np.integer)) for y in first_label.values())
+    return sorted(first_label, key=lambda s: (s == "unlabelled", int(first_label[s]) if numeric else 0, s))
+
+
 def embedding_map_png(vectors: np.ndarray, labels: Optional[Sequence | np.ndarray] = None, *, title: str = "",
                       method: str = "tsne", class_names: Optional[Mapping] = None, max_points: int = 1500,
-                      seed: int = 0, coords: Optional[np.ndarray] = None, size: float = 6.0) -> bytes:
+                      seed: int = 0, coords: Optional[np.ndarray] = None, size: float = 6.0,
+                      legend: bool = True) -> bytes:
     """A scatter plot of a 2-D map of ``vectors`` coloured by label, as PNG bytes.
 
     Args:
@@ -94,6 +106,9 @@ def embedding_map_png(vectors: np.ndarray, labels: Optional[Sequence | np.ndarra
         seed: subset and projection seed.
         coords: precomputed (N, 2) coordinates (skips the projection).
         size: figure side in inches.
+        legend: draw the legend (beside the map, in columns, when there are more than 20 classes);
+            ``False`` leaves it to the caller (an HTML legend with :func:`map_classes` and
+            :func:`plm.viz._figure.class_style`).
     """
     vectors = np.asarray(vectors)
     n = len(vectors)
@@ -104,22 +119,22 @@ def embedding_map_png(vectors: np.ndarray, labels: Optional[Sequence | np.ndarra
     if n > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
     xy = np.asarray(coords)[idx] if coords is not None else project_2d(vectors[idx], method, seed)
-    shown_labels = [labels_list[i] for i in idx]
-    names = _label_names(shown_labels, class_names)
-    first_label: dict[str, Any] = {}  # legend name -> its label (int or str)
-    for y, name in zip(shown_labels, names, strict=True):
-        first_label.setdefault(name, y)
-    numeric = all(isinstance(y, (int, np.integer)) for y in first_label.values())
-    classes = sorted(first_label, key=lambda s: (s == "unlabelled", int(first_label[s]) if numeric else 0, s))
+    classes = map_classes(labels_list, class_names)  # every class keeps its style whatever the sample
+    names = _label_names([labels_list[i] for i in idx], class_names)
     fig = new_figure(size, size)
     ax = fig.add_subplot(1, 1, 1)
     for c, name in enumerate(classes):
         sel = np.array([nm == name for nm in names])
-        colour = "#bbbbbb" if name == "unlabelled" else PALETTE[c % len(PALETTE)]
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=12 if len(idx) < 1000 else 5, c=colour, label=name, alpha=0.8,
-                   linewidths=0)
-    if 1 < len(classes) <= 20:
+        if not sel.any():
+            continue
+        colour, marker = class_style(c)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=12 if len(idx) < 1000 else 6, c="#bbbbbb" if name == "unlabelled"
+                   else colour, marker=marker, label=name, alpha=0.8, linewidths=0)
+    if legend and 1 < len(classes) <= 20:
         ax.legend(loc="best", fontsize=8, markerscale=1.5, frameon=True)
+    elif legend and len(classes) > 20:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=1.2, frameon=False,
+                  ncol=int(np.ceil(len(classes) / 30)))
     shown = method if coords is None else "given coordinates"
     ax.set_title(f"{title} ({shown}, {len(idx)} points)" if title else f"{shown}, {len(idx)} points")
     ax.set_xticks([])
