@@ -10,10 +10,12 @@ with_test=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
 if command -v apt-get >/dev/null; then
-  # fonts: the glyphs benchmark (plm.data.glyphs.FONT_PACKAGES); fontconfig lists them
+  # fonts: the glyphs benchmark (plm.data.glyphs.FONT_PACKAGES); fontconfig lists them;
+  # wesnoth-1.16-data: the sprites benchmark (plm.data.sprites.SPRITE_PACKAGES)
   pkgs="dataset-fashion-mnist fontconfig fonts-noto-core fonts-urw-base35 fonts-texgyre fonts-cmu fonts-dejavu-core
         fonts-dejavu-extra fonts-freefont-ttf fonts-roboto-unhinted fonts-lato fonts-open-sans fonts-linuxlibertine
-        fonts-crosextra-carlito fonts-crosextra-caladea fonts-inter fonts-hack fonts-liberation2"
+        fonts-crosextra-carlito fonts-crosextra-caladea fonts-inter fonts-hack fonts-liberation2
+        wesnoth-1.16-data"
   [ $with_test -eq 1 ] && pkgs="$pkgs chromium"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq || echo "install.sh: apt-get update failed; continuing" >&2

@@ -119,7 +119,7 @@ def report(args: argparse.Namespace) -> int:
             mp = [r["test"]["map_at_r"] for r in rs if r.get("test")]
             print(f"| {name} | {len(rs)} | {_mean_sd(vals)} | {means[name] - pre_val:+.4f} | {helped}/{len(rs)} | "
                   f"{_mean_sd(r1)} | {_mean_sd(mp)} |")
-        order = sorted(means, key=lambda n: -means[n])
+        order = sorted((n for n in means if "+" not in n), key=lambda n: -means[n])  # PLM variants, not peers
         for i, name in enumerate(order):
             ranks.setdefault(name, []).append(i + 1)
     common = [n for n in ranks if len(ranks[n]) == len(runs)]
@@ -128,24 +128,35 @@ def report(args: argparse.Namespace) -> int:
     for name in sorted(common, key=lambda n: (np.mean(ranks[n]), -np.mean(gains[n]))):
         print(f"| {name} | {np.mean(ranks[name]):.2f} | {', '.join(map(str, ranks[name]))} | "
               f"{np.mean(gains[name]):+.4f} |")
-    print("\n### Label-free criteria: Spearman correlation with validation MAP@R (epochs of every run)\n")
+    print("\n### Label-free criteria: Spearman correlation with validation MAP@R\n")
+    print("Pooled: over every validated epoch of every run of a benchmark; within runs: the mean over "
+          "runs of the correlation across a run's epochs.\n")
     criteria = ("lf_agreement", "lf_rank", "train_pair_loss", "last_epoch")
-    print("| benchmark | epochs | " + " | ".join(criteria) + " |\n|---|---|" + "---|" * len(criteria))
+    print("| benchmark | runs | epochs | " + " | ".join(f"{c} pooled / within" for c in criteria) + " |")
+    print("|---|---|---|" + "---|" * len(criteria))
+
+    def score(h: dict, c: str) -> float | None:
+        if c == "train_pair_loss":
+            return -float(h.get("loss_point") or h["loss"]) if h.get("loss") else None
+        if c == "last_epoch":
+            return float(h["epoch"])
+        return float(h[c]) if h.get(c) else None
+
     for bench, variants in sorted(runs.items()):
-        rows = [h for rs in variants.values() for r in rs for h in r["history"]
-                if h.get("val_map_at_r") and h.get("lf_agreement")]
-        val = [float(h["val_map_at_r"]) for h in rows]
+        histories = [[h for h in r["history"] if h.get("val_map_at_r") and h.get("lf_agreement")]
+                     for rs in variants.values() for r in rs]
+        histories = [h for h in histories if len(h) > 2]
         cells = []
         for c in criteria:
-            if c == "train_pair_loss":
-                pairs = [(-float(h.get("loss_point") or h["loss"]), v) for h, v in zip(rows, val, strict=True)
-                         if h.get("loss")]
-            elif c == "last_epoch":
-                pairs = [(float(h["epoch"]), v) for h, v in zip(rows, val, strict=True)]
-            else:
-                pairs = [(float(h[c]), v) for h, v in zip(rows, val, strict=True)]
-            cells.append(f"{_spearman([p[0] for p in pairs], [p[1] for p in pairs]):+.2f}")
-        print(f"| {bench} | {len(rows)} | " + " | ".join(cells) + " |")
+            pairs = [(score(h, c), float(h["val_map_at_r"])) for hist in histories for h in hist]
+            pairs = [p for p in pairs if p[0] is not None]
+            pooled = _spearman([p[0] for p in pairs], [p[1] for p in pairs])
+            within = [_spearman([score(h, c) for h in hist if score(h, c) is not None],
+                                [float(h["val_map_at_r"]) for h in hist if score(h, c) is not None])
+                      for hist in histories]
+            within = [w for w in within if w == w]
+            cells.append(f"{pooled:+.2f} / {np.mean(within) if within else float('nan'):+.2f}")
+        print(f"| {bench} | {len(histories)} | {sum(map(len, histories))} | " + " | ".join(cells) + " |")
     print("\n(train_pair_loss is negated: a positive correlation means lower loss, higher validation MAP@R.)")
     return 0
 

@@ -32,16 +32,33 @@ def test_defaults_are_valid_and_roundtrip() -> None:
 def test_dataset_presets() -> None:
     assert default_config("fashion-mnist").model.image_size == 64
     sop = default_config("sop", mode="finetune")
-    assert sop.ema.momentum == 0.9 and sop.sampler.k == 2
+    assert sop.ema.momentum == 0.9 and sop.sampler.k == sop.manifold.group_size == 2
     assert default_config("cub200", mode="finetune").model.image_size is None
-    glyphs = default_config("glyphs")
-    assert glyphs.manifold.group_size == glyphs.sampler.k == 5
-    assert default_config("fashion-mnist").manifold.group_size is None
+    for name in ("glyphs", "fashion-mnist", "sprites", "folder"):  # one set of method defaults everywhere
+        cfg = default_config(name, data_root="x")
+        assert cfg.manifold.group_size == cfg.sampler.k == 5
+        assert cfg.model.embed_dim is None and cfg.model.head_init == "pca_uncentered"
+
+
+def test_presets_hold_only_what_follows_from_the_data() -> None:
+    from plm.training.config import DATASET_PRESETS
+
+    data_keys = {"data.val_classes", "model.image_size", "sampler.k", "sampler.batch_size",
+                 "sampler.batches_per_epoch", "manifold.group_size", "proxies.num", "kmeans.num_clusters",
+                 "ema.momentum", "eval.val_limit", "eval.recall_at"}
+
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        return {k for name, v in d.items() for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict)
+                                                      else {f"{prefix}{name}"})}
+
+    for name, preset in DATASET_PRESETS.items():
+        assert keys(preset) <= data_keys, (name, keys(preset) - data_keys)
 
 
 def test_seed_group_candidates_follow_the_sampler() -> None:
+    assert default_config("glyphs", overrides=["sampler.k=10"]).manifold.group_size == 10  # follows by default
     with pytest.raises(ConfigError, match=r"set manifold.group_size=10 or manifold.group_size=null"):
-        default_config("glyphs", overrides=["sampler.k=10"])
+        default_config("glyphs", overrides=["sampler.k=10", "manifold.group_size=5"])
     cfg = default_config("glyphs", overrides=["sampler.k=10", "manifold.group_size=10"])
     assert cfg.manifold.group_size == 10
     assert default_config("glyphs", overrides=["manifold.group_size=null"]).manifold.group_size is None
@@ -140,8 +157,9 @@ def test_manifold_is_a_nested_section() -> None:
 
     cfg = default_config(overrides=["manifold.eps=1.25"])
     assert isinstance(cfg.manifold, ManifoldConfig) and cfg.manifold.eps == 1.25
-    assert cfg.to_dict()["manifold"] == ManifoldConfig(eps=1.25).to_dict()  # YAML / --print-config keys unchanged
-    assert yaml.safe_load(cfg.to_yaml())["manifold"] == ManifoldConfig(eps=1.25).to_dict()
+    expected = ManifoldConfig(eps=1.25, group_size=5).to_dict()  # the seed-group default
+    assert cfg.to_dict()["manifold"] == expected  # YAML / --print-config keys unchanged
+    assert yaml.safe_load(cfg.to_yaml())["manifold"] == expected
 
 
 def test_old_checkpoint_config_dict_resolves() -> None:

@@ -45,9 +45,10 @@ def _copy_run(finished_run, tmp_path):
 
 
 def tiny(**kw):
+    # a small centred head keeps these tests fast; the default full-width head has tests of its own
     over = {"epochs": 3, "log": {"progress": False, "tensorboard": False},
             "sampler": {"batch_size": 30, "k": 5, "batches_per_epoch": 8},
-            "proxies": {"num": 8}, "eval": {"nmi": False}}
+            "model": {"embed_dim": 128, "head_init": "pca"}, "proxies": {"num": 8}, "eval": {"nmi": False}}
     for key, value in kw.items():
         if isinstance(value, dict):
             over[key] = {**over.get(key, {}), **value}
@@ -409,3 +410,15 @@ def test_split_images_trains_on_every_class_and_holds_out_images(tmp_path, share
         Image.fromarray(np.uint8(digits.images[i] * 15)).save(unlabelled / f"{i}.png")
     with pytest.raises(ValueError, match="needs a labelled dataset"):
         load_splits(default_config("folder", data_root=str(unlabelled), data={"split": "images"}))
+
+
+def test_the_default_head_starts_as_the_pretrained_features(tmp_path, shared_cache) -> None:
+    # the library defaults: a full-width head that starts as a rotation of the pooled features, so
+    # epoch 0 ranks exactly as the pretrained features do
+    cfg = default_config("digits", epochs=1, sampler={"batch_size": 30, "batches_per_epoch": 2}, proxies={"num": 8},
+                         eval={"nmi": False}, log={"progress": False, "tensorboard": False})
+    assert cfg.model.embed_dim is None and cfg.model.head_init == "pca_uncentered"
+    result = train(cfg, tmp_path / "run", progress=False)
+    row0 = result.history[0]
+    assert row0["val_map_at_r"] == pytest.approx(row0["val_pretrained"], abs=1e-6)
+    assert result.model.out_dim == result.model.backbone.feature_dim

@@ -107,12 +107,20 @@ class EmbeddingHead(nn.Module):
             for i in range(0, n, chunk):
                 mean += feats[i:i + chunk].double().sum(0)
             mean /= n
-        cov = torch.zeros(in_dim, in_dim, dtype=torch.float64)
-        for i in range(0, n, chunk):
-            c = feats[i:i + chunk].double() - mean
-            cov += c.T @ c
-        _, vec = torch.linalg.eigh(cov / (n - 1))  # ascending
-        top = vec.flip(1)[:, :out_dim]  # (in_dim, out_dim)
+        if n <= in_dim:
+            # fewer rows than dimensions: the data's directions from an SVD of the rows (the eigen-
+            # solver can fail to converge on the many zero eigenvalues), completed to an orthonormal
+            # basis by QR against the identity
+            _, _, vt = torch.linalg.svd(feats.double() - mean, full_matrices=False)
+            basis, _ = torch.linalg.qr(torch.cat([vt.T, torch.eye(in_dim, dtype=torch.float64)], dim=1))
+            top = basis[:, :out_dim]
+        else:
+            cov = torch.zeros(in_dim, in_dim, dtype=torch.float64)
+            for i in range(0, n, chunk):
+                c = feats[i:i + chunk].double() - mean
+                cov += c.T @ c
+            _, vec = torch.linalg.eigh(cov / (n - 1))  # ascending
+            top = vec.flip(1)[:, :out_dim]  # (in_dim, out_dim)
         pivot = top.abs().argmax(0)
         top = top * torch.sign(top[pivot, torch.arange(out_dim)])[None, :]
         weight = top.T

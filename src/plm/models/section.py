@@ -36,11 +36,11 @@ class ModelSection:
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: Optional[str] = None
-    embed_dim: Optional[int] = 128
+    embed_dim: Optional[int] = None
     pooling: str = "avg+max"
     image_size: Optional[int] = None
     freeze_bn: bool = True
-    head_init: str = "pca"
+    head_init: str = "pca_uncentered"
     train_blocks: int = 0
 
     def __post_init__(self) -> None:

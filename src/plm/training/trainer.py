@@ -582,7 +582,8 @@ class Trainer:
             (log.warning if helped is False else log.info)("%s", line)
             if test is not None:
                 atomic_write_json(test, self.out / "metrics.json")
-                log.info("test (best epoch %d): R@1 %.4f  MAP@R %.4f", self.best["epoch"],
+                log.info("test (%s): R@1 %.4f  MAP@R %.4f",
+                         "pretrained features" if kept_pretrained else f"best epoch {self.best['epoch']}",
                          test["recall_at"][str(ks[0])], test["map_at_r"])
             atomic_write_json(self._summary(test, baseline), self.out / "summary.json")
         if kept_pretrained:
