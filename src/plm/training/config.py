@@ -339,11 +339,10 @@ def seed_group_candidates(data: dict) -> dict:
     by default PLM draws each anchor's PL candidates from its seed group (a seed and its
     ``sampler.k − 1`` neighbours), chosen on the validation classes of three benchmarks
     (docs/results.md); ``manifold.group_size: null`` draws them from the nearest batch points."""
-    manifold = data.get("manifold") if isinstance(data.get("manifold"), Mapping) else {}
-    if "group_size" in manifold:
+    manifold, sampler = data.get("manifold"), data.get("sampler")
+    if isinstance(manifold, Mapping) and "group_size" in manifold:
         return data
-    sampler = data.get("sampler") if isinstance(data.get("sampler"), Mapping) else {}
-    k = sampler.get("k", SamplerConfig.k)
+    k = sampler.get("k", SamplerConfig.k) if isinstance(sampler, Mapping) else SamplerConfig.k
     return deep_merge(data, {"manifold": {"group_size": k}})
 
 
