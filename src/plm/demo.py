@@ -112,6 +112,9 @@ def _aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ks = list(runs[0]["recall_at"])
     mean = {"recall_at": {k: float(np.mean([r["recall_at"][k] for r in runs])) for k in ks},
             **{m: float(np.mean([r[m] for r in runs])) for m in keys}}
+    helped = [r["training_helped"] for r in runs if r.get("training_helped") is not None]
+    if helped:  # how many runs beat the pretrained features on validation
+        mean["training_helped"] = f"{sum(helped)}/{len(helped)}"
     if len(runs) > 1:
         mean["std"] = {"recall_at": {k: float(np.std([r["recall_at"][k] for r in runs])) for k in ks},
                        **{m: float(np.std([r[m] for r in runs])) for m in keys}}
@@ -193,8 +196,8 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
             t0 = time.perf_counter()
             result = train(config, out / "runs" / f"{name}-seed{seed}", progress=progress)
             echo(f"  {name} seed {seed}: test R@1 {result.test_metrics['recall_at']['1']:.4f} "
-                 f"(best epoch {result.best_epoch} by {result.selection}, {time.perf_counter() - t0:.0f} s)")
-            runs[name].append(_metrics_only(result.test_metrics))
+                 f"({time.perf_counter() - t0:.0f} s); {result.verdict}")
+            runs[name].append({**_metrics_only(result.test_metrics), "training_helped": result.training_helped})
             if seed == seeds[0]:
                 histories[name] = result.history
                 if name == chosen[0]:

@@ -19,6 +19,9 @@ from plm.cli import main
 from plm.models import Backbone
 from test_search_helpers import embedded_collection, make_shapes_folder
 
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
+
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 
 
@@ -121,7 +124,7 @@ def test_embed_with_a_frozen_mode_checkpoint_reuses_the_features_train_cached(tm
     root = tmp_path / "coll"
     make_shapes_folder(root, per_class=6)
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--out", str(run),
+    assert main(["train", *FROZEN, "--dataset", "folder", "--data-root", str(root), "--epochs", "1", "--out", str(run),
                  "--quiet", "model.image_size=32", "model.embed_dim=16", "sampler.batch_size=12", "sampler.k=3",
                  "proxies.num=2", "eval.nmi=false"]) == 0
     capsys.readouterr()

@@ -20,6 +20,9 @@ import pytest
 from plm.cli import main
 from test_search_helpers import make_shapes_folder, one_line_error, without_module
 
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -28,7 +31,7 @@ def test_the_progress_line_and_the_epoch_summary_give_one_loss(tmp_path: Path, m
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("PLM_PROGRESS_INTERVAL", "0")  # a line per step, as in a log
     caplog.set_level(logging.INFO)
-    assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r"),
+    assert main(["train", *FROZEN, "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r"),
                  "sampler.batch_size=30", "sampler.batches_per_epoch=4", "proxies.num=8", "eval.nmi=false"]) == 0
     captured = capfd.readouterr()
     err = captured.err + captured.out + "\n".join(r.getMessage() for r in caplog.records)

@@ -21,6 +21,9 @@ from plm.cli import build_parser, main
 from plm.models import ModelConfig, create_model, save_model
 from test_search_helpers import embedded_collection, one_line_error
 
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
+
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 OUT = "{out}"
 
@@ -45,7 +48,7 @@ WRITERS: dict[str, list[tuple[str, list[str], list[str], str]]] = {
 }
 #: commands whose --out is a folder of files with fixed names -> (argv, those names)
 FOLDER_WRITERS: dict[str, tuple[list[str], list[str]]] = {
-    "train": (["train", "--dataset", "digits", "--epochs", "1", "--out", OUT],
+    "train": (["train", *FROZEN, "--dataset", "digits", "--epochs", "1", "--out", OUT],
               ["config.yaml", "metrics.csv", "metrics.json", "summary.json", "best.pt", "last.pt"]),
     "demo": (["demo", "--dataset", "digits", "--quick", "--out", OUT], ["results.json", "report.html"]),
 }

@@ -19,6 +19,9 @@ from plm.cli import main
 from plm.errors import OutputError
 from test_search_helpers import make_shapes_folder
 
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
+
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 UNWRITABLE = Path("/sys/plm-reliability-test")  # EACCES even for root
 
@@ -103,9 +106,9 @@ def test_output_folders_and_paths_below_files_are_refused(work, capsys) -> None:
     _one_line(capsys, "is a file, not a folder")
     assert main(["embed", str(work["root"]), *BACKBONE, "--out", str(plain / "sub" / "e.npz")]) == 2
     _one_line(capsys, "is a file, not a folder")
-    assert main(["train", "--dataset", "digits", "--out", str(plain), "--epochs", "1"]) == 2
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(plain), "--epochs", "1"]) == 2
     _one_line(capsys, "is a file, not a folder")
-    assert main(["train", "--dataset", "digits", "--out", str(plain / "run"), "--epochs", "1"]) == 2
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(plain / "run"), "--epochs", "1"]) == 2
     _one_line(capsys, "is a file, not a folder")
     assert plain.read_text() == "x"
 
@@ -165,7 +168,7 @@ def test_train_and_demo_refuse_foreign_files_in_their_folder(tmp_path, capsys) -
     out = tmp_path / "myproject"
     out.mkdir()
     (out / "config.yaml").write_text("my: own settings\n")
-    assert main(["train", "--dataset", "digits", "--out", str(out), "--epochs", "1"]) == 2
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(out), "--epochs", "1"]) == 2
     _one_line(capsys, "holds config.yaml", "--force")
     assert (out / "config.yaml").read_text() == "my: own settings\n"
     (out / "results.json").write_text("[1, 2, 3]")
@@ -181,7 +184,7 @@ def test_train_and_demo_refuse_foreign_files_in_their_folder(tmp_path, capsys) -
     ["search", "{idx}", "{query}", "--json", f"{UNWRITABLE}/r.json"],
     ["search", "{idx}", "{query}", "--html", f"{UNWRITABLE}/r.html"],
     ["embed", "{root}", *BACKBONE, "--out", f"{UNWRITABLE}/e.npz"],
-    ["train", "--dataset", "digits", "--epochs", "1", "--out", f"{UNWRITABLE}/run"],
+    ["train", *FROZEN, "--dataset", "digits", "--epochs", "1", "--out", f"{UNWRITABLE}/run"],
     ["demo", "--epochs", "1", "--out", f"{UNWRITABLE}/demo"],
 ], ids=["index", "search-json", "search-html", "embed", "train", "demo"])
 def test_unwritable_output_folders_fail_at_once_in_one_line(work, capsys, monkeypatch, argv) -> None:
@@ -287,7 +290,7 @@ def test_weights_of_another_backbone_say_which_one(lite0_weights, capsys, tmp_pa
         assert main([*cmd, "--backbone", "resnet50", "--weights", str(lite0_weights)]) == 2
         _one_line(capsys, "does not fit backbone resnet50", "seems to be for efficientnet_lite0",
                   "--backbone efficientnet_lite0", "model.backbone=efficientnet_lite0", absent=("size mismatch",))
-    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "run"), "--epochs", "1",
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "run"), "--epochs", "1",
                  "model.backbone=googlenet", f"model.backbone_weights={lite0_weights}"]) == 2
     _one_line(capsys, "does not fit backbone googlenet", "seems to be for efficientnet_lite0")
     odd = tmp_path / "odd.pth"
@@ -321,7 +324,7 @@ def test_pickled_files_are_refused_in_one_line_without_unsafe_advice(tmp_path, c
     (["eval", "--dataset", "digits", "--backbone", "efficientnet_lite0", "--image-size", "0"], ">= 1"),
     (["eval", "--dataset", "digits", *BACKBONE, "--recall-at", "0"], ">= 1"),
     (["demo", "--epochs", "0"], ">= 1"),
-    (["train", "--dataset", "digits", "--epochs", "0"], ">= 1"),
+    (["train", *FROZEN, "--dataset", "digits", "--epochs", "0"], ">= 1"),
 ], ids=["k0", "k-1", "recall-sample0", "nlist0", "nprobe0", "image-size0", "recall-at0", "demo-epochs0",
         "train-epochs0"])
 def test_out_of_range_flags_are_refused(work, capsys, argv, needle) -> None:
@@ -359,7 +362,7 @@ def test_config_values_are_checked_with_their_range(item, needle, capsys, tmp_pa
 
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
         default_config("digits", overrides=[item])
-    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "run"), item]) == 2
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "run"), item]) == 2
     _one_line(capsys, needle)
 
 

@@ -40,7 +40,8 @@ def _tiny_config(epochs: int, method: str = "plm"):
 
     # PL candidates from the seed groups (the glyph default): the global batch must keep each group together
     manifold = {"group_size": 5} if method == "plm" else {}
-    return default_config("digits", method=method, epochs=epochs, log={"progress": False, "tensorboard": False},
+    return default_config("digits", method=method, mode="frozen", epochs=epochs,
+                          log={"progress": False, "tensorboard": False},
                           sampler={"batch_size": 30, "k": 5, "batches_per_epoch": 3}, proxies={"num": 6},
                           eval={"nmi": False, "baseline": False}, data={"limit": 300}, manifold=manifold)
 

@@ -18,6 +18,8 @@ from plm.cli import main
 from plm.training import default_config, train
 
 KILLED = 77
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def shared_cache(_features, monkeypatch):
 
 
 def tiny(**kw):
-    over = {"epochs": 2, "log": {"progress": False, "tensorboard": False}, "model": {"embed_dim": 128},
+    over = {"epochs": 2, "mode": "frozen", "log": {"progress": False, "tensorboard": False},
+            "model": {"embed_dim": 128},
             "sampler": {"batch_size": 30, "k": 5, "batches_per_epoch": 2}, "proxies": {"num": 8},
             "eval": {"nmi": False, "baseline": False, "val_limit": 150, "test_limit": 200}}
     over.update(kw)
@@ -74,6 +77,7 @@ def replace(src, dst):
 
 os.fsync, os.replace = fsync, replace
 from plm.training import TrainConfig, train
+
 train(TrainConfig.from_dict(json.loads(sys.argv[4])), out, progress=False, resume=True)
 """
 
@@ -191,7 +195,7 @@ def test_a_write_failure_keeps_the_previous_checkpoints(tmp_path, shared_cache, 
         return real(path, write, wrap)
 
     monkeypatch.setattr(plm_io, "_atomic_write", full_after_epoch_one)
-    code = main(["train", "--dataset", "digits", "--out", str(out), "--no-progress", "--epochs", "2",
+    code = main(["train", *FROZEN, "--dataset", "digits", "--out", str(out), "--no-progress", "--epochs", "2",
                  "sampler.batch_size=30", "sampler.batches_per_epoch=2", "proxies.num=8", "eval.nmi=false",
                  "log.tensorboard=false"])
     assert code == 2
@@ -294,11 +298,11 @@ def test_batch_size_is_bounded_before_feature_extraction(tmp_path, shared_cache,
     # a batch larger than the training set is capped to it before any feature extraction (issue 13's
     # sizing, with a notice); what it is capped to must still fit in memory, or the run stops here
     monkeypatch.setattr(trainer, "_available_memory", lambda device: 100_000)
-    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r"), "--no-progress",
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "r"), "--no-progress",
                  "sampler.batch_size=100000"]) == 2
     err = capsys.readouterr().err
     assert "GiB" in err and "use at most" in err and "Traceback" not in err, err
-    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "GiB" in err and "use at most" in err and "Traceback" not in err, err
 
@@ -314,7 +318,8 @@ def test_divergence_is_one_line(tmp_path, shared_cache, capsys, monkeypatch) -> 
         return {**terms, "loss": float("nan")}
 
     monkeypatch.setattr(Trainer, "step", nan_step)
-    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "r"), "--no-progress", "--epochs", "1",
+    assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "r"), "--no-progress",
+                 "--epochs", "1",
                  "sampler.batch_size=30", "sampler.batches_per_epoch=2", "proxies.num=8", "eval.nmi=false"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "training diverged" in err and "epoch 1 step 1" in err, err

@@ -14,14 +14,17 @@ from plm.training import default_config
 from plm.training.sizing import fit_to_data
 from test_search_helpers import make_shapes_folder
 
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
+
 
 def test_sizes_are_capped_with_one_notice_each() -> None:
-    cfg = default_config("folder", data_root="x")  # defaults: 100 proxies, batch 120, k 5
+    cfg = default_config("folder", data_root="x", mode="frozen")  # defaults: 100 proxies, batch 120, k 5
     fitted, notices = fit_to_data(cfg, 60)
     assert fitted.proxies.num == 12 and fitted.sampler.batch_size == 60
     assert len(notices) == 2 and all("\n" not in n for n in notices)
     assert any("proxies.num=100" in n and "using 12" in n for n in notices)
-    km, notes = fit_to_data(default_config("folder", data_root="x", method="kmeans"), 23)
+    km, notes = fit_to_data(default_config("folder", data_root="x", method="kmeans", mode="frozen"), 23)
     assert km.kmeans.num_clusters == 4 and km.sampler.batch_size == 20 and len(notes) == 2
     dist, _ = fit_to_data(cfg, 58, world_size=4)
     assert dist.sampler.batch_size == 40  # a multiple of k x world size
@@ -46,7 +49,7 @@ def test_too_small_folder_fails_before_any_feature_extraction(tmp_path, monkeypa
 
     monkeypatch.setattr(plm.evaluation, "embed_dataset", no_embedding)
     make_shapes_folder(tmp_path / "imgs", per_class=2, classes=("circles",))
-    assert main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--out",
+    assert main(["train", *FROZEN, "--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--out",
                  str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "needs at least 5" in err and "Traceback" not in err
@@ -59,7 +62,7 @@ def test_small_folder_trains_with_capped_sizes_and_exports_to_safetensors(tmp_pa
     make_shapes_folder(tmp_path / "imgs", per_class=20)  # 60 images, 3 classes: 40 seen, 20 unseen
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        assert main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--epochs", "1",
+        assert main(["train", *FROZEN, "--dataset", "folder", "--data-root", str(tmp_path / "imgs"), "--epochs", "1",
                      "--out", str(run), "--quiet", "model.image_size=32", "log.tensorboard=false"]) == 0
     cfg = (run / "config.yaml").read_text()
     assert "num: 8" in cfg and "batch_size: 40" in cfg
@@ -103,14 +106,17 @@ def test_augmentation_notice_only_when_asked_for(caplog) -> None:
 
 def test_mode_auto_finetunes_small_training_sets_and_on_a_gpu() -> None:
     cfg = default_config("folder", data_root="x", mode="auto", data={"views": 4}, model={"train_blocks": 2})
-    small, notes = fit_to_data(cfg, 500)
+    small, notes = fit_to_data(cfg, 300)  # 224 px, the backbone's own size
     assert small.mode == "finetune" and small.data.views == 0 and small.model.train_blocks == 0
-    assert any("mode auto: finetune" in n and "500 training images" in n for n in notes)
-    large, notes = fit_to_data(cfg, 5000)
+    assert any("mode auto: finetune" in n and "300 training images at 224 px" in n for n in notes)
+    large, notes = fit_to_data(cfg, 500)
     assert large.mode == "frozen" and large.data.views == 4 and any("mode auto: frozen" in n for n in notes)
-    gpu, _ = fit_to_data(cfg, 5000, device_type="cuda")
-    assert gpu.mode == "finetune"
-    limit, _ = fit_to_data(default_config("folder", data_root="x", mode="auto", finetune_max_images=5000), 5000)
-    assert limit.mode == "finetune"
-    fixed, none = fit_to_data(default_config("folder", data_root="x", mode="frozen"), 500)
+    # counted at 224 px: 1,500 images of 112 px are 375
+    low = default_config("folder", data_root="x", mode="auto", model={"image_size": 112})
+    fitted, why = fit_to_data(low, 1500)
+    assert fitted.mode == "finetune" and "count as 375 at 224 px" in why[0]
+    assert fit_to_data(cfg, 5000, device_type="cuda")[0].mode == "finetune"
+    assert fit_to_data(default_config("folder", data_root="x", mode="auto", finetune_max_images=5000),
+                       5000)[0].mode == "finetune"
+    fixed, none = fit_to_data(default_config("folder", data_root="x", mode="frozen"), 100)
     assert fixed.mode == "frozen" and not any("mode" in n for n in none)

@@ -16,6 +16,9 @@ from plm.training import default_config, train
 from plm.training.selection import PRETRAINED
 from plm.training.trainer import Trainer
 
+#: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
+FROZEN = ("--mode", "frozen")
+
 
 @pytest.fixture(scope="module")
 def _digits_cache(tmp_path_factory):
@@ -46,7 +49,7 @@ def _copy_run(finished_run, tmp_path):
 
 def tiny(**kw):
     # a small centred head keeps these tests fast; the default full-width head has tests of its own
-    over = {"epochs": 3, "log": {"progress": False, "tensorboard": False},
+    over = {"epochs": 3, "mode": "frozen", "log": {"progress": False, "tensorboard": False},
             "sampler": {"batch_size": 30, "k": 5, "batches_per_epoch": 8},
             "model": {"embed_dim": 128, "head_init": "pca"}, "proxies": {"num": 8}, "eval": {"nmi": False}}
     for key, value in kw.items():
@@ -225,15 +228,16 @@ def test_methods_and_ablations_train(tmp_path, shared_cache, overrides) -> None:
 
 def test_cli_train_writes_outputs_and_rejects_unknown_keys(tmp_path, shared_cache, capsys) -> None:
     out = tmp_path / "cli"
-    code = main(["train", "--dataset", "digits", "--epochs", "1", "--seed", "3", "--out", str(out), "--no-progress",
-                 "sampler.batch_size=30", "sampler.batches_per_epoch=3", "proxies.num=8", "eval.nmi=false",
+    code = main(["train", *FROZEN, "--dataset", "digits", "--epochs", "1", "--seed", "3", "--out", str(out),
+                 "--no-progress", "sampler.batch_size=30", "sampler.batches_per_epoch=3", "proxies.num=8",
+                 "eval.nmi=false",
                  "log.tensorboard=false"])
     assert code == 0
     text = capsys.readouterr().out
     assert "pretrained" in text and "R@1" in text
     saved = (out / "config.yaml").read_text()
     assert "seed: 3" in saved and "batches_per_epoch: 3" in saved
-    code = main(["train", "--dataset", "digits", "--out", str(tmp_path / "x"), "loss.delt=1"])
+    code = main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "x"), "loss.delt=1"])
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown config key 'loss.delt'" in err and "loss.delta" in err and "Traceback" not in err
@@ -241,15 +245,16 @@ def test_cli_train_writes_outputs_and_rejects_unknown_keys(tmp_path, shared_cach
 
 def test_cli_resume_uses_saved_config(tmp_path, shared_cache) -> None:
     out = tmp_path / "cli"
-    args = ["train", "--dataset", "digits", "--epochs", "2", "--out", str(out), "--no-progress",
+    args = ["train", *FROZEN, "--dataset", "digits", "--epochs", "2", "--out", str(out), "--no-progress",
             "sampler.batch_size=30", "sampler.batches_per_epoch=3", "proxies.num=8", "eval.nmi=false"]
     assert main(args) == 0
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # finished: re-evaluates only
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
 @pytest.mark.parametrize("criterion", ["lf_agreement", "lf_rank", "train_pair_loss", "last_epoch"])
-def test_an_unlabelled_folder_selects_on_a_label_free_criterion(tmp_path, shared_cache, criterion) -> None:
+def test_an_unlabelled_folder_selects_on_a_label_free_criterion(tmp_path, shared_cache, criterion, mode) -> None:
     from sklearn.datasets import load_digits
 
     folder = tmp_path / "images"
@@ -257,7 +262,7 @@ def test_an_unlabelled_folder_selects_on_a_label_free_criterion(tmp_path, shared
     images = load_digits().images[:60]
     for i, img in enumerate(images):
         Image.fromarray(np.uint8(img * 15)).resize((16, 16)).save(folder / f"img{i:03d}.png")
-    cfg = default_config("folder", data_root=str(folder), epochs=2, model={"image_size": 32},
+    cfg = default_config("folder", data_root=str(folder), mode=mode, epochs=2, model={"image_size": 32},
                          sampler={"batch_size": 20, "k": 5, "batches_per_epoch": 3}, proxies={"num": 4},
                          kmeans={"num_clusters": 5}, log={"progress": False}, eval={"label_free": criterion})
     result = train(cfg, tmp_path / "run", progress=False)

@@ -119,7 +119,7 @@ def test_cli_device_cuda_without_gpu_fails_before_any_work(tmp_path, monkeypatch
 def test_training_step_runs_under_bf16_autocast(tmp_path) -> None:
     from plm.training import default_config, train
 
-    cfg = default_config("digits", epochs=1, amp="bf16", log={"progress": False, "tensorboard": False},
+    cfg = default_config("digits", mode="frozen", epochs=1, amp="bf16", log={"progress": False, "tensorboard": False},
                          sampler={"batch_size": 30, "k": 5, "batches_per_epoch": 3}, proxies={"num": 8},
                          data={"limit": 150}, eval={"nmi": False, "baseline": False})
     result = train(cfg, tmp_path / "run", progress=False)

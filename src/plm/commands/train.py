@@ -140,7 +140,8 @@ def _report(result) -> int:
 
     best = "the pretrained features" if result.best_epoch == PRETRAINED else f"epoch {result.best_epoch}"
     print(f"best: {best} (selected on {result.selection.replace('_', ' ')}); checkpoint {result.best_checkpoint}")
-    print(result.verdict)
+    if result.training_helped is not False:  # "did not help" was already said, as a warning
+        print(result.verdict)
     if result.test_metrics is not None:
         ks = list(result.test_metrics["recall_at"])
         rows = []

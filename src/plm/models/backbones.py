@@ -260,9 +260,19 @@ for _name in TORCHVISION_FAMILIES:
 
 
 @functools.cache
+def _shape_of(name: str) -> tuple[int, int]:
+    backbone = create_backbone(name, pretrained=False)
+    return int(backbone.feature_dim), int(backbone.preprocess.input_size)
+
+
 def feature_width(name: str) -> int:
     """The pooled feature width of a registered backbone (built once without weights)."""
-    return int(create_backbone(name, pretrained=False).feature_dim)
+    return _shape_of(name)[0]
+
+
+def input_side(name: str) -> int:
+    """The input side a registered backbone's own preprocessing uses (built once without weights)."""
+    return _shape_of(name)[1]
 
 
 def list_backbones() -> list[str]:

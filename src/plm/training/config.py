@@ -172,9 +172,10 @@ class EvalConfig:
         signals: record the label-free scores of :mod:`plm.evaluation.label_free` every validated
             epoch (``lf_*`` columns); ``None`` = only without a validation split.
         label_free: the selection criterion without a validation split (an unlabelled folder):
-            ``lf_agreement`` (k-NN agreement under augmentation, higher is better), ``lf_rank``
-            (effective rank, higher), ``train_pair_loss`` (mean pair loss, lower) or
-            ``last_epoch``; docs/results.md measures how each tracks validation MAP@R.
+            ``last_epoch`` (the default: it tracks validation MAP@R best of the four on the labelled
+            benchmarks, docs/results.md), ``lf_agreement`` (k-NN agreement under augmentation,
+            higher is better), ``lf_rank`` (effective rank, higher) or ``train_pair_loss`` (mean
+            pair loss, lower).
     """
 
     every: int = 1
@@ -188,7 +189,7 @@ class EvalConfig:
     min_gain: float = 0.0
     confidence: float = 0.95
     signals: Optional[bool] = None
-    label_free: str = "lf_agreement"
+    label_free: str = "last_epoch"
 
     def __post_init__(self) -> None:
         check_positive("eval.every", self.every)
@@ -223,9 +224,12 @@ class TrainConfig:
         method: a name of :data:`plm.training.methods.METHODS` (``plm``, ``stml``, ``kmeans``).
         mode: ``frozen`` (cached backbone features; trains the embedding head, its teacher and the
             proxies), ``finetune`` (the whole network) or ``auto``: ``finetune`` on a GPU or when
-            the training split has at most ``finetune_max_images`` images, ``frozen`` otherwise
-            (resolved before any feature extraction, with a notice; ``config.yaml`` records it).
-        finetune_max_images: the largest training split ``mode: auto`` fine-tunes on the CPU.
+            the training split has at most ``finetune_max_images`` images counted at 224 px,
+            ``frozen`` otherwise (:func:`plm.training.sizing.resolve_mode`; resolved before any
+            feature extraction, with a notice; ``config.yaml`` records it).
+        finetune_max_images: the largest training split ``mode: auto`` fine-tunes on the CPU,
+            counted at 224 px (a 112-px image counts as a quarter of one): 400 images, about 20,000
+            image passes for 10 epochs.
         similarity: ``continuous`` PL similarity or the ``binary`` same-piece ablation.
         epochs: training epochs.
         seed: seed of every random choice (runs are reproducible on CPU).
@@ -237,8 +241,8 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_root: Optional[str] = None
     method: str = "plm"
-    mode: str = "frozen"
-    finetune_max_images: int = 2000
+    mode: str = "auto"
+    finetune_max_images: int = 400
     similarity: str = "continuous"
     epochs: int = 10
     seed: int = 0
@@ -346,14 +350,14 @@ def seed_group_candidates(data: dict) -> dict:
     return deep_merge(data, {"manifold": {"group_size": k}})
 
 
-def default_config(dataset: str = "fashion-mnist", method: str = "plm", mode: str = "frozen",
+def default_config(dataset: str = "fashion-mnist", method: str = "plm", mode: str = "auto",
                    overrides: Optional[Mapping[str, Any] | Sequence[str]] = None, **kwargs: Any) -> TrainConfig:
     """The default configuration for a dataset, method and mode, with optional overrides.
 
     Args:
         dataset: dataset name.
         method: ``plm``, ``stml`` or ``kmeans``.
-        mode: ``frozen`` or ``finetune``.
+        mode: ``auto``, ``frozen`` or ``finetune``.
         overrides: a nested dict, or dotted ``key=value`` strings.
         **kwargs: top-level keys (``epochs=3``) or nested sections (``loss={"delta": 1.2}``).
 

@@ -381,7 +381,8 @@ class FinetunePipeline(Pipeline):
         self.teacher = EMATeacher(self.student, config.ema.momentum).to(device)
         # the pretrained features are a candidate of the model selection (validation) and the test baseline
         self._pretrained_backbone: Optional[dict] = None
-        if splits.val is not None or (config.eval.baseline and splits.test is not None):
+        signals = config.eval.signals if config.eval.signals is not None else splits.val is None
+        if splits.val is not None or (config.eval.baseline and splits.test is not None) or signals:
             self._pretrained_backbone = {k: v.detach().cpu().clone()
                                          for k, v in self.model.backbone.state_dict().items()}
 
@@ -445,14 +446,37 @@ class FinetunePipeline(Pipeline):
         self.set_train()
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
 
-    def baseline_split(self, split: ImageDataset):
-        if self._pretrained_backbone is None:
-            return None
+    def _pretrained_model(self) -> EmbeddingModel:
+        """The pretrained features as a model: the kept pretrained backbone, pooled and L2-normalised."""
+        assert self._pretrained_backbone is not None
         ref = EmbeddingModel(create_model(model_config_of(self.config), pretrained=False).backbone,
                              feature_config_of(self.config, normalize=True))
         ref.backbone.load_state_dict(self._pretrained_backbone)
-        vec, labels, _ = self._embed(ref.to(self.device), split, self.progress)
+        return ref.to(self.device)
+
+    def baseline_split(self, split: ImageDataset):
+        if self._pretrained_backbone is None:
+            return None
+        vec, labels, _ = self._embed(self._pretrained_model(), split, self.progress)
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
+
+    def signal_pairs(self, net: str) -> Optional[tuple[Tensor, Tensor]]:
+        if self._pretrained_backbone is None and net == "pretrained":
+            return None
+        if getattr(self, "_signal_sets", None) is None:  # the same seeded subset and views as frozen mode
+            n = len(self.train_ds)
+            idx = np.sort(np.random.default_rng(0).choice(n, size=min(n, SIGNAL_IMAGES), replace=False))
+            subset = self.train_ds.subset(idx)
+            pre = self.model.preprocess
+            self._signal_sets = (subset, AugmentedViews(subset, 1, pre.resize_size, pre.crop_scale, seed=1))
+        clean_ds, views_ds = self._signal_sets
+        module = self._pretrained_model() if net == "pretrained" else self._model(net)
+        clean, _, kept = self._embed(module, clean_ds, False)
+        views, _, kept_views = self._embed(module, views_ds, False)
+        self.set_train()
+        if not np.array_equal(kept, kept_views):
+            raise RuntimeError("some augmented views could not be read although their images could")
+        return clean, views
 
     def export_state(self, which: str) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self._net(which).state_dict().items()}

@@ -18,17 +18,27 @@ from typing import Any
 
 from plm.errors import UserError
 
+#: the side at which ``finetune_max_images`` counts images (a 112-px image counts as a quarter)
+REFERENCE_SIDE = 224
+
 
 def resolve_mode(config: Any, num_train: int, device_type: str = "cpu") -> tuple[str, str]:
-    """The mode ``mode: auto`` stands for, and why: ``finetune`` on a GPU or when the training
-    split has at most ``finetune_max_images`` images (a whole-network step costs tens of head-only
-    steps on the CPU, so only small collections are fine-tuned there), else ``frozen``."""
+    """The mode ``mode: auto`` stands for, and why: ``finetune`` on a GPU, or on the CPU when the
+    training images, counted at 224 px (each weighted by its pixel count over 224²), are at most
+    ``finetune_max_images``; ``frozen`` otherwise. A whole-network step costs tens of head-only
+    steps on the CPU, so only small collections are fine-tuned there."""
     if device_type == "cuda":
         return "finetune", "a GPU is in use"
-    if num_train <= config.finetune_max_images:
-        return "finetune", f"{num_train} training images (at most finetune_max_images={config.finetune_max_images})"
-    return "frozen", f"{num_train} training images on the CPU (more than finetune_max_images=" \
-                     f"{config.finetune_max_images})"
+    from plm.models.backbones import input_side
+
+    side = config.model.image_size or input_side(config.model.backbone)
+    weighted = num_train * (side / REFERENCE_SIDE) ** 2
+    count = f"{num_train} training images at {side} px" + (
+        f" count as {weighted:.0f} at {REFERENCE_SIDE} px" if side != REFERENCE_SIDE else "")
+    if weighted <= config.finetune_max_images:
+        return "finetune", f"{count}, at most finetune_max_images={config.finetune_max_images}"
+    return "frozen", f"{count}, more than finetune_max_images={config.finetune_max_images} on the CPU; " \
+                     f"mode=finetune trains the whole network anyway"
 
 
 def fit_to_data(config: Any, num_train: int, world_size: int = 1,

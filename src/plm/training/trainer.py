@@ -579,7 +579,8 @@ class Trainer:
         line = verdict(self.selection, int(self.best["epoch"]), self.best["value"], self.best.get("pretrained"),
                        self.best.get("margin"))
         if ctx.is_main:
-            (log.warning if helped is False else log.info)("%s", line)
+            if helped is False:  # said once, as a warning (plm train prints the other verdicts with its table)
+                log.warning("%s", line)
             if test is not None:
                 atomic_write_json(test, self.out / "metrics.json")
                 log.info("test (%s): R@1 %.4f  MAP@R %.4f",
