@@ -184,6 +184,22 @@ def test_resume_gives_the_same_weights(tmp_path, shared_cache) -> None:
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
 
 
+def test_a_run_of_an_older_version_resumes_when_its_config_lacks_newer_options(tmp_path, shared_cache) -> None:
+    # a checkpoint written before an option existed holds no value for it: the default stands in
+    cfg = tiny(epochs=2)
+    assert Trainer(cfg, tmp_path / "run", progress=False).run(stop_after=1) is None
+    last = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["finetune_max_images"], ckpt["config"]["eval"]["label_free"]
+    torch.save(ckpt, last)
+    assert [h["epoch"] for h in train(cfg, tmp_path / "run", progress=False, resume=True).history] == [0, 1, 2]
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["eval"]["label_free"]
+    torch.save(ckpt, last)  # an option the older version lacked, set to something else now, still differs
+    with pytest.raises(ValueError, match="eval.label_free"):
+        train(tiny(epochs=2, eval={"label_free": "lf_rank"}), tmp_path / "run", progress=False, resume=True)
+
+
 def test_existing_run_and_changed_config_are_refused(finished_run, tmp_path, shared_cache) -> None:
     out = _copy_run(finished_run, tmp_path)
     with pytest.raises(ValueError, match="--resume"):

@@ -114,7 +114,12 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
 
 
 def _resume_view(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dict with ``data.augment`` as it takes effect (old checkpoints stored ``true`` in frozen mode)."""
+    """A config dict as it takes effect: options a checkpoint of an older version did not know take
+    their defaults, and ``data.augment`` is what it means in the mode (old checkpoints stored
+    ``true`` in frozen mode)."""
+    from plm.utils.config import deep_merge
+
+    config = deep_merge(TrainConfig().to_dict(), config)
     out = {**config, "data": dict(config.get("data", {}))}
     augment = out["data"].get("augment")
     out["data"]["augment"] = config.get("mode") == "finetune" and augment is not False
