@@ -110,6 +110,39 @@ def class_split(classes: Iterable[int], split: str, n_train: int, val_classes: i
     return {"train": seen[:cut], "val": seen[cut:], "test": unseen, "all": ordered}[split]
 
 
+def datasets_cache(name: str) -> Path:
+    """The folder of a rendered dataset's cache: ``$PLM_CACHE_DIR/datasets/NAME`` (default ``~/.cache/plm``)."""
+    return Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm")) / "datasets" / name
+
+
+def cached_image_set(path: Path, build: Callable[[], dict], what: str) -> dict:
+    """A rendered image set (``images``, ``labels``, ``ids``, ``meta``) read from its npz cache at
+    ``path`` (no pickles), or built by ``build()`` and cached there atomically. A damaged cache is
+    built again; a cache that cannot be written costs only a warning. ``what`` names the set in both."""
+    import json
+    import logging
+
+    from plm.utils.io import atomic_write_npz
+
+    log = logging.getLogger(__name__)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {"images": z["images"], "labels": z["labels"].astype(np.int64),
+                        "ids": [str(x) for x in z["ids"]], "meta": json.loads(str(z["meta"]))}
+            if len(data["images"]) == len(data["labels"]) == len(data["ids"]):
+                return data
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            log.warning("%s cache %s is damaged (%s); rendering again", what, path, err)
+    data = build()
+    try:
+        atomic_write_npz(path, images=data["images"], labels=data["labels"], ids=np.asarray(data["ids"]),
+                         meta=np.asarray(json.dumps(data["meta"])))
+    except OSError as err:
+        log.warning("could not cache the %s set at %s (%s); it will be rendered again next time", what, path, err)
+    return data
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Base class. Subclasses set ``labels``, ``ids`` and implement :meth:`load_image`."""
 

@@ -42,7 +42,7 @@ from typing import Optional
 
 import numpy as np
 
-from plm.data.base import ArrayImageDataset, DatasetNotFoundError, class_split
+from plm.data.base import ArrayImageDataset, DatasetNotFoundError, cached_image_set, class_split, datasets_cache
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +240,6 @@ class GlyphOptions:
     seed: int = 0
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm")) / "datasets" / "glyphs"
-
-
 def _cache_key(files: Sequence[Path], options: GlyphOptions) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION}|{json.dumps(asdict(options), sort_keys=True)}|{SEEN}|{UNSEEN}".encode())
     for f in files:
@@ -350,28 +346,11 @@ def build_glyph_set(root: Optional[str | os.PathLike] = None, options: GlyphOpti
 
 
 def _load_or_build(root: Optional[str | os.PathLike], options: GlyphOptions) -> dict:
-    from plm.utils.io import atomic_write_npz
-
     files = font_files([root] if root is not None else None)
     if not files:
         return build_glyph_set(root, options)  # raises the error that names the packages
-    path = _cache_root() / f"{_cache_key(files, options)}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {"images": z["images"], "labels": z["labels"].astype(np.int64),
-                        "ids": [str(x) for x in z["ids"]], "meta": json.loads(str(z["meta"]))}
-            if len(data["images"]) == len(data["labels"]) == len(data["ids"]):
-                return data
-        except (OSError, ValueError, KeyError, EOFError) as err:
-            log.warning("glyph cache %s is damaged (%s); rendering again", path, err)
-    data = build_glyph_set(root, options, files)
-    try:
-        atomic_write_npz(path, images=data["images"], labels=data["labels"], ids=np.asarray(data["ids"]),
-                         meta=np.asarray(json.dumps(data["meta"])))
-    except OSError as err:
-        log.warning("could not cache the glyph set at %s (%s); it will be rendered again next time", path, err)
-    return data
+    path = datasets_cache("glyphs") / f"{_cache_key(files, options)}.npz"
+    return cached_image_set(path, lambda: build_glyph_set(root, options, files), "glyph")
 
 
 class GlyphDataset(ArrayImageDataset):

@@ -46,7 +46,7 @@ from typing import Optional
 
 import numpy as np
 
-from plm.data.base import ArrayImageDataset, DatasetNotFoundError, class_split
+from plm.data.base import ArrayImageDataset, DatasetNotFoundError, cached_image_set, class_split, datasets_cache
 
 log = logging.getLogger(__name__)
 
@@ -304,27 +304,9 @@ def _cache_key(core: Path, options: SpriteOptions) -> str:
 
 
 def _load_or_build(root: Optional[str | os.PathLike], options: SpriteOptions) -> dict:
-    from plm.utils.io import atomic_write_npz
-
     core = find_data(root)
-    cache = Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm")) / "datasets" / "sprites"
-    path = cache / f"{_cache_key(core, options)}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {"images": z["images"], "labels": z["labels"].astype(np.int64),
-                        "ids": [str(x) for x in z["ids"]], "meta": json.loads(str(z["meta"]))}
-            if len(data["images"]) == len(data["labels"]) == len(data["ids"]):
-                return data
-        except (OSError, ValueError, KeyError, EOFError) as err:
-            log.warning("sprite cache %s is damaged (%s); rendering again", path, err)
-    data = build_sprite_set(core, options)
-    try:
-        atomic_write_npz(path, images=data["images"], labels=data["labels"], ids=np.asarray(data["ids"]),
-                         meta=np.asarray(json.dumps(data["meta"])))
-    except OSError as err:
-        log.warning("could not cache the sprite set at %s (%s); it will be rendered again next time", path, err)
-    return data
+    path = datasets_cache("sprites") / f"{_cache_key(core, options)}.npz"
+    return cached_image_set(path, lambda: build_sprite_set(core, options), "sprite")
 
 
 def load_sprites(split: str = "train", root: Optional[str | os.PathLike] = None, val_classes: int = 0,
