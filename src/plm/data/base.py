@@ -110,9 +110,14 @@ def class_split(classes: Iterable[int], split: str, n_train: int, val_classes: i
     return {"train": seen[:cut], "val": seen[cut:], "test": unseen, "all": ordered}[split]
 
 
+def cache_root() -> Path:
+    """plm's cache folder: ``$PLM_CACHE_DIR``, default ``~/.cache/plm``."""
+    return Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm"))
+
+
 def datasets_cache(name: str) -> Path:
-    """The folder of a rendered dataset's cache: ``$PLM_CACHE_DIR/datasets/NAME`` (default ``~/.cache/plm``)."""
-    return Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm")) / "datasets" / name
+    """The folder of a dataset's cache: ``cache_root()/datasets/NAME``."""
+    return cache_root() / "datasets" / name
 
 
 def cached_image_set(path: Path, build: Callable[[], dict], what: str) -> dict:

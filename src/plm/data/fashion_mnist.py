@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from plm.data.base import ArrayImageDataset, DatasetNotFoundError, class_split
+from plm.data.base import ArrayImageDataset, DatasetNotFoundError, class_split, datasets_cache
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -34,7 +34,7 @@ CLASS_NAMES = {0: "T-shirt/top", 1: "Trouser", 2: "Pullover", 3: "Dress", 4: "Co
 
 def cache_dir() -> Path:
     """Download cache: ``$PLM_CACHE_DIR/datasets/fashion-mnist`` (default ``~/.cache/plm``)."""
-    return Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm")) / "datasets" / "fashion-mnist"
+    return datasets_cache("fashion-mnist")
 
 
 def _has_files(folder: Path) -> bool:

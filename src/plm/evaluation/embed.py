@@ -26,7 +26,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from plm.data.base import ImageDataset, collate_skip
+from plm.data.base import ImageDataset, cache_root, collate_skip
 from plm.models.embedding import EmbeddingModel
 from plm.models.preprocess import build_transform
 
@@ -45,7 +45,7 @@ class Embeddings:
 
 def default_cache_dir() -> Path:
     """``$PLM_CACHE_DIR/features`` (default ``~/.cache/plm/features``)."""
-    return Path(os.environ.get("PLM_CACHE_DIR", Path.home() / ".cache" / "plm")) / "features"
+    return cache_root() / "features"
 
 
 def model_fingerprint(model: EmbeddingModel) -> str:
