@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-groups", action="store_true",
                         help="PL candidates from the anchor's seed group of --batch-k (--regime batch only; "
                              "plm train's glyph default)")
+    parser.add_argument("--expansion", type=int, default=None, metavar="K",
+                        help="PL neighbourhood expansion: each point's similarities averaged over its K nearest "
+                             "points, itself included (plm train's loss.expansion; dense mode only)")
     parser.add_argument("--dense-max", type=int, default=5000,
                         help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")
     parser.add_argument("--exact-pairs", type=int, default=20_000_000,
@@ -136,6 +139,13 @@ def run(args: argparse.Namespace) -> int:
     if "plm" in options:
         options["plm"]["config"] = config
         options["plm"]["top_k"] = max(16, config.max_candidates or 16)
+        if args.expansion is not None:
+            if args.expansion < 0:
+                raise UserError(f"--expansion must be 0 or more, got {args.expansion}")
+            if args.regime == "split" and len(vectors) > args.dense_max:
+                raise UserError(f"--expansion needs dense similarities: {len(vectors)} points is above --dense-max "
+                                f"{args.dense_max} (raise it, or use --regime batch)")
+            options["plm"]["expansion"] = args.expansion
     for name in ("kmeans", "hierarchical"):
         if name in options and args.clusters is not None:
             options[name]["n_clusters"] = args.clusters
@@ -162,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
                            "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],
                            "knn_seconds": result["knn_seconds"], "knn_cpu_seconds": result["knn_cpu_seconds"],
-                           "plm_config": config.to_dict(), "estimators": result["estimators"]}, args.json)
+                           "plm_config": config.to_dict(), "expansion": args.expansion,
+                           "estimators": result["estimators"]}, args.json)
     return 0
 
 
@@ -188,6 +199,7 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
     print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", f"AUC − {ref}", "± se", f"AP − {ref}",
                         "± se", "purity", "group size", "batches"], rows))
     if args.json:
-        atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(), **result},
+        atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(),
+                           "expansion": args.expansion, **result},
                           args.json)
     return 0

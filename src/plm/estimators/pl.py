@@ -9,6 +9,7 @@ import torch
 
 from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, check_int, topk_csr
 from plm.manifold import ManifoldConfig, fit_pieces, neighbor_similarity, pair_similarity, pairwise_similarity
+from plm.manifold.expansion import expanded_similarity
 
 
 class PLManifoldEstimator(SimilarityEstimator):
@@ -18,14 +19,18 @@ class PLManifoldEstimator(SimilarityEstimator):
         config: the PL options (its ``max_candidates`` is the neighbour count needed).
         top_k: entries kept per row in sparse mode (the ``top_k`` nearest neighbours, scored).
         dense_max: largest N for the dense (N, N) output.
+        expansion: k of the neighbourhood expansion (:func:`plm.manifold.expansion.expanded_similarity`,
+            the ``loss.expansion`` of training); 0 or 1 = none. Dense mode only.
     """
 
     name = "plm"
 
-    def __init__(self, config: Optional[ManifoldConfig] = None, top_k: int = 16, dense_max: int = 5000):
+    def __init__(self, config: Optional[ManifoldConfig] = None, top_k: int = 16, dense_max: int = 5000,
+                 expansion: int = 0):
         super().__init__(dense_max)
         self.config = config
         self.top_k = top_k
+        self.expansion = expansion
 
     @property
     def manifold_config(self) -> ManifoldConfig:
@@ -42,6 +47,7 @@ class PLManifoldEstimator(SimilarityEstimator):
         if self.config is not None and not isinstance(self.config, ManifoldConfig):
             raise ValueError(f"config must be a ManifoldConfig, got {type(self.config).__name__}")
         check_int("top_k", self.top_k, 1)
+        check_int("expansion", self.expansion, 0)
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         cfg = self.manifold_config
@@ -53,8 +59,11 @@ class PLManifoldEstimator(SimilarityEstimator):
         self.pieces_ = fit_pieces(t, cfg, candidates=cand)
         self.groups_ = [np.asarray(g, dtype=np.int64) for g in self.pieces_.groups()]
         if self.mode_ == "dense":
-            self._dense = pairwise_similarity(t, self.pieces_, cfg).numpy()
+            self._dense = expanded_similarity(pairwise_similarity(t, self.pieces_, cfg), t, self.expansion).numpy()
             return
+        if self.expansion > 1:
+            raise ValueError(f"the neighbourhood expansion needs the dense mode: {len(x)} points, dense_max "
+                             f"{self.dense_max}")
         assert neighbors is not None  # needs_neighbors > 0, so fit() passes the k-NN table
         k = min(self.top_k, neighbors.k)
         cols = torch.from_numpy(neighbors.indices[:, :k])

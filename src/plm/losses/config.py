@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from plm.manifold.config import ManifoldConfig
-from plm.utils.config import check_choice, check_positive
+from plm.utils.config import check_choice, check_int, check_positive
 
 PLM_LOSSES = ("regression", "weighted_regression", "relaxed_contrastive")
 PROXY_INITS = ("kmeans", "random")
@@ -60,6 +60,9 @@ class LossConfig:
             ``relaxed_contrastive`` (PL similarity as STML-style soft weights, margin ``margin``).
         margin: δ of the relaxed contrastive loss.
         neighbourhood_radius: L_neighbourhood counts only points within this distance of a proxy.
+        expansion: k of the neighbourhood expansion of the point terms' target: each point's row of
+            the PL similarity is averaged over its k nearest batch points (itself included,
+            :func:`plm.manifold.expansion.expanded_similarity`); 0 or 1 = the PL similarity as is.
     """
 
     delta: float = 1.5
@@ -71,6 +74,7 @@ class LossConfig:
     kind: str = "relaxed_contrastive"
     margin: float = 1.0
     neighbourhood_radius: Optional[float] = None
+    expansion: int = 0
 
     def __post_init__(self) -> None:
         check_positive("loss.delta", self.delta)
@@ -80,6 +84,7 @@ class LossConfig:
         for name in ("point", "proxy", "neighbourhood", "neighbourhood_lambda"):
             check_positive(f"loss.{name}", getattr(self, name), allow_zero=True)
         check_positive("loss.neighbourhood_points", self.neighbourhood_points)
+        check_int("loss.expansion", self.expansion, 0, 4096)
 
 
 @dataclass

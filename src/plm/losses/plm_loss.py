@@ -107,10 +107,13 @@ class PLMLoss(nn.Module):
     def target_similarity(self, teacher: Tensor) -> Tensor:
         """(B, B) target similarity in [0, 1] of a batch from its teacher embeddings (no gradient)."""
         from plm.manifold import fit_pieces, similarity_matrix
+        from plm.manifold.expansion import expanded_similarity
 
         if self.config.similarity == "binary":
-            return binary_piece_similarity(fit_pieces(teacher, self.config.manifold).members, teacher.shape[0])
-        return similarity_matrix(teacher, self.config.manifold)
+            s = binary_piece_similarity(fit_pieces(teacher, self.config.manifold).members, teacher.shape[0])
+        else:
+            s = similarity_matrix(teacher, self.config.manifold)
+        return expanded_similarity(s, teacher, self.config.loss.expansion)
 
     @torch.no_grad()
     def proxy_similarity(self, teacher: Tensor) -> Tensor:
