@@ -297,6 +297,39 @@ def test_pca_head_init_warns_when_there_are_too_few_rows(caplog) -> None:
     torch.testing.assert_close(w @ w.T, torch.eye(8, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("rows", [40, 200])  # fewer rows than features (SVD) and more (eigh)
+def test_pca_head_directions_without_data_do_not_depend_on_threads_or_rounding(rows: int) -> None:
+    """Features that are zero on every training image (and a rank below the width) leave directions
+    that any solver may return; the head must not change with the thread count or input rounding."""
+    from plm.models.embedding import EmbeddingHead, complete_basis
+
+    rng = np.random.default_rng(3)
+    feats = np.zeros((rows, 640))  # as small images give: most features zero, the rest of low rank
+    feats[:, :100] = np.abs(rng.standard_normal((rows, 30)) @ rng.standard_normal((30, 100)))
+    before = torch.get_num_threads()
+    heads = []
+    try:
+        for threads, noise in ((1, 0.0), (2, 0.0), (1, 1e-9)):
+            torch.set_num_threads(threads)
+            head = EmbeddingHead(640, 640)
+            x = feats * (1.0 + noise * rng.standard_normal(feats.shape))
+            head.init_pca(torch.from_numpy(x).float(), center=False)
+            heads.append(head.linear.weight.detach().double())
+    finally:
+        torch.set_num_threads(before)
+    for other in heads[1:]:
+        torch.testing.assert_close(other, heads[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(heads[0] @ heads[0].T, torch.eye(640, dtype=torch.float64), atol=1e-6, rtol=0)
+    # the completion: orthonormal, orthogonal to the given directions, axes first where they fit
+    basis = torch.linalg.qr(torch.from_numpy(rng.standard_normal((10, 3))))[0]
+    extra = complete_basis(basis)
+    full = torch.cat([basis, extra], dim=1)
+    torch.testing.assert_close(full.T @ full, torch.eye(10, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert complete_basis(torch.eye(4, dtype=torch.float64)).shape == (4, 0)
+    torch.testing.assert_close(complete_basis(torch.eye(4, dtype=torch.float64)[:, :2]),
+                               torch.eye(4, dtype=torch.float64)[:, 2:])
+
+
 def test_pca_head_init_errors() -> None:
     from plm.models.embedding import EmbeddingHead
 

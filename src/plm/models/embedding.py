@@ -52,6 +52,47 @@ class ModelConfig:
         return asdict(self)
 
 
+def complete_basis(basis: torch.Tensor) -> torch.Tensor:
+    """Orthonormal (d, d − r) columns completing the orthonormal (d, r) ``basis``, chosen stably.
+
+    Directions without data variance (zero eigenvalues, e.g. features that are zero on every
+    training image) are whatever an eigen-solver returns, and those change with the thread count
+    and with rounding of the inputs. Here they are the coordinate axes e_1, e_2, … in order, each
+    with its part in the span so far removed, kept when at least half of it remains (then a tenth,
+    then any part): a choice that rounding cannot flip. Axes the basis does not touch are taken as
+    they are (they are what the loop would keep), and the columns are ordered by the pass, then the
+    axis, that gave them.
+    """
+    d, r = basis.shape
+    if r >= d:
+        return basis.new_zeros(d, 0)
+    q = torch.zeros(d, d, dtype=basis.dtype)
+    q[:, :r] = basis
+    free = basis.abs().amax(1) <= 1e-12 if r else torch.ones(d, dtype=torch.bool)
+    axes = free.nonzero().flatten()
+    q[axes, r + torch.arange(len(axes))] = 1.0
+    m = r + len(axes)
+    origin = [(0, int(k)) for k in axes]
+    taken = free.clone()
+    for step, threshold in enumerate((0.5, 0.1, 1e-6)):
+        for k in (~taken).nonzero().flatten().tolist():
+            if m == d:
+                break
+            v = -(q[:, :m] @ q[k, :m])  # e_k less its part in the span so far
+            v[k] += 1.0
+            v -= q[:, :m] @ (q[:, :m].T @ v)  # a second pass (Gram-Schmidt twice is enough)
+            norm2 = float(v @ v)
+            if norm2 >= threshold:
+                q[:, m] = v / norm2 ** 0.5
+                origin.append((step, k))
+                taken[k] = True
+                m += 1
+    if m != d:
+        raise RuntimeError(f"could not complete a basis of {r} directions in {d} dimensions")
+    order = sorted(range(d - r), key=origin.__getitem__)
+    return q[:, r:][:, order]
+
+
 class EmbeddingHead(nn.Module):
     """Linear layer (orthogonal init, zero bias) plus optional L2 normalisation.
 
@@ -79,9 +120,10 @@ class EmbeddingHead(nn.Module):
         ``embed_dim`` covariance eigenvectors (signs fixed: each one's largest entry positive), so
         the initial embedding is the normalised PCA of the pooled features. The covariance is
         accumulated in float64 over ``chunk`` rows at a time (memory ≈ in_dim² + chunk × in_dim).
-        With fewer than ``embed_dim + 1`` rows the trailing directions span no data (a warning
-        says so, below the full width): they are whatever the eigen-solver returns for a zero
-        eigenvalue, still orthonormal.
+        With fewer than ``embed_dim + 1`` rows (or features without variance) the trailing
+        directions span no data (a warning says so, below the full width): they complete the
+        data's directions to an orthonormal basis by QR against the identity, so that they do not
+        depend on the eigen-solver or the thread count.
 
         With ``center=False`` the directions are those of the uncentred second moment and the bias
         is zero: ``linear(f) = Vᵀf``. With ``embed_dim`` equal to the feature width that is a
@@ -107,20 +149,21 @@ class EmbeddingHead(nn.Module):
             for i in range(0, n, chunk):
                 mean += feats[i:i + chunk].double().sum(0)
             mean /= n
+        eps = torch.finfo(torch.float64).eps * max(n, in_dim)
         if n <= in_dim:
             # fewer rows than dimensions: the data's directions from an SVD of the rows (the eigen-
-            # solver can fail to converge on the many zero eigenvalues), completed to an orthonormal
-            # basis by QR against the identity
-            _, _, vt = torch.linalg.svd(feats.double() - mean, full_matrices=False)
-            basis, _ = torch.linalg.qr(torch.cat([vt.T, torch.eye(in_dim, dtype=torch.float64)], dim=1))
-            top = basis[:, :out_dim]
+            # solver can fail to converge on the many zero eigenvalues)
+            _, sv, vt = torch.linalg.svd(feats.double() - mean, full_matrices=False)
+            fitted = vt[sv > sv[0] * eps].T
         else:
             cov = torch.zeros(in_dim, in_dim, dtype=torch.float64)
             for i in range(0, n, chunk):
                 c = feats[i:i + chunk].double() - mean
                 cov += c.T @ c
-            _, vec = torch.linalg.eigh(cov / (n - 1))  # ascending
-            top = vec.flip(1)[:, :out_dim]  # (in_dim, out_dim)
+            val, vec = torch.linalg.eigh(cov / (n - 1))  # ascending
+            val, vec = val.flip(0), vec.flip(1)
+            fitted = vec[:, val > val[0].clamp(min=0) * eps]
+        top = torch.cat([fitted, complete_basis(fitted)], dim=1)[:, :out_dim]
         pivot = top.abs().argmax(0)
         top = top * torch.sign(top[pivot, torch.arange(out_dim)])[None, :]
         weight = top.T
