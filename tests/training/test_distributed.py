@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from plm.training.distributed import shutdown_distributed
+
 pytestmark = pytest.mark.distributed
 
 
@@ -58,7 +60,7 @@ def _train_worker(rank: int, world: int, port: int, out: str, epochs: int, stop_
         assert ctx.world_size == world and ctx.rank == rank
         Trainer(_tiny_config(epochs, method), out, progress=False, resume=resume, ctx=ctx).run(stop_after=stop_after)
     finally:
-        torch.distributed.destroy_process_group()
+        shutdown_distributed()
 
 
 def _states(path: Path) -> dict:
@@ -132,7 +134,7 @@ def _embed_worker(rank: int, world: int, port: int, out: str, n: int) -> None:
         if ctx.is_main:
             np.savez(out, vec=vec.numpy(), labels=labels, kept=kept)
     finally:
-        torch.distributed.destroy_process_group()
+        shutdown_distributed()
 
 
 @pytest.mark.slow
@@ -175,7 +177,7 @@ def _collectives_worker(rank: int, world: int, port: int, out: str) -> None:
             torch.save({"gathered": gathered}, out + ".0")
         torch.save({"grad": x.grad, "shard": torch.as_tensor(shard)}, f"{out}.{rank}.r")
     finally:
-        torch.distributed.destroy_process_group()
+        shutdown_distributed()
 
 
 def test_collectives(tmp_path) -> None:

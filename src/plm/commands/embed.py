@@ -68,15 +68,17 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_distributed(str(runtime["device"])) if env_world_size() > 1 else None
     if ctx is not None and not ctx.is_main:  # only rank 0 talks and writes
         logging.getLogger().setLevel(logging.WARNING)
+    finished = False
     try:
         store, stats = embed_folder(model, folder, identity, previous=previous, batch_size=args.batch_size,
                                     progress=not args.quiet, cache_dir=False if args.no_cache else None, ctx=ctx,
                                     **runtime)
+        finished = True
     finally:
         if ctx is not None and ctx.enabled:
-            import torch.distributed as dist
+            from plm.training.distributed import shutdown_distributed
 
-            dist.destroy_process_group()
+            shutdown_distributed(wait=finished)  # a failed rank must not wait for the others
     if ctx is not None and not ctx.is_main:
         return 0
     if ctx is not None:

@@ -117,20 +117,21 @@ def _train(config, out: Path, args: argparse.Namespace):
 def _run_distributed(config, out: Path, args: argparse.Namespace) -> int:
     import os
 
-    import torch.distributed as dist
+    from plm.training.distributed import shutdown_distributed
 
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # only rank 0 talks
         logging.getLogger().setLevel(logging.WARNING)
+    finished = False
     try:
         result = _train(config, out, args)
+        finished = True
     except Exception as err:
         print(f"plm train: rank {rank} of {os.environ.get('WORLD_SIZE')} failed: {type(err).__name__}: {err}",
               file=sys.stderr, flush=True)
         raise
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed(wait=finished)  # a failed rank must not wait for the others
     return _report(result) if rank == 0 else 0
 
 

@@ -184,3 +184,15 @@ def init_distributed(device: str = "cpu", timeout_s: float = 1800.0) -> DistCont
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     log.debug("rank %d/%d joined (%s)", rank, world, backend)
     return DistContext(rank, world, local)
+
+
+def shutdown_distributed(wait: bool = True) -> None:
+    """End the process group; with ``wait``, after every rank got there, so that no rank closes its
+    connections while another still reads from them (gloo then aborts the slower process). A no-op
+    without a process group. A rank that failed passes ``wait=False``: the others may never come."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            if wait:
+                torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
