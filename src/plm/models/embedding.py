@@ -122,8 +122,8 @@ class EmbeddingHead(nn.Module):
         accumulated in float64 over ``chunk`` rows at a time (memory ≈ in_dim² + chunk × in_dim).
         With fewer than ``embed_dim + 1`` rows (or features without variance) the trailing
         directions span no data (a warning says so, below the full width): they complete the
-        data's directions to an orthonormal basis by QR against the identity, so that they do not
-        depend on the eigen-solver or the thread count.
+        data's directions to an orthonormal basis by the coordinate axes (:func:`complete_basis`),
+        so that they do not depend on the eigen-solver or the thread count.
 
         With ``center=False`` the directions are those of the uncentred second moment and the bias
         is zero: ``linear(f) = Vᵀf``. With ``embed_dim`` equal to the feature width that is a
@@ -163,7 +163,9 @@ class EmbeddingHead(nn.Module):
             val, vec = torch.linalg.eigh(cov / (n - 1))  # ascending
             val, vec = val.flip(0), vec.flip(1)
             fitted = vec[:, val > val[0].clamp(min=0) * eps]
-        top = torch.cat([fitted, complete_basis(fitted)], dim=1)[:, :out_dim]
+        top = fitted[:, :out_dim]
+        if top.shape[1] < out_dim:  # fewer data directions than the head's width
+            top = torch.cat([fitted, complete_basis(fitted)], dim=1)[:, :out_dim]
         pivot = top.abs().argmax(0)
         top = top * torch.sign(top[pivot, torch.arange(out_dim)])[None, :]
         weight = top.T
