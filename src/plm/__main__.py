@@ -1,6 +1,6 @@
 """``python -m plm``: the same entry point as the ``plm`` console command."""
 
-from plm.cli import main
+from plm.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

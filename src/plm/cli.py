@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import Optional
+from typing import NoReturn, Optional
 
 import plm
 import plm.commands
@@ -131,5 +132,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def console_main() -> NoReturn:
+    """Console entry point (``plm`` and ``python -m plm``): :func:`main`, then exit with its status.
+
+    A process that joined a process group (``torchrun … -m plm``) exits without the interpreter's
+    finalisation, once its output is flushed: see :func:`plm.training.distributed.joined_process_group`.
+    """
+    code = main()
+    distributed = sys.modules.get("plm.training.distributed")  # loaded only by the commands that use it
+    if distributed is not None and distributed.joined_process_group():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from plm.cli import build_parser, main
 
 
@@ -17,6 +19,28 @@ def test_help_lists_eval() -> None:
 def test_python_dash_m_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "plm", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("plm ")
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_the_entry_point_skips_finalisation_only_after_a_process_group(monkeypatch, joined: bool) -> None:
+    """After ``torchrun … -m plm`` a gloo thread may free its last tensors while the interpreter shuts down and
+    abort the finished process; the entry point then ends with ``os._exit`` and the command's status."""
+    import plm.training.distributed as distributed
+    from plm import cli
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(distributed, "_JOINED", joined)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(sys, "argv", ["plm"])  # no command: help, status 2
+    with pytest.raises(SystemExit) as stop:
+        cli.console_main()
+    assert stop.value.code == 2
+    assert exits == ([2] if joined else [])
 
 
 def test_eval_digits_json(tmp_path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,17 @@ def _init(rank: int, world: int, port: int) -> None:
                                          timeout=datetime.timedelta(seconds=120))
 
 
+def _run_then_exit(rank: int, fn, *args) -> None:
+    """``fn(rank, *args)``; on success the process ends without the interpreter's finalisation, as ``plm``'s
+    entry point does after a process group (see ``joined_process_group``); an exception reaches the parent."""
+    fn(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _spawn(fn, world: int, *args) -> None:
-    mp.spawn(fn, args=(world, _free_port(), *args), nprocs=world, join=True)
+    mp.spawn(_run_then_exit, args=(fn, world, _free_port(), *args), nprocs=world, join=True)
 
 
 def _tiny_config(epochs: int, method: str = "plm"):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+_JOINED = False  # this process joined a process group (see :func:`joined_process_group`)
 
 
 @dataclass
@@ -182,8 +183,21 @@ def init_distributed(device: str = "cpu", timeout_s: float = 1800.0) -> DistCont
     if backend == "nccl":
         torch.cuda.set_device(local)
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    global _JOINED
+    _JOINED = True
     log.debug("rank %d/%d joined (%s)", rank, world, backend)
     return DistContext(rank, world, local)
+
+
+def joined_process_group() -> bool:
+    """Whether :func:`init_distributed` joined a process group in this process (it may have ended since).
+
+    Such a process should end with :func:`os._exit` once its output is flushed (``plm``'s entry point
+    does): gloo's worker threads release their last collective's tensors on their own schedule, and
+    when that happens during the interpreter's finalisation the thread cannot take the GIL and the
+    process aborts (SIGABRT, "terminate called without an active exception") after its work is done.
+    """
+    return _JOINED
 
 
 def shutdown_distributed(wait: bool = True) -> None:
