@@ -14,8 +14,7 @@ Cases (``--case``):
   of every part (the issue's target: a PLM step at most 1.25 times an STML step).
 - ``epoch``: whole training epochs of each method (teacher pass, k-NN table, every step) with
   each ``--threads`` count, on idle cores and with one core held by a spinning process that the
-  benchmark starts and stops itself: the measurement behind the thread policy
-  (:mod:`plm.utils.threads`).
+  benchmark starts and stops itself: the measurement a thread policy is chosen from.
 - ``throughput``: steps per second of 1 process vs 2 processes (gloo, 1 thread each), frozen and
   finetune modes, on digits images (``--modes``, ``--worlds``, ``--threads``).
 
