@@ -19,6 +19,7 @@ from plm.data.glyphs import (
     SEEN,
     UNSEEN,
     GlyphOptions,
+    _keep_distinct,
     build_glyph_set,
     ink_distance,
     load_glyphs,
@@ -83,6 +84,20 @@ def test_no_two_kept_faces_render_alike(font_dir: Path) -> None:
         for i in range(len(rows)):
             others = np.delete(rows, i, axis=0)
             assert ink_distance(others, rows[i]).min() > 0.02  # distinct designs, not clones
+
+
+def test_keep_distinct_equals_the_pairwise_greedy_rule() -> None:
+    """Each map is kept when its ink distance to every map kept before it is at least the threshold."""
+    rng = np.random.default_rng(3)
+    base = (rng.random((8, 300)) < 0.2).astype(np.float32)
+    ink = [np.clip(base[rng.integers(8)] + (rng.random(300) < 0.05) * rng.random(300), 0, 1).astype(np.float32)
+           for _ in range(60)]
+    expected: list[int] = []
+    for i, v in enumerate(ink):
+        if all(float(ink_distance(ink[k], v)) >= 0.1 for k in expected):
+            expected.append(i)
+    assert _keep_distinct(ink, 0.1) == expected
+    assert 8 <= len(expected) < 60 and _keep_distinct([], 0.1) == []
 
 
 def test_near_duplicate_faces_are_dropped(font_dir: Path, tmp_path: Path) -> None:

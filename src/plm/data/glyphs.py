@@ -221,10 +221,14 @@ def ink_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _keep_distinct(ink: list[np.ndarray], threshold: float) -> list[int]:
     """Greedy, in order: the indices whose ink map is at least ``threshold`` from every kept one."""
+    if not ink:
+        return []
     kept: list[int] = []
+    bank = np.empty((len(ink), ink[0].shape[-1]), dtype=ink[0].dtype)  # the kept maps, in order
     for i, v in enumerate(ink):
-        if kept and float(ink_distance(np.stack([ink[k] for k in kept]), v).min()) < threshold:
+        if kept and float(ink_distance(bank[:len(kept)], v).min()) < threshold:
             continue
+        bank[len(kept)] = v
         kept.append(i)
     return kept
 
