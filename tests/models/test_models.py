@@ -326,6 +326,12 @@ def test_pca_head_directions_without_data_do_not_depend_on_threads_or_rounding(r
     full = torch.cat([basis, extra], dim=1)
     torch.testing.assert_close(full.T @ full, torch.eye(10, dtype=torch.float64), atol=1e-12, rtol=0)
     assert complete_basis(torch.eye(4, dtype=torch.float64)).shape == (4, 0)
+    # axes projected a block at a time give the columns of one axis at a time (block=1)
+    a = rng.standard_normal((200, 120))
+    a[:30] = 0
+    wide = torch.linalg.qr(torch.from_numpy(a))[0]
+    wide[:30] = 0
+    torch.testing.assert_close(complete_basis(wide, block=16), complete_basis(wide, block=1), atol=1e-12, rtol=0)
     torch.testing.assert_close(complete_basis(torch.eye(4, dtype=torch.float64)[:, :2]),
                                torch.eye(4, dtype=torch.float64)[:, 2:])
 

@@ -52,7 +52,7 @@ class ModelConfig:
         return asdict(self)
 
 
-def complete_basis(basis: torch.Tensor) -> torch.Tensor:
+def complete_basis(basis: torch.Tensor, block: int = 64) -> torch.Tensor:
     """Orthonormal (d, d − r) columns completing the orthonormal (d, r) ``basis``, chosen stably.
 
     Directions without data variance (zero eigenvalues, e.g. features that are zero on every
@@ -61,7 +61,8 @@ def complete_basis(basis: torch.Tensor) -> torch.Tensor:
     with its part in the span so far removed, kept when at least half of it remains (then a tenth,
     then any part): a choice that rounding cannot flip. Axes the basis does not touch are taken as
     they are (they are what the loop would keep), and the columns are ordered by the pass, then the
-    axis, that gave them.
+    axis, that gave them. Axes are projected ``block`` at a time (one matrix product per block),
+    then accepted in order.
     """
     d, r = basis.shape
     if r >= d:
@@ -75,18 +76,30 @@ def complete_basis(basis: torch.Tensor) -> torch.Tensor:
     origin = [(0, int(k)) for k in axes]
     taken = free.clone()
     for step, threshold in enumerate((0.5, 0.1, 1e-6)):
-        for k in (~taken).nonzero().flatten().tolist():
+        todo = (~taken).nonzero().flatten()
+        for start in range(0, len(todo), block):
             if m == d:
                 break
-            v = -(q[:, :m] @ q[k, :m])  # e_k less its part in the span so far
-            v[k] += 1.0
-            v -= q[:, :m] @ (q[:, :m].T @ v)  # a second pass (Gram-Schmidt twice is enough)
-            norm2 = float(v @ v)
-            if norm2 >= threshold:
-                q[:, m] = v / norm2 ** 0.5
-                origin.append((step, k))
-                taken[k] = True
-                m += 1
+            ks = todo[start:start + block]
+            # e_k less its part in the span so far, for a block of axes at once (twice: Gram-Schmidt
+            # twice is enough); the columns this block adds are removed one by one below
+            v = -(q[:, :m] @ q[ks, :m].T)
+            v[ks, torch.arange(len(ks))] += 1.0
+            v -= q[:, :m] @ (q[:, :m].T @ v)
+            first = m
+            for j, k in enumerate(ks.tolist()):
+                if m == d:
+                    break
+                u = v[:, j]
+                if m > first:  # the columns this block added before this axis
+                    u = u - q[:, first:m] @ (q[:, first:m].T @ u)
+                    u = u - q[:, first:m] @ (q[:, first:m].T @ u)
+                norm2 = float(u @ u)
+                if norm2 >= threshold:
+                    q[:, m] = u / norm2 ** 0.5
+                    origin.append((step, k))
+                    taken[k] = True
+                    m += 1
     if m != d:
         raise RuntimeError(f"could not complete a basis of {r} directions in {d} dimensions")
     order = sorted(range(d - r), key=origin.__getitem__)
