@@ -1,31 +1,326 @@
-"""Training step throughput: 1 process vs 2 processes (gloo), frozen and finetune modes.
+"""Training steps: a frozen-mode PLM step against an STML step, part by part; epochs with a core busy.
 
-A step is what :meth:`plm.training.trainer.Trainer.step` does: student and teacher forward, the
-gathers, the method (PL model + losses), backward, gradient all-reduce, AdamW, scheduler and EMA
-update. Batches are prepared beforehand, so image decoding is not counted. Frozen mode trains the
-embedding head on cached EfficientNet-Lite0 features; finetune mode trains the whole network at
-64 px. Both use |B| = 120 (k = 5) on digits images (the content does not change the cost). With 2
-processes each runs 1 thread on half of every global batch; 1 process runs 2 threads.
+Cases (``--case``):
 
-    python -m benchmarks.bench_train [--steps 10] [--modes frozen finetune] [--worlds 1 2] [--threads 2 1]
+- ``profile`` (the default): PLM and STML trainers with the same head, batch and data (frozen
+  mode, cached EfficientNet-Lite0 features; glyphs by default, with its preset: seed-group
+  candidates, B = 120 = 24 seeds × k = 5, a 1,280-d head) run the same batches, in alternating
+  blocks so that both see the same machine. Each step is split into parts by wrapping the
+  trainer's pieces from the outside (nothing in the trainer changes): student forward, teacher
+  pass, PL pieces, similarities (the rest of the target), point loss, proxies and neighbourhood
+  term (the rest of the method), backward, optimiser, EMA and the rest of the step (zero_grad,
+  scheduler, loss bookkeeping). Once per epoch: the teacher's pass over the training set, the
+  k-NN table and the validation. The table gives milliseconds per step and the PLM / STML ratio
+  of every part (the issue's target: a PLM step at most 1.25 times an STML step).
+- ``epoch``: whole training epochs of each method (teacher pass, k-NN table, every step) with
+  each ``--threads`` count, on idle cores and with one core held by a spinning process that the
+  benchmark starts and stops itself: the measurement behind the thread policy
+  (:mod:`plm.utils.threads`).
+- ``throughput``: steps per second of 1 process vs 2 processes (gloo, 1 thread each), frozen and
+  finetune modes, on digits images (``--modes``, ``--worlds``, ``--threads``).
+
+``--busy yes`` runs the profile with one core held by a spinning process; ``--busy both``
+measures idle and busy and gives the busy / idle ratios.
+
+    python -m benchmarks.bench_train                          # the profile, glyphs, 60 steps per method
+    python -m benchmarks.bench_train --busy both --steps 40   # the same, idle and with one core busy
+    python -m benchmarks.bench_train --case epoch --threads 2 1
+    python -m benchmarks.bench_train --case throughput --modes frozen finetune --worlds 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import torch
 import torch.multiprocessing as mp
 
+#: the parts of a step, in the order of the table (``other`` is the step less every other part)
+STEP_PARTS = ("student forward", "teacher pass", "PL pieces", "similarities (STML: its target)", "point loss",
+              "proxies + neighbourhood", "backward", "optimiser", "EMA", "other")
+#: the parts paid once per epoch
+EPOCH_PARTS = ("teacher embeddings (training set)", "k-NN table", "validation")
 
-def _config(mode: str):
+
+# ------------------------------------------------------------------------------ a core kept busy
+
+@contextlib.contextmanager
+def busy_core(enabled: bool = True) -> Iterator[None]:
+    """Keep one core busy with a spinning child process for the duration of the block."""
+    if not enabled:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let the scheduler see it
+        yield
+    finally:
+        spinner.terminate()
+        spinner.wait()
+
+
+# ------------------------------------------------------------------------------ the step profile
+
+class PartClock:
+    """Seconds spent in wrapped callables, accumulated per part name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        """``fn``, timed into ``name``."""
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return timed
+
+
+def profile_config(dataset: str, method: str, embed_dim: int):
+    """The frozen-mode training config of the profile (the dataset's preset, B = 120, k = 5)."""
+    from plm.training import default_config
+
+    return default_config(dataset, method=method, mode="frozen", epochs=1, model={"embed_dim": embed_dim},
+                          sampler={"batch_size": 120, "k": 5}, eval={"nmi": False, "baseline": False},
+                          log={"progress": False, "tensorboard": False})
+
+
+def _instrument(trainer, clock: PartClock) -> None:
+    """Wrap the trainer's parts (attributes of this trainer's objects only)."""
+    pipe, method = trainer.pipeline, trainer.method
+    pipe.student.forward = clock.wrap("student forward", pipe.student.forward)
+    pipe.teacher.forward = clock.wrap("teacher pass", pipe.teacher.forward)
+    pipe.teacher.update = clock.wrap("EMA", pipe.teacher.update)
+    trainer.optimizer.step = clock.wrap("optimiser", trainer.optimizer.step)
+    method.forward = clock.wrap("method", method.forward)
+    target_owner = getattr(method, "loss", method)  # PLMMethod delegates to its PLMLoss
+    target_owner.target_similarity = clock.wrap("target", target_owner.target_similarity)
+    trainer.step = clock.wrap("step", trainer.step)
+
+
+_ACTIVE: list[PartClock] = []  # the clock of the trainer that is stepping
+
+
+@contextlib.contextmanager
+def _shared_parts() -> Iterator[None]:
+    """Time the module functions both trainers share (and ``Tensor.backward``) into the active clock."""
+    import plm.losses.plm_loss as plm_loss_module
+    import plm.manifold.similarity as similarity_module
+    import plm.training.methods as methods_module
+
+    patches = [(similarity_module, "fit_pieces", "PL pieces"),
+               (plm_loss_module, "relaxed_contrastive_loss", "point loss"),
+               (methods_module, "relaxed_contrastive_loss", "point loss"),
+               (torch.Tensor, "backward", "backward")]
+    originals = [getattr(owner, name) for owner, name, _ in patches]
+    for (owner, name, part), fn in zip(patches, originals, strict=True):
+        setattr(owner, name, _routed(fn, part))
+    try:
+        yield
+    finally:
+        for (owner, name, _), fn in zip(patches, originals, strict=True):
+            setattr(owner, name, fn)
+
+
+def _routed(fn: Callable, part: str) -> Callable:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if not _ACTIVE:
+            return fn(*args, **kwargs)
+        return _ACTIVE[-1].wrap(part, fn)(*args, **kwargs)
+    return timed
+
+
+@contextlib.contextmanager
+def _active(clock: PartClock) -> Iterator[None]:
+    _ACTIVE.append(clock)
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
+def step_parts(seconds: dict[str, float], steps: int) -> dict[str, float]:
+    """Milliseconds per step of each of :data:`STEP_PARTS` from accumulated seconds."""
+    s = defaultdict(float, seconds)
+    parts = {
+        "student forward": s["student forward"], "teacher pass": s["teacher pass"], "PL pieces": s["PL pieces"],
+        STEP_PARTS[3]: s["target"] - s["PL pieces"], "point loss": s["point loss"],
+        "proxies + neighbourhood": s["method"] - s["target"] - s["point loss"], "backward": s["backward"],
+        "optimiser": s["optimiser"], "EMA": s["EMA"],
+    }
+    parts["other"] = s["step"] - sum(parts.values())
+    parts["step"] = s["step"]
+    return {k: 1000.0 * v / max(steps, 1) for k, v in parts.items()}
+
+
+def epoch_parts(trainer, repeats: int = 2) -> dict[str, float]:
+    """Seconds of each of :data:`EPOCH_PARTS` (median of ``repeats``; validation warmed up once)."""
+    import numpy as np
+
+    out: dict[str, list[float]] = defaultdict(list)
+    trainer.validate()  # the pretrained features' validation scores are computed once per run
+    for _ in range(repeats):
+        start = time.perf_counter()
+        emb = trainer.pipeline.train_embeddings("teacher")
+        out[EPOCH_PARTS[0]].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        trainer.knn_table(emb)
+        out[EPOCH_PARTS[1]].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        trainer.validate()
+        out[EPOCH_PARTS[2]].append(time.perf_counter() - start)
+    return {k: float(np.median(v)) for k, v in out.items()}
+
+
+def profile(dataset: str = "glyphs", methods: tuple[str, ...] = ("plm", "stml"), steps: int = 60, block: int = 10,
+            embed_dim: int = 1280, busy: bool = False, threads: Optional[int] = None) -> dict[str, Any]:
+    """Per-part milliseconds per step (and seconds per epoch) of each method, measured side by side.
+
+    Every method's trainer runs the same ``steps`` batches (after 3 warm-up steps), in blocks of
+    ``block`` steps taken in turn.
+    """
+    from plm.training.trainer import Trainer
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainers, clocks = {}, {}
+            for name in methods:
+                trainers[name] = Trainer(profile_config(dataset, name, embed_dim), os.path.join(tmp, name),
+                                         progress=False)
+                trainers[name].start_epoch_state(0)
+            first = trainers[methods[0]]
+            warm = 3
+            batches = []
+            for batch in first.pipeline.batches(first.sampler):
+                batches.append(batch)
+                if len(batches) == warm + steps:
+                    break
+            with busy_core(busy):
+                for name, trainer in trainers.items():
+                    for inputs, positions in batches[:warm]:
+                        trainer.step(inputs, positions)
+                    clocks[name] = PartClock()
+                    _instrument(trainer, clocks[name])
+                timed = batches[warm:]
+                with _shared_parts():
+                    for start in range(0, len(timed), block):
+                        for name, trainer in trainers.items():
+                            with _active(clocks[name]):
+                                for inputs, positions in timed[start:start + block]:
+                                    trainer.step(inputs, positions)
+                step_ms = {n: step_parts(c.seconds, len(timed)) for n, c in clocks.items()}
+                per_epoch = {name: epoch_parts(trainer) for name, trainer in trainers.items()}
+            return {"dataset": dataset, "steps": len(timed), "busy": busy, "threads": torch.get_num_threads(),
+                    "steps_per_epoch": len(first.sampler), "embed_dim": embed_dim, "step_ms": step_ms,
+                    "epoch_s": per_epoch}
+    finally:
+        torch.set_num_threads(before)
+
+
+def profile_table(result: dict[str, Any], other: Optional[dict[str, Any]] = None) -> str:
+    """The profile as a Markdown table; with ``other`` (the same run with a core busy) its ratios too."""
+    names = list(result["step_ms"])
+    base = names[1] if len(names) > 1 else None
+    head = [f"{n} ms/step" for n in names] + ([f"{names[0]} / {base}"] if base else [])
+    if other:
+        head += [f"{n} busy / idle" for n in names]
+    lines = ["| part | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for part in (*STEP_PARTS, "step"):
+        row = [f"{result['step_ms'][n][part]:.2f}" for n in names]
+        if base:
+            row.append(_ratio(result["step_ms"][names[0]][part], result["step_ms"][base][part]))
+        if other:
+            row += [_ratio(other["step_ms"][n][part], result["step_ms"][n][part]) for n in names]
+        label = f"**{part}**" if part == "step" else part
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    for part in EPOCH_PARTS:
+        row = [f"{result['epoch_s'][n][part]:.2f}" for n in names]
+        if base:
+            row.append(_ratio(result["epoch_s"][names[0]][part], result["epoch_s"][base][part]))
+        if other:
+            row += [_ratio(other["epoch_s"][n][part], result["epoch_s"][n][part]) for n in names]
+        lines.append(f"| {part}: seconds per epoch ({result['steps_per_epoch']} steps) | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b > 1e-9 else "–"
+
+
+# ------------------------------------------------------------------------------ whole epochs
+
+def epochs(dataset: str = "glyphs", methods: tuple[str, ...] = ("plm", "stml"), threads: tuple[int, ...] = (2, 1),
+           embed_dim: int = 1280, batches_per_epoch: Optional[int] = None) -> list[dict[str, Any]]:
+    """Wall seconds of one training epoch (``Trainer.run_epoch``) per method, thread count and
+    idle / busy core (one warm-up epoch per trainer first)."""
+    from plm.training.trainer import Trainer
+
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in methods:
+                cfg = profile_config(dataset, name, embed_dim)
+                if batches_per_epoch:
+                    cfg = profile_config_with(cfg, batches_per_epoch)
+                trainer = Trainer(cfg, os.path.join(tmp, name), progress=False)
+                trainer.run_epoch(0)  # warm-up
+                for n in threads:
+                    torch.set_num_threads(n)
+                    for busy in (False, True):
+                        with busy_core(busy):
+                            start, cpu = time.perf_counter(), time.process_time()
+                            row = trainer.run_epoch(0)
+                            wall = time.perf_counter() - start
+                            rows.append({"method": name, "threads": n, "busy": busy, "epoch_s": wall,
+                                         "cpu_s": time.process_time() - cpu, "steps": len(trainer.sampler),
+                                         "loss": row["loss"]})
+                        print(json.dumps(rows[-1]), flush=True)
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def profile_config_with(cfg, batches_per_epoch: int):
+    """``cfg`` with ``sampler.batches_per_epoch`` set."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, batches_per_epoch=batches_per_epoch))
+
+
+def epochs_table(rows: list[dict[str, Any]]) -> str:
+    """Epoch seconds per method and thread count, idle and busy, with the busy / idle ratio."""
+    lines = ["| method | threads | idle epoch (s) | busy epoch (s) | busy / idle | idle CPU (s) | busy CPU (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    keyed = {(r["method"], r["threads"], r["busy"]): r for r in rows}
+    for (method, n, busy), r in keyed.items():
+        if busy:
+            continue
+        b = keyed[(method, n, True)]
+        lines.append(f"| {method} | {n} | {r['epoch_s']:.2f} | {b['epoch_s']:.2f} | "
+                     f"{_ratio(b['epoch_s'], r['epoch_s'])} | {r['cpu_s']:.2f} | {b['cpu_s']:.2f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ 1 vs 2 processes
+
+def _throughput_config(mode: str):
     from plm.training import default_config
 
     return default_config("digits", mode=mode, epochs=1, model={"image_size": 64},
@@ -36,7 +331,7 @@ def _config(mode: str):
 def _measure(mode: str, steps: int, out_dir: str, ctx=None) -> Optional[dict]:
     from plm.training.trainer import Trainer
 
-    trainer = Trainer(_config(mode), out_dir, progress=False, ctx=ctx)
+    trainer = Trainer(_throughput_config(mode), out_dir, progress=False, ctx=ctx)
     trainer.start_epoch_state(0)
     batches = []
     for inputs, positions in trainer.pipeline.batches(trainer.sampler):
@@ -94,7 +389,9 @@ def run(mode: str, world: int, steps: int, threads: int = 2) -> dict:
             before = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                return {**_measure(mode, steps, os.path.join(tmp, "run")), "threads": threads}
+                row = _measure(mode, steps, os.path.join(tmp, "run"))
+                assert row is not None
+                return {**row, "threads": threads}
             finally:
                 torch.set_num_threads(before)
         result = os.path.join(tmp, "result.json")
@@ -103,32 +400,67 @@ def run(mode: str, world: int, steps: int, threads: int = 2) -> dict:
             return {**json.load(fh), "threads": 1}
 
 
+def throughput_table(rows: list[dict]) -> str:
+    """The 1 vs 2 processes rows as a Markdown table."""
+    lines = ["| mode | processes × threads | step (s) | images/s | PL model + losses | forward + gathers | "
+             "backward + all-reduce + optimiser + EMA |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['world']} × {r['threads']} | {r['step_s']:.3f} | {r['images_per_s']:.0f} | "
+                     f"{100 * r['share_method']:.0f}% | {100 * r['share_forward']:.0f}% | "
+                     f"{100 * r['share_backward_step']:.0f}% |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ command line
+
 def main(argv: list[str]) -> int:
-    """Run the benchmark and print a Markdown table."""
-    parser = argparse.ArgumentParser(prog="bench_train", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    """Run the chosen case and print its Markdown table."""
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(prog="bench_train", description=doc.splitlines()[0])
+    parser.add_argument("--case", choices=["profile", "epoch", "throughput"], default="profile")
+    parser.add_argument("--dataset", default="glyphs", help="profile and epoch cases (frozen mode, the preset)")
+    parser.add_argument("--methods", nargs="+", default=["plm", "stml"], help="profile and epoch cases")
+    parser.add_argument("--embed-dim", type=int, default=1280, help="the head's width (profile and epoch cases)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per method (profile: 60) or per configuration (throughput: 10)")
+    parser.add_argument("--block", type=int, default=10, help="profile: steps per method taken in turn")
+    parser.add_argument("--busy", choices=["no", "yes", "both"], default="no",
+                        help="profile: measure with one core held by a spinning process (both: idle and busy)")
+    parser.add_argument("--threads", nargs="+", type=int, default=None,
+                        help="profile: the thread count (default: torch's); epoch: the counts compared (2 1); "
+                             "throughput: the single-process counts (2 1)")
+    parser.add_argument("--batches-per-epoch", type=int, default=None, help="epoch case: shorter epochs")
     parser.add_argument("--modes", nargs="+", default=["frozen", "finetune"], choices=["frozen", "finetune"])
     parser.add_argument("--worlds", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--threads", nargs="+", type=int, default=[2, 1],
-                        help="thread counts of the single-process runs (several processes use 1 each)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("PLM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "plm-bench-cache"))
     load = os.getloadavg()[0]
-    rows = []
-    for mode in args.modes:
-        for world in args.worlds:
-            for threads in (args.threads if world == 1 else [1]):
-                row = run(mode, world, args.steps, threads)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    print(f"\nload average at start: {load:.1f} (2 cores)")
-    print("| mode | processes × threads | step (s) | images/s | PL model + losses | forward + gathers | "
-          "backward + all-reduce + optimiser + EMA |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['world']} × {r['threads']} | {r['step_s']:.3f} | {r['images_per_s']:.0f} | "
-              f"{100 * r['share_method']:.0f}% | {100 * r['share_forward']:.0f}% | "
-              f"{100 * r['share_backward_step']:.0f}% |")
+    if args.case == "profile":
+        threads = args.threads[0] if args.threads else None
+        kw = dict(dataset=args.dataset, methods=tuple(args.methods), steps=args.steps or 60, block=args.block,
+                  embed_dim=args.embed_dim, threads=threads)
+        idle = profile(**kw, busy=args.busy == "yes")
+        busy = profile(**kw, busy=True) if args.busy == "both" else None
+        print(json.dumps({"idle" if args.busy != "yes" else "busy": idle, "busy": busy}), flush=True)
+        print(f"\n{args.dataset}, frozen mode, B = 120, {args.embed_dim}-d head, {idle['threads']} thread(s), "
+              f"{idle['steps']} steps per method{', one core busy' if args.busy == 'yes' else ''}; "
+              f"load average at start: {load:.1f}")
+        print(profile_table(idle, busy))
+    elif args.case == "epoch":
+        rows = epochs(args.dataset, tuple(args.methods), tuple(args.threads or (2, 1)), args.embed_dim,
+                      args.batches_per_epoch)
+        print(f"\nload average at start: {load:.1f}")
+        print(epochs_table(rows))
+    else:
+        os.environ.setdefault("PLM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "plm-bench-cache"))
+        rows = []
+        for mode in args.modes:
+            for world in args.worlds:
+                for threads in ((args.threads or [2, 1]) if world == 1 else [1]):
+                    row = run(mode, world, args.steps or 10, threads)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        print(f"\nload average at start: {load:.1f} (2 cores)")
+        print(throughput_table(rows))
     return 0
 
 
