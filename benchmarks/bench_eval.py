@@ -9,6 +9,11 @@ Each variant runs in its own subprocess, so its wall time and peak resident memo
     python -m benchmarks.bench_eval                 # full size
     python -m benchmarks.bench_eval --n 8000        # quick look
     python -m benchmarks.bench_eval --variants plm  # only some variants
+    python -m benchmarks.bench_eval --variants plm --threads 2 1 --busy both   # idle and with one core busy
+
+``--busy yes`` holds one core with a spinning process (started and stopped by the benchmark) while
+each variant runs; ``--busy both`` runs every variant idle and busy and adds the busy / idle ratio.
+``--wait-policy`` sets OpenMP's ``OMP_WAIT_POLICY`` of the variants' processes (``default``: unset).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._load import busy_core
 
 KS = (1, 10, 100, 1000)
 SOP_TEST_IMAGES, SOP_TEST_CLASSES = 60_502, 11_316
@@ -91,6 +98,26 @@ def run_variant(name: str, data: str, threads: int) -> dict:
             "peak_rss_mib": _maxrss_mib(), "rss_before_mib": base, "metrics": metrics}
 
 
+def _run_child(name: str, data: str, threads: int, busy: bool, policy: str) -> dict | None:
+    """One variant in its own process (idle, or with one core held by a spinning process)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS=str(threads))  # torch and faiss alike
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
+    with busy_core(busy):
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_eval", "--_child", name, data, str(threads)],
+                              capture_output=True, text=True, env=env, cwd=root)
+        load = os.getloadavg()[0]
+    if proc.returncode != 0:
+        print(f"{name}: failed\n{proc.stderr[-2000:]}", flush=True)
+        return None
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update(load_avg_after=load, busy=busy, wait_policy=policy)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate the data, run each variant in a subprocess, print a table and a JSON summary."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_eval", description=__doc__.splitlines()[0])
@@ -100,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=["plm", "plm-rows", "pml-k1000", "pml-maxbin"],
                    choices=list(VARIANTS))
     p.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts to run each variant with")
+    p.add_argument("--busy", choices=("no", "yes", "both"), default="no",
+                   help="hold one core with a spinning process while the variants run (both: idle, then busy)")
+    p.add_argument("--wait-policy", nargs="+", choices=("default", "active", "passive"), default=["default"],
+                   help="OMP_WAIT_POLICY of the variants' processes (default: unset)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--_child", nargs=3, metavar=("VARIANT", "DATA", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -116,33 +147,34 @@ def main(argv: list[str] | None = None) -> int:
         data = str(Path(tmp) / "data.npz")
         np.savez(data, x=x, labels=labels)
         del x
-        root = str(Path(__file__).resolve().parents[1])
-        for threads in args.threads:
-            for name in args.variants:
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-                           OMP_NUM_THREADS=str(threads))  # torch and faiss alike
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_eval", "--_child", name, data,
-                                       str(threads)], capture_output=True, text=True, env=env, cwd=root)
-                if proc.returncode != 0:
-                    print(f"{name}: failed\n{proc.stderr[-2000:]}", flush=True)
-                    continue
-                res = json.loads(proc.stdout.strip().splitlines()[-1])
-                res["load_avg_after"] = os.getloadavg()[0]
-                results.append(res)
-                m = res["metrics"]
-                print(f"  {name:11s} {threads} thr {res['seconds']:7.1f} s  "
-                      f"peak {res['peak_rss_mib'] / 1024:5.2f} GiB  "
-                      f"R@1 {m['recall_at']['1']:.4f}  MAP@R {m['map_at_r']:.4f}  R-prec {m['r_precision']:.4f}  "
-                      f"(load avg {res['load_avg_after']:.2f})", flush=True)
-    print("\n| variant | threads | wall time (s) | vs plm | CPU time (s) | peak RSS (GiB) | R@1 | R@10 | R@100 "
-          "| R@1000 | MAP@R | R-prec |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        busy_cases = {"no": [False], "yes": [True], "both": [False, True]}[args.busy]
+        for busy in busy_cases:
+            for policy in args.wait_policy:
+                for threads in args.threads:
+                    for name in args.variants:
+                        res = _run_child(name, data, threads, busy, policy)
+                        if res is None:
+                            continue
+                        results.append(res)
+                        m = res["metrics"]
+                        print(f"  {name:11s} {threads} thr {'busy' if busy else 'idle'} wait {policy:8s} "
+                              f"{res['seconds']:7.1f} s  peak {res['peak_rss_mib'] / 1024:5.2f} GiB  "
+                              f"R@1 {m['recall_at']['1']:.4f}  MAP@R {m['map_at_r']:.4f}  "
+                              f"R-prec {m['r_precision']:.4f}  (load avg {res['load_avg_after']:.2f})", flush=True)
+    print("\n| variant | threads | cores | OMP wait | wall time (s) | vs plm | vs idle 2 threads | CPU time (s) "
+          "| peak RSS (GiB) | R@1 | R@10 | R@100 | R@1000 | MAP@R | R-prec |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        ref = next((q for q in results if q["variant"] == "plm" and q["threads"] == r["threads"]), None)
+        same = [q for q in results if q["busy"] == r["busy"] and q["wait_policy"] == r["wait_policy"]]
+        ref = next((q for q in same if q["variant"] == "plm" and q["threads"] == r["threads"]), None)
+        idle = next((q for q in results if q["variant"] == r["variant"] and not q["busy"] and q["threads"] == 2
+                     and q["wait_policy"] == "default"), None)
         ratio = f"{r['seconds'] / ref['seconds']:.2f}×" if ref else "–"
+        vs_idle = f"{r['seconds'] / idle['seconds']:.2f}×" if idle else "–"
         m = r["metrics"]
         rk = [f"{m['recall_at'][k]:.4f}" if k in m["recall_at"] else "–" for k in map(str, KS)]
-        print(f"| {VARIANTS[r['variant']]} | {r['threads']} | {r['seconds']:.1f} | {ratio} | {r['cpu_seconds']:.1f} | "
+        print(f"| {VARIANTS[r['variant']]} | {r['threads']} | {'one busy' if r['busy'] else 'idle'} | "
+              f"{r['wait_policy']} | {r['seconds']:.1f} | {ratio} | {vs_idle} | {r['cpu_seconds']:.1f} | "
               f"{r['peak_rss_mib'] / 1024:.2f} | {' | '.join(rk)} | {m['map_at_r']:.4f} | {m['r_precision']:.4f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

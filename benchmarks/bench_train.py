@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,28 +45,13 @@ from typing import Any, Optional
 import torch
 import torch.multiprocessing as mp
 
+from benchmarks._load import busy_core
+
 #: the parts of a step, in the order of the table (``other`` is the step less every other part)
 STEP_PARTS = ("student forward", "teacher pass", "PL pieces", "similarities (STML: its target)", "point loss",
               "proxies + neighbourhood", "backward", "optimiser", "EMA", "other")
 #: the parts paid once per epoch
 EPOCH_PARTS = ("teacher embeddings (training set)", "k-NN table", "validation")
-
-
-# ------------------------------------------------------------------------------ a core kept busy
-
-@contextlib.contextmanager
-def busy_core(enabled: bool = True) -> Iterator[None]:
-    """Keep one core busy with a spinning child process for the duration of the block."""
-    if not enabled:
-        yield
-        return
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)  # let the scheduler see it
-        yield
-    finally:
-        spinner.terminate()
-        spinner.wait()
 
 
 # ------------------------------------------------------------------------------ the step profile

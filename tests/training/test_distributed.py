@@ -1,6 +1,11 @@
 """Distributed training (gloo on CPU, loopback only) against single-process training.
 
-Each test spawns 2 processes with ``torch.multiprocessing`` on a free 127.0.0.1 port.
+Each test spawns 2 processes with ``torch.multiprocessing`` on a free 127.0.0.1 port. The single-process
+runs they are compared with are spawned too (a process group of one): a fresh process, as a user's run.
+Run inside pytest's own process after the rest of the suite, the reference ended 1e-3 away from the
+ranks in the head's weights (3e-4 for k-means), and equal when the test ran alone: something earlier
+tests leave in that process changes the run (not pinned down; the head's start already differed in the
+last bit of some entries).
 """
 
 from __future__ import annotations
@@ -91,14 +96,12 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
     """2 ranks reach the single-process weights; a 2-rank run resumed on 1 rank ends where 1 rank does."""
     import shutil
 
-    from plm.training.trainer import Trainer
-
     cache = str(tmp_path / "cache")
-    monkeypatch.setenv("PLM_CACHE_DIR", cache)  # the parent fills the feature cache the ranks read
+    monkeypatch.setenv("PLM_CACHE_DIR", cache)
     single = tmp_path / "single"
-    assert Trainer(_tiny_config(3), single, progress=False).run(stop_after=2) is None
+    _spawn(_train_worker, 1, str(single), 3, 2, False, cache)  # fills the feature cache the ranks read
     shutil.copy(single / "last.pt", tmp_path / "single_epoch2.pt")
-    Trainer(_tiny_config(3), single, progress=False, resume=True).run()
+    _spawn(_train_worker, 1, str(single), 3, None, True, cache)
 
     dist = tmp_path / "dist"
     _spawn(_train_worker, 2, str(dist), 3, 2, False, cache)
@@ -110,18 +113,16 @@ def test_two_processes_match_one_and_resume_with_another_world_size(tmp_path, mo
             if hs.get(key) is not None:
                 assert hd[key] == pytest.approx(hs[key], abs=1e-5), key
 
-    Trainer(_tiny_config(3), dist, progress=False, resume=True).run()  # resume the 2-rank run on 1 process
+    _spawn(_train_worker, 1, str(dist), 3, None, True, cache)  # resume the 2-rank run on 1 process
     _assert_close(dist / "last.pt", single / "last.pt", atol=1e-5)
 
 
 @pytest.mark.slow
 def test_kmeans_pseudo_labels_from_rank_zero_reach_every_rank(tmp_path, monkeypatch) -> None:
     """k-means runs on rank 0 only; the broadcast labels give the single-process weights."""
-    from plm.training.trainer import Trainer
-
     cache = str(tmp_path / "cache")
     monkeypatch.setenv("PLM_CACHE_DIR", cache)
-    Trainer(_tiny_config(2, "kmeans"), tmp_path / "single", progress=False).run()
+    _spawn(_train_worker, 1, str(tmp_path / "single"), 2, None, False, cache, "kmeans")
     _spawn(_train_worker, 2, str(tmp_path / "dist"), 2, None, False, cache, "kmeans")
     labels = torch.load(tmp_path / "dist" / "last.pt", weights_only=True)["method_state"]["pseudo_labels"]
     assert labels.numel() == 300 and labels.unique().numel() > 1
