@@ -35,6 +35,7 @@ from plm.losses.functional import (
     relaxed_contrastive_loss,
 )
 from plm.losses.proxies import ProxyBank
+from plm.utils.threads import threads_for
 
 
 class ProxiesNotInitializedError(RuntimeError):
@@ -118,14 +119,16 @@ class PLMLoss(nn.Module):
     @torch.no_grad()
     def proxy_similarity(self, teacher: Tensor) -> Tensor:
         """(B, K) s′(x_i, proxy k) of teacher points to the proxies' pieces (detached)."""
-        from plm.manifold import directed_similarity
-
         if self.proxies is None:
             raise ValueError("this PLMLoss has no proxies (proxies.num = 0)")
-        rho = self.proxy_locations()
+        return self._proxy_similarity(self._points(teacher), self.proxy_locations(), self.proxies.orthonormal_bases())
+
+    def _proxy_similarity(self, points: Tensor, rho: Tensor, bases: Tensor) -> Tensor:
+        from plm.manifold import directed_similarity
+
         m = self.config.manifold
-        return directed_similarity(self._points(teacher), rho, rho, self.proxies.orthonormal_bases(), m.n_alpha,
-                                   m.n_beta)
+        with torch.no_grad():
+            return directed_similarity(points, rho.detach(), rho.detach(), bases.detach(), m.n_alpha, m.n_beta)
 
     def terms(self, student: Tensor, student_all: Tensor, teacher_all: Tensor, row_start: int = 0,
               world_size: int = 1) -> dict[str, Tensor]:
@@ -151,6 +154,16 @@ class PLMLoss(nn.Module):
             raise ProxiesNotInitializedError(
                 "the proxies are not initialised: call plm_loss.init_proxies(train_embeddings) with the teacher's "
                 "embeddings of the training set before the first step (or set proxies.num=0)")
+        b, d = student_all.shape
+        # a batch's matrices are small: one thread (plm.utils.threads), so that a core held by
+        # another process does not stall every operation
+        with threads_for(b * b * d):
+            out = self._terms(student, student_all, teacher_all, row_start, world_size)
+        self.last_terms = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def _terms(self, student: Tensor, student_all: Tensor, teacher_all: Tensor, row_start: int,
+               world_size: int) -> dict[str, Tensor]:
         cfg = self.config.loss
         b = student_all.shape[0]
         num_pairs = b * (b - 1)
@@ -164,22 +177,22 @@ class PLMLoss(nn.Module):
         out = {"point": l_point}
         total = cfg.point * l_point
         if self.proxies is not None:
-            s_p = self.proxy_similarity(teacher_all)  # (B, K)
-            num = b * self.proxies.num
             rho = self.proxy_locations()
+            bases = self.proxies.orthonormal_bases()  # once per step: the similarity reads it detached
+            points = self._points(teacher_all.detach())
+            s_p = self._proxy_similarity(points, rho, bases)  # (B, K)
+            num = b * self.proxies.num
             ref = rho if self.config.proxies.update == "all" else rho.detach()
             if cfg.kind == "relaxed_contrastive":
                 l_proxy = proxy_contrastive_loss(student, ref, s_p[rows], cfg.margin, denom=num)
             else:
                 l_proxy = proxy_loss(student, ref, s_p[rows], cfg.delta, denom=num)
             # computed identically on every rank from the global batch: each contributes 1/world
-            l_neigh = neighborhood_loss(self._points(teacher_all), rho, self.proxies.orthonormal_bases(), s_p,
-                                        cfg.neighbourhood_points, cfg.neighbourhood_lambda,
+            l_neigh = neighborhood_loss(points, rho, bases, s_p, cfg.neighbourhood_points, cfg.neighbourhood_lambda,
                                         radius=cfg.neighbourhood_radius) / world_size
             out.update(proxy=l_proxy, neighbourhood=l_neigh)
             total = total + cfg.proxy * l_proxy + cfg.neighbourhood * l_neigh
         out["loss"] = total
-        self.last_terms = {k: v.detach() for k, v in out.items()}
         return out
 
     def forward(self, student_embeddings: Tensor, teacher_embeddings: Tensor) -> Tensor:

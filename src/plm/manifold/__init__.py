@@ -5,9 +5,10 @@
 pieces (proxies included); ``sparse_similarity`` is the dataset-scale version.
 """
 
-from plm.manifold.config import CRITERIA, NORMALIZATIONS, ON_BREACH, SYMMETRIZE, ManifoldConfig, Pieces
+from plm.manifold.config import CRITERIA, NORMALIZATIONS, ON_BREACH, SYMMETRIZE, ManifoldConfig
 from plm.manifold.neighbors import knn_candidates
-from plm.manifold.pieces import candidate_residual, fit_error, fit_pieces, nearest_candidates
+from plm.manifold.pieces import Pieces, fit_pieces, nearest_candidates
+from plm.manifold.selection import candidate_residual, fit_error
 from plm.manifold.similarity import (
     directed_similarity,
     neighbor_similarity,

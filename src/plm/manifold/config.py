@@ -1,12 +1,10 @@
-"""Options of the piecewise-linear (PL) manifold model and the fitted pieces."""
+"""Options of the piecewise-linear (PL) manifold model."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
 from typing import Optional
-
-from torch import Tensor
 
 CRITERIA = ("residual_variance", "relative_residual", "candidate_residual", "relative_candidate_residual")
 SYMMETRIZE = ("mean", "max", "min", "geometric")
@@ -97,36 +95,3 @@ class ManifoldConfig:
 
 def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass
-class Pieces:
-    """The linear pieces of N points (one per point), as fitted by :func:`plm.manifold.fit_pieces`.
-
-    Attributes:
-        anchors: (N, d) the points the pieces were grown around (after optional normalisation).
-        means: (N, d) μ_i, the mean of the selected neighbourhood S_i.
-        bases: (N, d, m) orthonormal columns U_i; zero columns where S_i spans fewer than m dims.
-        members: (N, K) long, the indices of S_i (anchor first, then in candidate order), -1 padded.
-        sizes: (N,) long, |S_i|.
-        ranks: (N,) long, the number of non-zero columns of U_i.
-    """
-
-    anchors: Tensor
-    means: Tensor
-    bases: Tensor
-    members: Tensor
-    sizes: Tensor
-    ranks: Tensor
-
-    def __len__(self) -> int:
-        return int(self.anchors.shape[0])
-
-    def to(self, device: object) -> Pieces:
-        """The same pieces on another device."""
-        return Pieces(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-    def groups(self) -> list[list[int]]:
-        """Each point's selected neighbourhood S_i as a list of indices (anchor first)."""
-        members = self.members.cpu().numpy()
-        return [row[row >= 0].tolist() for row in members]

@@ -1,50 +1,93 @@
-"""Subset selection and local PCA: one linear piece per point, batched over all anchors.
+"""Linear pieces: candidates, subset selection and local PCA for every point, batched over anchors.
 
-For anchor i with candidates c_1..c_K (its nearest other points, nearest first), the selected
-neighbourhood starts as S_i = {i}; candidate c_t joins when the m-dimensional PCA fit of
-S_i ∪ {c_t} has a scale-free error ≤ ε (docs/method.md §3). All anchors advance together: the loop runs
-over the K candidate positions (set errors) or over the joins (candidate criteria: one fit of the
-current members scores every remaining candidate), never over points. Each step needs only the
-(K+1)×(K+1) Gram matrix of the anchor's candidates, so the work per anchor is a handful of small
-batched eigen-decompositions. Up to :data:`GLOBAL_GRAM_MAX` points these Gram matrices are read off
-one float64 Gram matrix of all points, so no (anchors, K+1, d) tensor is built.
+For anchor i with candidates c_1..c_K (its nearest other points, nearest first, or the other
+members of its seed group), the selected neighbourhood S_i grows as :mod:`plm.manifold.selection`
+decides; its piece is the mean of S_i and the top-m principal directions (docs/method.md §3).
 
-Set errors (both in [0, 1], invariant to scale, rotation and translation), computed on the grown
-set S_i ∪ {c_t}:
-
-- ``residual_variance``: share of the set's total variance outside its top-m principal directions,
-  (Σ_{k>m} λ_k) / (Σ_k λ_k) with λ the PCA eigenvalues of the set.
-- ``relative_residual``: mean over the set of each point's orthogonal distance to the fitted
-  m-dim affine subspace, divided by the mean distance of the other members to the anchor.
-
-Both *fall* when a far point joins (it dominates the set's variance), so they accept far
-candidates. The candidate criteria judge the candidate against the piece fitted to the current
-set S_i (its mean and top-min(m, |S_i|−1) principal directions), before it joins:
-
-- ``candidate_residual``: the candidate's orthogonal distance to that piece (absolute; on
-  unit-norm inputs a chord length in [0, 2]);
-- ``relative_candidate_residual``: the same distance over the anchor's nearest-candidate distance.
-
-With the candidate criteria the nearest candidate always joins (so every piece is at least a
-line); with the set errors the first m do (a set of ≤ m+1 points fits exactly). ``on_breach``
-``"stop"`` ends the growth at the first rejection instead of skipping to the next candidate.
+Everything is computed from Gram matrices of the points relative to each anchor (float64), so a
+piece is held as coefficients: U_i = Σ_k C_ik (x_k − x_i) over the members k of S_i, and
+μ_i = the mean of S_i. Up to :data:`GLOBAL_GRAM_MAX` points these Gram matrices are read off one
+float64 Gram matrix of all points (kept in :attr:`Pieces.gram`; :mod:`plm.manifold.similarity`
+scores every pair from it), and the d-dimensional means and bases are built only when read.
+Above it, each block of anchors gathers its candidates and the pieces are built at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from plm.manifold.config import ManifoldConfig, Pieces
+from plm.evaluation.knn import smallest_k
+from plm.manifold.config import ManifoldConfig
 from plm.manifold.neighbors import knn_candidates
+from plm.manifold.selection import REL_TOL, centered_gram, select_members
 
 DENSE_MAX = 4096  # up to this many points, candidate distances are computed in float64
 GLOBAL_GRAM_MAX = 1024  # up to this many points, the pieces come from one float64 Gram matrix of all points
-_REL_TOL = 1e-6  # eigenvalues below this share of the set's variance count as zero
-ERR_SLACK = 1e-6  # rounding slack on the fit-error test (an exact fit must not fail ε = 0 by rounding)
+_BUILD_FLOATS = 2 ** 22  # anchors × members × d entries gathered at once when means and bases are built
+
+
+@dataclass
+class Pieces:
+    """The linear pieces of N points (one per point), as fitted by :func:`plm.manifold.fit_pieces`.
+
+    Attributes:
+        anchors: (N, d) the points the pieces were grown around (after optional normalisation).
+        members: (N, K) long, the indices of S_i (anchor first, then in candidate order), -1 padded.
+        sizes: (N,) long, |S_i|.
+        ranks: (N,) long, the number of non-zero columns of U_i.
+        coefficients: (N, K, m) float64, U_i = Σ_k coefficients[i, k] · (x_{members[i, k]} − x_i)
+            (zero in padded slots).
+        gram: (N, N) float64 Gram matrix of the anchors when N ≤ :data:`GLOBAL_GRAM_MAX`, else ``None``.
+        means: (N, d) μ_i, the mean of S_i (built on first use).
+        bases: (N, d, m) orthonormal columns U_i; zero columns where S_i spans fewer than m dims
+            (built on first use).
+    """
+
+    anchors: Tensor
+    members: Tensor
+    sizes: Tensor
+    ranks: Tensor
+    coefficients: Tensor
+    gram: Optional[Tensor] = None
+    _built: Optional[tuple[Tensor, Tensor]] = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.anchors.shape[0])
+
+    @property
+    def means(self) -> Tensor:
+        """(N, d) μ_i."""
+        return self._build()[0]
+
+    @property
+    def bases(self) -> Tensor:
+        """(N, d, m) U_i."""
+        return self._build()[1]
+
+    def _build(self) -> tuple[Tensor, Tensor]:
+        if self._built is None:
+            self._built = build_means_and_bases(self.anchors, self.members, self.sizes, self.coefficients,
+                                                self.gram is not None)
+        return self._built
+
+    def to(self, device: torch.device | str) -> Pieces:
+        """The same pieces on another device."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.to(device)
+            elif isinstance(value, tuple):
+                moved[name] = tuple(v.to(device) for v in value)
+        return Pieces(**moved)
+
+    def groups(self) -> list[list[int]]:
+        """Each point's selected neighbourhood S_i as a list of indices (anchor first)."""
+        members = self.members.cpu().numpy()
+        return [row[row >= 0].tolist() for row in members]
 
 
 def check_points(x: Tensor, name: str = "x") -> None:
@@ -81,10 +124,13 @@ def nearest_candidates(x: Tensor, k: int, block_size: int = 2048) -> Tensor:
 
 
 @torch.no_grad()
-def group_candidates(x: Tensor, group_size: int) -> Tensor:
+def group_candidates(x: Tensor, group_size: int, gram: Optional[Tensor] = None,
+                     representatives: Optional[Tensor] = None) -> Tensor:
     """(N, g−1) indices of the other points of each point's group, nearest first (ties by index).
 
-    The points come in consecutive groups of ``group_size`` = g (rows g·q … g·q + g − 1).
+    The points come in consecutive groups of ``group_size`` = g (rows g·q … g·q + g − 1). The
+    distances are float64, from ``gram`` (the points' Gram matrix) when given; equal points
+    (``representatives``, see :func:`duplicate_representatives`) tie exactly, at distance 0 from each other.
 
     Raises:
         ValueError: N is not a multiple of g.
@@ -92,10 +138,86 @@ def group_candidates(x: Tensor, group_size: int) -> Tensor:
     n, g = x.shape[0], group_size
     if n % g:
         raise ValueError(f"group_size {g} must divide the number of points, got {n}")
-    xs = x.double().reshape(n // g, g, -1)
-    dist = torch.cdist(xs, xs) + torch.diag(torch.full((g,), float("inf"), dtype=torch.float64, device=x.device))
-    order = torch.sort(dist, dim=2, stable=True).indices[:, :, :g - 1]
+    if gram is None:
+        xs = x.double().reshape(n // g, g, -1)
+        blocks = xs @ xs.transpose(1, 2)
+    else:
+        starts = torch.arange(0, n, g, device=x.device)[:, None] + torch.arange(g, device=x.device)
+        blocks = gram[starts[:, :, None], starts[:, None, :]]  # (n/g, g, g)
+    key = torch.diagonal(blocks, dim1=1, dim2=2)[:, None, :] - 2.0 * blocks  # ‖x_j‖² − 2 x_i·x_j
+    if representatives is not None:
+        rep = representatives.reshape(n // g, g)
+        same = rep[:, :, None] == rep[:, None, :]  # (n/g, g, g) equal points
+        first = same.to(torch.int8).argmax(2)  # the first position in the group of an equal point
+        key = key.gather(2, first[:, None, :].expand(-1, g, -1))  # equal columns, equal keys
+        key = key.masked_fill(same, float("-inf"))  # an equal point is the nearest
+    key = key + torch.diag(torch.full((g,), float("inf"), dtype=key.dtype, device=x.device))
+    order = torch.sort(key, dim=2, stable=True).indices[:, :, :g - 1]
     return (order + torch.arange(0, n, g, device=x.device)[:, None, None]).reshape(n, g - 1)
+
+
+@torch.no_grad()
+def duplicate_representatives(x: Tensor) -> Optional[Tensor]:
+    """(N,) long: the lowest index of a point equal to each point, or ``None`` when all points differ."""
+    n = x.shape[0]
+    if n < 2:
+        return None
+    inverse = torch.unique(x, dim=0, return_inverse=True)[1]
+    unique = int(inverse.max()) + 1
+    if unique == n:
+        return None
+    first = torch.full((unique,), n, dtype=torch.long, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(n, device=x.device), "amin")
+    return first[inverse]
+
+
+def _nearest_with_duplicates(x: Tensor, k: int, representatives: Tensor, block_size: int = 2048) -> Tensor:
+    """:func:`nearest_candidates` where some points are equal: equal points tie exactly (ties by index).
+
+    The k-NN search runs with room for a duplicate group across the k-th place; its candidates are
+    ordered again by float64 squared distances taken from the differences (0 between equal points).
+    """
+    n = x.shape[0]
+    extra = int(torch.bincount(representatives).max()) - 1
+    cand = nearest_candidates(x, min(n - 1, k + extra), block_size)
+    x64 = x.double()
+    dist = torch.empty(cand.shape, dtype=torch.float64, device=x.device)
+    step = max(1, _BUILD_FLOATS // max(1, cand.shape[1] * x.shape[1]))
+    for start in range(0, n, step):
+        diff = x64[cand[start:start + step]] - x64[start:start + step, None, :]
+        dist[start:start + step] = diff.pow(2).sum(2)
+    dist = dist.masked_fill(representatives[cand] == representatives[:, None], 0.0)
+    by_index = torch.argsort(cand, dim=1)
+    cand, dist = cand.gather(1, by_index), dist.gather(1, by_index)
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+    return cand.gather(1, order)
+
+
+def _candidates(x: Tensor, config: ManifoldConfig, candidates: Optional[Tensor], gram: Optional[Tensor],
+                representatives: Optional[Tensor]) -> Tensor:
+    """The candidate lists of :func:`fit_pieces` (see there)."""
+    n = x.shape[0]
+    if candidates is not None and config.group_size is not None:
+        raise ValueError("pass either candidates or a config with group_size, not both")
+    if candidates is not None:
+        candidates = _check_candidates(candidates, n, x.device)
+    elif config.group_size is not None:
+        candidates = group_candidates(x, config.group_size, gram, representatives)
+    else:
+        k = n - 1 if config.max_candidates is None else min(config.max_candidates, n - 1)
+        if k <= 0:
+            return torch.empty(n, 0, dtype=torch.long, device=x.device)
+        if gram is None:
+            if representatives is not None:
+                return _nearest_with_duplicates(x, k, representatives)
+            return nearest_candidates(x, k)
+        # the k-NN rule of plm.evaluation.knn on the Gram matrix: ‖x_j‖² − 2 x_i·x_j, ties by index
+        key = torch.diagonal(gram)[None, :] - 2.0 * gram
+        if representatives is not None:  # equal points: equal columns of the Gram matrix, nearest of all
+            key.masked_fill_(representatives[:, None] == representatives[None, :], float("-inf"))
+        key.fill_diagonal_(float("inf"))
+        return smallest_k(key, k)[1]
+    return candidates if config.max_candidates is None else candidates[:, :config.max_candidates]
 
 
 @torch.no_grad()
@@ -121,27 +243,16 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
     x = prepare(x, config)
     n, d = x.shape
     m = config.piece_dim
-    if candidates is not None and config.group_size is not None:
-        raise ValueError("pass either candidates or a config with group_size, not both")
-    if candidates is None and config.group_size is not None:
-        candidates = group_candidates(x, config.group_size)
-        if config.max_candidates is not None:
-            candidates = candidates[:, :config.max_candidates]
-    elif candidates is None:
-        k = n - 1 if config.max_candidates is None else min(config.max_candidates, n - 1)
-        candidates = nearest_candidates(x, k) if k > 0 else torch.empty(n, 0, dtype=torch.long, device=x.device)
-    else:
-        candidates = _check_candidates(candidates, n, x.device)
-        if config.max_candidates is not None:
-            candidates = candidates[:, :config.max_candidates]
+    representatives = duplicate_representatives(x)
+    gram_all = batch_gram(x, representatives) if n <= GLOBAL_GRAM_MAX else None
+    candidates = _candidates(x, config, candidates, gram_all, representatives)
     k = candidates.shape[1]
-    means = torch.empty_like(x)
-    bases = torch.zeros(n, d, m, dtype=x.dtype, device=x.device)
     members = torch.full((n, k + 1), -1, dtype=torch.long, device=x.device)
+    coefficients = torch.zeros(n, k + 1, m, dtype=torch.float64, device=x.device)
     sizes = torch.empty(n, dtype=torch.long, device=x.device)
     ranks = torch.empty(n, dtype=torch.long, device=x.device)
-    x64 = x.double() if n <= GLOBAL_GRAM_MAX else None
-    gram_all = None if x64 is None else x64 @ x64.T
+    built = None if gram_all is not None else (torch.empty_like(x), torch.zeros(n, d, m, dtype=x.dtype,
+                                                                                  device=x.device))
     for start in range(0, n, block_size):
         stop = min(n, start + block_size)
         anchors = torch.arange(start, stop, device=x.device)
@@ -154,28 +265,42 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
         else:
             z = x[safe] - x[anchors][:, None, :]  # (b, K+1, d) relative to the anchor
             gram = (z @ z.transpose(1, 2)).double()
-        mask = _select(gram, valid, config)
+        mask = select_members(gram, valid, config)
         # members first (anchor in column 0, then candidate order); the PCA sees the members only
         order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
         members[start:stop] = torch.where(mask.gather(1, order), idx.gather(1, order), torch.full_like(idx, -1))
-        keep = order[:, :int(mask.sum(1).max())]
-        size = keep.shape[1]
+        size = int(mask.sum(1).max())
+        keep = order[:, :size]
         gram = gram.gather(1, keep[:, :, None].expand(-1, -1, gram.shape[2]))
         gram = gram.gather(2, keep[:, None, :].expand(-1, size, -1))
-        if x64 is not None:
-            combine = _global_combiner(x64, safe.gather(1, keep), x.dtype)
-        else:
-            assert z is not None
-            combine = _gathered_combiner(z.gather(1, keep[:, :, None].expand(-1, -1, d)))
-        mu, basis, rank = _local_pca(x[anchors], combine, gram, mask.gather(1, keep), m)
-        means[start:stop] = mu
-        bases[start:stop] = basis
+        w = mask.gather(1, keep)
+        coef, rank = _local_pca(gram, w, m, x.dtype)
+        coefficients[start:stop, :size] = coef
         ranks[start:stop] = rank
-        sizes[start:stop] = mask.sum(1)
-    return Pieces(anchors=x, means=means, bases=bases, members=members, sizes=sizes, ranks=ranks)
+        sizes[start:stop] = w.sum(1)
+        if built is not None:
+            assert z is not None
+            mean, basis = _combine(x[anchors], z.gather(1, keep[:, :, None].expand(-1, -1, d)), w, coef)
+            built[0][start:stop], built[1][start:stop] = mean, basis
+    return Pieces(anchors=x, members=members, sizes=sizes, ranks=ranks, coefficients=coefficients, gram=gram_all,
+                  _built=built)
 
 
-Combiner = Callable[[Tensor], Tensor]
+def batch_gram(x: Tensor, representatives: Optional[Tensor] = None) -> Tensor:
+    """(N, N) float64 Gram matrix of the points less their mean.
+
+    The mean is rounded to float32, so that the subtraction is exact for float32 points. Every
+    quantity of the PL model is translation invariant; centring keeps the rounding of the Gram
+    matrix at the scale of the points' spread, not of their distance from the origin. With
+    ``representatives`` (:func:`duplicate_representatives`) equal points get identical rows and
+    columns, so that distances between them are exactly 0 and their distances to others tie exactly.
+    """
+    x64 = x.double()
+    centred = x64 - x64.mean(0).float().double() if len(x) else x64
+    gram = centred @ centred.T
+    if representatives is not None:
+        gram = gram[representatives[:, None], representatives[None, :]]
+    return gram
 
 
 def _gram_from_global(gram_all: Tensor, idx: Tensor) -> Tensor:
@@ -184,23 +309,6 @@ def _gram_from_global(gram_all: Tensor, idx: Tensor) -> Tensor:
     g = gram_all[idx[:, :, None], idx[:, None, :]]
     g_anchor = g[:, :, :1]
     return g - g_anchor - g_anchor.transpose(1, 2) + g[:, :1, :1]
-
-
-def _gathered_combiner(z: Tensor) -> Combiner:
-    """Σ_k c_k z_k for gathered (b, n, d) points ``z`` relative to their anchor: (b, n, r) → (b, d, r)."""
-    return lambda coeffs: z.transpose(1, 2) @ coeffs.to(z.dtype)
-
-
-def _global_combiner(x64: Tensor, idx: Tensor, dtype: torch.dtype) -> Combiner:
-    """As :func:`_gathered_combiner` without gathering the points: the coefficients are scattered to the
-    points' global rows, Σ_k c_k (x_k − x_i) = Xᵀc − (Σ_k c_k) x_i, in float64."""
-    def combine(coeffs: Tensor) -> Tensor:
-        b, n, r = coeffs.shape
-        c = coeffs.double()
-        spread = c.new_zeros(b, x64.shape[0], r).scatter_add_(1, idx[:, :, None].expand(b, n, r), c)
-        out = torch.einsum("nd,bnr->bdr", x64, spread) - x64[idx[:, 0]][:, :, None] * c.sum(1)[:, None, :]
-        return out.to(dtype)
-    return combine
 
 
 def _check_candidates(candidates: Tensor, n: int, device: torch.device) -> Tensor:
@@ -216,197 +324,22 @@ def _check_candidates(candidates: Tensor, n: int, device: torch.device) -> Tenso
     return torch.where(candidates == rows, torch.full_like(candidates, -1), candidates)
 
 
-def _centered_gram(gram: Tensor, w: Tensor) -> Tensor:
-    """Gram matrix of the members (w = 1) centred on their mean; other rows and columns zero."""
-    count = w.sum(1).clamp(min=1)[:, None]
-    row = (gram * w[:, None, :]).sum(2) / count  # z_k · z̄
-    total = (row * w).sum(1, keepdim=True) / count  # ||z̄||²
-    gc = gram - row[:, :, None] - row[:, None, :] + total[:, :, None]
-    return gc * w[:, :, None] * w[:, None, :]
-
-
-def fit_error(gram: Tensor, w: Tensor, m: int, criterion: str, anchor_dist: Tensor) -> Tensor:
-    """Scale-free m-dim PCA fit error of each member set (see the module docstring).
+def _local_pca(gram: Tensor, mask: Tensor, m: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Basis coefficients and rank of each member set's top-m principal directions.
 
     Args:
-        gram: (b, n, n) Gram matrices of the points relative to the anchor (float64).
-        w: (b, n) member indicator (float64), anchor in column 0.
-        m: piece dimension.
-        criterion: ``residual_variance`` or ``relative_residual``.
-        anchor_dist: (b, n) distances of the points to the anchor.
-    """
-    gc = _centered_gram(gram, w)
-    if criterion == "residual_variance":
-        lam = torch.linalg.eigvalsh(gc).clamp(min=0)  # ascending
-        total = lam.sum(1)
-        top = lam[:, -m:].sum(1)
-        err = (total - top).clamp(min=0) / total.clamp(min=torch.finfo(gc.dtype).tiny)
-        return torch.where(total > 0, err, torch.zeros_like(err))
-    lam, vec = torch.linalg.eigh(gc)
-    lam = lam.clamp(min=0)
-    proj = (vec[:, :, -m:] ** 2 * lam[:, None, -m:]).sum(2)  # squared length of each point's projection
-    res = (torch.diagonal(gc, dim1=1, dim2=2) - proj).clamp(min=0).sqrt() * w
-    count = w.sum(1)
-    mean_res = res.sum(1) / count.clamp(min=1)
-    others = (count - 1).clamp(min=1)
-    mean_dist = (anchor_dist * w)[:, 1:].sum(1) / others
-    err = mean_res / mean_dist.clamp(min=torch.finfo(gc.dtype).tiny)
-    return torch.where(mean_dist > 0, err, torch.zeros_like(err))
-
-
-def _select(gram: Tensor, valid: Tensor, config: ManifoldConfig) -> Tensor:
-    """(b, K+1) bool: the members of each anchor's selected neighbourhood (anchor = column 0).
-
-    For the set errors, step t tests candidate t on the leading (t+1)×(t+1) block. A set of at
-    most m+1 points fits an m-dim subspace exactly (error 0), so the first m valid candidates
-    always join. The candidate criteria go through :func:`_select_by_candidate`.
-    """
-    mask = torch.zeros_like(valid)
-    mask[:, 0] = True
-    if not config.subset_selection:
-        return mask | valid
-    anchor_dist = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=0).sqrt()
-    if config.criterion in ("candidate_residual", "relative_candidate_residual"):
-        return _select_by_candidate(gram, valid, anchor_dist, config)
-    m = config.piece_dim
-    w = mask.to(gram.dtype)
-    growing = torch.ones_like(valid[:, 0])
-    for t in range(1, gram.shape[1]):
-        if t <= m:
-            accept = valid[:, t]
-        else:
-            trial = w[:, :t + 1].clone()
-            trial[:, t] = 1.0
-            err = fit_error(gram[:, :t + 1, :t + 1], trial, m, config.criterion, anchor_dist[:, :t + 1])
-            accept = valid[:, t] & (err <= config.eps + ERR_SLACK)
-        if config.on_breach == "stop":
-            growing = growing & (accept | ~valid[:, t])  # an empty slot is no breach
-            accept = accept & growing
-        w[:, t] = accept.to(w.dtype)
-    return w > 0.5
-
-
-def _select_by_candidate(gram: Tensor, valid: Tensor, anchor_dist: Tensor, config: ManifoldConfig) -> Tensor:
-    """:func:`_select` for the candidate criteria, looping over joins instead of candidates.
-
-    Between two joins the piece does not change, so one fit of the current members scores every
-    remaining candidate at once: the next member is the first later candidate within ε (``skip``),
-    or the next valid candidate if it is within ε (``stop``). The loop runs max |S_i| times,
-    each on the anchors still growing, with eigen-decompositions of the members' size only. It
-    gives the members of the candidate-by-candidate loop (same piece, same test).
-    """
-    b, n = valid.shape
-    mask = torch.zeros_like(valid)
-    mask[:, 0] = True
-    if n == 1:
-        return mask
-    mask[:, 1] = valid[:, 1]  # the nearest candidate joins untested
-    last = torch.ones(b, dtype=torch.long, device=valid.device)  # the last candidate considered
-    radius = _nearest_valid_distance(anchor_dist, valid)
-    relative = config.criterion == "relative_candidate_residual"
-    positions = torch.arange(n, device=valid.device)
-    active = torch.arange(b, device=valid.device)
-    while active.numel():
-        members = mask[active]
-        later = valid[active] & (positions[None, :] > last[active, None])
-        keep_rows = later.any(1)
-        active, members, later = active[keep_rows], members[keep_rows], later[keep_rows]
-        if not active.numel():
-            break
-        res = _residuals_to_piece(gram[active], members, config.piece_dim)
-        if relative:
-            res = res / radius[active, None].clamp(min=torch.finfo(res.dtype).tiny)
-        fits = later & (res <= config.eps + ERR_SLACK)
-        if config.on_breach == "stop":
-            nxt = _first_true(later)
-            joins = fits.gather(1, nxt[:, None]).squeeze(1)
-        else:
-            joins = fits.any(1)
-            nxt = _first_true(fits)
-        active, nxt = active[joins], nxt[joins]
-        mask[active, nxt] = True
-        last[active] = nxt
-    return mask
-
-
-def _first_true(flags: Tensor) -> Tensor:
-    """(b,) the first column where each row of ``flags`` is true (rows must have one)."""
-    n = flags.shape[1]
-    pos = torch.arange(n, device=flags.device).expand_as(flags)
-    return torch.where(flags, pos, torch.full_like(pos, n)).amin(1)
-
-
-def _residuals_to_piece(gram: Tensor, members: Tensor, m: int) -> Tensor:
-    """(b, n) orthogonal distance of every point to the piece of the members (as
-    :func:`candidate_residual`, for all points at once).
-
-    Args:
-        gram: (b, n, n) Gram matrices relative to the anchor (float64).
-        members: (b, n) bool member indicator (at least one per row).
-        m: piece dimension.
-    """
-    b, n, _ = gram.shape
-    size = int(members.sum(1).max())
-    slots = torch.sort((~members).to(torch.int8), dim=1, stable=True).indices[:, :size]  # members first
-    w = members.gather(1, slots).to(gram.dtype)  # (b, S)
-    count = w.sum(1, keepdim=True)
-    g_all = gram.gather(2, slots[:, None, :].expand(b, n, size))  # (b, n, S): z_k · z_a
-    row = (g_all * w[:, None, :]).sum(2) / count  # z_k · z̄
-    g_mm = g_all.gather(1, slots[:, :, None].expand(b, size, size))
-    row_m = row.gather(1, slots)
-    total = (row_m * w).sum(1, keepdim=True) / count  # ||z̄||²
-    gc = (g_mm - row_m[:, :, None] - row_m[:, None, :] + total[:, :, None]) * w[:, :, None] * w[:, None, :]
-    lam, vec = torch.linalg.eigh(gc)  # ascending
-    lam, vec = lam[:, -m:], vec[:, :, -m:]
-    scale = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
-    keep = lam > _REL_TOL * scale
-    cross_all = (g_all - row[:, :, None] - row_m[:, None, :] + total[:, :, None]) * w[:, None, :]
-    cross = cross_all @ vec  # (b, n, m): (z_k − z̄)·(z_a − z̄) along each direction
-    proj2 = torch.where(keep[:, None, :], cross ** 2 / lam.clamp(min=torch.finfo(lam.dtype).tiny)[:, None, :],
-                        torch.zeros_like(cross)).sum(2)
-    diag = torch.diagonal(gram, dim1=1, dim2=2) - 2 * row + total
-    return (diag - proj2).clamp(min=0).sqrt()
-
-
-def _nearest_valid_distance(anchor_dist: Tensor, valid: Tensor) -> Tensor:
-    """(b,) the distance from each anchor to its nearest valid candidate (inf when it has none)."""
-    d = torch.where(valid[:, 1:], anchor_dist[:, 1:], torch.full_like(anchor_dist[:, 1:], float("inf")))
-    return d.amin(1) if d.shape[1] else anchor_dist.new_full((anchor_dist.shape[0],), float("inf"))
-
-
-def candidate_residual(gram: Tensor, w: Tensor, m: int) -> Tensor:
-    """Orthogonal distance of the last point to the piece of the current members.
-
-    The piece is the members' mean plus their top-min(m, rank) principal directions; the last
-    column of ``gram`` is the candidate, which is not a member (:func:`_residuals_to_piece` for
-    one candidate).
-
-    Args:
-        gram: (b, n, n) Gram matrices relative to the anchor (float64), candidate last.
-        w: (b, n) member indicator, at least one member per row (the candidate's entry is ignored).
-        m: piece dimension.
-    """
-    members = w > 0.5
-    members[:, -1] = False
-    return _residuals_to_piece(gram, members, m)[:, -1]
-
-
-def _local_pca(anchor: Tensor, combine: Combiner, gram: Tensor, mask: Tensor,
-               m: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean, orthonormal top-m basis (zero columns past the set's rank) and rank of each member set.
-
-    Args:
-        anchor: (b, d) the anchors.
-        combine: maps (b, n, r) coefficients c to Σ_k c_k z_k, (b, d, r), with z_k the k-th candidate
-            relative to its anchor (anchor first, so z_0 = 0).
-        gram: (b, n, n) float64 Gram matrix of the z.
+        gram: (b, n, n) float64 Gram matrices of the points relative to their anchor (anchor first).
         mask: (b, n) members.
         m: piece dimension.
+        dtype: the points' dtype (directions within its rounding of the largest one are dropped).
+
+    Returns:
+        (b, n, m) float64 coefficients C with U = Σ_k C_k z_k orthonormal (zero columns past the set's
+        rank), and (b,) ranks.
     """
     b, n = mask.shape
     w = mask.to(gram.dtype)
-    mu = anchor + combine((w / w.sum(1, keepdim=True))[:, :, None])[:, :, 0]
-    gc = _centered_gram(gram, w)
+    gc = centered_gram(gram, w)
     lam, vec = torch.linalg.eigh(gc)  # ascending
     lam, vec = lam.flip(1)[:, :m], vec.flip(2)[:, :, :m]
     if lam.shape[1] < m:  # fewer candidate slots than m
@@ -414,18 +347,74 @@ def _local_pca(anchor: Tensor, combine: Combiner, gram: Tensor, mask: Tensor,
         lam = torch.cat([lam, lam.new_zeros(b, pad)], 1)
         vec = torch.cat([vec, vec.new_zeros(b, n, pad)], 2)
     total = torch.diagonal(gc, dim1=1, dim2=2).sum(1, keepdim=True)
-    scale = torch.diagonal(gram, dim1=1, dim2=2).amax(1, keepdim=True)
-    good = (lam > _REL_TOL * total) & (lam > 1e3 * torch.finfo(anchor.dtype).eps * scale)
+    scale = (torch.diagonal(gram, dim1=1, dim2=2) * w).amax(1, keepdim=True)  # the members only
+    good = (lam > REL_TOL * total) & (lam > 1e3 * torch.finfo(dtype).eps * scale)
     # eigenvectors of non-zero eigenvalues vanish off the members and sum to zero over them, so
-    # zᵀv equals the centred members' (z − z̄)ᵀv without centring z
-    raw = combine(vec * w[:, :, None])  # (b, d, m), column norms ≈ sqrt(λ)
+    # Σ_k v_k z_k is the centred members' direction without centring z; Gram-Schmidt in the metric
+    # of the centred Gram matrix keeps the directions orthonormal to working precision
+    raw = vec * w[:, :, None]
+    coef = torch.zeros_like(raw)
+    for j in range(m):
+        col = raw[:, :, j:j + 1]
+        if j:
+            done = coef[:, :, :j]
+            col = col - done @ (done.transpose(1, 2) @ (gc @ col))
+        norm2 = (col.transpose(1, 2) @ (gc @ col))[:, :, 0]  # (b, 1)
+        ok = good[:, j:j + 1] & (norm2 > 0)
+        unit = col / norm2.clamp(min=torch.finfo(gc.dtype).tiny).sqrt()[:, :, None]
+        coef[:, :, j:j + 1] = torch.where(ok[:, :, None], unit, torch.zeros_like(col))
+    rank = (coef.abs().sum(1) > 0).sum(1)
+    return coef, rank
+
+
+def _combine(anchor: Tensor, z: Tensor, mask: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """Means and orthonormal bases of member sets in R^d.
+
+    Args:
+        anchor: (b, d) the anchors.
+        z: (b, n, d) the member slots relative to their anchor (anchor first; padded slots ignored).
+        mask: (b, n) members.
+        coef: (b, n, m) basis coefficients (:func:`_local_pca`).
+
+    Returns:
+        (b, d) means and (b, d, m) bases, in ``z``'s dtype; the bases are orthonormalised again in
+        R^d (Gram-Schmidt), so they are orthonormal to the working precision of ``z``.
+    """
+    w = mask.to(z.dtype)
+    z = z * w[:, :, None]
+    mu = anchor.to(z.dtype) + z.sum(1) / w.sum(1, keepdim=True)
+    raw = z.transpose(1, 2) @ coef.to(z.dtype)  # (b, d, m)
+    present = coef.abs().sum(1) > 0  # (b, m)
     basis = torch.zeros_like(raw)
-    for j in range(m):  # Gram-Schmidt keeps the columns orthonormal to working precision
+    for j in range(raw.shape[2]):
         col = raw[:, :, j]
         if j:
             col = col - (basis[:, :, :j] @ (basis[:, :, :j].transpose(1, 2) @ col[:, :, None])).squeeze(2)
         norm = col.norm(dim=1, keepdim=True)
-        ok = good[:, j:j + 1] & (norm > 0)
-        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(anchor.dtype).tiny), torch.zeros_like(col))
-    rank = (basis.abs().sum(1) > 0).sum(1)
-    return mu, basis, rank
+        ok = present[:, j:j + 1] & (norm > 0)
+        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(z.dtype).tiny), torch.zeros_like(col))
+    return mu, basis
+
+
+@torch.no_grad()
+def build_means_and_bases(x: Tensor, members: Tensor, sizes: Tensor, coefficients: Tensor,
+                          precise: bool) -> tuple[Tensor, Tensor]:
+    """(N, d) means and (N, d, m) orthonormal bases of pieces given by coefficients (:class:`Pieces`).
+
+    ``precise``: combine the points in float64 (the pieces of up to :data:`GLOBAL_GRAM_MAX` points).
+    Anchors are processed in blocks of about :data:`_BUILD_FLOATS` / (members × d) at a time.
+    """
+    n, d = x.shape
+    m = coefficients.shape[2]
+    size = int(sizes.max()) if n else 0
+    work = x.double() if precise else x
+    means = torch.empty_like(x)
+    bases = torch.zeros(n, d, m, dtype=x.dtype, device=x.device)
+    step = max(1, _BUILD_FLOATS // max(1, size * d))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        idx = members[start:stop, :size]
+        z = work[idx.clamp(min=0)] - work[start:stop, None, :]
+        mu, basis = _combine(work[start:stop], z, idx >= 0, coefficients[start:stop, :size])
+        means[start:stop], bases[start:stop] = mu.to(x.dtype), basis.to(x.dtype)
+    return means, bases

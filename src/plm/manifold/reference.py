@@ -93,8 +93,7 @@ def reference_normalize(s: np.ndarray, how: str) -> np.ndarray:
 
 def reference_fit_error(points: np.ndarray, m: int, criterion: str) -> float:
     """Scale-free m-dim PCA fit error of a point set whose first row is the anchor."""
-    mean = points.mean(0)
-    centred = points - mean
+    centred = _centre(points)
     _, sv, vt = np.linalg.svd(centred, full_matrices=False)
     lam = sv ** 2
     total = float(lam.sum())
@@ -107,9 +106,16 @@ def reference_fit_error(points: np.ndarray, m: int, criterion: str) -> float:
     return 0.0 if mean_dist <= 0 else float(np.mean(residuals)) / mean_dist
 
 
+def _centre(points: np.ndarray) -> np.ndarray:
+    """The points less their mean, taken relative to the first point (equal points give exact zeros,
+    not the rounding of their mean)."""
+    rel = points - points[0]
+    return rel - rel.mean(0)
+
+
 def _pca(points: np.ndarray, m: int, rel_tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     mean = points.mean(0)
-    centred = points - mean
+    centred = _centre(points)
     _, sv, vt = np.linalg.svd(centred, full_matrices=False)
     lam = sv ** 2
     total = lam.sum()

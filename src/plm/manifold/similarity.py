@@ -21,12 +21,13 @@ from typing import Literal, Optional, overload
 import torch
 from torch import Tensor
 
-from plm.manifold.config import ManifoldConfig, Pieces
+from plm.manifold.config import ManifoldConfig
 from plm.manifold.neighbors import knn_candidates
-from plm.manifold.pieces import check_points, fit_pieces, prepare
+from plm.manifold.pieces import Pieces, build_means_and_bases, check_points, fit_pieces, prepare
 
 _TINY = 1e-12  # under the square roots, so gradients stay finite at zero distance
 PRECISE_MAX = 2 ** 27  # pairwise_similarity works in float64 up to N² · d of this size
+NEAR_PIECE = 1e-4  # gram_directed_similarity scores pairs with o² ≤ this share of ‖x − μ‖² in R^d
 
 
 def _alpha_beta(o2: Tensor, p2: Tensor, n_alpha: float, n_beta: float) -> Tensor:
@@ -128,6 +129,29 @@ def pairwise_similarity(x: Tensor, pieces: Pieces, config: ManifoldConfig = Mani
     x = prepare(x, config)
     if x.shape != pieces.anchors.shape:
         raise ValueError(f"x has shape {tuple(x.shape)} but the pieces were fitted on {tuple(pieces.anchors.shape)}")
+    if pieces.gram is not None and torch.equal(x, pieces.anchors):
+        return _pieces_similarity(pieces, config, block_size)
+    return _symmetric(_directed_blocks(x, pieces, config, block_size), config.symmetrize, x.dtype)
+
+
+def _pieces_similarity(pieces: Pieces, config: ManifoldConfig, block_size: int = 1024) -> Tensor:
+    """:func:`pairwise_similarity` of the points the pieces were fitted on."""
+    x = pieces.anchors
+    if pieces.gram is not None:
+        directed = gram_directed_similarity(pieces, config.n_alpha, config.n_beta)
+    else:
+        directed = _directed_blocks(x, pieces, config, block_size)
+    return _symmetric(directed, config.symmetrize, x.dtype)
+
+
+def _symmetric(directed: Tensor, how: str, dtype: torch.dtype) -> Tensor:
+    s = _symmetrize(directed, directed.T, how).to(dtype)
+    s.fill_diagonal_(1.0)
+    return s
+
+
+def _directed_blocks(x: Tensor, pieces: Pieces, config: ManifoldConfig, block_size: int) -> Tensor:
+    """(N, N) s′(x_i, piece j) from the pieces' means and bases, ``block_size`` rows at a time."""
     n, d = x.shape
     # float64 keeps o = sqrt(‖x − μ‖² − ‖c‖²) accurate for points close to a piece (errors ≈ 1e-4
     # in s otherwise); it costs little at batch sizes, so only large inputs stay in their own dtype
@@ -138,9 +162,85 @@ def pairwise_similarity(x: Tensor, pieces: Pieces, config: ManifoldConfig = Mani
     for start in range(0, n, block_size):
         directed[start:start + block_size] = directed_similarity(x[start:start + block_size].to(work), anchors, means,
                                                                  bases, config.n_alpha, config.n_beta)
-    s = _symmetrize(directed, directed.T, config.symmetrize).to(x.dtype)
-    s.fill_diagonal_(1.0)
-    return s
+    return directed
+
+
+def gram_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -> Tensor:
+    """(N, N) float64 s′(x_i, piece j) of the fitted points, from their Gram matrix alone.
+
+    The formula of :func:`directed_similarity` with every inner product read off
+    ``pieces.gram``: μ_j = Σ_k w_jk x_k (the members' mean) and U_j = Σ_k C_jk x_k (the basis
+    coefficients, the anchor's slot taking −Σ_k C_jk), so x_i·μ_j and x_i·U_j are the rows of
+    the Gram matrix at the members times (w_j, C_j). Nothing of size d is touched: the cost is
+    N² × max|S_j| × (m + 1), not N² × d × (m + 1), except for the pairs of a point on or next to a
+    piece (o² ≤ :data:`NEAR_PIECE` · ‖x − μ‖²), which are scored again in R^d.
+    """
+    gram = pieces.gram
+    if gram is None:
+        raise ValueError("these pieces hold no Gram matrix (more than GLOBAL_GRAM_MAX points)")
+    n = gram.shape[0]
+    if n == 0:
+        return gram.new_zeros(0, 0)
+    size = int(pieces.sizes.max())
+    idx = pieces.members[:, :size]
+    valid = idx >= 0
+    safe = idx.clamp(min=0)
+    w = valid.to(gram.dtype) / pieces.sizes[:, None].to(gram.dtype)  # (N, S) the mean's weights
+    coef = pieces.coefficients[:, :size].clone()  # (N, S, m) relative to the anchor (slot 0)
+    coef[:, 0] -= coef.sum(1)  # absolute: Σ_k C_k (x_k − x_j) = Σ_k C_k x_k − (Σ_k C_k) x_j
+    weights = torch.cat([w[:, :, None], coef], dim=2)  # (N, S, 1 + m)
+    proj = torch.empty(n, weights.shape[2], n, dtype=gram.dtype, device=gram.device)  # [μ_j·x_i, U_j·x_i]
+    step = max(1, (1 << 22) // max(1, size * n))
+    for start in range(0, n, step):
+        rows = gram[safe[start:start + step]]  # (b, S, N): x_k·x_i for the members k of piece j
+        proj[start:start + step] = weights[start:start + step].transpose(1, 2) @ rows
+    # U_jᵀU_j read off the same Gram matrix, and U_j made orthonormal in it: the coefficients are
+    # orthonormal in the anchor-relative Gram matrix they were fitted in, and a thin direction
+    # (eigenvalue ≪ the set's largest) carries that matrix's rounding over its eigenvalue
+    at_members = proj[:, 1:].gather(2, safe[:, None, :].expand(-1, coef.shape[2], -1))  # (N, m, S): U_j·x_k
+    proj[:, 1:] = _orthonormalized(at_members @ coef, proj[:, 1:])
+    pieces_at = torch.arange(n, device=gram.device)
+    own = proj[pieces_at, :, pieces_at]  # (N, 1 + m): [a_j·μ_j, a_j·U_j]
+    at_members = proj.gather(2, safe[:, None, :].expand(-1, proj.shape[1], -1))  # (N, 1 + m, S)
+    centre = (at_members * w[:, None, :]).sum(2)  # [‖μ_j‖², μ_j·U_j]
+    mu2, mu_u = centre[:, 0], centre[:, 1:]
+    sq = torch.diagonal(gram)
+    c = proj[:, 1:].permute(2, 0, 1) - mu_u[None]  # (N_i, N_j, m): U_jᵀ(x_i − μ_j)
+    v2 = sq[:, None] - 2.0 * proj[:, 0].T + mu2[None]  # ‖x_i − μ_j‖²
+    o2 = v2 - (c * c).sum(2)
+    e = mu_u - own[:, 1:]  # U_jᵀ(μ_j − a_j)
+    r2 = (mu2 - 2.0 * own[:, 0] + sq - (e * e).sum(1)).clamp(min=0)
+    p2 = r2[None] + ((e[None] + c) ** 2).sum(2)
+    directed = _alpha_beta(o2, p2, n_alpha, n_beta)
+    # o² is a difference of squares whose rounding grows with the coefficients of a piece's thin
+    # directions; points on or next to a piece (its members, points in its plane) are scored
+    # again from their differences in R^d, where the rounding stays at float64's
+    near = (o2 <= NEAR_PIECE * v2).nonzero()
+    if len(near):
+        x = pieces.anchors.double()
+        if pieces.anchors.dtype == torch.float64:
+            means, bases = pieces.means, pieces.bases
+        else:
+            means, bases = build_means_and_bases(x, pieces.members, pieces.sizes, pieces.coefficients, True)
+        step = max(1, (1 << 22) // (x.shape[1] * (bases.shape[2] + 3)))
+        for start in range(0, len(near), step):
+            i, j = near[start:start + step, 0], near[start:start + step, 1]
+            directed[i, j] = paired_directed_similarity(x[i], x[j], means[j], bases[j], n_alpha, n_beta)
+    return directed
+
+
+def _orthonormalized(metric: Tensor, rows: Tensor) -> Tensor:
+    """(b, m, N) the products ``rows`` = U·x of m directions U with the points, for U·L⁻ᵀ, whose columns are
+    orthonormal: L is the Cholesky factor of the directions' (b, m, m) ``metric`` UᵀU. Zero
+    directions stay zero; a piece whose metric is not positive definite by rounding is left as it is."""
+    m = metric.shape[1]
+    absent = torch.diagonal(metric, dim1=1, dim2=2) <= 0
+    metric = metric + torch.diag_embed(absent.to(metric.dtype))
+    chol, info = torch.linalg.cholesky_ex(metric)
+    ok = info == 0
+    if not bool(ok.all()):
+        chol = torch.where(ok[:, None, None], chol, torch.eye(m, dtype=metric.dtype, device=metric.device))
+    return torch.linalg.solve_triangular(chol, rows, upper=False)
 
 
 def normalize_similarity(s: Tensor, how: str = "none") -> Tensor:
@@ -197,8 +297,7 @@ def similarity_matrix(x: Tensor, config: ManifoldConfig = ManifoldConfig()) -> T
         (N, N) symmetric similarities in [0, 1], diagonal 1, never NaN.
     """
     with torch.no_grad():
-        pieces = fit_pieces(x, config)
-        return normalize_similarity(pairwise_similarity(x, pieces, config), config.normalization)
+        return normalize_similarity(_pieces_similarity(fit_pieces(x, config), config), config.normalization)
 
 
 @torch.no_grad()
