@@ -11,7 +11,7 @@ import torch
 from plm.evaluation import knn, map_and_r_precision, neighbor_hits, nmi, recall_at_k, retrieval_metrics
 from plm.evaluation.knn import has_duplicate_rows, smallest_k
 from plm.evaluation.metrics import NO_HIT, query_ranks
-from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys
+from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys, symmetric_scan
 
 # ---------------------------------------------------------------- explicit references
 
@@ -156,6 +156,32 @@ def test_wide_rows_take_the_two_level_path_and_stay_exact(rng: np.random.Generat
         x = (np.eye(700, 16, dtype=np.float32)[labels % 700] + rng.normal(scale=0.3, size=(n, 16))).astype(np.float32)
     ks = [1, 4, 10, 100, 1000]
     assert_same(scan(x, labels, ks, symmetric, block_size=1024), dense_reference(x, labels, ks))
+
+
+@pytest.mark.parametrize("kind", ["tied", "continuous"])
+def test_symmetric_scan_does_not_depend_on_its_worker_threads(rng: np.random.Generator, kind: str) -> None:
+    # the products run ahead on 2 or 3 single-threaded workers (or inline for 1): same bits, and
+    # the metrics through the pipelined path equal the explicit loops
+    n = 300
+    labels = rng.integers(0, 60, size=n)
+    if kind == "tied":
+        x = rng.integers(-2, 3, size=(n, 4)).astype(np.float32)
+        x = x[np.unique(x, axis=0, return_index=True)[1]]  # duplicates send query_ranks to the row scan
+        labels = labels[:len(x)]
+    else:
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+    t = torch.from_numpy(x)
+    pairs = class_pair_distances(t, np.unique(labels, return_inverse=True)[1])
+    runs = [symmetric_scan(t, pairs, block_size=32, threads=w) for w in (1, 2, 3)]
+    for first, top in runs[1:]:
+        assert np.array_equal(first, runs[0][0]) and torch.equal(top, runs[0][1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the default follows torch's count: the pipelined path
+    try:
+        ks = [1, 2, 8, 100]
+        assert_same(scan(x, labels, ks, True, block_size=48), ref_metrics(x, labels, ks))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_hand_made_example() -> None:

@@ -216,9 +216,10 @@ def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k
         max_k: the largest K that Recall@K will be asked for. The row-block scan reports
             first-hit ranks beyond it as a lower bound ≥ ``max_k``; the symmetric scan is
             exact everywhere. ``None``: exact everywhere.
-        block_size: rows (and columns, symmetric scan) per block; default 4096 (symmetric:
-            two block buffers of 64 MiB; fewer, larger operations also suffer less when other
-            processes compete for the cores) or 1024 (row blocks, memory ≈ block_size × N × 4 bytes).
+        block_size: rows (and columns, symmetric scan) per block; default 2048 (symmetric: one
+            16 MiB buffer per block in flight, and blocks small enough that the thread on a core
+            another process holds takes fewer of them) or 1024 (row blocks, memory ≈ block_size
+            × N × 4 bytes).
         symmetric: use :func:`~plm.evaluation.symmetric.symmetric_scan` (each distance computed
             once for both its rows: half the matrix products) unless the classes are so large
             that their pairwise distances would not fit; otherwise scan blocks of query rows.
@@ -241,7 +242,7 @@ def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k
 
         pairs = class_pair_distances(x, classes.inverse)
         if pairs is not None:
-            first, top = symmetric_scan(x, pairs, block_size or 4096)
+            first, top = symmetric_scan(x, pairs, block_size or 2048)
             has = classes.r > 0
             first_hit = np.where(has, first, NO_HIT).astype(np.int64)
             ap, rp = _ap_from_top(top, torch.from_numpy(labels), torch.from_numpy(classes.r))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from plm.evaluation.knn import CHUNKS
+from plm.utils.threads import limited_threads, pipelined
 
 INF = float("inf")
 
@@ -197,13 +198,17 @@ def _scan_lines(block: torch.Tensor, real: torch.Tensor, lines: slice, offset: i
 
 
 def symmetric_scan(x: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
-                   block_size: int = 1024) -> tuple[np.ndarray, torch.Tensor]:
+                   block_size: int = 1024, threads: Optional[int] = None) -> tuple[np.ndarray, torch.Tensor]:
     """First-hit counts and exact top-k lists of every item against all other items.
 
     Args:
         x: (N, D) float32 embeddings.
         pairs: same-class pairs (a, b, distance) with a < b (see :func:`class_pair_distances`).
         block_size: rows and columns per block (a multiple of 16 keeps the two-level top-k).
+        threads: cores to use (default: torch's intra-op thread count). With more than one, the
+            distance products run ahead on ``threads + 1`` single-threaded workers while this
+            thread folds them in order (:func:`~plm.utils.threads.pipelined`); with one, all runs
+            here. Every product is single-threaded either way, so the result does not depend on it.
 
     Returns:
         first (N,) int64: items preceding each row's nearest same-class item (0 where it has
@@ -247,37 +252,56 @@ def symmetric_scan(x: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.ndar
     first = torch.zeros(n, dtype=torch.float32)
     state = {"top": top, "tau": tau, "slot": slot, "first": first, "p1": p1, "p1_up": p1_up, "j1": j1}
     side = -(-block_size // CHUNKS) * CHUNKS
-    buf = torch.empty(side * side)  # flat, so that every block view is contiguous
-    dist = torch.empty(side * side)
-    state["buf"] = buf
-    for bi in range(nb):
+    state["buf"] = torch.empty(side * side)  # flat, so that every block view is contiguous
+    blocks = [(bi, bj) for bi in range(nb) for bj in range(bi, nb)]
+
+    def product(block: tuple[int, int], dist: torch.Tensor) -> torch.Tensor:
+        """The (padded) distance block of row block bi and column block bj, written into ``dist``."""
+        bi, bj = block
         si = slice(bi * block_size, min(n, (bi + 1) * block_size))
-        li = left(si)
-        for bj in range(bi, nb):
-            sj = slice(bj * block_size, min(n, (bj + 1) * block_size))
-            h, w = si.stop - si.start, sj.stop - sj.start
-            # padded with +inf to whole groups; a padded position may alias an index of the next
-            # block, harmless: +inf never ranks within a row's first R (its R same-class items
-            # are finite and always in its list)
-            hp, wp = -(-h // CHUNKS) * CHUNKS, -(-w // CHUNKS) * CHUNKS
-            blk = dist[:hp * wp].view(hp, wp)
-            torch.mm(li, right(sj).T, out=blk[:h, :w])
-            if wp > w:
-                blk[:, w:] = INF
-            if hp > h:
-                blk[h:] = INF
-            lo, hi = bounds[bi * nb + bj], bounds[bi * nb + bj + 1]
-            if hi > lo:  # same-class items: already in the lists, and never preceding p1
-                ra = torch.from_numpy(a[lo:hi] - si.start)
-                cb = torch.from_numpy(b[lo:hi] - sj.start)
-                blk[ra, cb] = INF
-                if bi == bj:
-                    blk[cb, ra] = INF
+        sj = slice(bj * block_size, min(n, (bj + 1) * block_size))
+        h, w = si.stop - si.start, sj.stop - sj.start
+        # padded with +inf to whole groups; a padded position may alias an index of the next
+        # block, harmless: +inf never ranks within a row's first R (its R same-class items
+        # are finite and always in its list)
+        hp, wp = -(-h // CHUNKS) * CHUNKS, -(-w // CHUNKS) * CHUNKS
+        blk = dist[:hp * wp].view(hp, wp)
+        torch.mm(left(si), right(sj).T, out=blk[:h, :w])
+        if wp > w:
+            blk[:, w:] = INF
+        if hp > h:
+            blk[h:] = INF
+        return blk
+
+    def fold(bi: int, bj: int, blk: torch.Tensor) -> None:
+        """Fold one distance block into the state of its rows and (off the diagonal) its columns."""
+        si = slice(bi * block_size, min(n, (bi + 1) * block_size))
+        sj = slice(bj * block_size, min(n, (bj + 1) * block_size))
+        h, w = si.stop - si.start, sj.stop - sj.start
+        lo, hi = bounds[bi * nb + bj], bounds[bi * nb + bj + 1]
+        if hi > lo:  # same-class items: already in the lists, and never preceding p1
+            ra = torch.from_numpy(a[lo:hi] - si.start)
+            cb = torch.from_numpy(b[lo:hi] - sj.start)
+            blk[ra, cb] = INF
             if bi == bj:
-                blk.fill_diagonal_(INF)
-            _scan_lines(blk, blk[:h, :w], si, sj.start, 1, k, state)
-            if bi != bj:  # rows sj against columns si, from the same block
-                _scan_lines(blk, blk[:h, :w], sj, si.start, 0, k, state)
+                blk[cb, ra] = INF
+        if bi == bj:
+            blk.fill_diagonal_(INF)
+        _scan_lines(blk, blk[:h, :w], si, sj.start, 1, k, state)
+        if bi != bj:  # rows sj against columns si, from the same block
+            _scan_lines(blk, blk[:h, :w], sj, si.start, 0, k, state)
+
+    cores = torch.get_num_threads() if threads is None else threads
+    if cores <= 1 or len(blocks) < 2:
+        dist = torch.empty(side * side)
+        with limited_threads(1):  # single-threaded products on every path: the same bits
+            for bi, bj in blocks:
+                fold(bi, bj, product((bi, bj), dist))
+    else:
+        # one worker more than cores: the products go on while this thread folds, and a core that
+        # another process holds costs a smaller share of the scan (measured: docs/benchmarks.md)
+        for (bi, bj), blk in pipelined(blocks, product, cores + 1, side * side):
+            fold(bi, bj, blk)
     first_np = first.to(torch.int64).numpy()
     first_np[j1_np < 0] = 0
     return first_np, key_index(top)

@@ -10,10 +10,16 @@ one (:func:`threads_for`); large work keeps the pool.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: multiply-adds of the largest operation below which one thread is used: 2^26 ≈ 67 M, about a
 #: millisecond of one core, where a second thread saves at most about half a millisecond
@@ -44,3 +50,43 @@ def threads_for(work: int) -> contextlib.AbstractContextManager:
     """One thread for work of at most :data:`SMALL_WORK` multiply-adds in its largest operation,
     else the current pool (a context manager either way)."""
     return limited_threads(1) if work <= SMALL_WORK else contextlib.nullcontext()
+
+
+def pipelined(items: Sequence[T], produce: Callable[[T, torch.Tensor], R], workers: int,
+              buffer_numel: int) -> Iterator[tuple[T, R]]:
+    """``(item, produce(item, buffer))`` for every item, in order, computed ahead by worker threads.
+
+    Each product runs on one of ``workers`` threads into one of ``workers + 2`` preallocated
+    float32 buffers of ``buffer_numel`` entries; a buffer is reused once the caller has moved past
+    the item it served, so a yielded result is valid until the next one is asked for. The whole
+    iteration runs with one intra-op thread per thread (:func:`limited_threads`), the caller's
+    included: the parallelism is the workers', and they take the next item as each comes free,
+    so when another process holds a core the worker sharing it simply does fewer items (a
+    two-thread pool instead waits for its slower thread at every operation).
+
+    Raises:
+        ValueError: ``workers`` < 1. An exception in ``produce`` is raised here, at its item.
+    """
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers}")
+    # a new thread's MKL does not follow torch's count (it is set per thread): each worker sets its own
+    with limited_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="plm-pipe",
+                                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pending: collections.deque[tuple[T, torch.Tensor, Future[R]]] = collections.deque()
+        upcoming = iter(items)
+
+        def submit(buffer: torch.Tensor) -> None:
+            for item in upcoming:
+                pending.append((item, buffer, pool.submit(produce, item, buffer)))
+                return
+
+        try:
+            for _ in range(workers + 2):
+                submit(torch.empty(buffer_numel))
+            while pending:
+                item, buffer, future = pending.popleft()
+                yield item, future.result()
+                submit(buffer)
+        finally:
+            for _, _, future in pending:
+                future.cancel()
