@@ -154,8 +154,9 @@ def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similari
     idx = similarity.detach().topk(n, dim=0).indices.T  # (K, n)
     r = points.detach()[idx] - locations.unsqueeze(1)  # (K, n, d)
     coords = torch.einsum("knd,kdm->knm", r, bases)
-    orth = r - torch.einsum("knm,kdm->knd", coords, bases)
-    per_point = orth.pow(2).sum(-1) + lam * r.pow(2).sum(-1)
+    r2 = r.pow(2).sum(-1)
+    # ‖r − W Wᵀr‖² = ‖r‖² − ‖Wᵀr‖² for orthonormal W: no (K, n, d) residual, forward or backward
+    per_point = (r2 - coords.pow(2).sum(-1)).clamp_min(0.0) + lam * r2
     if radius is None:
         return per_point.mean()
     near = (r.detach().pow(2).sum(-1) <= radius * radius).to(per_point.dtype)

@@ -381,19 +381,20 @@ def _combine(anchor: Tensor, z: Tensor, mask: Tensor, coef: Tensor) -> tuple[Ten
         R^d (Gram-Schmidt), so they are orthonormal to the working precision of ``z``.
     """
     w = mask.to(z.dtype)
-    z = z * w[:, :, None]
-    mu = anchor.to(z.dtype) + z.sum(1) / w.sum(1, keepdim=True)
-    raw = z.transpose(1, 2) @ coef.to(z.dtype)  # (b, d, m)
+    # weighted sums as batched products: no temporary of z's size (b × n × d)
+    mu = anchor.to(z.dtype) + (w[:, None, :] @ z)[:, 0] / w.sum(1, keepdim=True)
+    rows = (coef.to(z.dtype) * w[:, :, None]).transpose(1, 2) @ z  # (b, m, d): the directions as rows
     present = coef.abs().sum(1) > 0  # (b, m)
-    basis = torch.zeros_like(raw)
-    for j in range(raw.shape[2]):
-        col = raw[:, :, j]
+    basis = torch.zeros_like(rows)
+    for j in range(rows.shape[1]):
+        col = rows[:, j]
         if j:
-            col = col - (basis[:, :, :j] @ (basis[:, :, :j].transpose(1, 2) @ col[:, :, None])).squeeze(2)
+            done = basis[:, :j]  # (b, j, d)
+            col = col - ((done @ col[:, :, None]).transpose(1, 2) @ done)[:, 0]
         norm = col.norm(dim=1, keepdim=True)
         ok = present[:, j:j + 1] & (norm > 0)
-        basis[:, :, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(z.dtype).tiny), torch.zeros_like(col))
-    return mu, basis
+        basis[:, j] = torch.where(ok, col / norm.clamp(min=torch.finfo(z.dtype).tiny), torch.zeros_like(col))
+    return mu, basis.transpose(1, 2)
 
 
 @torch.no_grad()
@@ -414,7 +415,8 @@ def build_means_and_bases(x: Tensor, members: Tensor, sizes: Tensor, coefficient
     for start in range(0, n, step):
         stop = min(n, start + step)
         idx = members[start:stop, :size]
-        z = work[idx.clamp(min=0)] - work[start:stop, None, :]
+        z = work[idx.clamp(min=0)]
+        z -= work[start:stop, None, :]
         mu, basis = _combine(work[start:stop], z, idx >= 0, coefficients[start:stop, :size])
         means[start:stop], bases[start:stop] = mu.to(x.dtype), basis.to(x.dtype)
     return means, bases
