@@ -86,18 +86,23 @@ def test_no_two_kept_faces_render_alike(font_dir: Path) -> None:
             assert ink_distance(others, rows[i]).min() > 0.02  # distinct designs, not clones
 
 
-def test_keep_distinct_equals_the_pairwise_greedy_rule() -> None:
-    """Each map is kept when its ink distance to every map kept before it is at least the threshold."""
+@pytest.mark.parametrize("chunk", [1, 7, 64, 300])
+@pytest.mark.parametrize("threshold", [0.1, 0.25, 0.6])
+def test_keep_distinct_equals_the_pairwise_greedy_rule(chunk: int, threshold: float) -> None:
+    """Each map is kept when its ink distance to every map kept before it is at least the threshold
+    (whatever runs the lower bound sums over), on maps of very different ink amounts."""
     rng = np.random.default_rng(3)
-    base = (rng.random((8, 300)) < 0.2).astype(np.float32)
+    base = (rng.random((8, 300)) < rng.uniform(0.05, 0.5, size=(8, 1))).astype(np.float32)
     ink = [np.clip(base[rng.integers(8)] + (rng.random(300) < 0.05) * rng.random(300), 0, 1).astype(np.float32)
            for _ in range(60)]
+    ink.append(np.zeros(300, np.float32))  # a blank map: ink_distance's floor of the denominator
+    ink.append(np.zeros(300, np.float32))
     expected: list[int] = []
     for i, v in enumerate(ink):
-        if all(float(ink_distance(ink[k], v)) >= 0.1 for k in expected):
+        if all(float(ink_distance(ink[k], v)) >= threshold for k in expected):
             expected.append(i)
-    assert _keep_distinct(ink, 0.1) == expected
-    assert 8 <= len(expected) < 60 and _keep_distinct([], 0.1) == []
+    assert _keep_distinct(ink, threshold, chunk=chunk) == expected
+    assert 2 <= len(expected) < len(ink) and _keep_distinct([], threshold) == []
 
 
 def test_near_duplicate_faces_are_dropped(font_dir: Path, tmp_path: Path) -> None:
