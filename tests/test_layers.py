@@ -94,7 +94,15 @@ def test_the_check_names_an_upward_import(tmp_path: Path) -> None:
     assert ("plm.search.identity", "plm.utils", 3) in edges  # relative imports resolved
 
 
-@pytest.mark.parametrize("module,layer", [("plm.evaluation.knn", 2), ("plm.manifold.neighbors", 3),
+@pytest.mark.parametrize("module,layer", [("plm.neighbors.exact", 1), ("plm.neighbors.candidates", 1),
                                           ("plm.cli", 9), ("plm.utils.tables", 0), ("plm.losses", 5)])
 def test_layer_of(module: str, layer: int) -> None:
     assert layer_of(module) == layer
+
+
+def test_the_nearest_neighbours_sit_on_the_ground_floor() -> None:
+    """plm.neighbors (the one exact k-NN, every layer's) imports nothing of plm but the bottom layer."""
+    edges = [(src, dst) for src, dst, _ in import_edges() if src.startswith("plm.neighbors")]
+    assert edges and all(layer_of(dst) == 0 or dst.startswith("plm.neighbors") for _, dst in edges), edges
+    users = {src.split(".")[1] for src, dst, _ in import_edges() if dst.startswith("plm.neighbors")}
+    assert {"evaluation", "manifold", "losses", "estimators", "search"} <= users

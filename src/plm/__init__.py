@@ -4,8 +4,9 @@ The package is layered; a module imports only from its own layer or lower ones (
 :data:`LAYERS`; ``tests/test_layers.py`` checks every import against it):
 
 - L0 ``plm.errors``, ``plm._compat``, ``plm.utils``: errors, I/O, the shared :class:`~plm.utils.registry.Registry`
-- L1 ``plm.data``, ``plm.models``: datasets, backbones and the one model factory
-- L2 ``plm.evaluation``: the one exact k-NN (``evaluation/knn.py``), retrieval metrics, embedding a dataset
+- L1 ``plm.data``, ``plm.models``, ``plm.neighbors``: datasets, backbones and the one model factory, the
+  one exact k-NN (``neighbors/exact.py``) and the candidate lists built on it
+- L2 ``plm.evaluation``: retrieval metrics, embedding a dataset
 - L3 ``plm.manifold``: the piecewise-linear manifold similarity
 - L4 ``plm.estimators``: similarity estimators (PL, STML's contextual similarity, k-means, …)
 - L5 ``plm.losses``: loss modules usable in any training loop (never imports ``plm.training``)
@@ -33,7 +34,7 @@ def import_torchvision() -> ModuleType:
 #: the layer order, bottom → top: each entry is one layer's top-level modules (see the docstring)
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("plm.errors", "plm._compat", "plm.utils"),
-    ("plm.data", "plm.models"),
+    ("plm.data", "plm.models", "plm.neighbors"),
     ("plm.evaluation",),
     ("plm.manifold",),
     ("plm.estimators",),

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from plm.evaluation import knn, map_and_r_precision, neighbor_hits, nmi, recall_at_k, retrieval_metrics
-from plm.evaluation.knn import has_duplicate_rows, smallest_k
 from plm.evaluation.metrics import NO_HIT, query_ranks
 from plm.evaluation.symmetric import class_pair_distances, key_index, key_value, order_keys, symmetric_scan
+from plm.neighbors.exact import has_duplicate_rows, smallest_k
 
 # ---------------------------------------------------------------- explicit references
 

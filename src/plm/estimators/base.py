@@ -80,7 +80,7 @@ def compute_neighbors(x: np.ndarray, k: int, approximate: bool = False, block_si
         approximate: faiss IVF instead of exact search (see :func:`plm.manifold.knn_candidates`).
         block_size: queries per exact block.
     """
-    from plm.manifold.neighbors import knn_candidates
+    from plm.neighbors.candidates import knn_candidates
 
     k = min(k, len(x) - 1)
     d, i = knn_candidates(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), k, approximate=approximate,

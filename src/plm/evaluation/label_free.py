@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from plm.evaluation.knn import knn_tensors
+from plm.neighbors.exact import knn_tensors
 
 
 def knn_agreement(clean: Tensor, views: Tensor, k: int = 10) -> float:

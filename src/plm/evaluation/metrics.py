@@ -3,7 +3,7 @@
 Definitions (leave-one-out, the default: each item queries all *other* items; with
 ``reference=``: each query item queries every reference item, as pytorch-metric-learning's
 ``AccuracyCalculator.get_accuracy(query, reference)``; neighbours ordered by distance, equal
-distances by lower index, as in :mod:`plm.evaluation.knn`):
+distances by lower index, as in :mod:`plm.neighbors.exact`):
 
 - R: the number of items of the query's class it can retrieve (other items of its class;
   with ``reference=``, reference items of its class).
@@ -30,7 +30,7 @@ classes are too large for that, or with ``symmetric=False``, blocks of query row
 against all items instead. ``use_faiss=True`` takes the same quantities from a faiss k-NN list
 (cross-check; slower for large K).
 
-Precision: distances are float32, computed after :func:`~plm.evaluation.knn.condition` has
+Precision: distances are float32, computed after :func:`~plm.neighbors.exact.condition` has
 translated and scaled the embeddings (in float64) so that a common offset (tested up to 1e4 on
 unit-scale data) or an extreme scale (tested from 1e-25 to 1e19) does not change the answer. Pairs whose
 distances differ by less than float32 rounding may be ordered differently by the scans and by
@@ -55,7 +55,7 @@ import torch
 
 from plm.evaluation.defaults import NMI_MAX_CLASSES
 from plm.evaluation.defaults import default_ks as default_ks  # re-exported: its old home
-from plm.evaluation.knn import (
+from plm.neighbors.exact import (
     as_float32_matrix,
     chunk_minima,
     condition,
@@ -178,7 +178,7 @@ def _first_hit_ranks(kb: torch.Tensor, mins: torch.Tensor, p1: torch.Tensor, j1:
     """Per row, how many entries precede the entry (p1, j1) in (value, column) order.
 
     Exact when the answer is below ``max_k``; otherwise a lower bound that is ≥ ``max_k``.
-    Uses the interleaved column-group minima ``mins`` (see :func:`~plm.evaluation.knn.chunk_minima`):
+    Uses the interleaved column-group minima ``mins`` (see :func:`~plm.neighbors.exact.chunk_minima`):
     a group whose minimum exceeds p1 holds nothing that precedes, and the number of groups whose
     minimum is below p1 is already a lower bound. Only the groups with minimum ≤ p1 of rows
     below ``max_k`` are read element by element.
@@ -224,7 +224,7 @@ def query_ranks(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, max_k
             once for both its rows: half the matrix products) unless the classes are so large
             that their pairwise distances would not fit; otherwise scan blocks of query rows.
 
-    The embeddings are first conditioned (:func:`~plm.evaluation.knn.condition`); with exact
+    The embeddings are first conditioned (:func:`~plm.neighbors.exact.condition`); with exact
     duplicate rows the row scan is used (see the module docstring: one tie rule on every path).
 
     Returns:

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from plm.evaluation.knn import CHUNKS
+from plm.neighbors.exact import CHUNKS
 from plm.utils.threads import limited_threads, pipelined
 
 INF = float("inf")

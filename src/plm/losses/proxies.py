@@ -85,7 +85,7 @@ class ProxyBank(nn.Module):
         Raises:
             ValueError: fewer embeddings than proxies, wrong width, or unknown method.
         """
-        from plm.evaluation.knn import knn
+        from plm.neighbors.exact import knn
 
         x = np.asarray(torch.as_tensor(embeddings).detach().cpu().float().numpy(), dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.locations.shape[1]:

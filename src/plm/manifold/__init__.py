@@ -6,7 +6,6 @@ pieces (proxies included); ``sparse_similarity`` is the dataset-scale version.
 """
 
 from plm.manifold.config import CRITERIA, NORMALIZATIONS, ON_BREACH, SYMMETRIZE, ManifoldConfig
-from plm.manifold.neighbors import knn_candidates
 from plm.manifold.pieces import Pieces, fit_pieces, nearest_candidates
 from plm.manifold.selection import candidate_residual, fit_error
 from plm.manifold.similarity import (
@@ -19,6 +18,7 @@ from plm.manifold.similarity import (
     similarity_matrix,
     sparse_similarity,
 )
+from plm.neighbors.candidates import knn_candidates
 
 __all__ = [
     "CRITERIA", "NORMALIZATIONS", "ON_BREACH", "SYMMETRIZE", "ManifoldConfig", "Pieces", "candidate_residual",

@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from plm.evaluation.knn import smallest_k
 from plm.manifold.config import ManifoldConfig
-from plm.manifold.neighbors import knn_candidates
 from plm.manifold.selection import REL_TOL, centered_gram, select_members
+from plm.neighbors.candidates import knn_candidates
+from plm.neighbors.exact import smallest_k
 
 DENSE_MAX = 4096  # up to this many points, candidate distances are computed in float64
 GLOBAL_GRAM_MAX = 1024  # up to this many points, the pieces come from one float64 Gram matrix of all points
@@ -115,7 +115,7 @@ def prepare(x: Tensor, config: ManifoldConfig) -> Tensor:
 def nearest_candidates(x: Tensor, k: int, block_size: int = 2048) -> Tensor:
     """(N, k) indices of each point's ``k`` nearest other points, nearest first (exact, ties by index).
 
-    Both go through :func:`plm.manifold.neighbors.knn_candidates` (the project's one exact k-NN);
+    Both go through :func:`plm.neighbors.candidates.knn_candidates` (the project's one exact k-NN);
     up to :data:`DENSE_MAX` points the distances are computed in float64, so orderings are exact.
     """
     if x.shape[0] <= DENSE_MAX:
@@ -211,7 +211,7 @@ def _candidates(x: Tensor, config: ManifoldConfig, candidates: Optional[Tensor],
             if representatives is not None:
                 return _nearest_with_duplicates(x, k, representatives)
             return nearest_candidates(x, k)
-        # the k-NN rule of plm.evaluation.knn on the Gram matrix: ‖x_j‖² − 2 x_i·x_j, ties by index
+        # the k-NN rule of plm.neighbors.exact on the Gram matrix: ‖x_j‖² − 2 x_i·x_j, ties by index
         key = torch.diagonal(gram)[None, :] - 2.0 * gram
         if representatives is not None:  # equal points: equal columns of the Gram matrix, nearest of all
             key.masked_fill_(representatives[:, None] == representatives[None, :], float("-inf"))

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from plm.manifold.config import ManifoldConfig
-from plm.manifold.neighbors import knn_candidates
 from plm.manifold.pieces import Pieces, build_means_and_bases, check_points, fit_pieces, prepare
+from plm.neighbors.candidates import knn_candidates
 
 _TINY = 1e-12  # under the square roots, so gradients stay finite at zero distance
 PRECISE_MAX = 2 ** 27  # pairwise_similarity works in float64 up to N² · d of this size
@@ -405,7 +405,7 @@ def sparse_similarity(x: Tensor, config: ManifoldConfig = ManifoldConfig(), k: O
     """Dataset-scale PL similarity: each point's ``k`` most similar among its nearest neighbours.
 
     Candidates come from a blockwise k-NN search (bounded memory; see
-    :func:`plm.manifold.neighbors.knn_candidates`), the pieces from the nearest
+    :func:`plm.neighbors.candidates.knn_candidates`), the pieces from the nearest
     ``config.max_candidates`` of them, and s is evaluated on the ``k`` nearest neighbours of each
     point, then sorted by similarity.
 

@@ -3,7 +3,7 @@
 Distances are reported the same way by every kind: ``1 - cosine`` for the ``cosine`` metric
 (vectors L2-normalised; every kind searches by L2 on unit vectors, which ranks the same, and
 reports ``|a - b|² / 2``) and the Euclidean distance for ``l2``. The exact kind stores the vectors
-themselves and searches them with the project's one exact k-NN (:func:`plm.evaluation.knn.knn`:
+themselves and searches them with the project's one exact k-NN (:func:`plm.neighbors.exact.knn`:
 faiss's flat index when installed, else torch blocks; equal distances in id order), so it works
 without faiss; ``hnsw``, ``ivf`` and ``pq`` need ``faiss-cpu``.
 
@@ -77,9 +77,9 @@ def _check_2d(x: np.ndarray, dim: Optional[int], what: str) -> np.ndarray:
 
 def _exact_search(db: np.ndarray, q: np.ndarray, k: int, metric: str,
                   exclude: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k with :func:`plm.evaluation.knn.knn` (faiss's flat index when installed, else torch
+    """Exact top-k with :func:`plm.neighbors.exact.knn` (faiss's flat index when installed, else torch
     blocks of queries; memory bounded): squared L2 distances (``l2``) or ``1 - cos`` (``cosine``, unit rows)."""
-    from plm.evaluation.knn import knn
+    from plm.neighbors.exact import knn
 
     block = max(1, min(1024, (1 << 24) // max(1, len(db))))  # ≤ 64 MB of distances per block
     d, ids = knn(q, db, k, block_size=block, use_faiss=have_faiss(), exclude=exclude,
@@ -366,7 +366,7 @@ def tune_search(index: VectorIndex, vectors: np.ndarray, target: float = 0.95, k
         one dict per setting tried: ``{"param", "value", "recall", "qps"}`` (a single row with
         ``param=None`` for the exact index).
     """
-    from plm.evaluation.knn import drop_self
+    from plm.neighbors.exact import drop_self
 
     x = _check_2d(vectors, index.dim, "vectors")
     n = len(x)

@@ -258,7 +258,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ steps
     def knn_table(self, emb: torch.Tensor) -> np.ndarray:
         """(N, k−1) nearest other training items of each item (rank 0 computes, all receive)."""
-        from plm.evaluation import knn
+        from plm.neighbors import knn
 
         n, kk = emb.shape[0], self.config.sampler.k - 1
         if kk == 0:

@@ -44,8 +44,8 @@ class _LazyPackage(types.ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         # the import system binds a loaded sub-module as an attribute of its package; where an export
-        # has the name of its own sub-module (plm.evaluation.knn, the function), the export wins, as it
-        # did with an eager ``from plm.evaluation.knn import knn`` in the package
+        # has the name of its own sub-module (a function ``f`` defined in ``package/f.py``), the export
+        # wins, as it would with an eager ``from package.f import f`` in the package
         exports = self.__dict__.get("_lazy_exports", {})
         if isinstance(value, types.ModuleType) and exports.get(name) == f"{self.__name__}.{name}":
             return
@@ -63,7 +63,7 @@ def lazy_exports(package: str, exports: dict[str, str], deprecated: Optional[dic
 
     Args:
         package: the package's ``__name__``.
-        exports: public name → the sub-module that defines it (``{"knn": "plm.evaluation.knn"}``).
+        exports: public name → the sub-module that defines it (``{"knn": "plm.neighbors.exact"}``).
         deprecated: old name → its new name, for names kept one release with a ``DeprecationWarning``.
     """
     module = sys.modules[package]

@@ -1,4 +1,4 @@
-"""One exact k-NN (plm.evaluation.knn) below every user: the manifold's candidates, the search index, drop_self."""
+"""One exact k-NN (plm.neighbors.exact) below every user: the manifold's candidates, the search index, drop_self."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from plm.evaluation.knn import drop_self, knn, knn_tensors
 from plm.manifold import knn_candidates, nearest_candidates
+from plm.neighbors.exact import drop_self, knn, knn_tensors
 
 
 def _dense_reference(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Nearest-neighbour candidate lists with bounded memory.
 
-Exact search (the default) is :func:`plm.evaluation.knn.knn_tensors`, the project's one exact
+Exact search (the default) is :func:`plm.neighbors.exact.knn_tensors`, the project's one exact
 k-NN: on CPU float32 points faiss's flat index when installed, else torch blocks of queries
 (memory ≈ block × N floats) where the points live, CPU or GPU; ties broken by index. ``approximate=True`` uses a
 faiss inverted-file index (``IVF√N,Flat``, ``nprobe`` lists probed per query): several times less
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from plm.evaluation.knn import drop_self, knn_tensors
+from plm.neighbors.exact import drop_self, knn_tensors
 
 
 @torch.no_grad()
