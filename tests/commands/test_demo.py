@@ -114,3 +114,12 @@ def test_presets_name_known_variants() -> None:
 def test_unknown_method_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown demo method"):
         run_demo(tmp_path, methods=["nope"])
+
+
+def test_help_states_the_presets_epochs(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    std, full = PRESETS["standard"], PRESETS["full"]
+    assert (f"glyphs: {std['glyph_epochs']}, or {full['glyph_epochs']} with --full; Fashion-MNIST: "
+            f"{std['epochs']}, or {full['epochs']})") in text

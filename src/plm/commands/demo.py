@@ -19,7 +19,7 @@ EXAMPLE = "plm demo --quick --out plm-demo --device auto"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from plm.demo import VARIANTS
+    from plm.demo import PRESETS, VARIANTS
 
     parser.add_argument("--out", default="plm-demo", help="output folder")
     speed = parser.add_mutually_exclusive_group()
@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="glyphs", choices=["glyphs", "fashion-mnist", "digits"],
                         help="the demo's data (default glyphs)")
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="training epochs (glyphs: 6, or 10 with --full; Fashion-MNIST: 4, or 10)")
+                        help=f"training epochs (glyphs: {PRESETS['standard']['glyph_epochs']}, or "
+                             f"{PRESETS['full']['glyph_epochs']} with --full; Fashion-MNIST: "
+                             f"{PRESETS['standard']['epochs']}, or {PRESETS['full']['epochs']})")
     parser.add_argument("--data-root", default=None,
                         help="a folder of font files (glyphs) or of the Fashion-MNIST IDX files")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
