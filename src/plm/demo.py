@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # numpy is imported where used: ``plm demo --help`` reads VAR
     import numpy as np
 
 from plm.training.registry import METHODS
+from plm.utils.choices import DEMO_DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ class DemoResult:
         return {"dataset": self.dataset, "methods": self.methods, "seconds": round(self.seconds, 1),
                 "notes": self.notes}
 
-
-DEMO_DATASETS = ("glyphs", "fashion-mnist", "digits")
 
 
 def pick_dataset(data_root: Optional[str] = None, dataset: str = "glyphs") -> tuple[str, Optional[str]]:

@@ -116,6 +116,45 @@ def test_cli_choices_read_the_registries() -> None:
     assert estimators.default == list(ESTIMATORS.names()) and ", ".join(ESTIMATORS.names()) in estimators.help
 
 
+def test_cli_choice_lists_are_the_library_constants() -> None:
+    """Every fixed choice list of the command line is read from plm.utils.choices, where the library's
+    modules read theirs: no copy can drift."""
+    import argparse
+
+    import plm.data.base
+    import plm.demo
+    import plm.manifold.config
+    import plm.search.index
+    import plm.training.config
+    import plm.utils.device
+    import plm.viz.maps
+    from plm.cli import build_parser
+    from plm.utils import choices as C
+
+    assert plm.utils.device.DEVICES is C.DEVICES and plm.utils.device.AMP_MODES is C.AMP_MODES
+    assert plm.training.config.MODES is C.MODES and plm.data.base.SPLITS is C.SPLITS
+    assert plm.demo.DEMO_DATASETS is C.DEMO_DATASETS and plm.viz.maps.METHODS is C.MAP_METHODS
+    assert plm.search.index.KINDS is C.INDEX_KINDS and plm.search.index.METRICS is C.INDEX_METRICS
+    m = plm.manifold.config
+    assert (m.CRITERIA, m.SYMMETRIZE, m.ON_BREACH) == (C.CRITERIA, C.SYMMETRIZE, C.ON_BREACH)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+
+    def choices(command: str, dest: str) -> list:
+        return list(next(a for a in sub.choices[command]._actions if a.dest == dest).choices)
+
+    for command in ("train", "demo", "embed", "eval"):
+        assert choices(command, "device") == list(C.DEVICES), command
+        assert choices(command, "amp") == list(C.AMP_MODES), command
+    assert choices("demo", "dataset") == list(C.DEMO_DATASETS)
+    assert choices("train", "mode") == [m for m in C.MODES if m != "auto"]
+    assert choices("eval", "split") == list(C.SPLITS)
+    assert choices("index", "kind") == ["auto", *C.INDEX_KINDS]
+    assert choices("index", "metric") == ["auto", *C.INDEX_METRICS]
+    assert choices("map", "method") == ["auto", *C.MAP_METHODS]
+    report = {d: choices("similarity-report", d) for d in ("criterion", "symmetrize", "on_breach")}
+    assert report == {"criterion": list(C.CRITERIA), "symmetrize": list(C.SYMMETRIZE), "on_breach": list(C.ON_BREACH)}
+
+
 def test_lazy_package_exports_keep_the_old_names() -> None:
     import plm.data
     import plm.evaluation

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from plm.data import DATASETS
 from plm.utils.args import non_negative_int, positive_int
+from plm.utils.choices import AMP_MODES, DEVICES, SPLITS
 
 log = logging.getLogger(__name__)
 #: the backbone of every model command when neither --backbone nor --checkpoint is given: its weights
@@ -19,7 +20,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = 
     """``--dataset``, ``--data-root``, ``--split``, ``--limit``."""
     parser.add_argument("--dataset", required=required, choices=DATASETS.names(), help="dataset name")
     parser.add_argument("--data-root", default=None, help="dataset root folder (official layout)")
-    parser.add_argument("--split", default=default_split, choices=["train", "val", "test", "all"],
+    parser.add_argument("--split", default=default_split, choices=list(SPLITS),
                         help="train = seen classes, val = held-out seen classes, test = unseen classes")
     parser.add_argument("--val-classes", type=non_negative_int, default=0,
                         help="seen classes held out as the val split")
@@ -45,10 +46,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, amp: bool = True, workers: bool = True) -> None:
     """``--device``, ``--amp`` and ``--workers``: where and how a model runs (see :mod:`plm.utils.device`)."""
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default="auto", choices=list(DEVICES),
                         help="where the model runs; auto = CUDA when a GPU is present, else the CPU")
     if amp:
-        parser.add_argument("--amp", nargs="?", const="auto", default="off", choices=["off", "auto", "bf16", "fp16"],
+        parser.add_argument("--amp", nargs="?", const="auto", default="off", choices=list(AMP_MODES),
                             help="mixed precision (autocast): bare --amp = bf16 where the GPU supports it, else "
                                  "fp16; on the CPU only bf16 (slower unless the CPU has bfloat16 instructions)")
     if workers:

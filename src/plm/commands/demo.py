@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from plm.utils.args import positive_int, seed_int
+from plm.utils.choices import AMP_MODES, DEMO_DATASETS, DEVICES
 
 NAME = "demo"
 HELP = "offline demo: unsupervised training on Latin glyphs, zero-shot retrieval of Greek and Cyrillic ones"
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train exactly these (overrides --quick/--full)")
     parser.add_argument("--seeds", nargs="+", type=seed_int, default=[0],
                         help="one run per seed; metrics are averaged")
-    parser.add_argument("--dataset", default="glyphs", choices=["glyphs", "fashion-mnist", "digits"],
+    parser.add_argument("--dataset", default="glyphs", choices=list(DEMO_DATASETS),
                         help="the demo's data (default glyphs)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"training epochs (glyphs: {PRESETS['standard']['glyph_epochs']}, or "
@@ -42,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="a folder of font files (glyphs) or of the Fashion-MNIST IDX files")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default=None, choices=list(DEVICES),
                         help="where training runs (same as the override device=...; default auto)")
-    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
+    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=list(AMP_MODES),
                         help="mixed precision of the training forward passes (same as amp=...; default off)")
     parser.add_argument("--force", action="store_true",
                         help="replace a results.json / report.html in --out that plm did not write")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from plm.utils.args import positive_int
+from plm.utils.choices import INDEX_KINDS, INDEX_METRICS
 from plm.utils.tables import format_table
 
 NAME = "index"
@@ -19,11 +20,11 @@ AUTO_EXACT_MAX = 100_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--out", required=True, help="index file to write (.npz)")
-    parser.add_argument("--kind", default="auto", choices=["auto", "exact", "hnsw", "ivf", "pq"],
+    parser.add_argument("--kind", default="auto", choices=["auto", *INDEX_KINDS],
                         help=f"auto: exact up to {AUTO_EXACT_MAX:,} vectors (or without faiss), hnsw above; "
                              f"pq = 4-bit PQ fast scan of every vector + exact re-rank "
                              f"(for embeddings without cluster structure)")
-    parser.add_argument("--metric", default="auto", choices=["auto", "cosine", "l2"],
+    parser.add_argument("--metric", default="auto", choices=["auto", *INDEX_METRICS],
                         help="auto: cosine when the vectors are unit-norm (plm embeddings are), else l2")
     parser.add_argument("--hnsw-m", dest="m", type=positive_int, default=32, help="HNSW links per node (M)")
     parser.add_argument("--M", dest="m", type=positive_int, default=argparse.SUPPRESS,  # old spelling

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from plm.utils.args import seed_int
+from plm.utils.choices import MAP_METHODS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("embeddings", help="embeddings file from plm embed (.npz)")
     parser.add_argument("--html", required=True, metavar="OUT", help="HTML page to write")
-    parser.add_argument("--method", default="auto", choices=["auto", "tsne", "umap", "pca"],
+    parser.add_argument("--method", default="auto", choices=["auto", *MAP_METHODS],
                         help="projection; auto = UMAP when umap-learn is installed, else t-SNE")
     parser.add_argument("--max-points", type=int, default=2000,
                         help="draw a seeded random sample of at most this many images")

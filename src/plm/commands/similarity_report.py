@@ -6,6 +6,7 @@ import argparse
 
 from plm.commands._common import DEFAULT_BACKBONE, add_dataset_arguments, add_runtime_arguments
 from plm.utils.args import positive_int, seed_int
+from plm.utils.choices import CRITERIA, ON_BREACH, SYMMETRIZE
 from plm.utils.tables import format_table
 
 NAME = "similarity-report"
@@ -39,15 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--piece-dim", type=int, default=None, help="PL piece dimension m")
     parser.add_argument("--eps", type=float, default=None, help="PL subset-selection threshold ε")
     parser.add_argument("--criterion", default=None,
-                        choices=["residual_variance", "relative_residual", "candidate_residual",
-                                 "relative_candidate_residual"],
+                        choices=list(CRITERIA),
                         help="PL subset-selection criterion")
     parser.add_argument("--candidates", type=int, default=None, help="PL candidates per anchor K_c")
     parser.add_argument("--n-alpha", type=float, default=None, help="PL exponent N_α")
     parser.add_argument("--n-beta", type=float, default=None, help="PL exponent N_β")
-    parser.add_argument("--symmetrize", default=None, choices=["mean", "max", "min", "geometric"],
+    parser.add_argument("--symmetrize", default=None, choices=list(SYMMETRIZE),
                         help="PL symmetrisation")
-    parser.add_argument("--on-breach", default=None, choices=["skip", "stop"],
+    parser.add_argument("--on-breach", default=None, choices=list(ON_BREACH),
                         help="PL subset selection at a rejected candidate: skip it, or stop growing")
     parser.add_argument("--no-subset-selection", action="store_true", help="PL ablation: no subset selection")
     parser.add_argument("--seed-groups", action="store_true",

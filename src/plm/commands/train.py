@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from plm.utils.args import non_negative_int, positive_int, seed_int
+from plm.utils.choices import AMP_MODES, DEVICES, MODES
 
 NAME = "train"
 HELP = "train an embedding model without labels (PLM, STML or k-means pseudo-labels)"
@@ -34,14 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, metavar="DIR", help="dataset root folder")
     parser.add_argument("--backbone", default=None, help="backbone name (model.backbone)")
     parser.add_argument("--method", default=None, choices=METHODS.names(), help="training method")
-    parser.add_argument("--mode", default=None, choices=["frozen", "finetune"],
+    parser.add_argument("--mode", default=None, choices=[m for m in MODES if m != "auto"],
                         help="frozen: cached backbone features, trains the embedding head (no augmentation); "
                              "finetune: the whole network")
     parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs (>= 1)")
     parser.add_argument("--seed", type=seed_int, default=None, help="random seed")
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+    parser.add_argument("--device", default=None, choices=list(DEVICES),
                         help="where training runs (config default: auto = CUDA when a GPU is present)")
-    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=["off", "auto", "bf16", "fp16"],
+    parser.add_argument("--amp", nargs="?", const="auto", default=None, choices=list(AMP_MODES),
                         help="mixed precision of the training forward passes (config default: off); bare --amp = "
                              "bf16 where the GPU supports it, else fp16 with loss scaling; on the CPU only bf16")
     parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-SPLITS = ("train", "val", "test", "all")
+from plm.utils.choices import SPLITS
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

@@ -6,10 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Optional
 
-CRITERIA = ("residual_variance", "relative_residual", "candidate_residual", "relative_candidate_residual")
-SYMMETRIZE = ("mean", "max", "min", "geometric")
-ON_BREACH = ("skip", "stop")
-NORMALIZATIONS = ("none", "row_max", "row_minmax", "row_rank")
+from plm.utils.choices import CRITERIA, NORMALIZATIONS, ON_BREACH, SYMMETRIZE
 
 
 @dataclass

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from plm.errors import UserError
+from plm.utils.choices import INDEX_KINDS as KINDS
+from plm.utils.choices import INDEX_METRICS as METRICS
 from plm.utils.deprecation import deprecated_names
 
 #: old spellings of this module's public names (kept for one release; :mod:`plm.search` re-exports them)
 OLD_NAMES = {"exact_neighbours": "exact_neighbors", "recall_at_k": "ann_recall"}
-
-KINDS = ("exact", "hnsw", "ivf", "pq")
-METRICS = ("cosine", "l2")
 
 
 def have_faiss() -> bool:

@@ -28,6 +28,7 @@ from plm.data.config import DataConfig
 from plm.losses.config import SIMILARITIES, LossConfig, ProxyConfig
 from plm.manifold.config import ManifoldConfig
 from plm.models.section import ModelSection
+from plm.utils.choices import MODES
 from plm.utils.config import (
     MAX_SEED,
     ConfigError,
@@ -54,7 +55,6 @@ __all__ = [
     "resolve_config", "valid_keys",
 ]
 
-MODES = ("auto", "frozen", "finetune")
 SCHEDULES = ("cosine", "constant")
 EVAL_MODELS = ("student", "teacher")
 #: selection criteria without a validation split (``eval.label_free``)

@@ -15,9 +15,7 @@ from typing import Optional
 import torch
 
 from plm.errors import UserError
-
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("off", "auto", "bf16", "fp16")
+from plm.utils.choices import AMP_MODES, DEVICES
 
 
 def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torch.device:

@@ -7,9 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from plm.utils.choices import MAP_METHODS as METHODS
 from plm.viz._figure import class_style, figure_png, new_figure
-
-METHODS = ("tsne", "umap", "pca")
 
 
 def project_2d(vectors: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
