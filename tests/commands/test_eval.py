@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.datasets import break_files, write_cub
 from plm.cli import main
 from plm.models.embedding import EmbeddingModel
-from test_data import break_files, write_cub
 
 JSON_KEYS = {"dataset", "split", "num_queries", "num_left_out", "recall_at", "map_at_r", "r_precision", "nmi",
              "skipped"}

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.cli import FROZEN
+from helpers.shapes import embedded_collection, make_shapes_folder
 from plm.cli import main
 from plm.models import Backbone
-from test_search_helpers import embedded_collection, make_shapes_folder
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 
 

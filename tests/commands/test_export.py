@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.shapes import make_shapes_folder, store_like
 from plm.cli import main
 from plm.search import EmbeddingStore, SearchIndex
-from test_search_helpers import make_shapes_folder, store_like
 
 faiss = pytest.importorskip("faiss")
 HOSTILE = 'odd, "name".png'
@@ -102,7 +102,7 @@ def test_wrong_inputs_give_one_clear_line(made: dict[str, Path], capsys: pytest.
 
 
 def test_parquet_without_pyarrow_names_the_extra(made: dict[str, Path], monkeypatch, capsys) -> None:
-    from test_search_helpers import without_module
+    from helpers.cli import without_module
 
     without_module(monkeypatch, "pyarrow")
     assert main(["export", str(made["emb"]), "--out", str(made["tmp"] / "none.parquet")]) == 2

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import FROZEN, one_line_error, without_module
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
-from test_search_helpers import make_shapes_folder, one_line_error, without_module
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 

@@ -8,8 +8,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
-from test_search_helpers import make_shapes_folder
 
 pytest.importorskip("faiss")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, PROBE, chromium, console
+from helpers.shapes import make_shapes_folder, store_like
 from plm.cli import main
-from test_browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, PROBE, _chromium, _console
-from test_search_helpers import make_shapes_folder, store_like
 
 
 class _Tags(HTMLParser):
@@ -92,14 +92,14 @@ def test_map_renders_in_chromium(mapped: dict[str, Path], tmp_path: Path) -> Non
     probe = tmp_path / "probe-map.html"
     probe.write_text(text.replace("default-src 'none';", "default-src 'none'; script-src 'nonce-plmprobe';")
                      .replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    dump = _chromium(probe, tmp_path, "--dump-dom")
-    assert dump.returncode == 0 and _console(dump.stderr) == [], dump.stderr[-2000:]
+    dump = chromium(probe, tmp_path, "--dump-dom")
+    assert dump.returncode == 0 and console(dump.stderr) == [], dump.stderr[-2000:]
     states = json.loads(re.search(r'data-probe="([^"]*)"', dump.stdout).group(1).replace("&quot;", '"'))
     assert len(states) == 19 and all(ok and w > 0 and h > 0 for ok, w, h in states), states
     assert "&lt;script&gt;alert(1)&lt;.png" in dump.stdout
     shot = tmp_path / "map.png"
-    run = _chromium(mapped["page"], tmp_path, f"--screenshot={shot}", "--window-size=1280,1200", "--hide-scrollbars")
-    assert run.returncode == 0 and shot.is_file() and _console(run.stderr) == [], run.stderr[-2000:]
+    run = chromium(mapped["page"], tmp_path, f"--screenshot={shot}", "--window-size=1280,1200", "--hide-scrollbars")
+    assert run.returncode == 0 and shot.is_file() and console(run.stderr) == [], run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
     coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > 100
     assert coloured.sum() >= 19 * 40, "the map's dots are not drawn"

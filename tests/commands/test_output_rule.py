@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.cli import FROZEN, one_line_error
+from helpers.shapes import embedded_collection
 from plm.cli import build_parser, main
 from plm.models import ModelConfig, create_model, save_model
-from test_search_helpers import embedded_collection, one_line_error
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 OUT = "{out}"
 

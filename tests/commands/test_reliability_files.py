@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.datasets import write_cars, write_cub, write_sop
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
 from plm.errors import UserError
 from plm.evaluation import query_ranks, retrieval_metrics
-from test_data import write_cars, write_cub, write_sop
-from test_search_helpers import make_shapes_folder
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 

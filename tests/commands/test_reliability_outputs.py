@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.cli import FROZEN
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
 from plm.errors import OutputError
-from test_search_helpers import make_shapes_folder
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 UNWRITABLE = Path("/sys/plm-reliability-test")  # EACCES even for root
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
-from test_search_helpers import make_shapes_folder
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 HOSTILE_DIR = "<b onmouseover=alert(1)>circles"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
-from test_search_helpers import make_shapes_folder
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 

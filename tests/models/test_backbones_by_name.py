@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
 from plm.errors import NoPretrainedWeightsError
 from plm.models import Backbone, create_backbone
 from plm.models.backbones import Unit
 from plm.models.preprocess import PreprocessConfig
-from test_search_helpers import make_shapes_folder
 
 
 def _tv():
@@ -223,7 +223,7 @@ def test_timm_weights_from_a_file_and_from_the_hub_cache(timm, tmp_path: Path, m
 
 
 def test_timm_missing_names_the_extra(monkeypatch) -> None:
-    from test_search_helpers import without_module
+    from helpers.cli import without_module
 
     without_module(monkeypatch, "timm")
     with pytest.raises(ValueError, match=r"pip install 'plm\[timm\]'"):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
-from test_search_helpers import make_shapes_folder
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
 from plm.errors import UserError
 from plm.search import EmbeddingStore, embed_folder, model_identity
-from test_search_helpers import make_shapes_folder
 
 BACKBONE = ["--backbone", "efficientnet_lite0", "--image-size", "32"]
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, console
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
-from test_browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, _console
-from test_search_helpers import make_shapes_folder
 
 pytest.importorskip("faiss")
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -202,7 +202,7 @@ def test_bad_uploads_get_clear_messages(server: dict) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
 def test_collection_is_searched_by_clicking_in_chromium(server: dict, tmp_path: Path) -> None:
     """Chromium opens the page, follows an image's link (a click), and shows the nearest images."""
-    from test_browser import _Elements
+    from helpers.browser import Elements
 
     def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
         cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -212,8 +212,8 @@ def test_collection_is_searched_by_clicking_in_chromium(server: dict, tmp_path: 
 
     base = f"http://127.0.0.1:{server['port']}"
     home = chromium(base + "/", "--dump-dom")
-    assert home.returncode == 0 and _console(home.stderr) == [], home.stderr[-2000:]
-    parser = _Elements()
+    assert home.returncode == 0 and console(home.stderr) == [], home.stderr[-2000:]
+    parser = Elements()
     parser.feed(home.stdout)
     assert not [a for t, a in parser.tags if t == "script"]
     links = [a["href"] for t, a in parser.tags if t == "a" and a.get("href", "").startswith("/similar?id=")]
@@ -221,11 +221,11 @@ def test_collection_is_searched_by_clicking_in_chromium(server: dict, tmp_path: 
     hostile = paths.index(f"{HOSTILE_LABEL}/{HOSTILE_NAME}")
     assert f"/similar?id={hostile}" in links and len(links) == len(paths)
     page = chromium(base + f"/similar?id={hostile}", "--dump-dom")
-    assert page.returncode == 0 and _console(page.stderr) == [], page.stderr[-2000:]
+    assert page.returncode == 0 and console(page.stderr) == [], page.stderr[-2000:]
     dom = page.stdout
     assert len(re.findall(r"#\d · d=\d\.\d{4}", dom)) == 5 and "#1 · d=0.0000" in dom
     assert "&lt;script&gt;alert(1)&lt;.png" in dom and "<script" not in dom
-    parser = _Elements()
+    parser = Elements()
     parser.feed(dom)
     thumbs = [a["src"] for t, a in parser.tags if t == "img"]
     assert len(thumbs) == 6 and all(s.startswith("/thumb/") for s in thumbs)

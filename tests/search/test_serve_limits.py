@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from helpers.shapes import make_shapes_folder
 from plm.search import SearchIndex, VectorIndex
 from plm.search import server as srv
 from plm.search.server import SearchService, make_server
-from test_search_helpers import make_shapes_folder
 
 DIM = 8
 

@@ -14,13 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.cli import FROZEN
 from plm.cli import main
 from plm.training import default_config, train
 
 KILLED = 77
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 
 @pytest.fixture(scope="module")
 def _features(tmp_path_factory):

@@ -8,15 +8,14 @@ import logging
 
 import pytest
 
+from helpers.cli import FROZEN
+from helpers.shapes import make_shapes_folder
 from plm.cli import main
 from plm.errors import UserError
 from plm.training import default_config
 from plm.training.sizing import fit_to_data
-from test_search_helpers import make_shapes_folder
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 
 def test_sizes_are_capped_with_one_notice_each() -> None:
     cfg = default_config("folder", data_root="x", mode="frozen")  # defaults: 100 proxies, batch 120, k 5

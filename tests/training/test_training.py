@@ -11,14 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.cli import FROZEN
 from plm.cli import main
 from plm.training import default_config, train
 from plm.training.selection import PRETRAINED
 from plm.training.trainer import Trainer
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 
 @pytest.fixture(scope="module")
 def _digits_cache(tmp_path_factory):

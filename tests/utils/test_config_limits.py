@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import FROZEN
 from plm.cli import main
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
-FROZEN = ("--mode", "frozen")
-
 MAX_SEED = 1 << 30  # plm.utils.config.MAX_SEED: 32-bit seeds (faiss, scikit-learn) with room for the epoch
 
 

@@ -64,8 +64,8 @@ def test_progress_is_tqdm_on_a_terminal_and_lines_elsewhere(monkeypatch: pytest.
 
 
 def test_plm_embed_in_a_log_writes_lines_not_bars(tmp_path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    from helpers.shapes import make_shapes_folder
     from plm.cli import main
-    from test_search_helpers import make_shapes_folder
 
     make_shapes_folder(tmp_path / "imgs", per_class=3)
     monkeypatch.setenv("PLM_PROGRESS_INTERVAL", "0")

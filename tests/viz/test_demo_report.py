@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_browser import CHROMIUM, _chromium, check_page
-from test_search_helpers import SHAPES, shape_image
+from helpers.browser import CHROMIUM, check_page, chromium
+from helpers.shapes import SHAPES, shape_image
 
 CLASSES = 24  # more than a matplotlib legend inside a map can hold
 GEOMETRY = ("<script nonce=\"plmprobe\">window.addEventListener('load',()=>{"
@@ -87,7 +87,7 @@ def test_the_report_reads_well_in_chromium(tmp_path: Path) -> None:
     probed.write_text(page.read_text(encoding="utf-8")
                       .replace("default-src 'none';", "default-src 'none'; script-src 'nonce-plmprobe';")
                       .replace("</body>", GEOMETRY + "</body>"), encoding="utf-8")
-    run = _chromium(probed, tmp_path, "--dump-dom", "--window-size=1280,2400")
+    run = chromium(probed, tmp_path, "--dump-dom", "--window-size=1280,2400")
     found = re.search(r'data-geometry="([^"]*)"', run.stdout)
     assert run.returncode == 0 and found, run.stderr[-2000:]
     g = json.loads(found.group(1).replace("&quot;", '"'))
