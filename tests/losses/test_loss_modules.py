@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.references import reference_expansion
 from plm.losses import (
     ContrastiveLoss,
     LossConfig,
@@ -185,7 +186,7 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
     """The PLM total by loops: PL target (reference implementation), point, proxy and neighbourhood terms."""
     cfg, m = loss.config.loss, loss.config.manifold
     z, t = z.detach().double(), t.double()
-    s = torch.from_numpy(reference_similarity(t.numpy(), m))
+    s = torch.from_numpy(reference_expansion(reference_similarity(t.numpy(), m), t.numpy(), cfg.expansion))
     relaxed = cfg.kind == "relaxed_contrastive"
     total = cfg.point * (_contrastive_loop(z, z, s, cfg.margin, True, True) if relaxed
                          else _point_loop(z, z, s, cfg.delta, self_pairs=True))
@@ -202,12 +203,14 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
     return total
 
 
+@pytest.mark.parametrize("expansion", [0, 5])
 @pytest.mark.parametrize("kind", ["relaxed_contrastive", "regression"])
-def test_plm_loss_equals_method_and_loop(kind: str) -> None:
+def test_plm_loss_equals_method_and_loop(kind: str, expansion: int) -> None:
     from plm.training.methods import BatchView, PLMMethod
 
     z, t = _teacher_student()
-    config = PLMConfig(loss=LossConfig(kind=kind, proxy=0.3, neighbourhood=0.2), proxies=ProxyConfig(num=3))
+    config = PLMConfig(loss=LossConfig(kind=kind, proxy=0.3, neighbourhood=0.2, expansion=expansion),
+                       proxies=ProxyConfig(num=3))
     loss = PLMLoss(config, embed_dim=4, seed=1)
     loss.init_proxies(t)
     got = loss(z, t)
