@@ -63,8 +63,10 @@ def test_slow_tests_run_by_default_and_not_slow_leaves_them_out(tmp_path: Path) 
 def test_tests_mirror_the_package_with_unique_module_names() -> None:
     tests = REPO / "tests"
     packages = {p.parent.name for p in (REPO / "src" / "plm").glob("*/__init__.py")}
-    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("__pycache__", "helpers")}
     assert folders and folders <= packages, sorted(folders - packages)
     modules = [p.name for p in tests.rglob("test_*.py")]
     assert len(modules) == len(set(modules)), "test module basenames must stay unique (rootdir import mode)"
-    assert not list(tests.rglob("__init__.py"))
+    # the shared helpers are one package (imported as helpers.…); test folders are not packages
+    assert [p.relative_to(tests) for p in tests.rglob("__init__.py")] == [Path("helpers/__init__.py")]
+    assert not list((tests / "helpers").glob("test_*.py")), "tests/helpers holds helpers, not tests"
