@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from helpers.browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, PROBE, chromium, console
+from helpers.browser import CHROMIUM, HOSTILE_LABEL, HOSTILE_NAME, PROBE, Elements, chromium, console
 from helpers.shapes import make_shapes_folder, store_like
 from plm.cli import main
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.tags.append((tag, dict(attrs)))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def mapped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_map_has_a_dot_and_a_thumbnail_per_image(mapped: dict[str, Path]) -> None:
     text = mapped["page"].read_text(encoding="utf-8")
-    parser = _Tags()
+    parser = Elements()
     parser.feed(text)
     dots = [a for t, a in parser.tags if t == "div" and "pt" in a.get("class", "").split()]
     imgs = [a for t, a in parser.tags if t == "img"]
