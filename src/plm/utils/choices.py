@@ -8,7 +8,7 @@ from __future__ import annotations
 
 #: where a model runs (:func:`plm.utils.device.resolve_device`)
 DEVICES = ("auto", "cpu", "cuda")
-#: mixed precision of forward passes (:func:`plm.utils.device.resolve_amp`)
+#: mixed precision of forward passes (:func:`plm.utils.device.amp_dtype`)
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 #: training modes: ``auto`` picks frozen or finetune by cost (:class:`plm.training.config.TrainConfig`)
 MODES = ("auto", "frozen", "finetune")
