@@ -123,12 +123,12 @@ class PLMLoss(nn.Module):
             raise ValueError("this PLMLoss has no proxies (proxies.num = 0)")
         return self._proxy_similarity(self._points(teacher), self.proxy_locations(), self.proxies.orthonormal_bases())
 
+    @torch.no_grad()
     def _proxy_similarity(self, points: Tensor, rho: Tensor, bases: Tensor) -> Tensor:
         from plm.manifold import directed_similarity
 
         m = self.config.manifold
-        with torch.no_grad():
-            return directed_similarity(points, rho.detach(), rho.detach(), bases.detach(), m.n_alpha, m.n_beta)
+        return directed_similarity(points, rho, rho, bases, m.n_alpha, m.n_beta)  # no graph: a target
 
     def terms(self, student: Tensor, student_all: Tensor, teacher_all: Tensor, row_start: int = 0,
               world_size: int = 1) -> dict[str, Tensor]:
