@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own plm cache folder, so nothing leaks between tests or into ~/.cache, and its
-    own (empty) torch hub and Hugging Face caches with downloads off: nothing is downloaded in tests."""
+def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLM_CACHE_DIR", str(tmp_path_factory.mktemp("plm-cache")))
     monkeypatch.setenv("PLM_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same isolation for module- and session-scoped fixtures, which run before any test's own:
+    without it they read and fill the user's ~/.cache/plm (and a stale entry there changes their results)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(tmp_path_factory, monkeypatch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own plm cache folder, so nothing leaks between tests or into ~/.cache, and its
+    own (empty) torch hub and Hugging Face caches with downloads off: nothing is downloaded in tests."""
+    _isolate(tmp_path_factory, monkeypatch)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -192,6 +193,29 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(model(x), back(x), atol=1e-6)
     assert torch.load(path, weights_only=True)["epoch"] == 7
+
+
+@pytest.mark.parametrize("name,fast", [("efficientnet_lite0", True), ("resnet18", True), ("convnext_tiny", False)])
+def test_convolutional_backbones_run_channels_last_with_the_same_numbers(name: str, fast: bool, tmp_path: Path) -> None:
+    """The faster memory layout (benchmarks/bench_layout.py) changes only roundings, and survives save and load."""
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(backbone=name, embed_dim=8, image_size=64), pretrained=False).eval()
+    assert model.backbone.channels_last is fast
+    convs = [p for p in model.backbone.parameters() if p.ndim == 4]
+    # channels-last weights are no longer contiguous in the NCHW sense (those with 1-sized dims are both)
+    assert convs and any(not p.is_contiguous() for p in convs) is fast
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs) or not fast
+    x = torch.randn(3, 3, 64, 64)
+    plain = copy.deepcopy(model)
+    plain.backbone.channels_last = False
+    plain.backbone.body.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), rtol=1e-5, atol=1e-5)
+    save_model(model, tmp_path / "m.pt")
+    back = load_model(tmp_path / "m.pt")
+    assert any(not p.is_contiguous() for p in back.backbone.parameters() if p.ndim == 4) is fast
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:

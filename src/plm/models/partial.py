@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from plm.models.backbones import Backbone
+from plm.models.backbones import Backbone, batch_safe
 from plm.models.embedding import EmbeddingModel, ModelConfig
 
 
@@ -66,9 +66,12 @@ class PrefixModel(EmbeddingModel):
         return c * h * w
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return batch_safe(self._prefix, self.backbone.layout(x)).flatten(1)
+
+    def _prefix(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.backbone.units()[:self.start]:
             x = unit(x)
-        return x.flatten(1)
+        return x
 
 
 class TailModel(nn.Module):
@@ -96,10 +99,13 @@ class TailModel(nn.Module):
 
     def pooled(self, maps: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (the model's pooling) of flattened prefix maps."""
-        x = maps.reshape(maps.shape[0], *self.map_shape)
+        return self.model.pool(batch_safe(self._tail, self.model.backbone.layout(
+            maps.reshape(maps.shape[0], *self.map_shape))))
+
+    def _tail(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.model.backbone.units()[self.start:]:
             x = unit(x)
-        return self.model.pool(x)
+        return x
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return self.model.head(self.pooled(maps))
