@@ -64,7 +64,7 @@ class Backbone(nn.Module):
         self.name = name
         self.channels_last = bool(channels_last)
         if self.channels_last:
-            body.to(memory_format=torch.channels_last)
+            cast(Any, body).to(memory_format=torch.channels_last)  # (typing lacks this overload)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory layout this backbone runs in (channels-last for a 4-d batch when on)."""
