@@ -40,7 +40,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 #: What each preset trains (``pretrained`` is always evaluated) and on how many training images.
 #: Every method gets the same budget: ``epochs`` × ``steps`` batches of 120 images.
 #: On glyphs an epoch is every training image once as a seed (251 batches); Fashion-MNIST epochs are
-#: ``steps`` batches of a ``train_limit`` subset. With the standard glyph demo's 5 epochs it took 182 s
+#: ``steps`` batches of a ``train_limit`` subset. With the standard glyph demo's 5 epochs it took 165 s
 #: on 2 idle CPU cores from an empty cache (README); ``--full`` trains the preset's 10.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"methods": ["plm"], "train_limit": 8000, "epochs": 4, "steps": 100, "glyph_epochs": 5},
