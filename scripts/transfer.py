@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "finetune": [*OFF, *WIDE, "manifold.group_size=5", "mode=finetune"],
     "defaults": [*OFF],  # the library defaults (mode auto), pinned: the expansion off
     "expand": ["loss.expansion=5"],  # the defaults with the expansion of the PL target (k = sampler.k)
+    "noproxies": [*OFF, "proxies.num=0"],  # the defaults without proxies (no L_proxy, no L_neighbourhood)
 }
 #: validation MAP@R differences at most this large tie in the rule: about twice the seed-to-seed
 #: standard deviation of the defaults' validation MAP@R on glyphs (0.0012 over 3 seeds)
