@@ -102,11 +102,11 @@ def _shared_parts() -> Iterator[None]:
     """Time the module functions both trainers share (and ``Tensor.backward``) into the active clock."""
     import plm.losses.plm_loss as plm_loss_module
     import plm.manifold.similarity as similarity_module
-    import plm.training.methods as methods_module
+    import plm.training.methods.stml as stml_module
 
     patches = [(similarity_module, "fit_pieces", "PL pieces"),
                (plm_loss_module, "relaxed_contrastive_loss", "point loss"),
-               (methods_module, "relaxed_contrastive_loss", "point loss"),
+               (stml_module, "relaxed_contrastive_loss", "point loss"),
                (torch.Tensor, "backward", "backward")]
     originals = [getattr(owner, name) for owner, name, _ in patches]
     for (owner, name, part), fn in zip(patches, originals, strict=True):

@@ -106,3 +106,80 @@ def test_the_nearest_neighbours_sit_on_the_ground_floor() -> None:
     assert edges and all(layer_of(dst) == 0 or dst.startswith("plm.neighbors") for _, dst in edges), edges
     users = {src.split(".")[1] for src, dst, _ in import_edges() if dst.startswith("plm.neighbors")}
     assert {"evaluation", "manifold", "losses", "estimators", "search"} <= users
+
+
+def _top_level_imports(path: Path, src: Path = SRC) -> list[str]:
+    """The ``plm…`` modules ``path`` imports when it is imported or type-checked: module level and
+    ``if TYPE_CHECKING:`` blocks, not imports inside functions (which run later, on first use)."""
+    name = _module_name(path, src)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: list[str] = []
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If | ast.Try):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+            elif isinstance(node, ast.Import):
+                out.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                out.append(target)
+                out.extend(f"{target}.{alias.name}" for alias in node.names)  # a submodule imported by name
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)).body)
+    return [t for t in out if t.startswith("plm")]
+
+
+def import_cycles(src: Path = SRC) -> list[list[str]]:
+    """The circles of the package's module-level and type-checking imports (strongly connected
+    components of two or more modules), each sorted."""
+    files = {_module_name(p, src): p for p in sorted(src.rglob("*.py"))}
+    graph = {m: {t for t in _top_level_imports(p, src) if t in files and t != m} for m, p in files.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_circle() -> None:
+    """Issue 25: config ↔ methods ↔ registry closed a circle through type-only imports; none is left."""
+    assert import_cycles() == []
+
+
+def test_the_circle_check_finds_a_type_only_circle(tmp_path: Path) -> None:
+    pkg = tmp_path / "plm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from plm.b import B\n")
+    (pkg / "b.py").write_text("from plm import a\n")
+    (pkg / "c.py").write_text("def f():\n    from plm import a\n")  # a function-level import makes no circle
+    assert import_cycles(pkg) == [["plm.a", "plm.b"]]

@@ -195,13 +195,21 @@ def test_one_registry_of_methods() -> None:
 
 
 def test_a_registered_method_is_accepted_everywhere() -> None:
-    from plm.training.methods import METHODS, build_method
+    from plm.training.methods import METHODS, Method, build_method
 
     marker = object()
-    METHODS.add("toy", lambda config, embed_dim: marker)
+
+    class Toy(Method):
+        @classmethod
+        def from_config(cls, config, embed_dim):
+            return marker
+
+    METHODS.add("toy", Toy)
     try:
         cfg = default_config(method="toy")
         assert cfg.method == "toy" and build_method(cfg, 8) is marker
+        with pytest.raises(ConfigError, match="similarity=binary is an ablation of method plm only"):
+            default_config(method="toy", similarity="binary")  # the base class's check holds for a new method
     finally:
         METHODS._entries.pop("toy")
     with pytest.raises(ConfigError, match="method must be one of"):

@@ -3,7 +3,8 @@
 - :func:`train` / :class:`Trainer` – the loop (frozen or finetune mode, single process or DDP);
 - :class:`TrainConfig`, :func:`default_config`, :func:`resolve_config` – configuration;
 - :class:`EMATeacher`, :class:`NeighborhoodSampler` – networks and batches;
-- :mod:`plm.training.methods` – ``plm``, ``stml``, ``kmeans`` (:data:`METHODS`): target similarities and losses;
+- :mod:`plm.training.methods` – ``plm``, ``stml``, ``kmeans``, one module each with its config section,
+  checks and sizing hook (named by :data:`METHODS`, :mod:`plm.training.registry`): target similarities and losses;
 - the losses themselves (and :class:`ProxyBank`) are :mod:`plm.losses`.
 
 Names are imported on first use, so ``from plm.training import TrainConfig`` does not load the
@@ -25,7 +26,8 @@ _EXPORTS = {
     "EMATeacher": "plm.training.ema",
     "METHODS": "plm.training.registry", "BatchView": "plm.training.methods", "KMeansMethod": "plm.training.methods",
     "Method": "plm.training.methods", "PLMMethod": "plm.training.methods", "STMLMethod": "plm.training.methods",
-    "build_method": "plm.training.methods",
+    "build_method": "plm.training.methods", "STMLConfig": "plm.training.methods",
+    "KMeansConfig": "plm.training.methods",
     "ProxyBank": "plm.losses.proxies",
     "NeighborhoodSampler": "plm.training.sampler",
     "Trainer": "plm.training.trainer", "TrainResult": "plm.training.trainer", "train": "plm.training.trainer",

@@ -28,6 +28,8 @@ from plm.data.config import DataConfig
 from plm.losses.config import SIMILARITIES, LossConfig, ProxyConfig
 from plm.manifold.config import ManifoldConfig
 from plm.models.section import ModelSection
+from plm.training.methods.kmeans import KMeansConfig
+from plm.training.methods.stml import STMLConfig
 from plm.utils.choices import MODES
 from plm.utils.config import (
     MAX_SEED,
@@ -93,32 +95,6 @@ class EMAConfig:
     def __post_init__(self) -> None:
         check(isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum <= 1.0,
               f"ema.momentum must be in [0, 1]; got {self.momentum!r}")
-
-
-@dataclass
-class STMLConfig:
-    """STML peer (docs/method.md §8): W = (W_P + W_C)/2 (σ, k-reciprocal k), relaxed contrastive loss (δ)."""
-
-    sigma: float = 3.0
-    k: int = 5
-    delta: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_positive("stml.sigma", self.sigma)
-        check_positive("stml.k", self.k)
-        check_positive("stml.delta", self.delta)
-
-
-@dataclass
-class KMeansConfig:
-    """k-means pseudo-label peer: clusters of the teacher's training embeddings, every epoch."""
-
-    num_clusters: int = 100
-    margin: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_positive("kmeans.num_clusters", self.num_clusters)
-        check_positive("kmeans.margin", self.margin)
 
 
 @dataclass
@@ -276,16 +252,11 @@ class TrainConfig:
         check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
               f"epochs must be a positive integer (>= 1); got {self.epochs!r}")
         check_int("seed", self.seed, 0, MAX_SEED, "numpy, torch, scikit-learn and faiss take it as a 32-bit integer")
-        if self.method != "plm":
-            check(self.similarity == "continuous", "similarity=binary is an ablation of method plm only")
         if self.mode == "finetune":
             check(not self.model.train_blocks and not self.data.views,
                   "model.train_blocks and data.views are frozen-mode options (finetune mode trains the whole "
                   "network on freshly augmented images); set them to 0 or use mode=frozen")
-        check(self.method != "plm" or self.manifold.group_size in (None, self.sampler.k),
-              f"manifold.group_size restricts the PL candidates to a batch's seed groups, so it must be null or "
-              f"sampler.k; got manifold.group_size={self.manifold.group_size!r} with sampler.k={self.sampler.k} "
-              f"(set manifold.group_size={self.sampler.k} or manifold.group_size=null)")
+        METHODS.get(self.method).check_config(self)  # the method's own checks (plm.training.methods)
 
     @property
     def augment(self) -> bool:

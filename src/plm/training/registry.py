@@ -1,21 +1,19 @@
 """The training methods by name: ``plm``, ``stml``, ``kmeans``.
 
-The names are read without importing torch (``plm train --help``, config validation); each
-builder ``(config, embed_dim) -> Method`` is imported from :mod:`plm.training.methods` on first use.
+The names are read without importing torch (``plm train --help``, the demo's presets); each entry is
+a :class:`plm.training.methods.Method` subclass, imported from its module on first use. A leaf: it
+imports nothing of :mod:`plm.training`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from plm.utils.lazy import LazyRegistry
 
-if TYPE_CHECKING:
-    from plm.training.config import TrainConfig
-    from plm.training.methods import Method
-
-#: name → builder; ``plm train --method``, the config's validation and the demo read the names from here
-METHODS: LazyRegistry[Callable[[TrainConfig, int], Method]] = LazyRegistry("method")
-for _name in ("plm", "stml", "kmeans"):
-    METHODS.add_lazy(_name, f"plm.training.methods:build_{_name}_method")
+#: name → :class:`~plm.training.methods.Method` subclass; ``plm train --method``, the config's validation
+#: and the demo read the names from here
+METHODS: LazyRegistry[Any] = LazyRegistry("method")
+METHODS.add_lazy("plm", "plm.training.methods.plm:PLMMethod")
+METHODS.add_lazy("stml", "plm.training.methods.stml:STMLMethod")
+METHODS.add_lazy("kmeans", "plm.training.methods.kmeans:KMeansMethod")

@@ -4,8 +4,9 @@ Checked on the training split's size, before any feature extraction, by :class:`
 
 - ``sampler.batch_size`` at most the training set, rounded down to a multiple of
   ``sampler.k × world size`` (the sampler's unit);
-- ``proxies.num`` (method ``plm``) and ``kmeans.num_clusters`` (method ``kmeans``) at most one per
-  ``sampler.k`` training images, the size of one neighbourhood group (at least 1 proxy, 2 clusters);
+- each method's own sizes (its :meth:`~plm.training.methods.Method.fit_to_data`): ``proxies.num``
+  (method ``plm``) and ``kmeans.num_clusters`` (method ``kmeans``) at most one per ``sampler.k``
+  training images, the size of one neighbourhood group (at least 1 proxy, 2 clusters);
 
 so that ``plm train --dataset folder --data-root <60 images>`` trains with what 60 images support.
 Only a training set too small for a single neighbourhood group (fewer than ``max(2, sampler.k)``
@@ -83,16 +84,11 @@ def fit_to_data(config: Any, num_train: int, world_size: int = 1,
         changes["sampler"] = {"batch_size": new}
         notices.append(f"sampler.batch_size={batch} is more than the {num_train} training images: using {new} "
                        f"(a multiple of sampler.k={k}{f' x {world_size} processes' if world_size > 1 else ''})")
-    per_group = max(1, num_train // k)
-    if config.method == "plm" and config.proxies.num > per_group:
-        changes["proxies"] = {"num": per_group}
-        notices.append(f"proxies.num={config.proxies.num} is more than {num_train} training images allow (one proxy "
-                       f"per sampler.k={k} images): using {per_group}")
-    if config.method == "kmeans" and config.kmeans.num_clusters > max(2, per_group):
-        new = max(2, per_group)
-        changes["kmeans"] = {"num_clusters": new}
-        notices.append(f"kmeans.num_clusters={config.kmeans.num_clusters} is more than {num_train} training images "
-                       f"allow (one cluster per sampler.k={k} images): using {new}")
+    from plm.training.registry import METHODS
+
+    method_changes, method_notices = METHODS.get(config.method).fit_to_data(config, num_train)
+    changes.update(method_changes)
+    notices += method_notices
     if not changes:
         return config, []
     return TrainConfig.from_dict(deep_merge(config.to_dict(), changes)), notices
