@@ -18,8 +18,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from helpers.shapes import make_shapes_folder
-from plm.search import SearchIndex, VectorIndex
-from plm.search import server as srv
+from plm.search import SearchIndex, VectorIndex, images
+from plm.search.hosts import HostPolicy
 from plm.search.server import SearchService, make_server
 
 DIM = 8
@@ -87,7 +87,7 @@ def test_only_requests_addressed_to_the_server_are_answered(tmp_path: Path, star
 
 
 def test_the_policy_of_a_server_bound_to_every_interface_accepts_addresses_not_names() -> None:
-    policy = srv.HostPolicy.for_bind("0.0.0.0", 8765)
+    policy = HostPolicy.for_bind("0.0.0.0", 8765)
     assert policy.allows_host("192.168.1.5:8765") and policy.allows_host("[fe80::1]:8765")
     assert policy.allows_host("localhost:8765") and not policy.allows_host("rebound.example:8765")
     assert not policy.allows_host("192.168.1.5:8766") and not policy.allows_host(None)
@@ -241,7 +241,7 @@ def test_thumbnails_decode_jpeg_at_reduced_scale_and_cap_the_pixels(tmp_path: Pa
     array = np.random.default_rng(0).integers(0, 255, (900, 1200, 3), dtype=np.uint8)
     Image.fromarray(array).save(root / "big.jpg", quality=80)
     Image.fromarray(array).save(root / "big.png")
-    monkeypatch.setattr(srv, "MAX_IMAGE_PIXELS", 200_000, raising=False)  # 1200 x 900 = 1.08 megapixels
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200_000)  # 1200 x 900 = 1.08 megapixels
     decodes = _Decodes(monkeypatch, {str(root / "big.jpg"), str(root / "big.png")})
     port = start(SearchService(idx, root))
     status, body = _request(port, "GET", f"/thumb/{idx.paths.index('big.jpg')}")

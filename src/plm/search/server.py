@@ -19,7 +19,7 @@ pages carry a Content-Security-Policy without scripts, and uploads larger than t
 are not decodable images get a clear 413 / 400 page. The server binds to 127.0.0.1 unless told
 otherwise.
 
-Other web pages cannot use it through the browser (:class:`HostPolicy`): a request is answered
+Other web pages cannot use it through the browser (:class:`~plm.search.hosts.HostPolicy`): a request is answered
 only when its ``Host`` header names the server as it was bound (``127.0.0.1:PORT``,
 ``localhost:PORT``, ``[::1]:PORT``, the ``--host`` value, ``--allow-host`` names; any IP address
 when bound to all interfaces), so a DNS-rebinding page gets a 400; a ``POST`` whose ``Origin`` is
@@ -28,20 +28,20 @@ another site, or that the browser marks ``Sec-Fetch-Site: cross-site`` / ``same-
 Memory stays bounded however many requests arrive at once: at most :data:`DECODE_SLOTS` images
 are decoded at a time (thumbnails and uploads), a thumbnail is decoded once however many requests
 ask for it at the same moment (the others wait for it), JPEG thumbnails are decoded at a reduced
-scale, and no image of more than :data:`MAX_IMAGE_PIXELS` pixels (after that reduction) is
+scale, and no image of more than :data:`~plm.search.images.MAX_IMAGE_PIXELS` pixels (after that reduction) is
 decoded. Full images are streamed from disk. Numbers in a request are ASCII digits of bounded
 length, an upload's multipart body is read one level deep, and any other failure is a 500 page
 with one line, never a dropped connection.
+
+The parts: :mod:`plm.search.request` (numbers and uploads in a request), :mod:`plm.search.images`
+(decoding within limits), :mod:`plm.search.hosts` (the host policy), :mod:`plm.search.pages` (the
+HTML); this module is the service that answers the searches and the HTTP handler.
 """
 
 from __future__ import annotations
 
-import email.message
-import io
-import ipaddress
 import json
 import logging
-import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable
@@ -53,117 +53,27 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from plm.data.base import ImageLoadError, UnsafePathError, open_image, safe_join
+from plm.search.hosts import HostPolicy
+from plm.search.images import decode_upload, megabytes, thumbnail_jpeg
+from plm.search.pages import PAGE_CSP, Pages
+from plm.search.request import RequestError, header_params, parse_multipart, parse_number, shown
 from plm.utils.paths import display_path
-from plm.viz.html import Page, escape, image_data_uri
 
 log = logging.getLogger(__name__)
 
-#: what the pages may load: images from this server or data: URIs, inline styles, forms posted here
-PAGE_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
 #: the response header adds what a <meta> policy cannot say: no framing by other sites
 SERVE_CSP = PAGE_CSP + "; frame-ancestors 'none'"
-UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
-#: the most pixels decoded from one image (an upload, or a collection image once reduced for its thumbnail)
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_UPLOAD_PIXELS = MAX_IMAGE_PIXELS
 #: images decoded at the same time (thumbnails and uploads); further requests wait their turn
 DECODE_SLOTS = 2
 #: thumbnails kept in memory (about 5 KB each)
 MAX_CACHED_THUMBS = 4096
-#: the most digits of a number in a request (ids, page numbers, Content-Length)
-MAX_DIGITS = 12
 #: the most results a vector query may ask for
 MAX_K = 1000
-PER_PAGE = 60
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                  ".bmp": "image/bmp", ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
-SERVE_CSS = """
-form{margin:12px 0;padding:10px;border:1px solid #ddd;background:#f8f8f8}
-.pager{margin:12px 0}.pager a,.pager span{margin-right:10px}
-.tile a.full{font-size:.9em}
-.error{color:#a00;font-weight:bold}
-"""
-
-
-class RequestError(Exception):
-    """A request the server refuses: an HTTP status and a one-line message for the user."""
-
-    def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def parse_number(text: Optional[str]) -> Optional[int]:
-    """``text`` as a non-negative integer when it is 1 to :data:`MAX_DIGITS` ASCII digits, else ``None``."""
-    if text is None or not re.fullmatch(rf"[0-9]{{1,{MAX_DIGITS}}}", text):
-        return None
-    return int(text)
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """A request value for a message: repr, cut to ``limit`` characters."""
-    return repr(text[:limit] + ("…" if len(text) > limit else ""))
-
-
-@dataclass(frozen=True)
-class HostPolicy:
-    """Which ``Host`` and ``Origin`` values the server answers (against DNS rebinding and cross-site posts).
-
-    Args:
-        names: the host names accepted, lower case, IPv6 addresses in brackets.
-        port: the port the server listens on.
-        any_ip: also accept any IP address (the server is bound to all interfaces); an address
-            cannot be rebound by DNS, so this stays safe.
-    """
-
-    names: frozenset[str]
-    port: int
-    any_ip: bool = False
-
-    @classmethod
-    def for_bind(cls, host: str, port: int, extra: Iterable[str] = ()) -> HostPolicy:
-        """The policy of a server bound to ``host``:``port``, with ``extra`` host names allowed too."""
-        names = {"127.0.0.1", "localhost", "[::1]"}
-        for name in (host, *extra):
-            name = name.strip().lower().rstrip(".")
-            if name:
-                names.add(f"[{name}]" if ":" in name and not name.startswith("[") else name)
-        return cls(frozenset(names), int(port), host.strip() in ("", "0.0.0.0", "::", "[::]"))
-
-    def _name_ok(self, name: str) -> bool:
-        if name in self.names:
-            return True
-        if not self.any_ip:
-            return False
-        try:
-            ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
-        except ValueError:
-            return False
-        return True
-
-    def allows_host(self, header: Optional[str]) -> bool:
-        """Whether a ``Host`` header value names this server (``name:port``; no port means 80)."""
-        if not header or len(header) > 300:
-            return False
-        header = header.strip().lower()
-        found = re.fullmatch(r"(\[[0-9a-f:.]+\]|[^:\[\]]+?)\.?(?::([0-9]{1,5}))?", header)
-        if found is None:
-            return False
-        port = int(found.group(2)) if found.group(2) else 80
-        return port == self.port and self._name_ok(found.group(1))
-
-    def allows_origin(self, origin: str) -> bool:
-        """Whether an ``Origin`` header value is this server's own (``http://`` + an allowed host)."""
-        parts = urlsplit(origin.strip())
-        return parts.scheme == "http" and not parts.path and self.allows_host(parts.netloc)
-
-    def describe(self) -> str:
-        """The accepted hosts, for messages."""
-        names = sorted(self.names) + (["any IP address"] if self.any_ip else [])
-        return ", ".join(f"{n}:{self.port}" for n in names)
 
 
 @dataclass
@@ -205,7 +115,7 @@ class SearchService:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self._resolved_root = self.root.resolve()
-        self._metric = "1 - cosine similarity" if self.index.index.metric == "cosine" else "Euclidean distance"
+        self.distance_name = "1 - cosine similarity" if self.index.index.metric == "cosine" else "Euclidean distance"
 
     # -- the collection ------------------------------------------------------------------------
     @property
@@ -217,7 +127,7 @@ class SearchService:
         """An image id from a request (ASCII digits), or a 404."""
         i = parse_number(value)
         if i is None or i >= self.count:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"no image {_shown(value or '')} in this index "
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no image {shown(value or '')} in this index "
                                                      f"(ids 0 to {self.count - 1})")
         return i
 
@@ -346,183 +256,6 @@ class SearchService:
         with self._lock:
             return img, self._hits(vector)
 
-    # -- pages ---------------------------------------------------------------------------------
-    def _page(self, subtitle: str) -> Page:
-        return Page(self.title, subtitle, css=SERVE_CSS, csp=PAGE_CSP)
-
-    def _upload_form(self) -> str:
-        if self.embed is None:
-            return "<p>Uploads are disabled (no model).</p>"
-        return ('<form method="post" action="/search" enctype="multipart/form-data">'
-                '<label>Search with an image of your own: <input type="file" name="image" accept="image/*"></label> '
-                f'<button type="submit">Search</button> <span class="detail">(up to '
-                f'{escape(_mb(self.max_upload_bytes))}; {escape(", ".join(UPLOAD_FORMATS))})</span></form>')
-
-    def _tile(self, i: int, detail: str = "", mark: Optional[str] = None) -> str:
-        cls = f"tile {mark}" if mark else "tile"
-        path = escape(self.index.paths[i])
-        return (f'<div class="{cls}"><a href="/similar?id={i}" title="find images like this one">'
-                f'<img src="/thumb/{i}" alt="{path}" loading="lazy"></a><div>{path}</div>'
-                f'<div class="detail">{escape(detail)}</div><a class="full" href="/image/{i}">full image</a></div>')
-
-    def home_page(self, page: int = 0) -> str:
-        """The upload form and one page of the collection."""
-        pages = max(1, -(-self.count // PER_PAGE))
-        page = min(max(page, 0), pages - 1)
-        p = self._page(f"{self.count} images · click one to find similar images, or upload your own")
-        sec = p.section("Search")
-        sec.raw(self._upload_form())
-        start = page * PER_PAGE
-        tiles = "".join(self._tile(i, self.label_of(i) or "") for i in range(start, min(start + PER_PAGE, self.count)))
-        nav = []
-        if page > 0:
-            nav.append(f'<a href="/?page={page - 1}">previous</a>')
-        nav.append(f"<span>page {page + 1} of {pages}</span>")
-        if page + 1 < pages:
-            nav.append(f'<a href="/?page={page + 1}">next</a>')
-        col = p.section("Collection")
-        col.raw(f'<div class="row">{tiles}</div><div class="pager">{"".join(nav)}</div>')
-        return p.render()
-
-    def _results(self, p: Page, query_tile: str, hits: list[dict[str, Any]], query_label: Optional[str]) -> None:
-        sec = p.section("Nearest images")
-        sec.legend([("query", "query"), ("right", "same class as the query"), ("wrong", "another class"),
-                    (None, "class unknown")])
-        tiles = [query_tile]
-        for r, h in enumerate(hits, 1):
-            if query_label is None or h["label"] is None:
-                mark = None
-            else:
-                mark = "right" if h["label"] == query_label else "wrong"
-            detail = f"#{r} · d={h['distance']:.4f}" + (f" · {h['label']}" if h["label"] else "")
-            tiles.append(self._tile(h["id"], detail, mark))
-        sec.raw(f'<div class="row">{"".join(tiles)}</div>')
-        sec.paragraph(f"distance = {self._metric}; click a result to search with it.")
-        p.section("New search").raw(self._upload_form() + '<p><a href="/">back to the collection</a></p>')
-
-    def similar_page(self, i: int) -> str:
-        """The results page of image ``i``."""
-        hits = self.similar(i)
-        label = self.label_of(i)
-        p = self._page(f"the {len(hits)} nearest of {self.count} images to {self.index.paths[i]}")
-        self._results(p, self._tile(i, "query" + (f" · {label}" if label else ""), "query"), hits, label)
-        return p.render()
-
-    def upload_page(self, img: Image.Image, hits: list[dict[str, Any]], name: str) -> str:
-        """The results page of an uploaded image."""
-        p = self._page(f"the {len(hits)} nearest of {self.count} images to your upload {name}")
-        query = (f'<div class="tile query"><img src="{image_data_uri(img, 128, "JPEG")}" alt="upload">'
-                 f'<div>{escape(name)}</div><div class="detail">query (upload)</div></div>')
-        self._results(p, query, hits, None)
-        return p.render()
-
-    def error_page(self, status: HTTPStatus, message: str) -> str:
-        """A page with one clear line."""
-        p = self._page(f"{status.value} {status.phrase}")
-        p.section("Error").raw(f'<p class="error">{escape(message)}</p><p><a href="/">back to the collection</a></p>')
-        return p.render()
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
-
-
-def thumbnail_jpeg(path: Path, side: int, what: str) -> bytes:
-    """A JPEG thumbnail (longest side ``side``) of the image file ``path``, decoded at reduced scale
-    where the format allows (JPEG: 1/2 to 1/8).
-
-    Raises:
-        RequestError: not decodable (404), or more than :data:`MAX_IMAGE_PIXELS` pixels to decode (413).
-    """
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (side, side))  # JPEG decodes at the smallest scale still >= side; others: no-op
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                   f"{what} has {img.width}x{img.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
-                                   f"this server decodes for a thumbnail (open the full image instead)")
-            img.thumbnail((side, side))
-            thumb = img.convert("RGB")
-    except RequestError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise RequestError(HTTPStatus.NOT_FOUND, f"{what} cannot be decoded: {err}") from err
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def decode_upload(data: bytes) -> Image.Image:
-    """An uploaded file as an RGB image.
-
-    Raises:
-        RequestError: empty, not an image, another format than :data:`UPLOAD_FORMATS`, truncated,
-            or more than :data:`MAX_UPLOAD_PIXELS` pixels.
-    """
-    if not data:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "no image was uploaded (choose a file first)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in UPLOAD_FORMATS:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"uploads must be {', '.join(UPLOAD_FORMATS)} images; "
-                                                           f"this one is {img.format}")
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                   f"the image has {img.width}x{img.height} pixels, more than the "
-                                   f"{MAX_IMAGE_PIXELS:,} accepted")
-            img.load()
-            return img.convert("RGB")
-    except RequestError:
-        raise
-    except UnidentifiedImageError as err:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload is not an image plm can read "
-                                                   f"({', '.join(UPLOAD_FORMATS)})") from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload cannot be decoded as an image (truncated or "
-                                                   f"corrupt?): {err}") from err
-
-
-def _header_params(name: str, value: str) -> email.message.Message:
-    """One header parsed for its parameters (quoting and RFC 2231 names handled by :mod:`email`)."""
-    msg = email.message.Message()
-    msg[name] = value
-    return msg
-
-
-def parse_multipart(content_type: str, body: bytes, field_name: str = "image") -> tuple[str, bytes]:
-    """(file name, bytes) of the ``field_name`` part of a ``multipart/form-data`` body.
-
-    The body is split at its boundary once: a part that is itself multipart is not opened (it is
-    just bytes, which then are not an image), so no nesting can make the parser recurse.
-
-    Raises:
-        RequestError: not multipart, no boundary, a part without headers, or no such field.
-    """
-    header = _header_params("Content-Type", content_type)
-    if header.get_content_type() != "multipart/form-data":
-        raise RequestError(HTTPStatus.BAD_REQUEST, "uploads must be sent as multipart/form-data (the page's form)")
-    boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 200:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "the upload's multipart/form-data header has no usable boundary")
-    delimiter = b"\r\n--" + boundary.encode("latin-1", "replace")
-    for part in (b"\r\n" + body).split(delimiter)[1:]:
-        if part.startswith(b"--"):  # the closing delimiter
-            break
-        head, sep, content = part.partition(b"\r\n\r\n")
-        if not sep:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is not a valid multipart/form-data body "
-                                                       "(a part has no headers)")
-        disposition = ""
-        for line in head.split(b"\r\n"):
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-disposition":
-                disposition = value.decode("utf-8", "replace").strip()
-        fields = _header_params("Content-Disposition", disposition)
-        if fields.get_param("name", header="content-disposition") == field_name:
-            return str(fields.get_filename() or "upload"), content
-    raise RequestError(HTTPStatus.BAD_REQUEST, f"the upload has no {field_name!r} file field")
-
-
 class _PolicyHandler(BaseHTTPRequestHandler):
     """A request handler that knows the server's :class:`HostPolicy` (set once the port is known)."""
 
@@ -530,6 +263,8 @@ class _PolicyHandler(BaseHTTPRequestHandler):
 
 
 def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> type[_PolicyHandler]:
+    pages = Pages(service)
+
     class Handler(_PolicyHandler):
         server_version = "plm-serve"
         sys_version = ""
@@ -576,7 +311,7 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
             if as_json:
                 self._json({"error": str(err)}, err.status)
             else:
-                self._html(service.error_page(err.status, str(err)), err.status)
+                self._html(pages.error(err.status, str(err)), err.status)
 
         def _answer(self, route: Callable[[], None], as_json: bool) -> None:
             """Run a route; every failure becomes a one-line error page, never a dropped connection."""
@@ -606,7 +341,7 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
                 self.close_connection = True
                 raise RequestError(HTTPStatus.BAD_REQUEST,
                                    f"this server answers only requests addressed to {policy.describe()} "
-                                   f"(this one names host {_shown(self.headers.get('Host') or '')}); to reach it under "
+                                   f"(this one names host {shown(self.headers.get('Host') or '')}); to reach it under "
                                    f"another name, start it with --allow-host NAME")
 
         def _check_same_origin(self) -> None:
@@ -631,21 +366,21 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
                 page = parse_number(query.get("page", ["0"])[0])
                 if page is None:
                     raise RequestError(HTTPStatus.BAD_REQUEST, "?page= must be a page number (0, 1, 2 …)")
-                self._html(service.home_page(page))
+                self._html(pages.home(page))
             elif url.path in ("/similar", "/api/similar"):
                 i = service.check_id(query.get("id", [""])[0])
                 if as_json:
-                    self._json({"query": {"id": i, "path": service.index.paths[i]}, "distance": service._metric,
+                    self._json({"query": {"id": i, "path": service.index.paths[i]}, "distance": service.distance_name,
                                 "results": service.similar(i)})
                 else:
-                    self._html(service.similar_page(i))
+                    self._html(pages.similar(i))
             elif url.path.startswith("/thumb/"):
                 thumb = service.thumbnail(service.check_id(url.path[7:]))
                 self._send(HTTPStatus.OK, thumb, "image/jpeg", cache=True)
             elif url.path.startswith("/image/"):
                 self._send_file(service.file_of(service.check_id(url.path[7:])))
             else:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"nothing at {_shown(url.path)}")
+                raise RequestError(HTTPStatus.NOT_FOUND, f"nothing at {shown(url.path)}")
 
         def do_POST(self) -> None:
             url = urlsplit(self.path)
@@ -655,7 +390,7 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
         def _post(self, url: Any) -> None:
             as_json = url.path.startswith("/api/") or parse_qs(url.query).get("format", [""])[0] == "json"
             if url.path not in ("/search", "/api/search"):
-                raise RequestError(HTTPStatus.NOT_FOUND, f"nothing to post to at {_shown(url.path)}")
+                raise RequestError(HTTPStatus.NOT_FOUND, f"nothing to post to at {shown(url.path)}")
             self._check_same_origin()
             length = parse_number(self.headers.get("Content-Length"))
             if length is None:
@@ -664,23 +399,24 @@ def _handler(service: SearchService, limit: Optional[Callable[[], None]]) -> typ
             if length > service.max_upload_bytes:
                 self.close_connection = True  # the body is never read
                 raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                   f"the upload ({_mb(length)}) is larger than the {_mb(service.max_upload_bytes)} "
-                                   f"this server accepts (plm serve --max-upload-mb)")
+                                   f"the upload ({megabytes(length)}) is larger than the "
+                                   f"{megabytes(service.max_upload_bytes)} this server accepts "
+                                   f"(plm serve --max-upload-mb)")
             body = self.rfile.read(length)
             if url.path == "/api/search":
-                ctype = _header_params("Content-Type", self.headers.get("Content-Type", "")).get_content_type()
+                ctype = header_params("Content-Type", self.headers.get("Content-Type", "")).get_content_type()
                 if ctype != "application/json":
                     raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "a vector query is sent as "
                                                                          "application/json: {\"vector\": [...]}")
-                self._json({"query": {"vector": True}, "distance": service._metric,
+                self._json({"query": {"vector": True}, "distance": service.distance_name,
                             "results": service.search_vector(body)})
                 return
             name, data = parse_multipart(self.headers.get("Content-Type", ""), body)
             img, hits = service.search_upload(data)
             if as_json:
-                self._json({"query": {"upload": name}, "distance": service._metric, "results": hits})
+                self._json({"query": {"upload": name}, "distance": service.distance_name, "results": hits})
             else:
-                self._html(service.upload_page(img, hits, name))
+                self._html(pages.upload(img, hits, name))
 
     return Handler
 
