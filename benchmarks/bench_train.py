@@ -154,16 +154,18 @@ def epoch_parts(trainer, repeats: int = 2) -> dict[str, float]:
     import numpy as np
 
     out: dict[str, list[float]] = defaultdict(list)
-    trainer.validate()  # the pretrained features' validation scores are computed once per run
+    from plm.training.sampler import knn_table
+
+    trainer.selection.validate()  # the pretrained features' validation scores are computed once per run
     for _ in range(repeats):
         start = time.perf_counter()
         emb = trainer.pipeline.train_embeddings("teacher")
         out[EPOCH_PARTS[0]].append(time.perf_counter() - start)
         start = time.perf_counter()
-        trainer.knn_table(emb)
+        knn_table(emb, trainer.config.sampler.k, trainer.ctx, trainer.device)
         out[EPOCH_PARTS[1]].append(time.perf_counter() - start)
         start = time.perf_counter()
-        trainer.validate()
+        trainer.selection.validate()
         out[EPOCH_PARTS[2]].append(time.perf_counter() - start)
     return {k: float(np.median(v)) for k, v in out.items()}
 
@@ -322,7 +324,11 @@ def _measure(mode: str, steps: int, out_dir: str, ctx=None) -> Optional[dict]:
         if len(batches) == steps + 1:
             break
     trainer.step(*batches[0])  # warm-up
-    trainer.timings = {}
+    clock = PartClock()  # the step's parts, timed from the outside (the trainer is not instrumented)
+    pipe = trainer.pipeline
+    trainer.method.forward = clock.wrap("method", trainer.method.forward)
+    pipe.student.forward = clock.wrap("forward", pipe.student.forward)
+    pipe.teacher.forward = clock.wrap("forward", pipe.teacher.forward)
     trainer.ctx.barrier()
     start = time.perf_counter()
     for inputs, positions in batches[1:]:
@@ -332,11 +338,11 @@ def _measure(mode: str, steps: int, out_dir: str, ctx=None) -> Optional[dict]:
     if not trainer.ctx.is_main:
         return None
     n = len(batches) - 1
-    t = trainer.timings
+    t = clock.seconds
     return {"mode": mode, "world": trainer.ctx.world_size, "steps": n, "step_s": elapsed / n,
             "images_per_s": n * trainer.config.sampler.batch_size / elapsed,
             "share_method": t["method"] / elapsed, "share_forward": t["forward"] / elapsed,
-            "share_backward_step": t["backward_step"] / elapsed}
+            "share_backward_step": (elapsed - t["method"] - t["forward"]) / elapsed}
 
 
 def _worker(rank: int, world: int, port: int, mode: str, steps: int, out_dir: str, result: str) -> None:

@@ -218,29 +218,11 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
 
 
 def initial_head_metrics(config, split: str = "test") -> dict[str, Any]:
-    """Metrics of the untrained embedding head the runs start from (frozen mode, cached features).
+    """Recall@K, MAP@R, R-precision and NMI of the untrained model a run starts from
+    (:func:`plm.training.selection.untrained_metrics`)."""
+    from plm.training.selection import untrained_metrics
 
-    With ``model.head_init: pca`` (or ``pca_uncentered``) this is the centred (uncentred) PCA of the
-    pretrained features, the same for every seed; with ``orthogonal`` it is the random head of
-    ``config.seed``. It shows what training
-    adds to (or takes from) its starting point. Reseeds the global RNGs with ``config.seed``.
-    """
-    from plm.evaluation import retrieval_metrics
-    from plm.evaluation.metrics import default_ks
-    from plm.training.distributed import init_distributed
-    from plm.training.pipeline import build_pipeline
-    from plm.training.splits import load_splits
-    from plm.training.trainer import resolve_device, seed_everything
-
-    seed_everything(config.seed)  # the orthogonal head is drawn from the seeded global RNG, as in training
-    splits = load_splits(config)
-    ctx = init_distributed("cpu")
-    pipeline = build_pipeline(config, splits, resolve_device(config.device, ctx), ctx, progress=False)
-    embedded = pipeline.embed_split(getattr(splits, split), "student")
-    assert embedded is not None  # a single process is rank 0
-    vectors, labels = embedded
-    ks = config.eval.recall_at or default_ks(config.dataset)
-    return _metrics_only(retrieval_metrics(vectors, labels, ks=ks, with_nmi=config.eval.nmi))
+    return _metrics_only(untrained_metrics(config, split))
 
 
 def _test_views(result) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:

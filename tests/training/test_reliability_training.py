@@ -291,12 +291,12 @@ def test_train_heals_a_truncated_feature_cache(tmp_path, shared_cache) -> None:
 
 def test_batch_size_is_bounded_before_feature_extraction(tmp_path, shared_cache, capsys, monkeypatch) -> None:
     import plm.evaluation.embed as embed_mod
-    import plm.training.trainer as trainer
+    import plm.training.sizing as sizing
 
     monkeypatch.setattr(embed_mod, "embed_dataset", lambda *a, **k: pytest.fail("features before the check"))
     # a batch larger than the training set is capped to it before any feature extraction (issue 13's
     # sizing, with a notice); what it is capped to must still fit in memory, or the run stops here
-    monkeypatch.setattr(trainer, "_available_memory", lambda device: 100_000)
+    monkeypatch.setattr(sizing, "_available_memory", lambda device: 100_000)
     assert main(["train", *FROZEN, "--dataset", "digits", "--out", str(tmp_path / "r"), "--no-progress",
                  "sampler.batch_size=100000"]) == 2
     err = capsys.readouterr().err
@@ -330,7 +330,7 @@ def test_batch_larger_than_the_training_set_is_refused_by_the_check() -> None:
 
     from plm.errors import UserError
     from plm.training.config import default_config
-    from plm.training.trainer import check_batch_size
+    from plm.training.sizing import check_batch_size
 
     with pytest.raises(UserError, match="sampler.batch_size must be at most the 50 training images"):
         check_batch_size(default_config("digits", sampler={"batch_size": 60}), 50, torch.device("cpu"))

@@ -14,7 +14,7 @@ from PIL import Image
 from helpers.cli import FROZEN
 from plm.cli import main
 from plm.training import default_config, train
-from plm.training.selection import PRETRAINED
+from plm.training.selection import PRETRAINED, RunSelection
 from plm.training.trainer import Trainer
 
 #: the tests of this file were written for frozen mode (the default, mode auto, fine-tunes small sets)
@@ -304,7 +304,7 @@ def _scripted_validation(monkeypatch, pretrained: float, scores: list[float]) ->
     the evaluated network ``scores`` in turn (epoch 0 first); every query moves together, so the
     paired standard error of a gain is zero and the margin is ``eval.min_gain``."""
     it = iter(scores)
-    monkeypatch.setattr(Trainer, "_val_ap", lambda self, which: (np.full(
+    monkeypatch.setattr(RunSelection, "_val_ap", lambda self, which: (np.full(
         len(self.splits.val), pretrained if which == "pretrained" else next(it)), self.splits.val.labels))
 
 

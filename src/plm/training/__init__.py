@@ -1,10 +1,18 @@
 """Training: ``plm train`` and its importable building blocks.
 
-- :func:`train` / :class:`Trainer` – the loop (frozen or finetune mode, single process or DDP);
-- :class:`TrainConfig`, :func:`default_config`, :func:`resolve_config` – configuration;
-- :class:`EMATeacher`, :class:`NeighborhoodSampler` – networks and batches;
+- :func:`train` / :class:`Trainer` – the loop (frozen or finetune mode, single process or DDP),
+  :mod:`plm.training.trainer`; what it returns, :class:`TrainResult` (:mod:`plm.training.result`);
+- :class:`TrainConfig`, :func:`default_config`, :func:`resolve_config` – configuration
+  (:mod:`plm.training.config`); what a training set can support, :mod:`plm.training.sizing`;
 - :mod:`plm.training.methods` – ``plm``, ``stml``, ``kmeans``, one module each with its config section,
   checks and sizing hook (named by :data:`METHODS`, :mod:`plm.training.registry`): target similarities and losses;
+- :mod:`plm.training.selection` – validation against the pretrained features, the best epoch, the
+  verdict, the final test and ``summary.json``;
+- :mod:`plm.training.pipeline` (frozen and finetune data paths), :class:`EMATeacher`,
+  :class:`NeighborhoodSampler` (and the k-NN table it samples from) – networks and batches;
+- :mod:`plm.training.checkpoint` (checkpoints, RNG states, resuming), :mod:`plm.training.history`
+  (``metrics.csv``, TensorBoard, an epoch's running means), :mod:`plm.training.distributed`,
+  :mod:`plm.training.optim` (AdamW, schedule, float16 loss scaling);
 - the losses themselves (and :class:`ProxyBank`) are :mod:`plm.losses`.
 
 Names are imported on first use, so ``from plm.training import TrainConfig`` does not load the
@@ -30,7 +38,7 @@ _EXPORTS = {
     "KMeansConfig": "plm.training.methods",
     "ProxyBank": "plm.losses.proxies",
     "NeighborhoodSampler": "plm.training.sampler",
-    "Trainer": "plm.training.trainer", "TrainResult": "plm.training.trainer", "train": "plm.training.trainer",
+    "Trainer": "plm.training.trainer", "TrainResult": "plm.training.result", "train": "plm.training.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,6 +26,12 @@ import numpy as np
 import torch
 
 from plm.utils.io import atomic_torch_save, remove_stale_temp_files, safe_torch_load
+from plm.utils.paths import CHECKPOINT, CONFIG_YAML, METRICS_CSV, METRICS_JSON, SUMMARY_JSON
+
+#: the files of a run folder and the kind each must be to be replaced (``last.pt`` is never
+#: replaced without ``--resume``, which reads it first)
+RUN_FILES = {"config.yaml": CONFIG_YAML, "metrics.csv": METRICS_CSV, "metrics.json": METRICS_JSON,
+             "summary.json": SUMMARY_JSON, "best.pt": CHECKPOINT}
 
 FORMAT = "plm-train-checkpoint"
 VERSION = 1
@@ -147,3 +153,38 @@ def recover_checkpoints(out_dir: str | os.PathLike) -> list[str]:
             pending.unlink()
             done.append(f"discarded the uncommitted {pending.name}")
     return done
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's epoch (independent streams for every (seed, epoch, rank))."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+#: config keys that may differ between a run and its resumption
+RESUME_FREE_KEYS = ("device", "amp", "log.progress", "log.tensorboard", "data.num_workers", "eval.batch_size",
+                    "model.head_init")  # the head comes from the checkpoint
+
+
+def resume_differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The config keys, other than :data:`RESUME_FREE_KEYS`, in which a checkpoint's config and a
+    run's differ, both read as they take effect: options a checkpoint of an older version did not
+    know take their defaults, and ``data.augment`` is what it means in the mode (old checkpoints
+    stored ``true`` in frozen mode)."""
+    from plm.training.config import TrainConfig, config_diff
+    from plm.utils.config import deep_merge
+
+    def view(c: dict[str, Any]) -> dict[str, Any]:
+        c = deep_merge(TrainConfig().to_dict(), c)
+        out = {**c, "data": dict(c.get("data", {}))}
+        augment = out["data"].get("augment")
+        out["data"]["augment"] = c.get("mode") == "finetune" and augment is not False
+        return out
+
+    return [k for k in config_diff(view(saved), view(config)) if k not in RESUME_FREE_KEYS]

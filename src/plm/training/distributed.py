@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -138,7 +138,7 @@ class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient and keeps this rank's slice."""
 
     @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
+    def forward(ctx: Any, t: Tensor) -> Tensor:
         import torch.distributed as dist
 
         ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
@@ -147,7 +147,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(out)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         import torch.distributed as dist
 
         grad = grad.contiguous().clone()
@@ -210,3 +210,15 @@ def shutdown_distributed(wait: bool = True) -> None:
                 torch.distributed.barrier()
         finally:
             torch.distributed.destroy_process_group()
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` uses ``cuda:LOCAL_RANK`` in distributed runs
+    (:func:`plm.utils.device.resolve_device`).
+
+    Raises:
+        UserError: ``cuda`` requested without a GPU.
+    """
+    from plm.utils.device import resolve_device as _resolve
+
+    return _resolve(name, ctx.local_rank if ctx.enabled else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,6 @@ class EMATeacher(nn.Module):
         for name, b in student.named_buffers():
             t_bufs[name].copy_(b)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
             return self.module(*args, **kwargs)

@@ -39,3 +39,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
         return lr_factor(step, total_steps, warmup_steps, schedule)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class LossScaling:
+    """Back-propagation and the optimiser step, with float16 loss scaling when the forward runs in float16.
+
+    float16 gradients underflow without scaling; bfloat16 has float32's range and needs none. Without
+    scaling every call is the plain one.
+
+    Args:
+        device: where training runs (the scaler's device type).
+        amp: the forward passes' dtype (``None``: float32).
+    """
+
+    def __init__(self, device: torch.device, amp: torch.dtype | None) -> None:
+        self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, scaled when scaling."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring the gradients back to their scale (before clipping them)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; when scaling, skipped for gradients that overflowed, and the scale updated."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
-from typing import Optional, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -26,9 +26,11 @@ from plm.data import ImageDataset, collate_skip
 from plm.data.views import AugmentedViews
 from plm.models import EmbeddingModel, ModelConfig, build_transform, create_model
 from plm.models.partial import PrefixModel, TailModel
+from plm.training.config import TrainConfig
 from plm.training.distributed import DistContext
 from plm.training.ema import EMATeacher
 from plm.training.sampler import NeighborhoodSampler
+from plm.training.splits import Splits
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ PCA_CENTERING = {"pca": True, "pca_uncentered": False}
 SIGNAL_IMAGES = 1000
 
 
-def model_config_of(config) -> ModelConfig:
+def model_config_of(config: TrainConfig) -> ModelConfig:
     """The :class:`plm.models.ModelConfig` of a training config (saved in checkpoints)."""
     m = config.model
     from plm.models.backbones import feature_width
@@ -48,14 +50,14 @@ def model_config_of(config) -> ModelConfig:
                        image_size=m.image_size)
 
 
-def feature_config_of(config, normalize: bool = False) -> ModelConfig:
+def feature_config_of(config: TrainConfig, normalize: bool = False) -> ModelConfig:
     """The head-less config of a training config: its pooled backbone features (the feature-cache key)."""
     m = config.model
     return ModelConfig(backbone=m.backbone, embed_dim=None, pooling=m.pooling, normalize=normalize,
                        image_size=m.image_size)
 
 
-def build_model(config) -> EmbeddingModel:
+def build_model(config: TrainConfig) -> EmbeddingModel:
     """The pretrained embedding model with a random orthogonal head (global torch RNG); the
     pipelines then apply ``model.head_init``."""
     from plm.models.factory import build_embedder
@@ -71,7 +73,7 @@ class Pipeline:
     teacher: EMATeacher
     model: EmbeddingModel
 
-    def __init__(self, config, device: torch.device, ctx: DistContext, progress: bool):
+    def __init__(self, config: TrainConfig, device: torch.device, ctx: DistContext, progress: bool):
         self.config, self.device, self.ctx, self.progress = config, device, ctx, progress and ctx.is_main
 
     # -- parameters
@@ -108,6 +110,15 @@ class Pipeline:
     def train_embeddings(self, net: str = "teacher") -> Tensor:
         """(N, d) embeddings of every training item (un-augmented), on every rank."""
         raise NotImplementedError
+
+    def first_pass(self) -> Tensor:
+        """The run's first data pass: the teacher's embeddings of the training set (:meth:`train_embeddings`).
+
+        In finetune mode it also drops the training images that cannot be read (skipped and counted),
+        so :attr:`num_train`, the sampler's size, is final only after it; a resumed run loads its
+        networks before it, so that it serves the resumed epoch's k-NN table.
+        """
+        return self.train_embeddings("teacher")
 
     def embed_split(self, split: ImageDataset, net: str = "student") -> Optional[tuple[np.ndarray, np.ndarray]]:
         """(vectors, labels) of a split on rank 0 (``None`` on the others)."""
@@ -149,8 +160,8 @@ class FrozenPipeline(Pipeline):
     """Cached inputs (pooled features, or prefix maps with ``model.train_blocks``); trains the head
     (and the backbone's last steps) on them (see module docs)."""
 
-    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
-                 fresh: bool = True):
+    def __init__(self, config: TrainConfig, splits: Splits, device: torch.device, ctx: DistContext,
+                 progress: bool = True, fresh: bool = True):
         super().__init__(config, device, ctx, progress)
         if config.data.augment:
             log.info("frozen mode: backbone features are computed once from un-augmented images; for augmentation "
@@ -202,8 +213,8 @@ class FrozenPipeline(Pipeline):
         key = id(ds)
         if key not in self._inputs:
             cache = None if self.config.data.cache else False
-            kw = dict(batch_size=self.config.eval.batch_size, features=True, cache_dir=cache, device=self.device,
-                      num_workers=self.config.data.num_workers)
+            kw: dict[str, Any] = dict(batch_size=self.config.eval.batch_size, features=True, cache_dir=cache,
+                                      device=self.device, num_workers=self.config.data.num_workers)
             if self.ctx.enabled and cache is not False:  # rank 0 fills the cache, the others read it
                 if self.ctx.is_main:
                     emb = embed_dataset(self._input_model, ds, progress=self.progress, **kw)
@@ -258,7 +269,7 @@ class FrozenPipeline(Pipeline):
                 yield self.train_views[view, idx], idx
 
     @torch.no_grad()
-    def _apply(self, net, feats: Tensor, chunk: int = 2048) -> Tensor:
+    def _apply(self, net: Callable[[Tensor], Tensor], feats: Tensor, chunk: int = 2048) -> Tensor:
         if not len(feats):
             return torch.zeros(0, self.model.out_dim, device=feats.device)
         return torch.cat([net(feats[i:i + chunk]) for i in range(0, len(feats), chunk)])
@@ -276,13 +287,13 @@ class FrozenPipeline(Pipeline):
     def train_embeddings(self, net: str = "teacher") -> Tensor:
         return self._run(net, self.train_features)
 
-    def embed_split(self, split: ImageDataset, net: str = "student"):
+    def embed_split(self, split: ImageDataset, net: str = "student") -> Optional[tuple[np.ndarray, np.ndarray]]:
         feats, labels = self._split_inputs(split)
         if not self.ctx.is_main:
             return None
         return self._run(net, feats).cpu().numpy(), labels
 
-    def baseline_split(self, split: ImageDataset):
+    def baseline_split(self, split: ImageDataset) -> Optional[tuple[np.ndarray, np.ndarray]]:
         feats, labels = self._split_inputs(split)
         if not self.ctx.is_main:
             return None
@@ -365,8 +376,8 @@ def freeze_batchnorm(model: nn.Module) -> None:
 class FinetunePipeline(Pipeline):
     """The whole network is trained on images (see module docs)."""
 
-    def __init__(self, config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
-                 fresh: bool = True):
+    def __init__(self, config: TrainConfig, splits: Splits, device: torch.device, ctx: DistContext,
+                 progress: bool = True, fresh: bool = True):
         super().__init__(config, device, ctx, progress)
         self.model = build_model(config).to(device)
         self.student = self.model
@@ -441,7 +452,7 @@ class FinetunePipeline(Pipeline):
         self.set_train()
         return vec
 
-    def embed_split(self, split: ImageDataset, net: str = "student"):
+    def embed_split(self, split: ImageDataset, net: str = "student") -> Optional[tuple[np.ndarray, np.ndarray]]:
         vec, labels, _ = self._embed(self._model(net), split, self.progress)
         self.set_train()
         return (vec.cpu().numpy(), labels) if self.ctx.is_main else None
@@ -454,7 +465,7 @@ class FinetunePipeline(Pipeline):
         ref.backbone.load_state_dict(self._pretrained_backbone)
         return ref.to(self.device)
 
-    def baseline_split(self, split: ImageDataset):
+    def baseline_split(self, split: ImageDataset) -> Optional[tuple[np.ndarray, np.ndarray]]:
         if self._pretrained_backbone is None:
             return None
         vec, labels, _ = self._embed(self._pretrained_model(), split, self.progress)
@@ -487,8 +498,8 @@ class FinetunePipeline(Pipeline):
         return {f"backbone.{k}": v.clone() for k, v in self._pretrained_backbone.items()}
 
 
-def build_pipeline(config, splits, device: torch.device, ctx: DistContext, progress: bool = True,
-                   fresh: bool = True) -> Pipeline:
+def build_pipeline(config: TrainConfig, splits: Splits, device: torch.device, ctx: DistContext,
+                   progress: bool = True, fresh: bool = True) -> Pipeline:
     """The pipeline of ``config.mode``; ``fresh=False`` (resuming) skips the head initialisation pass."""
     cls = FrozenPipeline if config.mode == "frozen" else FinetunePipeline
     return cls(config, splits, device, ctx, progress, fresh)

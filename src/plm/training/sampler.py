@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -139,3 +139,24 @@ class NeighborhoodSampler:
 
 if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker sees only the new names
     __getattr__ = deprecated_names(__name__, {"NeighbourhoodSampler": "NeighborhoodSampler"})
+
+
+def knn_table(emb: Any, k: int, ctx: Any, device: Any) -> np.ndarray:
+    """(N, k−1) nearest other training items of each item, the sampler's neighbour table (rank 0
+    computes it from the teacher's embeddings ``emb``, every rank receives it).
+
+    Args:
+        emb: (N, d) tensor of the training set's embeddings.
+        k: ``sampler.k`` (a seed and its k − 1 neighbours).
+        ctx: the :class:`~plm.training.distributed.DistContext`.
+        device: where the broadcast travels.
+    """
+    import torch
+
+    from plm.neighbors import knn
+
+    n, kk = emb.shape[0], k - 1
+    if kk == 0:
+        return np.zeros((n, 0), dtype=np.int64)
+    table = knn(emb.float().cpu().numpy(), k=kk)[1] if ctx.is_main else None
+    return ctx.broadcast_array(table, ((n, kk), torch.long), device)

@@ -15,7 +15,11 @@ images, or than one batch unit) is an error.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+from typing import Any, Optional
+
+import torch
 
 from plm.errors import UserError
 
@@ -92,3 +96,44 @@ def fit_to_data(config: Any, num_train: int, world_size: int = 1,
     if not changes:
         return config, []
     return TrainConfig.from_dict(deep_merge(config.to_dict(), changes)), notices
+
+
+def _available_memory(device: torch.device) -> Optional[int]:
+    """Bytes of memory free for tensors on ``device`` (``None`` when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: bytes per pair of batch items the methods hold at once (a few B × B float32 matrices and their gradients)
+PAIR_BYTES = 64
+
+
+def check_batch_size(config: Any, num_train: int, device: torch.device) -> None:
+    """Refuse a batch that the training set cannot fill or that cannot fit in memory.
+
+    Raises:
+        UserError: ``sampler.batch_size`` above the number of training images, or above what the
+            available memory allows for the batch's pairwise matrices.
+    """
+    b, k = config.sampler.batch_size, config.sampler.k
+    if b > num_train:
+        raise UserError(f"sampler.batch_size must be at most the {num_train} training images (and a multiple of "
+                        f"sampler.k={k}); got {b}")
+    free = _available_memory(device)
+    if free is not None:
+        limit = int(math.isqrt(max(free // PAIR_BYTES, 1)))
+        if b > limit:
+            raise UserError(f"sampler.batch_size={b} needs about {PAIR_BYTES * b * b / 2**30:.1f} GiB for its pairwise "
+                            f"matrices, more than the {free / 2**30:.1f} GiB free on {device.type}; use at most "
+                            f"{limit - limit % k}")

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from plm.data import ImageDataset, UnsafePathError, load_dataset
+from plm.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def auto_val_classes(num_seen: int) -> int:
     return 0 if num_seen < 4 else max(2, int(round(0.2 * num_seen)))
 
 
-def load_splits(config) -> Splits:
+def load_splits(config: TrainConfig) -> Splits:
     """Load train / val / test for a :class:`~plm.training.config.TrainConfig`.
 
     Raises:
@@ -105,7 +106,7 @@ def image_holdout(labels: np.ndarray, holdout: float, seed: int = HOLDOUT_SEED) 
     return tuple(np.sort(np.concatenate(x)) if x else np.zeros(0, np.int64) for x in (train, val, test))
 
 
-def _image_splits(config) -> Splits:
+def _image_splits(config: TrainConfig) -> Splits:
     """``data.split: images``: every class trained on, a share of each class's images held out."""
     full = load_dataset(config.dataset, "all", root=config.data_root)
     if not (full.is_labelled and full.num_classes > 1):
@@ -122,7 +123,7 @@ def _image_splits(config) -> Splits:
     return Splits(train, val, test, n_val)
 
 
-def _load_test(name: str, root) -> Optional[ImageDataset]:
+def _load_test(name: str, root: Optional[str]) -> Optional[ImageDataset]:
     try:
         test = load_dataset(name, "test", root=root)
     except UnsafePathError:  # one rule for every command: an entry leaving the root refuses the dataset

@@ -49,6 +49,20 @@ class BatchView:
     row_start: int = 0
     world_size: int = 1
 
+    @classmethod
+    def gathered(cls, student: Tensor, teacher: Tensor, positions: Tensor, ctx: Any) -> BatchView:
+        """This process's rows as the method sees the global batch: every rank's student rows (gradient
+        flowing back to each rank's own), teacher rows and training-set positions, in rank order.
+
+        Args:
+            student: (R, d) this process's student embeddings.
+            teacher: (R, d) its teacher embeddings.
+            positions: (R,) its rows' training-set positions.
+            ctx: the :class:`~plm.training.distributed.DistContext` (single process: nothing gathered).
+        """
+        return cls(student, ctx.gather_with_grad(student), ctx.gather(teacher), ctx.gather(positions),
+                   row_start=ctx.rank * student.shape[0], world_size=ctx.world_size)
+
     @property
     def rows(self) -> slice:
         """This process's rows within the global batch."""

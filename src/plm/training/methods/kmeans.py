@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -77,7 +78,7 @@ class KMeansMethod(Method):
                                 denom=batch.num_pairs)
         return {"contrastive": loss, "loss": loss}
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         if "pseudo_labels" in state_dict:
             self._set_size(int(state_dict["pseudo_labels"].numel()))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
