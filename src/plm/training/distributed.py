@@ -83,17 +83,6 @@ class DistContext:
             torch.distributed.broadcast(t, src)
         return t
 
-    def broadcast_array(self, a: Optional[np.ndarray], shape_dtype: tuple, device: torch.device) -> np.ndarray:
-        """A numpy array of rank 0 on every rank; the others pass ``None`` and the (shape, dtype)."""
-        if not self.enabled:
-            assert a is not None
-            return a
-        shape, dtype = shape_dtype
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(device) if self.is_main else \
-            torch.empty(shape, dtype=dtype, device=device)
-        self.broadcast(t)
-        return t.cpu().numpy()
-
     def broadcast_module(self, module: nn.Module) -> None:
         """Copy every parameter and buffer of rank 0's ``module`` to the other ranks."""
         if not self.enabled:

@@ -142,8 +142,9 @@ if not TYPE_CHECKING:  # old spellings, kept for one release; the type checker s
 
 
 def knn_table(emb: Any, k: int, ctx: Any, device: Any) -> np.ndarray:
-    """(N, k−1) nearest other training items of each item, the sampler's neighbour table (rank 0
-    computes it from the teacher's embeddings ``emb``, every rank receives it).
+    """(N, k−1) nearest other training items of each item, the sampler's neighbour table: rank 0
+    searches the teacher's embeddings ``emb`` where they are (:func:`plm.neighbors.knn_tensors`, on
+    the GPU in a GPU run) and sends the table to every rank; the sampler gets it as an array.
 
     Args:
         emb: (N, d) tensor of the training set's embeddings.
@@ -153,10 +154,12 @@ def knn_table(emb: Any, k: int, ctx: Any, device: Any) -> np.ndarray:
     """
     import torch
 
-    from plm.neighbors import knn
+    from plm.neighbors import knn_tensors
 
     n, kk = emb.shape[0], k - 1
     if kk == 0:
         return np.zeros((n, 0), dtype=np.int64)
-    table = knn(emb.float().cpu().numpy(), k=kk)[1] if ctx.is_main else None
-    return ctx.broadcast_array(table, ((n, kk), torch.long), device)
+    table = torch.empty((n, kk), dtype=torch.long, device=device)
+    if ctx.is_main:
+        table = knn_tensors(emb.detach().float(), k=kk)[1].to(device)
+    return ctx.broadcast(table).cpu().numpy()
