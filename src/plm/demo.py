@@ -194,6 +194,7 @@ def run_demo(out_dir: str | Path = "plm-demo", preset: str = "standard", methods
             echo(f"training {name} (seed {seed}, {config.epochs} epochs) ...")
             t0 = time.perf_counter()
             result = train(config, out / "runs" / f"{name}-seed{seed}", progress=progress)
+            assert result.test_metrics is not None  # the demo's datasets all have a labelled test split
             echo(f"  {name} seed {seed}: test R@1 {result.test_metrics['recall_at']['1']:.4f} "
                  f"({time.perf_counter() - t0:.0f} s); {result.verdict}")
             runs[name].append({**_metrics_only(result.test_metrics), "training_helped": result.training_helped})

@@ -38,11 +38,11 @@ DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 
 def _official(module: str, func: str) -> Callable[..., ImageDataset]:
     def load(split: str, root, val_classes: int) -> ImageDataset:
-        import importlib
+        from plm.utils.lazy import import_target
 
         if root is None:
             raise ValueError("this dataset needs --data-root DIR (see README: supported datasets)")
-        return getattr(importlib.import_module(module), func)(root, split=split, val_classes=val_classes)
+        return import_target(f"{module}:{func}")(root, split=split, val_classes=val_classes)
 
     return load
 

@@ -21,10 +21,28 @@ trainer, the pipelines or the datasets' heavy dependencies.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-from plm.utils.deprecation import deprecated_name
+from plm.utils.lazy import lazy_exports
+
+if TYPE_CHECKING:  # imported on first use: ``from plm.training import TrainConfig`` loads no trainer
+    from plm.losses.proxies import ProxyBank
+    from plm.training.config import ConfigError, TrainConfig, default_config, resolve_config, valid_keys
+    from plm.training.ema import EMATeacher
+    from plm.training.methods import (
+        BatchView,
+        KMeansConfig,
+        KMeansMethod,
+        Method,
+        PLMMethod,
+        STMLConfig,
+        STMLMethod,
+        build_method,
+    )
+    from plm.training.registry import METHODS
+    from plm.training.result import TrainResult
+    from plm.training.sampler import NeighborhoodSampler
+    from plm.training.trainer import Trainer, train
 
 #: public name → the module that defines it
 _EXPORTS = {
@@ -41,22 +59,11 @@ _EXPORTS = {
     "Trainer": "plm.training.trainer", "TrainResult": "plm.training.result", "train": "plm.training.trainer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["BatchView", "ConfigError", "EMATeacher", "KMeansConfig", "KMeansMethod", "METHODS", "Method",
+           "NeighborhoodSampler", "PLMMethod", "ProxyBank", "STMLConfig", "STMLMethod", "TrainConfig", "TrainResult",
+           "Trainer", "build_method", "default_config", "resolve_config", "train", "valid_keys"]
 
 #: old spellings, kept for one release
 _DEPRECATED = {"NeighbourhoodSampler": "NeighborhoodSampler"}
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        if name in _DEPRECATED:
-            return deprecated_name(__name__, name, _DEPRECATED[name])
-        raise AttributeError(f"module 'plm.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+lazy_exports(__name__, _EXPORTS, deprecated=_DEPRECATED)
