@@ -17,21 +17,28 @@ def _module_name(path: Path, src: Path = SRC) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _package_of(path: Path, src: Path) -> str:
+    name = _module_name(path, src)
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _from_target(node: ast.ImportFrom, package: str) -> str:
+    """The module a ``from … import`` names, relative imports resolved against ``package``."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
     """Every ``plm…`` module ``path`` imports (module level, in functions, under TYPE_CHECKING), with its line."""
-    name = _module_name(path, src)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = _package_of(path, src)
     out = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             out += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            out.append((target, node.lineno))
+            out.append((_from_target(node, package), node.lineno))
     return [(t, line) for t, line in out if t == "plm" or t.startswith("plm.")]
 
 
@@ -111,8 +118,7 @@ def test_the_nearest_neighbours_sit_on_the_ground_floor() -> None:
 def _top_level_imports(path: Path, src: Path = SRC) -> list[str]:
     """The ``plm…`` modules ``path`` imports when it is imported or type-checked: module level and
     ``if TYPE_CHECKING:`` blocks, not imports inside functions (which run later, on first use)."""
-    name = _module_name(path, src)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = _package_of(path, src)
     out: list[str] = []
 
     def visit(nodes: list[ast.stmt]) -> None:
@@ -123,11 +129,7 @@ def _top_level_imports(path: Path, src: Path = SRC) -> list[str]:
             elif isinstance(node, ast.Import):
                 out.extend(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
+                target = _from_target(node, package)
                 out.append(target)
                 out.extend(f"{target}.{alias.name}" for alias in node.names)  # a submodule imported by name
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from plm.utils.config import check
 
-__all__ = ["BatchView", "Method"]
+__all__ = ["BatchView", "Method", "cap_per_group"]
 
 
 @dataclass
@@ -120,3 +120,16 @@ class Method(nn.Module):
         """Config changes (a nested dict) and one notice each that fit this method's sizes to
         ``num_train`` training images (:func:`plm.training.sizing.fit_to_data`); none by default."""
         return {}, []
+
+
+def cap_per_group(key: str, value: int, num_train: int, k: int, least: int,
+                  what: str) -> tuple[dict[str, Any], list[str]]:
+    """The config change and notice that cap ``key`` (``section.name``, now ``value``) at one per
+    ``sampler.k`` training images (at least ``least``): a :meth:`Method.fit_to_data` for a count of
+    proxies, clusters … (``what``, singular)."""
+    limit = max(least, num_train // k)
+    if value <= limit:
+        return {}, []
+    section, name = key.split(".")
+    return {section: {name: limit}}, [f"{key}={value} is more than {num_train} training images allow (one {what} "
+                                      f"per sampler.k={k} images): using {limit}"]

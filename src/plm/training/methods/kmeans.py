@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from plm.losses.functional import contrastive_loss
-from plm.training.methods.base import BatchView, Method
+from plm.training.methods.base import BatchView, Method, cap_per_group
 from plm.utils.config import check_positive
 
 __all__ = ["KMeansConfig", "KMeansMethod"]
@@ -91,10 +91,5 @@ class KMeansMethod(Method):
     @classmethod
     def fit_to_data(cls, config: Any, num_train: int) -> tuple[dict[str, Any], list[str]]:
         """At most one cluster per ``sampler.k`` training images (at least 2)."""
-        k = config.sampler.k
-        new = max(2, num_train // k)
-        if config.kmeans.num_clusters <= new:
-            return {}, []
-        return {"kmeans": {"num_clusters": new}}, [
-            f"kmeans.num_clusters={config.kmeans.num_clusters} is more than {num_train} training images allow (one "
-            f"cluster per sampler.k={k} images): using {new}"]
+        return cap_per_group("kmeans.num_clusters", config.kmeans.num_clusters, num_train, config.sampler.k, 2,
+                             "cluster")

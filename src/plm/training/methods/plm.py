@@ -12,7 +12,7 @@ from typing import Any, Optional
 from torch import Tensor
 
 from plm.losses import PLMConfig, PLMLoss, ProxyBank
-from plm.training.methods.base import BatchView, Method
+from plm.training.methods.base import BatchView, Method, cap_per_group
 from plm.utils.config import check
 
 __all__ = ["PLMMethod"]
@@ -90,10 +90,4 @@ class PLMMethod(Method):
     @classmethod
     def fit_to_data(cls, config: Any, num_train: int) -> tuple[dict[str, Any], list[str]]:
         """At most one proxy per ``sampler.k`` training images (one neighbourhood group)."""
-        k = config.sampler.k
-        per_group = max(1, num_train // k)
-        if config.proxies.num <= per_group:
-            return {}, []
-        return {"proxies": {"num": per_group}}, [
-            f"proxies.num={config.proxies.num} is more than {num_train} training images allow (one proxy per "
-            f"sampler.k={k} images): using {per_group}"]
+        return cap_per_group("proxies.num", config.proxies.num, num_train, config.sampler.k, 1, "proxy")
