@@ -9,7 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from plm.estimators import create_estimator
 from plm.estimators.base import as_features, compute_neighbors
 from plm.estimators.quality import knn_purity_same_size, rank_measures, sample_strata
-from plm.estimators.report import batch_quality, neighborhood_batches
+from plm.estimators.report import batch_quality, neighborhood_batches, top1_precision
 
 
 def _data(seed: int = 0, n: int = 60):
@@ -175,3 +175,29 @@ def test_batch_quality_reference_is_chosen_or_checked() -> None:
     assert out["estimators"]["gaussian"]["auc_diff"] == 0.0
     with pytest.raises(ValueError, match="reference"):
         batch_quality(x, labels, ["gaussian"], batch_size=40, k=4, num_batches=1, progress=False, reference="plm")
+
+
+def test_top1_precision_is_the_explicit_loop_over_points() -> None:
+    rng = np.random.default_rng(3)
+    for n in (2, 5, 12):
+        labels = rng.integers(0, 3, n)
+        rows, cols = np.triu_indices(n, 1)
+        sims = rng.integers(0, 4, len(rows)).astype(float) / 4  # ties: the lower index wins
+        expected = []
+        for i in range(n):
+            best_j, best = -1, -np.inf
+            for j in range(n):
+                if j == i:
+                    continue
+                s = sims[(rows == min(i, j)) & (cols == max(i, j))][0]
+                if s > best:
+                    best_j, best = j, s
+            expected.append(labels[best_j] == labels[i])
+        assert top1_precision(sims, rows, cols, labels) == pytest.approx(np.mean(expected))
+
+
+def test_batch_quality_reports_the_top1_precision_of_every_estimator() -> None:
+    x, labels = _data(5, n=120)
+    out = batch_quality(x, labels, ["gaussian", "plm"], batch_size=40, k=4, num_batches=4, progress=False)
+    for r in out["estimators"].values():
+        assert 0.0 <= r["top1"] <= 1.0

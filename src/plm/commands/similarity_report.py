@@ -194,10 +194,11 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
           f"{result['num_batches']} neighbourhood batches of {batch_size} (k = {args.batch_k})")
     ref = result["reference"]
     rows = [[name, r["auc"], r["auc_std"], r["ap"], r["ap_std"], r["auc_diff"], r["auc_diff_se"], r["ap_diff"],
-             r["ap_diff_se"], r["purity"], r["mean_group_size"], r["batches"]]
+             r["ap_diff_se"], r["top1"], r["purity"], r["mean_group_size"], r["batches"]]
             for name, r in result["estimators"].items()]
     print(format_table(["estimator", "batch AUC", "± std", "batch AP", "± std", f"AUC − {ref}", "± se", f"AP − {ref}",
-                        "± se", "purity", "group size", "batches"], rows))
+                        "± se", "top-1", "purity", "group size", "batches"], rows))
+    print("top-1: the share of points whose most similar other point in the batch has their class")
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(),
                            "expansion": args.expansion, **result},

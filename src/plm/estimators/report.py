@@ -131,6 +131,17 @@ def neighborhood_batches(neighbors_indices: np.ndarray, batch_size: int = 120, k
     return out
 
 
+def top1_precision(sims: np.ndarray, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> float:
+    """The share of points whose most similar other point (by the pair similarities ``sims`` of the
+    pairs ``rows`` < ``cols`` of ``len(labels)`` points) has their label: the precision of the
+    partner a similarity-weighted loss pulls hardest. Ties go to the lower index."""
+    n = len(labels)
+    full = np.full((n, n), -np.inf)
+    full[rows, cols] = sims
+    full[cols, rows] = sims
+    return float(np.mean(labels[np.argmax(full, axis=1)] == labels))
+
+
 def _uses_seed_groups(estimator: object) -> bool:
     """Whether an estimator draws its PL candidates from the batch's seed groups (``group_size``)."""
     config = getattr(estimator, "config", None)
@@ -146,7 +157,8 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     Each batch (:func:`neighborhood_batches` over the exact k-NN table of ``x``) is given to every
     estimator on its own; ROC-AUC and average precision of its similarity for the same-class
     indicator are computed over the batch's pairs (duplicate points excluded) and averaged over the
-    batches where both classes of pairs occur. A PL estimator whose config has ``group_size``
+    batches where both classes of pairs occur, with the top-1 precision of the same pairs
+    (:func:`top1_precision`). A PL estimator whose config has ``group_size``
     (candidates from the anchor's seed group, ``group_size`` = ``k``) is fitted on the batch as
     drawn, duplicates and group order kept, and scored on the same pairs. Clustering peers get as
     many clusters as the batch has classes (an oracle count, as in the whole-split mode).
@@ -163,7 +175,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
 
     Returns:
         ``{"regime": "batch", "num_points", "num_batches", "batch_size", "k", "reference", "estimators":
-        {name: {"auc", "ap", "auc_std", "ap_std", "batches", "purity", "mean_group_size", "auc_diff",
+        {name: {"auc", "ap", "auc_std", "ap_std", "batches", "top1", "purity", "mean_group_size", "auc_diff",
         "auc_diff_se", "ap_diff", "ap_diff_se"}}}``.
     """
     from plm.estimators import create_estimator
@@ -181,6 +193,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
     reference = reference or ("plm" if "plm" in estimators else (estimators[0] if len(estimators) else None))
     options = options or {}
     scores: dict[str, dict[int, tuple[float, float]]] = {name: {} for name in estimators}
+    top1: dict[str, list[float]] = {name: [] for name in estimators}
     groups: dict[str, list[tuple[float, float]]] = {name: [] for name in estimators}
     for index, b in enumerate(progress_bar(batches, total=len(batches), desc="batches", unit="batch",
                                            disable=not progress)):
@@ -205,6 +218,7 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
             auc, ap = _auc_ap(sims.astype(np.float64), y)
             if auc is not None and ap is not None:  # both or neither
                 scores[name][index] = (auc, ap)
+                top1[name].append(top1_precision(sims.astype(np.float64), r, c, yb))
                 share, size = purity(est.groups_, group_labels), mean_group_size(est.groups_)
                 if share is not None and size is not None:
                     groups[name].append((share, size))
@@ -214,7 +228,8 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
         results[name] = {"auc": float(arr[:, 0].mean()) if len(arr) else None,
                          "ap": float(arr[:, 1].mean()) if len(arr) else None,
                          "auc_std": float(arr[:, 0].std()) if len(arr) else None,
-                         "ap_std": float(arr[:, 1].std()) if len(arr) else None, "batches": len(arr)}
+                         "ap_std": float(arr[:, 1].std()) if len(arr) else None, "batches": len(arr),
+                         "top1": float(np.mean(top1[name])) if top1[name] else None}
         grp = np.asarray(groups[name]) if groups[name] else None
         results[name].update(purity=float(grp[:, 0].mean()) if grp is not None else None,
                              mean_group_size=float(grp[:, 1].mean()) if grp is not None else None)
