@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from plm.errors import TrainingDivergedError
 from plm.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -78,8 +81,6 @@ class EpochMeter:
     """
 
     def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, progress: bool) -> None:
-        import time
-
         from plm.utils.progress import progress as progress_bar
 
         self.epoch, self.batch_size, self.steps = epoch, batch_size, 0
@@ -89,8 +90,6 @@ class EpochMeter:
                                 leave=False)
 
     def _elapsed(self) -> float:
-        import time
-
         return time.perf_counter() - self.start
 
     def add(self, terms: dict[str, float]) -> None:
@@ -99,10 +98,6 @@ class EpochMeter:
         Raises:
             TrainingDivergedError: the step's loss is not finite.
         """
-        import math
-
-        from plm.errors import TrainingDivergedError
-
         self.sums = {k: self.sums.get(k, 0.0) + v for k, v in terms.items()}
         self.steps += 1
         if not math.isfinite(terms["loss"]):

@@ -159,7 +159,6 @@ def knn_table(emb: Any, k: int, ctx: Any, device: Any) -> np.ndarray:
     n, kk = emb.shape[0], k - 1
     if kk == 0:
         return np.zeros((n, 0), dtype=np.int64)
-    table = torch.empty((n, kk), dtype=torch.long, device=device)
-    if ctx.is_main:
-        table = knn_tensors(emb.detach().float(), k=kk)[1].to(device)
+    table = (knn_tensors(emb.detach().float(), k=kk)[1].to(device) if ctx.is_main
+             else torch.empty((n, kk), dtype=torch.long, device=device))
     return ctx.broadcast(table).cpu().numpy()
