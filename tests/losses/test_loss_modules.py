@@ -100,7 +100,7 @@ def test_point_loss_module_equals_functional_and_loop(balanced: bool) -> None:
     loss = PointLoss(delta=1.3, balanced=balanced)
     got = float(loss(z, s))
     w = LF.balanced_pair_weights(s) if balanced else None
-    assert got == pytest.approx(float(LF.point_loss(z, z, s, 1.3, weights=w)), rel=1e-12)
+    assert got == pytest.approx(float(LF.point_loss(z, s, 1.3, weights=w)), rel=1e-12)
     assert got == pytest.approx(_point_loop(z, z, s, 1.3, self_pairs=True, balanced=balanced), rel=1e-10)
     s_ref = _target(3, 9, 5)
     assert float(loss(z, s_ref, ref)) == pytest.approx(
@@ -113,7 +113,7 @@ def test_relaxed_contrastive_module_equals_functional_and_loop(normalize_rows: b
     s = _target(6, 8, 8)
     loss = RelaxedContrastiveLoss(margin=0.9, normalize_rows=normalize_rows)
     got = float(loss(z, s))
-    assert got == pytest.approx(float(LF.relaxed_contrastive_loss(z, z, s, 0.9, normalize_rows=normalize_rows)),
+    assert got == pytest.approx(float(LF.relaxed_contrastive_loss(z, s, 0.9, normalize_rows=normalize_rows)),
                                 rel=1e-12)
     assert got == pytest.approx(_contrastive_loop(z, z, s, 0.9, True, normalize_rows), rel=1e-10)
     s_ref = _target(7, 8, 6)
@@ -126,7 +126,7 @@ def test_contrastive_module_is_the_unnormalised_loss() -> None:
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 0])
     s = (labels[:, None] == labels[None]).double()
     got = float(ContrastiveLoss(margin=1.2)(z, s))
-    assert got == pytest.approx(float(LF.contrastive_loss(z, z, s, 1.2)), rel=1e-12)
+    assert got == pytest.approx(float(LF.contrastive_loss(z, s, 1.2)), rel=1e-12)
     assert got == pytest.approx(_contrastive_loop(z, z, s, 1.2, True, normalize_rows=False), rel=1e-10)
 
 
@@ -221,6 +221,27 @@ def test_plm_loss_equals_method_and_loop(kind: str, expansion: int) -> None:
     method.loss.load_state_dict(loss.state_dict())
     terms = method(BatchView(z, z, t, torch.arange(len(z))))
     assert terms["loss"].item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_plm_loss_terms_of_two_processes_add_up_to_one() -> None:
+    """Each "process" scores its rows against the global batch (Rows.of_process); the sums are the whole loss."""
+    z, t = _teacher_student()
+    loss = PLMLoss(PLMConfig(proxies=ProxyConfig(num=3)), embed_dim=4, seed=1)
+    loss.init_proxies(t)
+    whole = loss.terms(z, t)
+    half = len(z) // 2
+    parts = [loss.terms(z[a:e], t, student_all=z, rows=LF.Rows.of_process(a, len(z), world_size=2))
+             for a, e in ((0, half), (half, len(z)))]
+    for name in ("point", "proxy", "neighbourhood", "loss"):
+        assert float(parts[0][name] + parts[1][name]) == pytest.approx(float(whole[name]), rel=1e-6)
+
+
+def test_rows_refuse_impossible_values() -> None:
+    for bad in ({"start": -1}, {"denom": 0.0}, {"world_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LF.Rows(**bad)
+    assert LF.Rows.of_process(3, 5).slice(2) == slice(3, 5) and LF.Rows.of_process(3, 5).denom == 20.0
+    assert bool(LF.Rows.reference().mask(2, 3, torch.device("cpu")).all())
 
 
 def test_plm_loss_refuses_random_proxies() -> None:

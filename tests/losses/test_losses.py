@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from plm.losses.functional import (
+    Rows,
     contrastive_loss,
     neighborhood_loss,
     pairwise_distance,
@@ -42,15 +43,16 @@ def test_point_loss_matches_loop(batch) -> None:
             if i != j:
                 ref += (delta * (1 - float(s[i, j])) - _dist(z[i], z[j])) ** 2
                 n += 1
-    assert float(point_loss(z, z, s, delta)) == pytest.approx(ref / n, rel=1e-10)
+    assert float(point_loss(z, s, delta)) == pytest.approx(ref / n, rel=1e-10)
 
 
 def test_point_loss_row_shards_add_up(batch) -> None:
     """Each rank's rows with the global pair count sum to the global loss (distributed contract)."""
     z, s = batch
-    full = point_loss(z, z, s, 1.5)
+    full = point_loss(z, s, 1.5)
     b = len(z)
-    parts = [point_loss(z[a:e], z, s[a:e], 1.5, row_start=a, denom=b * (b - 1)) for a, e in ((0, 3), (3, 5), (5, 7))]
+    parts = [point_loss(z[a:e], s[a:e], 1.5, columns=z, rows=Rows.of_process(a, b))
+             for a, e in ((0, 3), (3, 5), (5, 7))]
     assert float(sum(parts)) == pytest.approx(float(full), rel=1e-10)
 
 
@@ -106,7 +108,7 @@ def test_relaxed_contrastive_matches_loop(batch, normalize_rows) -> None:
             if i != j:
                 wij = float(w[i, j])
                 ref += wij * d[i][j] ** 2 + (1 - wij) * max(0.0, delta - d[i][j]) ** 2
-    got = relaxed_contrastive_loss(z, z, w, delta, normalize_rows=normalize_rows)
+    got = relaxed_contrastive_loss(z, w, delta, normalize_rows=normalize_rows)
     assert float(got) == pytest.approx(ref / (b * (b - 1)), rel=1e-10)
 
 
@@ -120,20 +122,21 @@ def test_contrastive_loss_is_unnormalised_relaxed(batch) -> None:
             if i != j:
                 dij = _dist(z[i], z[j])
                 ref += dij ** 2 if y[i] == y[j] else max(0.0, 0.8 - dij) ** 2
-    assert float(contrastive_loss(z, z, target, margin=0.8)) == pytest.approx(ref / 42, rel=1e-10)
+    assert float(contrastive_loss(z, target, margin=0.8)) == pytest.approx(ref / 42, rel=1e-10)
 
 
 def test_relaxed_contrastive_row_shards_add_up(batch) -> None:
     z, w = batch
-    full = relaxed_contrastive_loss(z, z, w)
-    parts = [relaxed_contrastive_loss(z[a:e], z, w[a:e], row_start=a, denom=42) for a, e in ((0, 4), (4, 7))]
+    full = relaxed_contrastive_loss(z, w)
+    parts = [relaxed_contrastive_loss(z[a:e], w[a:e], columns=z, rows=Rows.of_process(a, 7))
+             for a, e in ((0, 4), (4, 7))]
     assert float(sum(parts)) == pytest.approx(float(full), rel=1e-10)
 
 
 def test_duplicates_give_finite_gradients() -> None:
     z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
     s = torch.ones(3, 3)
-    losses = (point_loss(z, z, s), relaxed_contrastive_loss(z, z, s), proxy_loss(z, z.detach()[:2], torch.ones(3, 2)))
+    losses = (point_loss(z, s), relaxed_contrastive_loss(z, s), proxy_loss(z, z.detach()[:2], torch.ones(3, 2)))
     for loss in losses:
         z.grad = None
         loss.backward()
@@ -145,15 +148,15 @@ def test_perfect_geometry_has_zero_point_loss() -> None:
     z = torch.tensor([[0.0, 0.0], [0.6, 0.0], [0.0, 0.9]], dtype=torch.float64)
     d = pairwise_distance(z, z)
     s = 1 - d / 1.5
-    assert float(point_loss(z, z, s, 1.5)) == pytest.approx(0.0, abs=1e-12)
+    assert float(point_loss(z, s, 1.5)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_shape_errors_are_clear() -> None:
     z = torch.zeros(3, 2)
     with pytest.raises(ValueError, match="target must be"):
-        point_loss(z, z, torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="row_start"):
-        point_loss(z[:2], z, torch.zeros(2, 3), row_start=2)
+        point_loss(z, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="rows.start"):
+        point_loss(z[:2], torch.zeros(2, 3), columns=z, rows=Rows(start=2))
     with pytest.raises(ValueError, match="n must be positive"):
         neighborhood_loss(z, z[:1], torch.zeros(1, 2, 1), torch.zeros(3, 1), n=0)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plm.losses import LossConfig, PLMConfig, ProxyBank, ProxyConfig
-from plm.losses.functional import balanced_pair_weights, proxy_contrastive_loss
+from plm.losses.functional import Rows, balanced_pair_weights, proxy_contrastive_loss
 from plm.manifold import ManifoldConfig, fit_pieces, normalize_similarity, similarity_matrix
 from plm.manifold.reference import reference_fit, reference_normalize, reference_similarity
 
@@ -129,7 +129,7 @@ def test_balanced_pair_weights_by_loops() -> None:
     rng = np.random.default_rng(1)
     b, r0, rows = 7, 2, 3
     t = rng.uniform(size=(rows, b))
-    w = balanced_pair_weights(torch.from_numpy(t), row_start=r0).numpy()
+    w = balanced_pair_weights(torch.from_numpy(t), Rows(start=r0)).numpy()
     for i in range(rows):
         off = [j for j in range(b) if j != r0 + i]
         pos = sum(t[i, j] for j in off)

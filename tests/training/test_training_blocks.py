@@ -100,7 +100,7 @@ def test_plm_method_equals_its_loss_terms() -> None:
     s = similarity_matrix(t, cfg)
     w = m.proxies.orthonormal_bases()
     sp = directed_similarity(t, m.proxies.locations, m.proxies.locations, w, cfg.n_alpha, cfg.n_beta).detach()
-    lp = point_loss(z, z, s, 1.5)
+    lp = point_loss(z, s, 1.5)
     lx = proxy_loss(z, m.proxies.locations, sp, 1.5)
     ln = neighborhood_loss(t, m.proxies.locations, w, sp, 4, 0.5)
     assert out["loss"].item() == pytest.approx((lp + 0.5 * lx + 2.0 * ln).item(), rel=1e-5)

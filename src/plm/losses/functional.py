@@ -1,21 +1,24 @@
 """The functional layer of :mod:`plm.losses`: loss terms on student embeddings against (detached) targets.
 
-Every pair loss takes the rows of *this* process (``z``, shape (R, d)) and the columns of the
-whole batch (``z_all``, (B, d)), with ``row_start`` the global index of the first local row, so
-pairs (i, j) with ``row_start + i == j`` are skipped. Each returns ``sum / denom``; ``denom``
-defaults to the number of local terms (a plain mean). In distributed training every rank passes
-the *global* count, so the ranks' losses add up to the mean over the global batch. With R = B and
-``row_start = 0`` they are the plain single-process losses.
+Called on one process, a pair loss reads like its module: ``point_loss(z, target, delta)`` scores
+the batch ``z`` (B, d) against itself, the self-pairs (i, i) left out, as the mean over pairs.
+
+Distributed training splits a batch's rows among processes. One value, :class:`Rows`, says which
+rows of the global batch these are (their first global index), whether the self-pairs are skipped
+and the count the sum is divided by (the *global* pair count, so that the processes' losses add up
+to the mean over the global batch); the columns are then the whole batch (``columns``, (B, d)). The
+trainer builds it once per step (:meth:`Rows.of_process`); single-process calls leave it out.
 
 Distances come from inner products (no (R, B, d) tensor) under a clamped square root, so
 coincident points (a duplicate image in a batch) give zero gradient instead of NaN.
 
-``exclude_self=False`` (rows against a separate reference set, no pair is a self-pair) keeps every
-(i, j) pair. The single-process modules (:mod:`plm.losses.modules`) call these.
+Rows against a separate reference set (no pair is a self-pair) use ``Rows.reference()``. The
+single-process modules (:mod:`plm.losses.modules`) call these.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -24,30 +27,82 @@ from torch import Tensor
 _EPS = 1e-12
 
 
+@dataclass(frozen=True)
+class Rows:
+    """These rows of a batch of B: which pairs a pair loss sums and what it divides the sum by.
+
+    Attributes:
+        start: global index of the first row (row r's self-pair is column ``start + r``).
+        denom: the count the sum is divided by; ``None`` = the number of pairs summed here (a mean).
+        exclude_self: skip the self-pairs; ``False`` when the columns are another set.
+        world_size: processes the batch is split among; a term that every process computes whole
+            from the global batch (the proxies' neighbourhood term) counts 1/world_size on each.
+    """
+
+    start: int = 0
+    denom: Optional[float] = None
+    exclude_self: bool = True
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            raise ValueError(f"start must be >= 0, got {self.start}")
+        if self.denom is not None and not self.denom > 0:
+            raise ValueError(f"denom must be positive, got {self.denom}")
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {self.world_size}")
+
+    @classmethod
+    def of_process(cls, start: int, batch_size: int, world_size: int = 1) -> Rows:
+        """One process's rows from ``start`` of a global batch of ``batch_size``: divided by the global
+        pair count B·(B−1), so the processes' losses add up to the mean over the global batch."""
+        return cls(start=start, denom=float(batch_size * (batch_size - 1)), world_size=world_size)
+
+    @classmethod
+    def reference(cls) -> Rows:
+        """Rows against a separate reference set: every pair counts, a plain mean."""
+        return cls(exclude_self=False)
+
+    def slice(self, count: int) -> slice:
+        """The global positions of ``count`` rows (to select a (B, ·) target's rows)."""
+        return slice(self.start, self.start + count)
+
+    def mask(self, count: int, columns: int, device: torch.device) -> Tensor:
+        """(count, columns) bool: the pairs these rows sum (all but the self-pairs)."""
+        if not self.exclude_self:
+            return torch.ones(count, columns, dtype=torch.bool, device=device)
+        r = torch.arange(count, device=device).unsqueeze(1) + self.start
+        c = torch.arange(columns, device=device).unsqueeze(0)
+        return r != c
+
+    def mean(self, total: Tensor, count: int) -> Tensor:
+        """``total`` (a sum over ``count`` pairs) divided by :attr:`denom`, or by ``count``."""
+        return total / (self.denom if self.denom is not None else max(count, 1))
+
+
+#: one process, the batch against itself (the default of every pair loss)
+ALL_ROWS = Rows()
+
+
 def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
     """Euclidean distances (R, C) between rows of ``a`` (R, d) and ``b`` (C, d), gradient-safe at 0."""
     d2 = (a * a).sum(1, keepdim=True) + (b * b).sum(1).unsqueeze(0) - 2.0 * (a @ b.T)
     return d2.clamp_min(_EPS).sqrt()
 
 
-def _offdiag_mask(rows: int, cols: int, row_start: int, device: torch.device, exclude_self: bool = True) -> Tensor:
-    if not exclude_self:
-        return torch.ones(rows, cols, dtype=torch.bool, device=device)
-    r = torch.arange(rows, device=device).unsqueeze(1) + row_start
-    c = torch.arange(cols, device=device).unsqueeze(0)
-    return r != c
+def _pairs(z: Tensor, columns: Optional[Tensor], target: Tensor, rows: Rows) -> tuple[Tensor, Tensor]:
+    """The columns (``z`` itself by default) and the mask of the pairs summed, after checking shapes."""
+    cols = z if columns is None else columns
+    if z.ndim != 2 or cols.ndim != 2 or z.shape[1] != cols.shape[1]:
+        raise ValueError(f"expected (R, d) rows and (B, d) columns, got {tuple(z.shape)} and {tuple(cols.shape)}")
+    if target.shape != (z.shape[0], cols.shape[0]):
+        raise ValueError(f"target must be (R, B) = {(z.shape[0], cols.shape[0])}, got {tuple(target.shape)}")
+    if rows.exclude_self and rows.start > cols.shape[0] - z.shape[0]:
+        raise ValueError(f"rows.start {rows.start} out of range for {z.shape[0]} rows in a batch of {cols.shape[0]}")
+    return cols, rows.mask(z.shape[0], cols.shape[0], z.device)
 
 
-def _check_pairs(z: Tensor, z_all: Tensor, target: Tensor, row_start: int, exclude_self: bool = True) -> None:
-    if z.ndim != 2 or z_all.ndim != 2 or z.shape[1] != z_all.shape[1]:
-        raise ValueError(f"expected (R, d) rows and (B, d) columns, got {tuple(z.shape)} and {tuple(z_all.shape)}")
-    if target.shape != (z.shape[0], z_all.shape[0]):
-        raise ValueError(f"target must be (R, B) = {(z.shape[0], z_all.shape[0])}, got {tuple(target.shape)}")
-    if exclude_self and not 0 <= row_start <= z_all.shape[0] - z.shape[0]:
-        raise ValueError(f"row_start {row_start} out of range for {z.shape[0]} rows in a batch of {z_all.shape[0]}")
-
-
-def balanced_pair_weights(target: Tensor, row_start: int = 0, exclude_self: bool = True) -> Tensor:
+def balanced_pair_weights(target: Tensor, rows: Rows = ALL_ROWS) -> Tensor:
     """Per-pair weights that give each row's similar and dissimilar pairs equal total weight.
 
     w_ij = ½·(s_ij / S⁺_i + (1 − s_ij) / S⁻_i)·(B − 1) with S⁺_i = Σ_{j≠i} s_ij and
@@ -56,39 +111,34 @@ def balanced_pair_weights(target: Tensor, row_start: int = 0, exclude_self: bool
 
     Args:
         target: (R, B) detached similarities in [0, 1].
-        row_start: global index of the first row (its diagonal entry is at column row_start + r).
-        exclude_self: ``False`` when the columns are another set (no diagonal; a row's weights
-            then average to 1 over all its B columns).
+        rows: where these rows sit (their self-pairs are at columns ``rows.start + r``); with
+            ``Rows.reference()`` there is no self-pair and a row's weights average to 1 over all B columns.
     """
     t = target.detach()
-    mask = _offdiag_mask(t.shape[0], t.shape[1], row_start, t.device, exclude_self).to(t.dtype)
+    mask = rows.mask(t.shape[0], t.shape[1], t.device).to(t.dtype)
     pos = (t * mask).sum(1, keepdim=True).clamp_min(_EPS)
     neg = ((1.0 - t) * mask).sum(1, keepdim=True).clamp_min(_EPS)
-    pairs = t.shape[1] - 1 if exclude_self else t.shape[1]
+    pairs = t.shape[1] - 1 if rows.exclude_self else t.shape[1]
     return 0.5 * (t / pos + (1.0 - t) / neg) * pairs * mask
 
 
-def point_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.5, row_start: int = 0,
-               denom: Optional[float] = None, weights: Optional[Tensor] = None, exclude_self: bool = True) -> Tensor:
+def point_loss(z: Tensor, target: Tensor, delta: float = 1.5, *, columns: Optional[Tensor] = None,
+               rows: Rows = ALL_ROWS, weights: Optional[Tensor] = None) -> Tensor:
     """L_point = mean over pairs i ≠ j of w_ij·(δ·(1 − s_ij) − ‖z_i − z_j‖)² (w = 1 by default).
 
     Args:
-        z: (R, d) student embeddings of the local rows.
-        z_all: (B, d) student embeddings of the whole batch (columns).
+        z: (R, d) student embeddings of the rows.
         target: (R, B) target similarities s_ij in [0, 1] (detached).
         delta: δ, the distance of a pair with similarity 0.
-        row_start: global index of the first local row.
-        denom: normaliser of the sum; default R·(B−1) minus nothing (the local pair count).
+        columns: (B, d) student embeddings of the whole batch; ``None`` = ``z`` itself.
+        rows: where the rows sit in the batch, the self-pairs and the divisor (:class:`Rows`).
         weights: optional (R, B) detached per-pair weights (e.g. :func:`balanced_pair_weights`).
-        exclude_self: skip the pairs (i, row_start + i); ``False`` when the columns are another set.
     """
-    _check_pairs(z, z_all, target, row_start, exclude_self)
-    mask = _offdiag_mask(z.shape[0], z_all.shape[0], row_start, z.device, exclude_self)
-    err = (delta * (1.0 - target.detach()) - pairwise_distance(z, z_all)).pow(2)
+    cols, mask = _pairs(z, columns, target, rows)
+    err = (delta * (1.0 - target.detach()) - pairwise_distance(z, cols)).pow(2)
     if weights is not None:
         err = err * weights.detach()
-    total = err.masked_select(mask).sum()
-    return total / (denom if denom is not None else max(int(mask.sum()), 1))
+    return rows.mean(err.masked_select(mask).sum(), int(mask.sum()))
 
 
 def proxy_loss(z: Tensor, locations: Tensor, target: Tensor, delta: float = 1.5,
@@ -163,9 +213,8 @@ def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similari
     return (per_point * near).sum() / near.sum().clamp_min(1.0)
 
 
-def relaxed_contrastive_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: float = 1.0, row_start: int = 0,
-                             denom: Optional[float] = None, normalize_rows: bool = True,
-                             exclude_self: bool = True) -> Tensor:
+def relaxed_contrastive_loss(z: Tensor, target: Tensor, delta: float = 1.0, *, columns: Optional[Tensor] = None,
+                             rows: Rows = ALL_ROWS, normalize_rows: bool = True) -> Tensor:
     """Relaxed contrastive loss (STML): Σ_{i≠j} w_ij·d_ij² + (1 − w_ij)·[δ − d_ij]₊², over the pair count.
 
     With ``normalize_rows`` each distance is divided by the mean of its row (over all B columns,
@@ -173,30 +222,25 @@ def relaxed_contrastive_loss(z: Tensor, z_all: Tensor, target: Tensor, delta: fl
     with soft labels and margin δ.
 
     Args:
-        z: (R, d) student rows; z_all: (B, d) student columns; target: (R, B) weights w_ij in [0, 1].
+        z: (R, d) student rows; target: (R, B) weights w_ij in [0, 1].
         delta: δ, the push margin.
-        row_start: global index of the first local row.
-        denom: normaliser of the sum; default the local pair count.
+        columns: (B, d) student embeddings of the whole batch; ``None`` = ``z`` itself.
+        rows: where the rows sit in the batch, the self-pairs and the divisor (:class:`Rows`).
         normalize_rows: divide distances by their row mean.
-        exclude_self: skip the pairs (i, row_start + i); ``False`` when the columns are another set.
     """
-    _check_pairs(z, z_all, target, row_start, exclude_self)
-    d = pairwise_distance(z, z_all)
-    mask = _offdiag_mask(z.shape[0], z_all.shape[0], row_start, z.device, exclude_self)
-    d = d * mask  # exact zero self-distance
+    cols, mask = _pairs(z, columns, target, rows)
+    d = pairwise_distance(z, cols) * mask  # exact zero self-distance
     if normalize_rows:
         d = d / d.mean(1, keepdim=True).clamp_min(_EPS)
     w = target.detach()
     per_pair = w * d.pow(2) + (1.0 - w) * torch.relu(delta - d).pow(2)
-    total = per_pair.masked_select(mask).sum()
-    return total / (denom if denom is not None else max(int(mask.sum()), 1))
+    return rows.mean(per_pair.masked_select(mask).sum(), int(mask.sum()))
 
 
-def contrastive_loss(z: Tensor, z_all: Tensor, target: Tensor, margin: float = 1.0, row_start: int = 0,
-                     denom: Optional[float] = None, exclude_self: bool = True) -> Tensor:
+def contrastive_loss(z: Tensor, target: Tensor, margin: float = 1.0, *, columns: Optional[Tensor] = None,
+                     rows: Rows = ALL_ROWS) -> Tensor:
     """Contrastive loss on (pseudo-)label pairs: pull same-label pairs, push others beyond ``margin``.
 
     ``target`` is 1 for a positive pair and 0 for a negative one (soft values also work).
     """
-    return relaxed_contrastive_loss(z, z_all, target, delta=margin, row_start=row_start, denom=denom,
-                                    normalize_rows=False, exclude_self=exclude_self)
+    return relaxed_contrastive_loss(z, target, margin, columns=columns, rows=rows, normalize_rows=False)

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from plm.losses.config import LossConfig
 from plm.losses.functional import (
+    ALL_ROWS,
+    Rows,
     balanced_pair_weights,
     contrastive_loss,
     neighborhood_loss,
@@ -27,9 +29,9 @@ from plm.losses.functional import (
 )
 
 
-def _columns(embeddings: Tensor, ref_emb: Optional[Tensor]) -> tuple[Tensor, bool]:
-    """The columns of the pairs and whether the self-pairs are excluded."""
-    return (embeddings, True) if ref_emb is None else (ref_emb, False)
+def _columns(ref_emb: Optional[Tensor]) -> tuple[Optional[Tensor], Rows]:
+    """The columns of the pairs (``None``: the batch itself, self-pairs left out) and their rows."""
+    return (None, ALL_ROWS) if ref_emb is None else (ref_emb, Rows.reference())
 
 
 class PointLoss(nn.Module):
@@ -49,9 +51,9 @@ class PointLoss(nn.Module):
 
     def forward(self, embeddings: Tensor, target: Tensor, ref_emb: Optional[Tensor] = None) -> Tensor:
         """Mean over pairs of (δ·(1 − s_ij) − ‖z_i − z_j‖)²; ``target`` (B, B), or (B, M) with ``ref_emb`` (M, d)."""
-        cols, exclude = _columns(embeddings, ref_emb)
-        weights = balanced_pair_weights(target, exclude_self=exclude) if self.balanced else None
-        return point_loss(embeddings, cols, target, self.delta, weights=weights, exclude_self=exclude)
+        cols, rows = _columns(ref_emb)
+        weights = balanced_pair_weights(target, rows) if self.balanced else None
+        return point_loss(embeddings, target, self.delta, columns=cols, rows=rows, weights=weights)
 
 
 class RelaxedContrastiveLoss(nn.Module):
@@ -70,9 +72,9 @@ class RelaxedContrastiveLoss(nn.Module):
 
     def forward(self, embeddings: Tensor, target: Tensor, ref_emb: Optional[Tensor] = None) -> Tensor:
         """The loss of ``embeddings`` (B, d) against themselves, or against ``ref_emb`` (M, d)."""
-        cols, exclude = _columns(embeddings, ref_emb)
-        return relaxed_contrastive_loss(embeddings, cols, target, self.margin, normalize_rows=self.normalize_rows,
-                                        exclude_self=exclude)
+        cols, rows = _columns(ref_emb)
+        return relaxed_contrastive_loss(embeddings, target, self.margin, columns=cols, rows=rows,
+                                        normalize_rows=self.normalize_rows)
 
 
 class ContrastiveLoss(RelaxedContrastiveLoss):
@@ -83,8 +85,8 @@ class ContrastiveLoss(RelaxedContrastiveLoss):
 
     def forward(self, embeddings: Tensor, target: Tensor, ref_emb: Optional[Tensor] = None) -> Tensor:
         """The loss of ``embeddings`` (B, d) against themselves, or against ``ref_emb`` (M, d)."""
-        cols, exclude = _columns(embeddings, ref_emb)
-        return contrastive_loss(embeddings, cols, target, self.margin, exclude_self=exclude)
+        cols, rows = _columns(ref_emb)
+        return contrastive_loss(embeddings, target, self.margin, columns=cols, rows=rows)
 
 
 class ProxyLoss(nn.Module):

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from plm.losses.config import PLMConfig
 from plm.losses.functional import (
+    ALL_ROWS,
+    Rows,
     balanced_pair_weights,
     neighborhood_loss,
     point_loss,
@@ -130,16 +132,15 @@ class PLMLoss(nn.Module):
         m = self.config.manifold
         return directed_similarity(points, rho, rho, bases, m.n_alpha, m.n_beta)  # no graph: a target
 
-    def terms(self, student: Tensor, student_all: Tensor, teacher_all: Tensor, row_start: int = 0,
-              world_size: int = 1) -> dict[str, Tensor]:
+    def terms(self, student: Tensor, teacher_all: Tensor, *, student_all: Optional[Tensor] = None,
+              rows: Rows = ALL_ROWS) -> dict[str, Tensor]:
         """The loss terms of one process's rows of a (global) batch; ``"loss"`` is the weighted total.
 
         Args:
             student: (R, d) student embeddings of this process's rows (with gradient).
-            student_all: (B, d) student embeddings of the global batch.
             teacher_all: (B, d) teacher embeddings of the global batch (no gradient).
-            row_start: global index of this process's first row.
-            world_size: number of processes (the proxies' neighbourhood term is split among them).
+            student_all: (B, d) student embeddings of the global batch; ``None`` = ``student`` (one process).
+            rows: where this process's rows sit in the global batch (:meth:`Rows.of_process`).
 
         Summed over processes, every term equals its value on the concatenated global batch.
 
@@ -147,6 +148,7 @@ class PLMLoss(nn.Module):
             ProxiesNotInitializedError: proxies on and :meth:`init_proxies` never called.
             ValueError: mismatched shapes.
         """
+        student_all = student if student_all is None else student_all
         if teacher_all.shape[0] != student_all.shape[0]:
             raise ValueError(f"student and teacher batches differ in size: {student_all.shape[0]} vs "
                              f"{teacher_all.shape[0]}")
@@ -155,25 +157,25 @@ class PLMLoss(nn.Module):
                 "the proxies are not initialised: call plm_loss.init_proxies(train_embeddings) with the teacher's "
                 "embeddings of the training set before the first step (or set proxies.num=0)")
         b, d = student_all.shape
+        if rows.denom is None:  # the point terms are means over the global batch's B·(B−1) pairs
+            rows = dataclasses.replace(rows, denom=float(b * (b - 1)))
         # a batch's matrices are small: one thread (plm.utils.threads), so that a core held by
         # another process does not stall every operation
         with threads_for(b * b * d):
-            out = self._terms(student, student_all, teacher_all, row_start, world_size)
+            out = self._terms(student, student_all, teacher_all, rows)
         self.last_terms = {k: v.detach() for k, v in out.items()}
         return out
 
-    def _terms(self, student: Tensor, student_all: Tensor, teacher_all: Tensor, row_start: int,
-               world_size: int) -> dict[str, Tensor]:
+    def _terms(self, student: Tensor, student_all: Tensor, teacher_all: Tensor, rows: Rows) -> dict[str, Tensor]:
         cfg = self.config.loss
         b = student_all.shape[0]
-        num_pairs = b * (b - 1)
-        rows = slice(row_start, row_start + student.shape[0])
-        s = self.target_similarity(teacher_all)[rows]
+        mine = rows.slice(student.shape[0])
+        s = self.target_similarity(teacher_all)[mine]
         if cfg.kind == "relaxed_contrastive":
-            l_point = relaxed_contrastive_loss(student, student_all, s, cfg.margin, row_start, denom=num_pairs)
+            l_point = relaxed_contrastive_loss(student, s, cfg.margin, columns=student_all, rows=rows)
         else:
-            weights = balanced_pair_weights(s, row_start) if cfg.kind == "weighted_regression" else None
-            l_point = point_loss(student, student_all, s, cfg.delta, row_start, denom=num_pairs, weights=weights)
+            weights = balanced_pair_weights(s, rows) if cfg.kind == "weighted_regression" else None
+            l_point = point_loss(student, s, cfg.delta, columns=student_all, rows=rows, weights=weights)
         out = {"point": l_point}
         total = cfg.point * l_point
         if self.proxies is not None:
@@ -184,12 +186,12 @@ class PLMLoss(nn.Module):
             num = b * self.proxies.num
             ref = rho if self.config.proxies.update == "all" else rho.detach()
             if cfg.kind == "relaxed_contrastive":
-                l_proxy = proxy_contrastive_loss(student, ref, s_p[rows], cfg.margin, denom=num)
+                l_proxy = proxy_contrastive_loss(student, ref, s_p[mine], cfg.margin, denom=num)
             else:
-                l_proxy = proxy_loss(student, ref, s_p[rows], cfg.delta, denom=num)
+                l_proxy = proxy_loss(student, ref, s_p[mine], cfg.delta, denom=num)
             # computed identically on every rank from the global batch: each contributes 1/world
             l_neigh = neighborhood_loss(points, rho, bases, s_p, cfg.neighbourhood_points, cfg.neighbourhood_lambda,
-                                        radius=cfg.neighbourhood_radius) / world_size
+                                        radius=cfg.neighbourhood_radius) / rows.world_size
             out.update(proxy=l_proxy, neighbourhood=l_neigh)
             total = total + cfg.proxy * l_proxy + cfg.neighbourhood * l_neigh
         out["loss"] = total
@@ -203,4 +205,4 @@ class PLMLoss(nn.Module):
         if student_embeddings.ndim != 2 or teacher_embeddings.ndim != 2:
             raise ValueError(f"expected (B, d) student and teacher embeddings, got {tuple(student_embeddings.shape)} "
                              f"and {tuple(teacher_embeddings.shape)}")
-        return self.terms(student_embeddings, student_embeddings, teacher_embeddings.detach())["loss"]
+        return self.terms(student_embeddings, teacher_embeddings.detach())["loss"]

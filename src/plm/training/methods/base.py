@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from plm.losses.functional import ALL_ROWS, Rows
 from plm.utils.config import check
 
 __all__ = ["BatchView", "Method", "cap_per_group"]
@@ -38,16 +39,15 @@ class BatchView:
         student_all: (B, d) student embeddings of the global batch (gradient flows to every rank).
         teacher_all: (B, d) teacher embeddings of the global batch (no gradient).
         indices_all: (B,) training-set positions of the global batch.
-        row_start: global index of this process's first row.
-        world_size: number of processes.
+        rows: where this process's rows sit in the global batch, and the global pair count the pair
+            losses divide by (:class:`plm.losses.functional.Rows`).
     """
 
     student: Tensor
     student_all: Tensor
     teacher_all: Tensor
     indices_all: Tensor
-    row_start: int = 0
-    world_size: int = 1
+    rows: Rows = ALL_ROWS
 
     @classmethod
     def gathered(cls, student: Tensor, teacher: Tensor, positions: Tensor, ctx: Any) -> BatchView:
@@ -60,19 +60,14 @@ class BatchView:
             positions: (R,) its rows' training-set positions.
             ctx: the :class:`~plm.training.distributed.DistContext` (single process: nothing gathered).
         """
-        return cls(student, ctx.gather_with_grad(student), ctx.gather(teacher), ctx.gather(positions),
-                   row_start=ctx.rank * student.shape[0], world_size=ctx.world_size)
+        student_all = ctx.gather_with_grad(student)
+        rows = Rows.of_process(ctx.rank * student.shape[0], student_all.shape[0], ctx.world_size)
+        return cls(student, student_all, ctx.gather(teacher), ctx.gather(positions), rows)
 
     @property
-    def rows(self) -> slice:
-        """This process's rows within the global batch."""
-        return slice(self.row_start, self.row_start + self.student.shape[0])
-
-    @property
-    def num_pairs(self) -> int:
-        """B·(B−1), the ordered pairs i ≠ j of the global batch."""
-        b = self.student_all.shape[0]
-        return b * (b - 1)
+    def mine(self) -> slice:
+        """This process's rows within the global batch (to select a (B, ·) target's rows)."""
+        return self.rows.slice(self.student.shape[0])
 
 
 class Method(nn.Module):

@@ -74,8 +74,7 @@ class KMeansMethod(Method):
 
     def forward(self, batch: BatchView) -> dict[str, Tensor]:
         s = self.target_similarity(batch.teacher_all, batch.indices_all).to(batch.student.device)
-        loss = contrastive_loss(batch.student, batch.student_all, s[batch.rows], self.margin, batch.row_start,
-                                denom=batch.num_pairs)
+        loss = contrastive_loss(batch.student, s[batch.mine], self.margin, columns=batch.student_all, rows=batch.rows)
         return {"contrastive": loss, "loss": loss}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:

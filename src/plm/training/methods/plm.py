@@ -60,8 +60,7 @@ class PLMMethod(Method):
         return self.loss.target_similarity(teacher)
 
     def forward(self, batch: BatchView) -> dict[str, Tensor]:
-        return self.loss.terms(batch.student, batch.student_all, batch.teacher_all, batch.row_start,
-                               batch.world_size)
+        return self.loss.terms(batch.student, batch.teacher_all, student_all=batch.student_all, rows=batch.rows)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints written before plm.losses kept the proxies at "proxies.*" instead of "loss.proxies.*"

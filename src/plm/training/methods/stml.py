@@ -50,8 +50,8 @@ class STMLMethod(Method):
 
     def forward(self, batch: BatchView) -> dict[str, Tensor]:
         w = self.target_similarity(batch.teacher_all)
-        loss = relaxed_contrastive_loss(batch.student, batch.student_all, w[batch.rows], self.delta,
-                                        batch.row_start, denom=batch.num_pairs)
+        loss = relaxed_contrastive_loss(batch.student, w[batch.mine], self.delta, columns=batch.student_all,
+                                        rows=batch.rows)
         return {"contrastive": loss, "loss": loss}
 
     @classmethod
