@@ -52,6 +52,13 @@ VARIANTS: dict[str, list[str]] = {
     "defaults": [*OFF],  # the library defaults (mode auto), pinned: the expansion off
     "expand": ["loss.expansion=5"],  # the defaults with the expansion of the PL target (k = sampler.k)
     "noproxies": [*OFF, "proxies.num=0"],  # the defaults without proxies (no L_proxy, no L_neighbourhood)
+    "m1": [*OFF, "manifold.piece_dim=1"],  # the defaults with one-dimensional pieces (lines through the anchor)
+    # a quick screen of PL-target options in frozen mode (a sprites run takes minutes, not an hour)
+    "frozen": [*OFF, "mode=frozen"],
+    "frozen-m1": [*OFF, "mode=frozen", "manifold.piece_dim=1"],
+    "frozen-min": [*OFF, "mode=frozen", "manifold.symmetrize=min"],
+    "frozen-minmax": [*OFF, "mode=frozen", "manifold.normalization=row_minmax"],
+    "frozen-sharp": [*OFF, "mode=frozen", "manifold.n_alpha=4", "manifold.n_beta=1"],
 }
 #: validation MAP@R differences at most this large tie in the rule: about twice the seed-to-seed
 #: standard deviation of the defaults' validation MAP@R on glyphs (0.0012 over 3 seeds)
