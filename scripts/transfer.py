@@ -59,6 +59,11 @@ VARIANTS: dict[str, list[str]] = {
     "frozen-min": [*OFF, "mode=frozen", "manifold.symmetrize=min"],
     "frozen-minmax": [*OFF, "mode=frozen", "manifold.normalization=row_minmax"],
     "frozen-sharp": [*OFF, "mode=frozen", "manifold.n_alpha=4", "manifold.n_beta=1"],
+    "frozen-eps1": [*OFF, "mode=frozen", "manifold.eps=1.0"],
+    "frozen-eps075": [*OFF, "mode=frozen", "manifold.eps=0.75"],
+    # a stricter subset selection: with seed-group candidates eps 1.5 admits about 95 % of them
+    "eps1": [*OFF, "manifold.eps=1.0"],
+    "eps075": [*OFF, "manifold.eps=0.75"],
 }
 #: validation MAP@R differences at most this large tie in the rule: about twice the seed-to-seed
 #: standard deviation of the defaults' validation MAP@R on glyphs (0.0012 over 3 seeds)
