@@ -61,6 +61,17 @@ VARIANTS: dict[str, list[str]] = {
     "frozen-sharp": [*OFF, "mode=frozen", "manifold.n_alpha=4", "manifold.n_beta=1"],
     "frozen-eps1": [*OFF, "mode=frozen", "manifold.eps=1.0"],
     "frozen-eps075": [*OFF, "mode=frozen", "manifold.eps=0.75"],
+    "frozen-margin08": [*OFF, "mode=frozen", "loss.margin=0.8"],
+    "frozen-margin12": [*OFF, "mode=frozen", "loss.margin=1.2"],
+    "frozen-margin14": [*OFF, "mode=frozen", "loss.margin=1.4"],
+    "frozen-margin16": [*OFF, "mode=frozen", "loss.margin=1.6"],
+    # the STML peer's own margin (its authors' 1.0 is the default), for "+stml" runs
+    "frozen-sdelta12": [*OFF, "mode=frozen", "stml.delta=1.2"],
+    "frozen-sdelta14": [*OFF, "mode=frozen", "stml.delta=1.4"],
+    "margin08": [*OFF, "loss.margin=0.8"],
+    "margin12": [*OFF, "loss.margin=1.2"],
+    "margin14": [*OFF, "loss.margin=1.4"],
+    "margin16": [*OFF, "loss.margin=1.6"],
     # a stricter subset selection: with seed-group candidates eps 1.5 admits about 95 % of them
     "eps1": [*OFF, "manifold.eps=1.0"],
     "eps075": [*OFF, "manifold.eps=0.75"],
