@@ -68,6 +68,7 @@ VARIANTS: dict[str, list[str]] = {
     # the STML peer's own margin (its authors' 1.0 is the default), for "+stml" runs
     "frozen-sdelta12": [*OFF, "mode=frozen", "stml.delta=1.2"],
     "frozen-sdelta14": [*OFF, "mode=frozen", "stml.delta=1.4"],
+    "sdelta12": [*OFF, "stml.delta=1.2"],  # run as "sdelta12+stml": STML with the defaults and its margin at 1.2
     "margin08": [*OFF, "loss.margin=0.8"],
     "margin12": [*OFF, "loss.margin=1.2"],
     "margin14": [*OFF, "loss.margin=1.4"],
