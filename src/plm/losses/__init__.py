@@ -3,7 +3,8 @@
 - :class:`PLMLoss` – the whole PLM loss: PL target from teacher embeddings, point and proxy terms;
 - :class:`PointLoss`, :class:`RelaxedContrastiveLoss`, :class:`ContrastiveLoss`, :class:`ProxyLoss`,
   :class:`NeighborhoodLoss` – single terms, called as ``loss_fn(embeddings, target, ref_emb=None)``;
-- :mod:`plm.losses.functional` – the same math on one process's rows of a distributed batch;
+- :mod:`plm.losses.functional` – the same math as functions; :class:`~plm.losses.functional.Rows` places one
+  process's rows in a distributed batch;
 - :class:`LossConfig`, :class:`ProxyConfig`, :class:`PLMConfig` – options (``plm train``'s defaults);
 - :class:`ProxyBank` – the learnable proxy pieces.
 
