@@ -215,10 +215,11 @@ def batch_quality(x: np.ndarray, labels: np.ndarray, estimators: Sequence[str] =
             else:
                 est.fit(xb)
                 sims, group_labels = est.pair_similarity(r, c), yb
-            auc, ap = _auc_ap(sims.astype(np.float64), y)
+            sims = sims.astype(np.float64)
+            auc, ap = _auc_ap(sims, y)
             if auc is not None and ap is not None:  # both or neither
                 scores[name][index] = (auc, ap)
-                top1[name].append(top1_precision(sims.astype(np.float64), r, c, yb))
+                top1[name].append(top1_precision(sims, r, c, yb))
                 share, size = purity(est.groups_, group_labels), mean_group_size(est.groups_)
                 if share is not None and size is not None:
                     groups[name].append((share, size))

@@ -157,8 +157,6 @@ class PLMLoss(nn.Module):
                 "the proxies are not initialised: call plm_loss.init_proxies(train_embeddings) with the teacher's "
                 "embeddings of the training set before the first step (or set proxies.num=0)")
         b, d = student_all.shape
-        if rows.denom is None:  # the point terms are means over the global batch's B·(B−1) pairs
-            rows = dataclasses.replace(rows, denom=float(b * (b - 1)))
         # a batch's matrices are small: one thread (plm.utils.threads), so that a core held by
         # another process does not stall every operation
         with threads_for(b * b * d):
