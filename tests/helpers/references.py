@@ -24,3 +24,29 @@ def reference_expansion(s: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
         for j in range(n):
             out[i, j] = 1.0 if i == j else 0.5 * (q[i, j] + q[j, i])
     return out
+
+
+def reference_context(s: np.ndarray, k: int, c: float) -> np.ndarray:
+    """(1 − c) s + c W_C by loops: N_k(i) = i, then the others by decreasing s[i]; R(i) = the j ∈ N_k(i)
+    with i ∈ N_k(j); W̃(i, j) = |R(i) ∩ R(j)| / |R(i)| for j ∈ R(i); Ŵ(i) = mean of W̃ over the first
+    round(k/2) of N_k(i); W_C = (Ŵ + Ŵᵀ)/2."""
+    n = len(s)
+    if c == 0:
+        return s.copy()
+    near = [[i, *sorted((j for j in range(n) if j != i), key=lambda j: (-float(s[i, j]), j))[:k - 1]]
+            for i in range(n)]
+    recip = [{j for j in near[i] if i in near[j]} for i in range(n)]
+    tilde = np.zeros((n, n))
+    for i in range(n):
+        for j in recip[i]:
+            tilde[i, j] = len(recip[i] & recip[j]) / len(recip[i])
+    half = max(1, int(np.around(k / 2)))
+    hat = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            hat[i, j] = sum(tilde[q, j] for q in near[i][:half]) / half
+    w_c = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            w_c[i, j] = 0.5 * (hat[i, j] + hat[j, i])
+    return (1 - c) * s + c * w_c

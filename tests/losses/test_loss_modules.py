@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.references import reference_expansion
+from helpers.references import reference_context, reference_expansion
 from plm.losses import (
     ContrastiveLoss,
     LossConfig,
@@ -186,7 +186,8 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
     """The PLM total by loops: PL target (reference implementation), point, proxy and neighbourhood terms."""
     cfg, m = loss.config.loss, loss.config.manifold
     z, t = z.detach().double(), t.double()
-    s = torch.from_numpy(reference_expansion(reference_similarity(t.numpy(), m), t.numpy(), cfg.expansion))
+    s = reference_expansion(reference_similarity(t.numpy(), m), t.numpy(), cfg.expansion)
+    s = torch.from_numpy(reference_context(s, cfg.context_k, cfg.context))
     relaxed = cfg.kind == "relaxed_contrastive"
     total = cfg.point * (_contrastive_loop(z, z, s, cfg.margin, True, True) if relaxed
                          else _point_loop(z, z, s, cfg.delta, self_pairs=True))
@@ -203,13 +204,14 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
     return total
 
 
-@pytest.mark.parametrize("expansion", [0, 5])
+@pytest.mark.parametrize("expansion,context", [(0, 0.0), (5, 0.0), (0, 0.5), (5, 0.3)])
 @pytest.mark.parametrize("kind", ["relaxed_contrastive", "regression"])
-def test_plm_loss_equals_method_and_loop(kind: str, expansion: int) -> None:
+def test_plm_loss_equals_method_and_loop(kind: str, expansion: int, context: float) -> None:
     from plm.training.methods import BatchView, PLMMethod
 
     z, t = _teacher_student()
-    config = PLMConfig(loss=LossConfig(kind=kind, proxy=0.3, neighbourhood=0.2, expansion=expansion),
+    config = PLMConfig(loss=LossConfig(kind=kind, proxy=0.3, neighbourhood=0.2, expansion=expansion,
+                                       context=context, context_k=4),
                        proxies=ProxyConfig(num=3))
     loss = PLMLoss(config, embed_dim=4, seed=1)
     loss.init_proxies(t)
@@ -303,3 +305,10 @@ def test_old_method_state_dict_loads() -> None:
 def test_manifold_config_from_the_plm_config() -> None:
     loss = PLMLoss(PLMConfig(manifold=ManifoldConfig(piece_dim=3)), embed_dim=6, num_proxies=2)
     assert loss.proxies is not None and loss.proxies.piece_dim == 3
+
+
+@pytest.mark.parametrize("bad,name", [({"context": 1.5}, "loss.context"), ({"context": -0.1}, "loss.context"),
+                                      ({"context_k": 0}, "loss.context_k")])
+def test_context_options_are_checked(bad: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        LossConfig(**bad)

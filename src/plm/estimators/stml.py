@@ -54,21 +54,36 @@ def stml_similarity(t: Tensor, sigma: float = 3.0, k: int = 5) -> Tensor:
 def stml_target(t: Tensor, sigma: float, k: int) -> Tensor:
     """:func:`stml_similarity` without the input checks (the training step: no device sync)."""
     t = torch.nn.functional.normalize(t.detach().float(), dim=1)
-    n = t.shape[0]
     sq = (t * t).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * t @ t.T).clamp(min=0)
     d2.fill_diagonal_(0.0)
     w_p = torch.exp(-d2 / sigma)
-    kk = min(k, n)
-    ranked = w_p.clone()
-    ranked.fill_diagonal_(2.0)  # the point itself ranks first, as exp(0) = 1 does in the authors' code
+    return (w_p + contextual_similarity(w_p, k)) / 2
+
+
+@torch.no_grad()
+def contextual_similarity(ranking: Tensor, k: int) -> Tensor:
+    """STML's contextual similarity W_C of a batch, its neighbours ranked by any similarity.
+
+    Each point's k nearest (itself first, then the largest entries of its row of ``ranking``) give
+    the k-reciprocal sets R(i); W̃_C(i, j) = |R(i) ∩ R(j)| / |R(i)| for j ∈ R(i); W_C is W̃_C averaged
+    over the round(k/2) nearest (query expansion) and symmetrised. STML ranks by its Gaussian kernel;
+    ``loss.context`` of the PLM loss ranks by the PL similarity.
+
+    Args:
+        ranking: (N, N) similarities (larger = nearer); the diagonal is ignored.
+        k: neighbourhood size, the point included.
+    """
+    n = ranking.shape[0]
+    kk = min(int(k), n)
+    ranked = ranking.detach().clone()
+    ranked.fill_diagonal_(float("inf"))  # the point itself ranks first, as exp(0) = 1 does in the authors' code
     topk = torch.topk(ranked, kk, dim=1).indices
-    w_nn = torch.zeros_like(w_p).scatter_(1, topk, 1.0)
+    w_nn = torch.zeros_like(ranked).scatter_(1, topk, 1.0)
     v = w_nn * w_nn.T  # k-reciprocal
     w_c_tilde = (v @ v) * v / v.sum(1, keepdim=True)
     w_c_hat = w_c_tilde[topk[:, :max(1, _half(kk))]].mean(1)
-    w_c = (w_c_hat + w_c_hat.T) / 2
-    return (w_p + w_c) / 2
+    return (w_c_hat + w_c_hat.T) / 2
 
 
 def _check(sigma: float, k: int) -> None:

@@ -116,7 +116,13 @@ class PLMLoss(nn.Module):
             s = binary_piece_similarity(fit_pieces(teacher, self.config.manifold).members, teacher.shape[0])
         else:
             s = similarity_matrix(teacher, self.config.manifold)
-        return expanded_similarity(s, teacher, self.config.loss.expansion)
+        s = expanded_similarity(s, teacher, self.config.loss.expansion)
+        c = self.config.loss.context
+        if c > 0:
+            from plm.estimators.stml import contextual_similarity
+
+            s = (1 - c) * s + c * contextual_similarity(s, self.config.loss.context_k).to(s.dtype)
+        return s
 
     @torch.no_grad()
     def proxy_similarity(self, teacher: Tensor) -> Tensor:
