@@ -72,6 +72,10 @@ class Pipeline:
     student: nn.Module
     teacher: EMATeacher
     model: EmbeddingModel
+    #: the teacher embeds the whole gathered global batch on every rank (cheap cached inputs), so that
+    #: its embeddings are those of one process to the last bit: a matrix product's rounding can
+    #: depend on how many rows it multiplies, and the PL model's choices would follow it
+    global_teacher_pass: bool = False
 
     def __init__(self, config: TrainConfig, device: torch.device, ctx: DistContext, progress: bool):
         self.config, self.device, self.ctx, self.progress = config, device, ctx, progress and ctx.is_main
@@ -159,6 +163,8 @@ class Pipeline:
 class FrozenPipeline(Pipeline):
     """Cached inputs (pooled features, or prefix maps with ``model.train_blocks``); trains the head
     (and the backbone's last steps) on them (see module docs)."""
+
+    global_teacher_pass = True
 
     def __init__(self, config: TrainConfig, splits: Splits, device: torch.device, ctx: DistContext,
                  progress: bool = True, fresh: bool = True):

@@ -155,9 +155,12 @@ class Trainer:
         with autocast(self.device, self.amp):
             z = pipe.student(inputs)
             with torch.no_grad():
-                t = pipe.teacher(inputs)
+                if pipe.global_teacher_pass:
+                    t_all = pipe.teacher(self.ctx.gather(inputs))
+                else:
+                    t_all = self.ctx.gather(pipe.teacher(inputs))
         # the method and the losses run in float32, on the global batch
-        terms = self.method(BatchView.gathered(z.float(), t.float(), positions, self.ctx))
+        terms = self.method(BatchView.gathered(z.float(), t_all.float(), positions, self.ctx))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaling.backward(terms["loss"])
         self.ctx.all_reduce_grads(self.params)

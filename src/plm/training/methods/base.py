@@ -50,19 +50,22 @@ class BatchView:
     rows: Rows = ALL_ROWS
 
     @classmethod
-    def gathered(cls, student: Tensor, teacher: Tensor, positions: Tensor, ctx: Any) -> BatchView:
+    def gathered(cls, student: Tensor, teacher_all: Tensor, positions: Tensor, ctx: Any) -> BatchView:
         """This process's rows as the method sees the global batch: every rank's student rows (gradient
-        flowing back to each rank's own), teacher rows and training-set positions, in rank order.
+        flowing back to each rank's own) and training-set positions, in rank order.
 
         Args:
             student: (R, d) this process's student embeddings.
-            teacher: (R, d) its teacher embeddings.
+            teacher_all: (B, d) the teacher's embeddings of the global batch, in rank order.
             positions: (R,) its rows' training-set positions.
             ctx: the :class:`~plm.training.distributed.DistContext` (single process: nothing gathered).
         """
         student_all = ctx.gather_with_grad(student)
+        if teacher_all.shape[0] != student_all.shape[0]:
+            raise ValueError(f"teacher embeddings of {teacher_all.shape[0]} rows for a global batch of "
+                             f"{student_all.shape[0]}")
         rows = Rows.of_process(ctx.rank * student.shape[0], student_all.shape[0], ctx.world_size)
-        return cls(student, student_all, ctx.gather(teacher), ctx.gather(positions), rows)
+        return cls(student, student_all, teacher_all, ctx.gather(positions), rows)
 
     @property
     def mine(self) -> slice:
