@@ -15,6 +15,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plm.manifold import ManifoldConfig, Pieces, fit_pieces, pairwise_similarity, similarity_matrix
 from plm.manifold import pieces as pieces_module
@@ -203,3 +205,27 @@ def test_the_gram_path_scores_other_points_like_the_blocks() -> None:
     monkeypatched.gram = None  # forces the blocks for the fitted points too
     torch.testing.assert_close(pairwise_similarity(x, monkeypatched, cfg), pairwise_similarity(x, pieces, cfg),
                                atol=1e-12, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 30), st.integers(1, 12), st.lists(st.tuples(st.integers(0, 29), st.integers(0, 29)), max_size=8),
+       st.sampled_from([0.0, 1e-3, 1.0, 1e3]), st.integers(0, 2 ** 16))
+def test_duplicates_found_from_the_gram_matrix_are_exactly_the_equal_rows(n: int, d: int,
+                                                                          copies: list[tuple[int, int]],
+                                                                          spread: float, seed: int) -> None:
+    """The one-Gram-matrix path compares only near pairs value by value; it must find what
+    ``torch.unique`` finds (signed zeros equal, points equal to the batch mean, near misses apart)."""
+    g = torch.Generator().manual_seed(seed)
+    x = 1.0 + spread * torch.randn(n, d, generator=g)
+    for src, dst in copies:
+        x[dst % n] = x[src % n]
+    if n > 2:
+        x[-1] = x[0].clone()
+        x[-1, 0] = torch.nextafter(x[0, 0], torch.tensor(float("inf")))  # one ulp away: not equal
+    if spread == 0.0:  # every point equal, two of them signed zeros
+        x[0], x[n - 1] = 0.0, -0.0
+    want = pieces_module.duplicate_representatives(x)
+    got = pieces_module._representatives_from_gram(x, pieces_module.batch_gram(x))
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert got is not None and got.tolist() == want.tolist()

@@ -98,7 +98,8 @@ def check_points(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if not torch.isfinite(x).all():
+    # one reduction instead of an (N, d) mask: the largest |value| is NaN or inf iff some value is
+    if x.numel() and not bool(torch.isfinite(x.abs().amax())):
         raise ValueError(f"{name} contains NaN or inf values; clean the input first")
 
 
@@ -169,6 +170,29 @@ def duplicate_representatives(x: Tensor) -> Optional[Tensor]:
     first = torch.full((unique,), n, dtype=torch.long, device=x.device)
     first.scatter_reduce_(0, inverse, torch.arange(n, device=x.device), "amin")
     return first[inverse]
+
+
+def _representatives_from_gram(x: Tensor, gram: Tensor) -> Optional[Tensor]:
+    """:func:`duplicate_representatives` from the points' float64 Gram matrix: only the pairs whose
+    squared distance in it is within rounding of zero are compared value by value."""
+    n = x.shape[0]
+    if n < 2:
+        return None
+    sq = torch.diagonal(gram)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * gram
+    tol = 1e-9 * torch.maximum(sq[:, None], sq[None, :]).clamp(min=torch.finfo(torch.float64).tiny)
+    close = (d2 <= tol).triu(1).nonzero()
+    if not len(close):
+        return None
+    i, j = close[:, 0], close[:, 1]
+    equal = (x[i] == x[j]).all(1)
+    i, j = i[equal], j[equal]
+    if not len(i):
+        return None
+    same = torch.eye(n, dtype=torch.bool, device=x.device)
+    same[i, j] = True
+    same[j, i] = True
+    return same.to(torch.int8).argmax(1)  # equal points are all equal to each other: the lowest index
 
 
 def _nearest_with_duplicates(x: Tensor, k: int, representatives: Tensor, block_size: int = 2048) -> Tensor:
@@ -243,8 +267,13 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
     x = prepare(x, config)
     n, d = x.shape
     m = config.piece_dim
-    representatives = duplicate_representatives(x)
-    gram_all = batch_gram(x, representatives) if n <= GLOBAL_GRAM_MAX else None
+    if n <= GLOBAL_GRAM_MAX:
+        gram_all = batch_gram(x)
+        representatives = _representatives_from_gram(x, gram_all)
+        if representatives is not None:
+            gram_all = gram_all[representatives[:, None], representatives[None, :]]
+    else:
+        gram_all, representatives = None, duplicate_representatives(x)
     candidates = _candidates(x, config, candidates, gram_all, representatives)
     k = candidates.shape[1]
     members = torch.full((n, k + 1), -1, dtype=torch.long, device=x.device)
@@ -286,21 +315,18 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
                   _built=built)
 
 
-def batch_gram(x: Tensor, representatives: Optional[Tensor] = None) -> Tensor:
+def batch_gram(x: Tensor) -> Tensor:
     """(N, N) float64 Gram matrix of the points less their mean.
 
     The mean is rounded to float32, so that the subtraction is exact for float32 points. Every
     quantity of the PL model is translation invariant; centring keeps the rounding of the Gram
-    matrix at the scale of the points' spread, not of their distance from the origin. With
-    ``representatives`` (:func:`duplicate_representatives`) equal points get identical rows and
-    columns, so that distances between them are exactly 0 and their distances to others tie exactly.
+    matrix at the scale of the points' spread, not of their distance from the origin.
+    :func:`fit_pieces` then gives equal points identical rows and columns (their representative's),
+    so that distances between them are exactly 0 and their distances to others tie exactly.
     """
     x64 = x.double()
     centred = x64 - x64.mean(0).float().double() if len(x) else x64
-    gram = centred @ centred.T
-    if representatives is not None:
-        gram = gram[representatives[:, None], representatives[None, :]]
-    return gram
+    return centred @ centred.T
 
 
 def _gram_from_global(gram_all: Tensor, idx: Tensor) -> Tensor:
