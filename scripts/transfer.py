@@ -75,6 +75,7 @@ VARIANTS: dict[str, list[str]] = {
     "margin16": [*OFF, "loss.margin=1.6"],
     # a stricter subset selection: with seed-group candidates eps 1.5 admits about 95 % of them
     "context05": [*OFF, "loss.context=0.5"],  # the defaults with half STML's contextual similarity (PL-ranked)
+    "context025": [*OFF, "loss.context=0.25"],
     "eps1": [*OFF, "manifold.eps=1.0"],
     "eps075": [*OFF, "manifold.eps=0.75"],
 }
