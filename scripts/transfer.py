@@ -14,7 +14,9 @@ metrics; then the rule that picks the defaults: **the variant with the best mean
 validation MAP@R over the benchmarks**, where a variant's rank on a benchmark is one plus the
 number of variants that beat it by more than :data:`TIE` (differences within seed noise tie); equal
 mean ranks go to the full-width head (its epoch 0 ranks exactly as the pretrained features, which
-selection needs), then to the larger mean validation gain; then, for the
+selection needs), then to the larger mean validation gain; a candidate replaces the current
+defaults only if it is nowhere worse than them by more than the tie (a guard read off the tables by
+hand, docs/results.md); then, for the
 label-free selection criteria, the Spearman rank correlation of each with validation MAP@R over
 every validated epoch of every run of a benchmark (runs with ``eval.signals=true``). Test columns
 are reported, never used to choose.
@@ -76,6 +78,8 @@ VARIANTS: dict[str, list[str]] = {
     # a stricter subset selection: with seed-group candidates eps 1.5 admits about 95 % of them
     "context05": [*OFF, "loss.context=0.5"],  # the defaults with half STML's contextual similarity (PL-ranked)
     "context025": [*OFF, "loss.context=0.25"],
+    "raise05": [*OFF, "loss.context=0.5", "loss.context_mode=raise"],  # the contextual term only raising s
+    "raise1": [*OFF, "loss.context=1.0", "loss.context_mode=raise"],  # s~ = max(s, W_C)
     "eps1": [*OFF, "manifold.eps=1.0"],
     "eps075": [*OFF, "manifold.eps=0.75"],
 }

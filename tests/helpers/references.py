@@ -26,8 +26,9 @@ def reference_expansion(s: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def reference_context(s: np.ndarray, k: int, c: float) -> np.ndarray:
-    """(1 − c) s + c W_C by loops: N_k(i) = i, then the others by decreasing s[i]; R(i) = the j ∈ N_k(i)
+def reference_context(s: np.ndarray, k: int, c: float, mode: str = "mix") -> np.ndarray:
+    """(1 − c) s + c W_C (``mode`` "raise": s + c max(W_C − s, 0)) by loops: N_k(i) = i, then the
+    others by decreasing s[i]; R(i) = the j ∈ N_k(i)
     with i ∈ N_k(j); W̃(i, j) = |R(i) ∩ R(j)| / |R(i)| for j ∈ R(i); Ŵ(i) = mean of W̃ over the first
     round(k/2) of N_k(i); W_C = (Ŵ + Ŵᵀ)/2."""
     n = len(s)
@@ -49,4 +50,9 @@ def reference_context(s: np.ndarray, k: int, c: float) -> np.ndarray:
     for i in range(n):
         for j in range(n):
             w_c[i, j] = 0.5 * (hat[i, j] + hat[j, i])
-    return (1 - c) * s + c * w_c
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = s[i, j] + c * max(w_c[i, j] - s[i, j], 0.0) if mode == "raise" \
+                else (1 - c) * s[i, j] + c * w_c[i, j]
+    return out

@@ -187,7 +187,7 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
     cfg, m = loss.config.loss, loss.config.manifold
     z, t = z.detach().double(), t.double()
     s = reference_expansion(reference_similarity(t.numpy(), m), t.numpy(), cfg.expansion)
-    s = torch.from_numpy(reference_context(s, cfg.context_k, cfg.context))
+    s = torch.from_numpy(reference_context(s, cfg.context_k, cfg.context, cfg.context_mode))
     relaxed = cfg.kind == "relaxed_contrastive"
     total = cfg.point * (_contrastive_loop(z, z, s, cfg.margin, True, True) if relaxed
                          else _point_loop(z, z, s, cfg.delta, self_pairs=True))
@@ -204,14 +204,15 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
     return total
 
 
-@pytest.mark.parametrize("expansion,context", [(0, 0.0), (5, 0.0), (0, 0.5), (5, 0.3)])
+@pytest.mark.parametrize("expansion,context,mode", [(0, 0.0, "mix"), (5, 0.0, "mix"), (0, 0.5, "mix"),
+                                                    (5, 0.3, "mix"), (0, 0.5, "raise"), (5, 1.0, "raise")])
 @pytest.mark.parametrize("kind", ["relaxed_contrastive", "regression"])
-def test_plm_loss_equals_method_and_loop(kind: str, expansion: int, context: float) -> None:
+def test_plm_loss_equals_method_and_loop(kind: str, expansion: int, context: float, mode: str) -> None:
     from plm.training.methods import BatchView, PLMMethod
 
     z, t = _teacher_student()
     config = PLMConfig(loss=LossConfig(kind=kind, proxy=0.3, neighbourhood=0.2, expansion=expansion,
-                                       context=context, context_k=4),
+                                       context=context, context_k=4, context_mode=mode),
                        proxies=ProxyConfig(num=3))
     loss = PLMLoss(config, embed_dim=4, seed=1)
     loss.init_proxies(t)
@@ -308,7 +309,8 @@ def test_manifold_config_from_the_plm_config() -> None:
 
 
 @pytest.mark.parametrize("bad,name", [({"context": 1.5}, "loss.context"), ({"context": -0.1}, "loss.context"),
-                                      ({"context_k": 0}, "loss.context_k")])
+                                      ({"context_k": 0}, "loss.context_k"),
+                                      ({"context_mode": "max"}, "loss.context_mode")])
 def test_context_options_are_checked(bad: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         LossConfig(**bad)

@@ -14,6 +14,7 @@ from plm.manifold.config import ManifoldConfig
 from plm.utils.config import check, check_choice, check_int, check_positive
 
 PLM_LOSSES = ("regression", "weighted_regression", "relaxed_contrastive")
+CONTEXT_MODES = ("mix", "raise")
 PROXY_INITS = ("kmeans", "random")
 PROXY_UPDATES = ("all", "neighbourhood")
 SIMILARITIES = ("continuous", "binary")
@@ -70,8 +71,10 @@ class LossConfig:
             s̃ = (1 − c) s + c W_C(s), with W_C the k-reciprocal contextual similarity of the batch
             whose neighbours are ranked by the PL similarity s itself
             (:func:`plm.estimators.stml.contextual_similarity`, k = ``context_k``); 0 = the PL
-            similarity alone (docs/results.md, "Contextual PL target").
+            similarity alone (docs/results.md, "The contextual PL target").
         context_k: k of the contextual similarity (the point included).
+        context_mode: ``mix`` (the formula above) or ``raise``: s̃ = s + c max(W_C(s) − s, 0), the
+            contextual similarity only ever raising a pair's PL similarity.
     """
 
     delta: float = 1.5
@@ -86,6 +89,7 @@ class LossConfig:
     expansion: int = 0
     context: float = 0.0
     context_k: int = 5
+    context_mode: str = "mix"
 
     def __post_init__(self) -> None:
         check_positive("loss.delta", self.delta)
@@ -99,6 +103,7 @@ class LossConfig:
         check_positive("loss.context", self.context, allow_zero=True)
         check(self.context <= 1, f"loss.context is a weight in [0, 1]; got {self.context}")
         check_int("loss.context_k", self.context_k, 1, 4096)
+        check_choice("loss.context_mode", self.context_mode, CONTEXT_MODES)
 
 
 @dataclass

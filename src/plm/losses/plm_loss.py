@@ -121,7 +121,8 @@ class PLMLoss(nn.Module):
         if c > 0:
             from plm.estimators.stml import contextual_similarity
 
-            s = (1 - c) * s + c * contextual_similarity(s, self.config.loss.context_k).to(s.dtype)
+            w_c = contextual_similarity(s, self.config.loss.context_k).to(s.dtype)
+            s = s + c * (w_c - s).clamp(min=0) if self.config.loss.context_mode == "raise" else (1 - c) * s + c * w_c
         return s
 
     @torch.no_grad()
