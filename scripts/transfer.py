@@ -78,10 +78,15 @@ VARIANTS: dict[str, list[str]] = {
     # a stricter subset selection: with seed-group candidates eps 1.5 admits about 95 % of them
     "eps1": [*OFF, "manifold.eps=1.0"],
     "eps075": [*OFF, "manifold.eps=0.75"],
-    "context05": [*OFF, "loss.context=0.5"],  # the defaults with half STML's contextual similarity (PL-ranked)
-    "context025": [*OFF, "loss.context=0.25"],
+    # the contextual PL target: "mix" forms, then "raise" forms (raise025 = the defaults since 2026-12-05);
+    # context0 = the previous defaults (no contextual term), the "defaults" rows measured before then
+    "context0": [*OFF, "loss.context=0"],
+    "context05": [*OFF, "loss.context=0.5", "loss.context_mode=mix"],  # half STML's contextual similarity (PL-ranked)
+    "context025": [*OFF, "loss.context=0.25", "loss.context_mode=mix"],
     "raise05": [*OFF, "loss.context=0.5", "loss.context_mode=raise"],  # the contextual term only raising s
     "raise1": [*OFF, "loss.context=1.0", "loss.context_mode=raise"],  # s~ = max(s, W_C)
+    "raise025": [*OFF, "loss.context=0.25", "loss.context_mode=raise"],
+    "raise05-k10": [*OFF, "loss.context=0.5", "loss.context_mode=raise", "loss.context_k=10"],
 }
 #: validation MAP@R differences at most this large tie in the rule: about twice the seed-to-seed
 #: standard deviation of the defaults' validation MAP@R on glyphs (0.0012 over 3 seeds)

@@ -205,7 +205,8 @@ def _plm_loop(loss: PLMLoss, z: torch.Tensor, t: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("expansion,context,mode", [(0, 0.0, "mix"), (5, 0.0, "mix"), (0, 0.5, "mix"),
-                                                    (5, 0.3, "mix"), (0, 0.5, "raise"), (5, 1.0, "raise")])
+                                                    (5, 0.3, "mix"), (0, 0.25, "raise"), (0, 0.5, "raise"),
+                                                    (5, 1.0, "raise")])
 @pytest.mark.parametrize("kind", ["relaxed_contrastive", "regression"])
 def test_plm_loss_equals_method_and_loop(kind: str, expansion: int, context: float, mode: str) -> None:
     from plm.training.methods import BatchView, PLMMethod

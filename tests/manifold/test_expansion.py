@@ -53,9 +53,9 @@ def test_plm_loss_uses_the_expanded_target() -> None:
     x, _ = _batch(5, 40, 8)
     x = x.float()
     manifold = ManifoldConfig(group_size=5)
-    plain = PLMLoss(PLMConfig(manifold=manifold, loss=LossConfig(expansion=0)), embed_dim=8,
+    plain = PLMLoss(PLMConfig(manifold=manifold, loss=LossConfig(expansion=0, context=0)), embed_dim=8,
                     num_proxies=0).target_similarity(x)
-    expanded = PLMLoss(PLMConfig(manifold=manifold, loss=LossConfig(expansion=5)), embed_dim=8,
+    expanded = PLMLoss(PLMConfig(manifold=manifold, loss=LossConfig(expansion=5, context=0)), embed_dim=8,
                        num_proxies=0).target_similarity(x)
     torch.testing.assert_close(expanded, expanded_similarity(plain, x, 5))
     assert not torch.allclose(expanded, plain)

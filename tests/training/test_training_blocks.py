@@ -93,7 +93,8 @@ def test_plm_method_equals_its_loss_terms() -> None:
 
     z, t = _batch()
     cfg = ManifoldConfig()
-    loss = LossConfig(delta=1.5, point=1.0, proxy=0.5, neighbourhood=2.0, kind="regression")
+    # the PL similarity as the target (the contextual lift is checked against its loop reference in tests/losses)
+    loss = LossConfig(delta=1.5, point=1.0, proxy=0.5, neighbourhood=2.0, kind="regression", context=0)
     m = PLMMethod(8, PLMConfig(cfg, loss, ProxyConfig(on_sphere=False)), num_proxies=4, seed=0)
     m.prepare(t)
     out = m(BatchView(z, z, t, torch.arange(len(z))))
@@ -112,9 +113,12 @@ def test_plm_ablations() -> None:
     z, t = _batch()
     no_proxies = PLMMethod(8, PLMConfig(ManifoldConfig()), num_proxies=0)
     assert set(no_proxies(BatchView(z, z, t, torch.arange(24)))) == {"point", "loss"}
-    binary = PLMMethod(8, PLMConfig(ManifoldConfig(), similarity="binary"), num_proxies=0)
+    binary = PLMMethod(8, PLMConfig(ManifoldConfig(), LossConfig(context=0), similarity="binary"), num_proxies=0)
     s = binary.target_similarity(t)
     assert set(s.unique().tolist()) <= {0.0, 1.0} and torch.equal(s, s.T)
+    # with the default contextual lift the binary similarity is the PL similarity it replaces: pairs only rise
+    lifted = PLMMethod(8, PLMConfig(ManifoldConfig(), similarity="binary"), num_proxies=0).target_similarity(t)
+    assert torch.all(lifted >= s) and torch.all(lifted[s == 1] == 1) and torch.any(lifted > s)
     pieces = fit_pieces(t, ManifoldConfig())
     for i, group in enumerate(pieces.groups()):
         assert all(s[i, j] == 1 for j in group)
