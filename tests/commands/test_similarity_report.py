@@ -114,3 +114,22 @@ def test_clusters_zero_is_refused_not_taken_as_the_default(tmp_path, capsys) -> 
               "--clusters", "0", "--quiet"])
     assert exc.value.code == 2
     assert "--clusters: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_context_lifts_the_pl_similarity_as_training_does(tmp_path, capsys) -> None:
+    """--context C scores the PL estimator with training's contextual lift; it needs dense similarities."""
+    feats = _blobs_file(tmp_path, classes=10, per_class=12, dim=16, noise=0.6, seed=2)
+    results = {}
+    for name, extra in [("plain", []), ("lifted", ["--context", "0.25"])]:
+        out = tmp_path / f"{name}.json"
+        assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--estimators", "plm",
+                     "--quiet", "--json", str(out), *extra]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["lifted"]["context"] == 0.25 and results["lifted"]["context_mode"] == "raise"
+    assert results["plain"]["context"] is None
+    plain, lifted = results["plain"]["estimators"]["plm"], results["lifted"]["estimators"]["plm"]
+    assert lifted["correlation"] != plain["correlation"]
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--context", "0.25",
+                 "--dense-max", "50"]) == 2
+    assert "--context needs dense similarities" in capsys.readouterr().err
+    assert main(["similarity-report", "--dataset", "digits", "--features", str(feats), "--context", "2"]) == 2

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.references import reference_expansion
+from helpers.references import reference_context, reference_expansion
 from plm.losses import LossConfig, PLMConfig, PLMLoss
 from plm.manifold import ManifoldConfig, similarity_matrix
 from plm.manifold.expansion import expanded_similarity, nearest_rows
@@ -78,3 +78,25 @@ def test_estimator_expansion_is_the_training_target_and_needs_dense_mode() -> No
     np.testing.assert_allclose(expanded, want.numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="dense mode"):
         PLManifoldEstimator(expansion=4, dense_max=10).fit(unit)
+
+
+def test_estimator_context_is_the_training_target_and_needs_dense_mode() -> None:
+    """``PLManifoldEstimator(context=…)`` scores pairs as training's ``loss.context`` lifts its target."""
+    from plm.estimators.pl import PLManifoldEstimator
+    from plm.estimators.stml import contextual_target
+
+    x = np.random.default_rng(8).normal(size=(40, 5))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    plain = torch.from_numpy(np.asarray(PLManifoldEstimator().fit(unit).similarity(), dtype=np.float64))
+    for c, mode in [(0.25, "raise"), (0.5, "mix")]:
+        got = PLManifoldEstimator(context=c, context_k=4, context_mode=mode).fit(unit).similarity()
+        want = torch.from_numpy(reference_context(plain.numpy(), 4, c, mode))
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+        np.testing.assert_allclose(contextual_target(plain, c, 4, mode).numpy(), want.numpy(), atol=1e-12)
+    lifted = PLManifoldEstimator(context=0.25).fit(unit).similarity()
+    assert np.all(lifted >= plain.numpy() - 1e-7) and np.any(lifted > plain.numpy() + 1e-3)
+    with pytest.raises(ValueError, match="dense mode"):
+        PLManifoldEstimator(context=0.25, dense_max=10).fit(unit)
+    for bad in [{"context": 1.5}, {"context": -0.1}, {"context_k": 0}, {"context_mode": "max"}]:
+        with pytest.raises(ValueError):
+            PLManifoldEstimator(**bad).fit(unit)

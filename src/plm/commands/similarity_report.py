@@ -6,7 +6,7 @@ import argparse
 
 from plm.commands._common import DEFAULT_BACKBONE, add_dataset_arguments, add_runtime_arguments
 from plm.utils.args import positive_int, seed_int
-from plm.utils.choices import CRITERIA, ON_BREACH, SYMMETRIZE
+from plm.utils.choices import CONTEXT_MODES, CRITERIA, ON_BREACH, SYMMETRIZE
 from plm.utils.tables import format_table
 
 NAME = "similarity-report"
@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expansion", type=int, default=None, metavar="K",
                         help="PL neighbourhood expansion: each point's similarities averaged over its K nearest "
                              "points, itself included (plm train's loss.expansion; dense mode only)")
+    parser.add_argument("--context", type=float, default=None, metavar="C",
+                        help="STML's contextual similarity in the PL similarity at weight C, as plm train's "
+                             "loss.context applies it to its target (training's default 0.25; dense mode only)")
+    parser.add_argument("--context-mode", default="raise", choices=list(CONTEXT_MODES),
+                        help="with --context: raise (a pair only rises towards the contextual similarity, "
+                             "training's default) or mix")
     parser.add_argument("--dense-max", type=int, default=5000,
                         help="largest N for dense N x N similarities; above it, sparse top-k (hierarchical is skipped)")
     parser.add_argument("--exact-pairs", type=int, default=20_000_000,
@@ -146,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--expansion needs dense similarities: {len(vectors)} points is above --dense-max "
                                 f"{args.dense_max} (raise it, or use --regime batch)")
             options["plm"]["expansion"] = args.expansion
+        if args.context is not None:
+            if not 0 <= args.context <= 1:
+                raise UserError(f"--context is a weight in [0, 1], got {args.context}")
+            if args.regime == "split" and len(vectors) > args.dense_max:
+                raise UserError(f"--context needs dense similarities: {len(vectors)} points is above --dense-max "
+                                f"{args.dense_max} (raise it, or use --regime batch)")
+            options["plm"].update(context=args.context, context_mode=args.context_mode)
     for name in ("kmeans", "hierarchical"):
         if name in options and args.clusters is not None:
             options[name]["n_clusters"] = args.clusters
@@ -172,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
                            "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],
                            "knn_seconds": result["knn_seconds"], "knn_cpu_seconds": result["knn_cpu_seconds"],
-                           "plm_config": config.to_dict(), "expansion": args.expansion,
-                           "estimators": result["estimators"]}, args.json)
+                           "plm_config": config.to_dict(), "expansion": args.expansion, "context": args.context,
+                           "context_mode": args.context_mode, "estimators": result["estimators"]}, args.json)
     return 0
 
 
@@ -201,6 +214,6 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
     print("top-1: the share of points whose most similar other point in the batch has their class")
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(),
-                           "expansion": args.expansion, **result},
-                          args.json)
+                           "expansion": args.expansion, "context": args.context, "context_mode": args.context_mode,
+                           **result}, args.json)
     return 0

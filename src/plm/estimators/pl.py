@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from plm.estimators.base import Neighbors, PairLookup, SimilarityEstimator, check_int, topk_csr
+from plm.estimators.stml import contextual_target
 from plm.manifold import ManifoldConfig, fit_pieces, neighbor_similarity, pair_similarity, pairwise_similarity
 from plm.manifold.expansion import expanded_similarity
+from plm.utils.choices import CONTEXT_MODES
 
 
 class PLManifoldEstimator(SimilarityEstimator):
@@ -21,16 +23,23 @@ class PLManifoldEstimator(SimilarityEstimator):
         dense_max: largest N for the dense (N, N) output.
         expansion: k of the neighbourhood expansion (:func:`plm.manifold.expansion.expanded_similarity`,
             the ``loss.expansion`` of training); 0 or 1 = none. Dense mode only.
+        context, context_k, context_mode: STML's contextual similarity in the PL similarity, as training's
+            ``loss.context`` applies it to its target (:func:`plm.estimators.stml.contextual_target`,
+            after the expansion); ``context`` 0 = none (the default here; training's default is 0.25,
+            ``raise``). Dense mode only.
     """
 
     name = "plm"
 
     def __init__(self, config: Optional[ManifoldConfig] = None, top_k: int = 16, dense_max: int = 5000,
-                 expansion: int = 0):
+                 expansion: int = 0, context: float = 0.0, context_k: int = 5, context_mode: str = "raise"):
         super().__init__(dense_max)
         self.config = config
         self.top_k = top_k
         self.expansion = expansion
+        self.context = context
+        self.context_k = context_k
+        self.context_mode = context_mode
 
     @property
     def manifold_config(self) -> ManifoldConfig:
@@ -48,6 +57,11 @@ class PLManifoldEstimator(SimilarityEstimator):
             raise ValueError(f"config must be a ManifoldConfig, got {type(self.config).__name__}")
         check_int("top_k", self.top_k, 1)
         check_int("expansion", self.expansion, 0)
+        if isinstance(self.context, bool) or not isinstance(self.context, (int, float)) or not 0 <= self.context <= 1:
+            raise ValueError(f"context must be a weight in [0, 1], got {self.context!r}")
+        check_int("context_k", self.context_k, 1)
+        if self.context_mode not in CONTEXT_MODES:
+            raise ValueError(f"context_mode must be one of {', '.join(CONTEXT_MODES)}, got {self.context_mode!r}")
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         cfg = self.manifold_config
@@ -59,11 +73,12 @@ class PLManifoldEstimator(SimilarityEstimator):
         self.pieces_ = fit_pieces(t, cfg, candidates=cand)
         self.groups_ = [np.asarray(g, dtype=np.int64) for g in self.pieces_.groups()]
         if self.mode_ == "dense":
-            self._dense = expanded_similarity(pairwise_similarity(t, self.pieces_, cfg), t, self.expansion).numpy()
+            s = expanded_similarity(pairwise_similarity(t, self.pieces_, cfg), t, self.expansion)
+            self._dense = contextual_target(s, self.context, self.context_k, self.context_mode).numpy()
             return
-        if self.expansion > 1:
-            raise ValueError(f"the neighbourhood expansion needs the dense mode: {len(x)} points, dense_max "
-                             f"{self.dense_max}")
+        if self.expansion > 1 or self.context > 0:
+            what = "neighbourhood expansion" if self.expansion > 1 else "contextual similarity"
+            raise ValueError(f"the {what} needs the dense mode: {len(x)} points, dense_max {self.dense_max}")
         assert neighbors is not None  # needs_neighbors > 0, so fit() passes the k-NN table
         k = min(self.top_k, neighbors.k)
         cols = torch.from_numpy(neighbors.indices[:, :k])

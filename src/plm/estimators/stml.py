@@ -86,6 +86,16 @@ def contextual_similarity(ranking: Tensor, k: int) -> Tensor:
     return (w_c_hat + w_c_hat.T) / 2
 
 
+def contextual_target(s: Tensor, c: float, k: int, mode: str = "raise") -> Tensor:
+    """The PL similarity ``s`` with STML's contextual similarity W_C(s) (:func:`contextual_similarity`,
+    neighbours ranked by ``s``) at weight ``c``: ``raise`` s + c max(W_C − s, 0) (a pair only rises),
+    ``mix`` (1 − c) s + c W_C; ``c`` = 0 gives ``s``. Training's ``loss.context`` and the PL estimator's."""
+    if c <= 0:
+        return s
+    w_c = contextual_similarity(s, k).to(s.dtype)
+    return s + c * (w_c - s).clamp(min=0) if mode == "raise" else (1 - c) * s + c * w_c
+
+
 def _check(sigma: float, k: int) -> None:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not np.isfinite(sigma):
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")

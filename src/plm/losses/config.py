@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from plm.manifold.config import ManifoldConfig
+from plm.utils.choices import CONTEXT_MODES
 from plm.utils.config import check, check_choice, check_int, check_positive
 
 PLM_LOSSES = ("regression", "weighted_regression", "relaxed_contrastive")
-CONTEXT_MODES = ("mix", "raise")
 PROXY_INITS = ("kmeans", "random")
 PROXY_UPDATES = ("all", "neighbourhood")
 SIMILARITIES = ("continuous", "binary")

@@ -117,12 +117,11 @@ class PLMLoss(nn.Module):
         else:
             s = similarity_matrix(teacher, self.config.manifold)
         s = expanded_similarity(s, teacher, self.config.loss.expansion)
-        c = self.config.loss.context
-        if c > 0:
-            from plm.estimators.stml import contextual_similarity
+        loss = self.config.loss
+        if loss.context > 0:
+            from plm.estimators.stml import contextual_target
 
-            w_c = contextual_similarity(s, self.config.loss.context_k).to(s.dtype)
-            s = s + c * (w_c - s).clamp(min=0) if self.config.loss.context_mode == "raise" else (1 - c) * s + c * w_c
+            s = contextual_target(s, loss.context, loss.context_k, loss.context_mode)
         return s
 
     @torch.no_grad()

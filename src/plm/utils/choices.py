@@ -21,6 +21,9 @@ CRITERIA = ("residual_variance", "relative_residual", "candidate_residual", "rel
 SYMMETRIZE = ("mean", "max", "min", "geometric")
 ON_BREACH = ("skip", "stop")
 NORMALIZATIONS = ("none", "row_max", "row_minmax", "row_rank")
+#: how STML's contextual similarity enters the PL target (``loss.context_mode``,
+#: :func:`plm.estimators.stml.contextual_target`)
+CONTEXT_MODES = ("raise", "mix")
 #: vector index kinds and metrics (:class:`plm.search.index.VectorIndex`)
 INDEX_KINDS = ("exact", "hnsw", "ivf", "pq")
 INDEX_METRICS = ("cosine", "l2")
