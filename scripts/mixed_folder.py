@@ -15,6 +15,7 @@ Deterministic for a given ``--seed``; the folder is written to a temporary name,
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -44,10 +45,22 @@ TERRAIN = Path("/usr/share/games/wesnoth/1.16/data/core/images/terrain")
 _DIRECTIONS = ("-n.", "-ne.", "-nw.", "-s.", "-se.", "-sw.", "-e.", "-w.")
 
 
-def _glyphs(char: str, count: int, rng: np.random.Generator) -> list[Image.Image]:
+@functools.cache
+def _glyph_split(split: str):
     from plm.data.glyphs import load_glyphs
 
-    data = load_glyphs("train" if char.isascii() else "test")
+    return load_glyphs(split)
+
+
+@functools.cache
+def _fashion_all():
+    from plm.data.fashion_mnist import load_fashion_mnist
+
+    return load_fashion_mnist("all", download=False)
+
+
+def _glyphs(char: str, count: int, rng: np.random.Generator) -> list[Image.Image]:
+    data = _glyph_split("train" if char.isascii() else "test")  # loaded once for every glyph class
     label = next((k for k, v in (data.class_names or {}).items() if v == char), None)
     if label is None:
         raise SystemExit(f"the glyph benchmark has no class {char!r}")
@@ -57,9 +70,7 @@ def _glyphs(char: str, count: int, rng: np.random.Generator) -> list[Image.Image
 
 
 def _fashion(label: str, count: int, rng: np.random.Generator) -> list[Image.Image]:
-    from plm.data.fashion_mnist import load_fashion_mnist
-
-    data = load_fashion_mnist("all", download=False)
+    data = _fashion_all()
     rows = np.flatnonzero(data.labels == int(label))
     return [data.load_image(int(i)) for i in rng.choice(rows, size=count, replace=False)]
 

@@ -185,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "num_points": result["num_points"],
                            "num_classes": result["num_classes"], "correlation_method": result["correlation_method"],
                            "knn_seconds": result["knn_seconds"], "knn_cpu_seconds": result["knn_cpu_seconds"],
-                           "plm_config": config.to_dict(), "expansion": args.expansion, "context": args.context,
-                           "context_mode": args.context_mode, "estimators": result["estimators"]}, args.json)
+                           "plm_config": config.to_dict(), **_pl_target_json(args),
+                           "estimators": result["estimators"]}, args.json)
     return 0
 
 
@@ -214,6 +214,11 @@ def _run_batch(args: argparse.Namespace, vectors, labels, source: str, options: 
     print("top-1: the share of points whose most similar other point in the batch has their class")
     if args.json:
         atomic_write_json({"dataset": args.dataset, "split": args.split, "plm_config": config.to_dict(),
-                           "expansion": args.expansion, "context": args.context, "context_mode": args.context_mode,
-                           **result}, args.json)
+                           **_pl_target_json(args), **result}, args.json)
     return 0
+
+
+def _pl_target_json(args: argparse.Namespace) -> dict:
+    """The options that make the PL row training's target (``null`` where not given)."""
+    mode = args.context_mode if args.context is not None else None
+    return {"expansion": args.expansion, "context": args.context, "context_mode": mode}

@@ -12,6 +12,7 @@ from plm.estimators.stml import contextual_target
 from plm.manifold import ManifoldConfig, fit_pieces, neighbor_similarity, pair_similarity, pairwise_similarity
 from plm.manifold.expansion import expanded_similarity
 from plm.utils.choices import CONTEXT_MODES
+from plm.utils.config import check, check_choice, check_positive
 
 
 class PLManifoldEstimator(SimilarityEstimator):
@@ -57,11 +58,10 @@ class PLManifoldEstimator(SimilarityEstimator):
             raise ValueError(f"config must be a ManifoldConfig, got {type(self.config).__name__}")
         check_int("top_k", self.top_k, 1)
         check_int("expansion", self.expansion, 0)
-        if isinstance(self.context, bool) or not isinstance(self.context, (int, float)) or not 0 <= self.context <= 1:
-            raise ValueError(f"context must be a weight in [0, 1], got {self.context!r}")
+        check_positive("context", self.context, allow_zero=True)
+        check(self.context <= 1, f"context is a weight in [0, 1]; got {self.context}")
         check_int("context_k", self.context_k, 1)
-        if self.context_mode not in CONTEXT_MODES:
-            raise ValueError(f"context_mode must be one of {', '.join(CONTEXT_MODES)}, got {self.context_mode!r}")
+        check_choice("context_mode", self.context_mode, CONTEXT_MODES)
 
     def _fit(self, x: np.ndarray, neighbors: Optional[Neighbors]) -> None:
         cfg = self.manifold_config

@@ -69,8 +69,8 @@ class LossConfig:
             2-process run no longer ends where a 1-process run does (docs/results.md).
         context: weight c of STML's contextual similarity W_C in the point terms' target, W_C the
             k-reciprocal contextual similarity of the batch whose neighbours are ranked by the PL
-            similarity s itself (:func:`plm.estimators.stml.contextual_similarity`, k =
-            ``context_k``); 0 = the PL similarity alone. Default 0.25 with ``context_mode`` raise,
+            similarity s itself (k = ``context_k``; :func:`plm.estimators.stml.contextual_target`);
+            0 = the PL similarity alone. Default 0.25 with ``context_mode`` raise,
             chosen on the validation classes of three benchmarks (docs/results.md, "The contextual
             PL target").
         context_k: k of the contextual similarity (the point included).

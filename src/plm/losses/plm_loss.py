@@ -109,6 +109,7 @@ class PLMLoss(nn.Module):
     @torch.no_grad()
     def target_similarity(self, teacher: Tensor) -> Tensor:
         """(B, B) target similarity in [0, 1] of a batch from its teacher embeddings (no gradient)."""
+        from plm.estimators.stml import contextual_target
         from plm.manifold import fit_pieces, similarity_matrix
         from plm.manifold.expansion import expanded_similarity
 
@@ -116,13 +117,9 @@ class PLMLoss(nn.Module):
             s = binary_piece_similarity(fit_pieces(teacher, self.config.manifold).members, teacher.shape[0])
         else:
             s = similarity_matrix(teacher, self.config.manifold)
-        s = expanded_similarity(s, teacher, self.config.loss.expansion)
         loss = self.config.loss
-        if loss.context > 0:
-            from plm.estimators.stml import contextual_target
-
-            s = contextual_target(s, loss.context, loss.context_k, loss.context_mode)
-        return s
+        s = expanded_similarity(s, teacher, loss.expansion)
+        return contextual_target(s, loss.context, loss.context_k, loss.context_mode)
 
     @torch.no_grad()
     def proxy_similarity(self, teacher: Tensor) -> Tensor:
