@@ -200,16 +200,39 @@ def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similari
     if similarity.shape != (points.shape[0], locations.shape[0]):
         raise ValueError(f"similarity must be (P, K) = {(points.shape[0], locations.shape[0])}, "
                          f"got {tuple(similarity.shape)}")
-    n = min(n, points.shape[0])
-    idx = similarity.detach().topk(n, dim=0).indices.T  # (K, n)
+    idx = _most_similar(similarity, n)
     r = points.detach()[idx] - locations.unsqueeze(1)  # (K, n, d)
-    coords = torch.einsum("knd,kdm->knm", r, bases)
-    r2 = r.pow(2).sum(-1)
+    return _neighbourhood_mean(r.pow(2).sum(-1), torch.einsum("knd,kdm->knm", r, bases), lam, radius)
+
+
+def neighborhood_loss_from_coordinates(dist2: Tensor, coords: Tensor, similarity: Tensor, n: int = 4,
+                                       lam: float = 0.5, radius: Optional[float] = None) -> Tensor:
+    """:func:`neighborhood_loss` from every point's squared distance ‖x_i − ρ_k‖² (P, K) and
+    coordinates W_kᵀ(x_i − ρ_k) (P, K, m) at every proxy (:meth:`plm.losses.ProxyBank.coordinates`,
+    which the proxies' similarity reads too): nothing of size d is gathered, forward or backward.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    if similarity.shape != dist2.shape or coords.shape[:2] != dist2.shape:
+        raise ValueError(f"expected (P, K) similarity and distances and (P, K, m) coordinates, got "
+                         f"{tuple(similarity.shape)}, {tuple(dist2.shape)} and {tuple(coords.shape)}")
+    idx = _most_similar(similarity, n)
+    proxy = torch.arange(dist2.shape[1], device=dist2.device)[:, None]
+    return _neighbourhood_mean(dist2[idx, proxy], coords[idx, proxy], lam, radius)
+
+
+def _most_similar(similarity: Tensor, n: int) -> Tensor:
+    """(K, n) the ``n`` points most similar to each proxy (columns of a (P, K) similarity)."""
+    return similarity.detach().topk(min(n, similarity.shape[0]), dim=0).indices.T
+
+
+def _neighbourhood_mean(r2: Tensor, coords: Tensor, lam: float, radius: Optional[float]) -> Tensor:
+    """The neighbourhood term from (K, n) squared distances ‖r‖² and (K, n, m) coordinates Wᵀr."""
     # ‖r − W Wᵀr‖² = ‖r‖² − ‖Wᵀr‖² for orthonormal W: no (K, n, d) residual, forward or backward
     per_point = (r2 - coords.pow(2).sum(-1)).clamp_min(0.0) + lam * r2
     if radius is None:
         return per_point.mean()
-    near = (r.detach().pow(2).sum(-1) <= radius * radius).to(per_point.dtype)
+    near = (r2.detach() <= radius * radius).to(per_point.dtype)
     return (per_point * near).sum() / near.sum().clamp_min(1.0)
 
 

@@ -30,7 +30,7 @@ from plm.losses.functional import (
     ALL_ROWS,
     Rows,
     balanced_pair_weights,
-    neighborhood_loss,
+    neighborhood_loss_from_coordinates,
     point_loss,
     proxy_contrastive_loss,
     proxy_loss,
@@ -126,14 +126,18 @@ class PLMLoss(nn.Module):
         """(B, K) s′(x_i, proxy k) of teacher points to the proxies' pieces (detached)."""
         if self.proxies is None:
             raise ValueError("this PLMLoss has no proxies (proxies.num = 0)")
-        return self._proxy_similarity(self._points(teacher), self.proxy_locations(), self.proxies.orthonormal_bases())
+        return self._proxy_similarity(*self.proxies.coordinates(self._points(teacher), self.proxy_locations()))
 
-    @torch.no_grad()
-    def _proxy_similarity(self, points: Tensor, rho: Tensor, bases: Tensor) -> Tensor:
-        from plm.manifold import directed_similarity
+    def _proxy_similarity(self, dist2: Tensor, coords: Tensor) -> Tensor:
+        """s′ of points to proxy pieces from :meth:`ProxyBank.coordinates` (detached: a target).
+
+        The piece's anchor is its mean ρ_k, so o² = ‖x − ρ_k‖² − ‖c‖² and p² = ‖c‖², c = W_kᵀ(x − ρ_k)
+        (:func:`plm.manifold.directed_similarity` with anchors = means)."""
+        from plm.manifold.similarity import alpha_beta
 
         m = self.config.manifold
-        return directed_similarity(points, rho, rho, bases, m.n_alpha, m.n_beta)  # no graph: a target
+        c2 = coords.detach().pow(2).sum(2)
+        return alpha_beta(dist2.detach() - c2, c2, m.n_alpha, m.n_beta)
 
     def terms(self, student: Tensor, teacher_all: Tensor, *, student_all: Optional[Tensor] = None,
               rows: Rows = ALL_ROWS) -> dict[str, Tensor]:
@@ -181,9 +185,10 @@ class PLMLoss(nn.Module):
         total = cfg.point * l_point
         if self.proxies is not None:
             rho = self.proxy_locations()
-            bases = self.proxies.orthonormal_bases()  # once per step: the similarity reads it detached
-            points = self._points(teacher_all.detach())
-            s_p = self._proxy_similarity(points, rho, bases)  # (B, K)
+            # every teacher point at every proxy piece, once: the similarity reads it detached,
+            # the neighbourhood term with its gradient into ρ and the bases
+            dist2, coords = self.proxies.coordinates(self._points(teacher_all.detach()), rho)
+            s_p = self._proxy_similarity(dist2, coords)  # (B, K)
             num = b * self.proxies.num
             ref = rho if self.config.proxies.update == "all" else rho.detach()
             if cfg.kind == "relaxed_contrastive":
@@ -191,8 +196,9 @@ class PLMLoss(nn.Module):
             else:
                 l_proxy = proxy_loss(student, ref, s_p[mine], cfg.delta, denom=num)
             # computed identically on every rank from the global batch: each contributes 1/world
-            l_neigh = neighborhood_loss(points, rho, bases, s_p, cfg.neighbourhood_points, cfg.neighbourhood_lambda,
-                                        radius=cfg.neighbourhood_radius) / rows.world_size
+            l_neigh = neighborhood_loss_from_coordinates(dist2, coords, s_p, cfg.neighbourhood_points,
+                                                         cfg.neighbourhood_lambda,
+                                                         radius=cfg.neighbourhood_radius) / rows.world_size
             out.update(proxy=l_proxy, neighbourhood=l_neigh)
             total = total + cfg.proxy * l_proxy + cfg.neighbourhood * l_neigh
         out["loss"] = total

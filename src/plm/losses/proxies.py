@@ -68,6 +68,36 @@ class ProxyBank(nn.Module):
         """
         return orthonormal_columns(self.bases)
 
+    def coordinates(self, points: Tensor, locations: Tensor) -> tuple[Tensor, Tensor]:
+        """Every point against every proxy piece: ‖x_i − ρ_k‖² (P, K) and W_kᵀ(x_i − ρ_k) (P, K, m).
+
+        W_k are the bases of :meth:`orthonormal_bases` without forming them: with A_k = W_k R_k
+        (Gram-Schmidt), R_kᵀ is the Cholesky factor L_k of A_kᵀA_k, so W_kᵀv = L_k⁻¹ A_kᵀv. The
+        cost is two (P, d) products and K triangular m × m solves; gradients reach ρ and the bases
+        (not the points, which the losses detach). A basis whose columns are dependent to rounding
+        (no Cholesky factor) falls back to forming W by :meth:`orthonormal_bases`.
+
+        Args:
+            points: (P, d) points.
+            locations: (K, d) ρ_k as the losses see them (:meth:`plm.losses.PLMLoss.proxy_locations`).
+        """
+        a = self.bases
+        k, d, m = a.shape
+        if points.ndim != 2 or points.shape[1] != d or locations.shape != (k, d):
+            raise ValueError(f"expected (P, {d}) points and ({k}, {d}) locations, got {tuple(points.shape)} "
+                             f"and {tuple(locations.shape)}")
+        dist2 = ((points * points).sum(1, keepdim=True) + (locations * locations).sum(1)[None]
+                 - 2.0 * points @ locations.T)
+        chol, info = torch.linalg.cholesky_ex(a.transpose(1, 2) @ a)
+        if bool(info.any()):
+            w = self.orthonormal_bases()
+            at_points = (points @ w.permute(1, 0, 2).reshape(d, k * m)).view(-1, k, m)
+            return dist2, at_points - (locations.unsqueeze(1) @ w).squeeze(1)[None]
+        at_points = (points @ a.permute(1, 0, 2).reshape(d, k * m)).view(-1, k, m)  # A_kᵀx_i
+        rel = (at_points - (locations.unsqueeze(1) @ a).squeeze(1)[None]).permute(1, 2, 0)  # (K, m, P)
+        coords = torch.linalg.solve_triangular(chol, rel, upper=False)
+        return dist2, coords.permute(2, 0, 1)
+
     @torch.no_grad()
     def init_from_embeddings(self, embeddings: Tensor | np.ndarray, method: str = "kmeans", local_points: int = 20,
                              seed: int = 0, max_points: Optional[int] = 20000, on_sphere: bool = False) -> None:

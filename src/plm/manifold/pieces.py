@@ -7,9 +7,11 @@ decides; its piece is the mean of S_i and the top-m principal directions (docs/m
 Everything is computed from Gram matrices of the points relative to each anchor (float64), so a
 piece is held as coefficients: U_i = Σ_k C_ik (x_k − x_i) over the members k of S_i, and
 μ_i = the mean of S_i. Up to :data:`GLOBAL_GRAM_MAX` points these Gram matrices are read off one
-float64 Gram matrix of all points (kept in :attr:`Pieces.gram`; :mod:`plm.manifold.similarity`
-scores every pair from it), and the d-dimensional means and bases are built only when read.
-Above it, each block of anchors gathers its candidates and the pieces are built at once.
+float64 Gram matrix of all points, that of their coordinates in their own span (a QR
+decomposition, :func:`batch_coordinates`; both kept in :class:`Pieces`, where
+:mod:`plm.manifold.similarity` scores every pair in R^N instead of R^d), and the d-dimensional
+means and bases are built only when read. Above it, each block of anchors gathers its candidates
+and the pieces are built at once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Pieces:
         coefficients: (N, K, m) float64, U_i = Σ_k coefficients[i, k] · (x_{members[i, k]} − x_i)
             (zero in padded slots).
         gram: (N, N) float64 Gram matrix of the anchors when N ≤ :data:`GLOBAL_GRAM_MAX`, else ``None``.
+        coordinates: (N, r) float64 coordinates of the anchors in their span, r = min(N, d)
+            (:func:`batch_coordinates`; ``gram`` is their Gram matrix) when ``gram`` is kept, else ``None``.
         means: (N, d) μ_i, the mean of S_i (built on first use).
         bases: (N, d, m) orthonormal columns U_i; zero columns where S_i spans fewer than m dims
             (built on first use).
@@ -53,6 +57,7 @@ class Pieces:
     ranks: Tensor
     coefficients: Tensor
     gram: Optional[Tensor] = None
+    coordinates: Optional[Tensor] = None
     _built: Optional[tuple[Tensor, Tensor]] = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -267,10 +272,13 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
     x = prepare(x, config)
     n, d = x.shape
     m = config.piece_dim
+    coords: Optional[Tensor] = None
     if n <= GLOBAL_GRAM_MAX:
-        gram_all = batch_gram(x)
+        coords = batch_coordinates(x)
+        gram_all = coords @ coords.T
         representatives = _representatives_from_gram(x, gram_all)
-        if representatives is not None:
+        if representatives is not None:  # equal points: identical coordinates, rows and columns
+            coords = coords[representatives]
             gram_all = gram_all[representatives[:, None], representatives[None, :]]
     else:
         gram_all, representatives = None, duplicate_representatives(x)
@@ -312,21 +320,25 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
             mean, basis = _combine(x[anchors], z.gather(1, keep[:, :, None].expand(-1, -1, d)), w, coef)
             built[0][start:stop], built[1][start:stop] = mean, basis
     return Pieces(anchors=x, members=members, sizes=sizes, ranks=ranks, coefficients=coefficients, gram=gram_all,
+                  coordinates=coords,
                   _built=built)
 
 
-def batch_gram(x: Tensor) -> Tensor:
-    """(N, N) float64 Gram matrix of the points less their mean.
+def batch_coordinates(x: Tensor) -> Tensor:
+    """(N, r) float64 coordinates of the points less their mean in an orthonormal basis of their span,
+    r = min(N, d): the distances and inner products of the centred points.
 
-    The mean is rounded to float32, so that the subtraction is exact for float32 points. Every
-    quantity of the PL model is translation invariant; centring keeps the rounding of the Gram
-    matrix at the scale of the points' spread, not of their distance from the origin.
-    :func:`fit_pieces` then gives equal points identical rows and columns (their representative's),
-    so that distances between them are exactly 0 and their distances to others tie exactly.
+    The mean is rounded to float32, so that the subtraction is exact for float32 points. The basis
+    is that of a Householder QR decomposition of the centred points (backward stable: the
+    coordinates are those of points within float64 rounding of the inputs, so small distances stay
+    accurate, unlike coordinates read off a Gram matrix). The pieces of a batch are fitted from the
+    coordinates' Gram matrix and scored in R^r instead of R^d (r ≤ N ≪ d at batch sizes). Every
+    quantity of the PL model is translation invariant; centring keeps the rounding at the scale of
+    the points' spread, not of their distance from the origin.
     """
     x64 = x.double()
     centred = x64 - x64.mean(0).float().double() if len(x) else x64
-    return centred @ centred.T
+    return torch.linalg.qr(centred.T, mode="r")[1].T.contiguous()
 
 
 def _gram_from_global(gram_all: Tensor, idx: Tensor) -> Tensor:

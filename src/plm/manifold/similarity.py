@@ -30,7 +30,9 @@ PRECISE_MAX = 2 ** 27  # pairwise_similarity works in float64 up to N² · d of 
 NEAR_PIECE = 1e-4  # gram_directed_similarity scores pairs with o² ≤ this share of ‖x − μ‖² in R^d
 
 
-def _alpha_beta(o2: Tensor, p2: Tensor, n_alpha: float, n_beta: float) -> Tensor:
+def alpha_beta(o2: Tensor, p2: Tensor, n_alpha: float, n_beta: float) -> Tensor:
+    """s′ = (1 + o/2)^(−N_α) · (1 + p)^(−N_β) from squared distances o² off and p² along a piece
+    (negative values, rounding, count as 0)."""
     tiny = _TINY if (o2.requires_grad or p2.requires_grad) else 0.0
     o = o2.clamp(min=0).add(tiny).sqrt()
     p = p2.clamp(min=0).add(tiny).sqrt()
@@ -61,8 +63,15 @@ def directed_similarity(points: Tensor, anchors: Tensor, means: Tensor, bases: T
         base = points.new_zeros(points.shape[0], mcount)
         if m == 0:
             o2 = ((points[:, None] - means[None]) ** 2).sum(2)
-            return _alpha_beta(o2, ((means - anchors) ** 2).sum(1)[None].expand_as(o2), n_alpha, n_beta)
+            return alpha_beta(o2, ((means - anchors) ** 2).sum(1)[None].expand_as(o2), n_alpha, n_beta)
         return base
+    o2, p2, _ = _directed_terms(points, anchors, means, bases)
+    return alpha_beta(o2, p2, n_alpha, n_beta)
+
+
+def _directed_terms(points: Tensor, anchors: Tensor, means: Tensor, bases: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(P, M) o², p² and ‖x − μ‖² of every point against every piece (m ≥ 1, P, M ≥ 1)."""
+    mcount, d, m = bases.shape
     flat = bases.permute(1, 0, 2).reshape(d, mcount * m)  # (d, M*m)
     c = (points @ flat).view(-1, mcount, m) - torch.einsum("jd,jdk->jk", means, bases)[None]  # (P, M, m)
     c2 = (c * c).sum(2)
@@ -74,7 +83,7 @@ def directed_similarity(points: Tensor, anchors: Tensor, means: Tensor, bases: T
     e = torch.einsum("jd,jdk->jk", off, bases)  # (M, m)
     r2 = ((off * off).sum(1) - (e * e).sum(1)).clamp(min=0)
     p2 = r2[None] + ((e[None] + c) ** 2).sum(2)
-    return _alpha_beta(o2, p2, n_alpha, n_beta)
+    return o2, p2, dist2
 
 
 def paired_directed_similarity(points: Tensor, anchors: Tensor, means: Tensor, bases: Tensor, n_alpha: float,
@@ -90,7 +99,7 @@ def paired_directed_similarity(points: Tensor, anchors: Tensor, means: Tensor, b
     e = torch.einsum("qd,qdk->qk", off, bases)
     r2 = ((off * off).sum(1) - (e * e).sum(1)).clamp(min=0)
     p2 = r2 + ((e + c) ** 2).sum(1)
-    return _alpha_beta(o2, p2, n_alpha, n_beta)
+    return alpha_beta(o2, p2, n_alpha, n_beta)
 
 
 def _check_piece_shapes(points: Tensor, anchors: Tensor, means: Tensor, bases: Tensor) -> None:
@@ -166,81 +175,30 @@ def _directed_blocks(x: Tensor, pieces: Pieces, config: ManifoldConfig, block_si
 
 
 def gram_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -> Tensor:
-    """(N, N) float64 s′(x_i, piece j) of the fitted points, from their Gram matrix alone.
+    """(N, N) float64 s′(x_i, piece j) of the fitted points (pieces that hold their Gram matrix).
 
-    The formula of :func:`directed_similarity` with every inner product read off
-    ``pieces.gram``: μ_j = Σ_k w_jk x_k (the members' mean) and U_j = Σ_k C_jk x_k (the basis
-    coefficients, the anchor's slot taking −Σ_k C_jk), so x_i·μ_j and x_i·U_j are the rows of
-    the Gram matrix at the members times (w_j, C_j). Nothing of size d is touched: the cost is
-    N² × max|S_j| × (m + 1), not N² × d × (m + 1), except for the pairs of a point on or next to a
-    piece (o² ≤ :data:`NEAR_PIECE` · ‖x − μ‖²), which are scored again in R^d.
+    The points are taken in coordinates of their span (:attr:`Pieces.coordinates`,
+    R^r with r ≤ N), where the pieces are built from their coefficients and every pair is scored
+    by the formula of :func:`directed_similarity` in float64: the cost is that of N points in
+    R^N, not R^d. o² = ‖x − μ‖² − ‖c‖² is a difference of squares, so the pairs of a point on or
+    next to a piece (o² ≤ :data:`NEAR_PIECE` · ‖x − μ‖²: its members, points in its plane) are
+    scored again from their differences, where the rounding stays at float64's.
     """
-    gram = pieces.gram
-    if gram is None:
+    if pieces.gram is None:
         raise ValueError("these pieces hold no Gram matrix (more than GLOBAL_GRAM_MAX points)")
-    n = gram.shape[0]
+    n = pieces.gram.shape[0]
     if n == 0:
-        return gram.new_zeros(0, 0)
-    size = int(pieces.sizes.max())
-    idx = pieces.members[:, :size]
-    valid = idx >= 0
-    safe = idx.clamp(min=0)
-    w = valid.to(gram.dtype) / pieces.sizes[:, None].to(gram.dtype)  # (N, S) the mean's weights
-    coef = pieces.coefficients[:, :size].clone()  # (N, S, m) relative to the anchor (slot 0)
-    coef[:, 0] -= coef.sum(1)  # absolute: Σ_k C_k (x_k − x_j) = Σ_k C_k x_k − (Σ_k C_k) x_j
-    weights = torch.cat([w[:, :, None], coef], dim=2)  # (N, S, 1 + m)
-    proj = torch.empty(n, weights.shape[2], n, dtype=gram.dtype, device=gram.device)  # [μ_j·x_i, U_j·x_i]
-    step = max(1, (1 << 22) // max(1, size * n))
-    for start in range(0, n, step):
-        rows = gram[safe[start:start + step]]  # (b, S, N): x_k·x_i for the members k of piece j
-        proj[start:start + step] = weights[start:start + step].transpose(1, 2) @ rows
-    # U_jᵀU_j read off the same Gram matrix, and U_j made orthonormal in it: the coefficients are
-    # orthonormal in the anchor-relative Gram matrix they were fitted in, and a thin direction
-    # (eigenvalue ≪ the set's largest) carries that matrix's rounding over its eigenvalue
-    at_members = proj[:, 1:].gather(2, safe[:, None, :].expand(-1, coef.shape[2], -1))  # (N, m, S): U_j·x_k
-    proj[:, 1:] = _orthonormalized(at_members @ coef, proj[:, 1:])
-    pieces_at = torch.arange(n, device=gram.device)
-    own = proj[pieces_at, :, pieces_at]  # (N, 1 + m): [a_j·μ_j, a_j·U_j]
-    at_members = proj.gather(2, safe[:, None, :].expand(-1, proj.shape[1], -1))  # (N, 1 + m, S)
-    centre = (at_members * w[:, None, :]).sum(2)  # [‖μ_j‖², μ_j·U_j]
-    mu2, mu_u = centre[:, 0], centre[:, 1:]
-    sq = torch.diagonal(gram)
-    c = proj[:, 1:].permute(2, 0, 1) - mu_u[None]  # (N_i, N_j, m): U_jᵀ(x_i − μ_j)
-    v2 = sq[:, None] - 2.0 * proj[:, 0].T + mu2[None]  # ‖x_i − μ_j‖²
-    o2 = v2 - (c * c).sum(2)
-    e = mu_u - own[:, 1:]  # U_jᵀ(μ_j − a_j)
-    r2 = (mu2 - 2.0 * own[:, 0] + sq - (e * e).sum(1)).clamp(min=0)
-    p2 = r2[None] + ((e[None] + c) ** 2).sum(2)
-    directed = _alpha_beta(o2, p2, n_alpha, n_beta)
-    # o² is a difference of squares whose rounding grows with the coefficients of a piece's thin
-    # directions; points on or next to a piece (its members, points in its plane) are scored
-    # again from their differences in R^d, where the rounding stays at float64's
+        return pieces.gram.new_zeros(0, 0)
+    y = pieces.coordinates
+    assert y is not None  # kept with the Gram matrix
+    means, bases = build_means_and_bases(y, pieces.members, pieces.sizes, pieces.coefficients, True)
+    o2, p2, v2 = _directed_terms(y, y, means, bases)
+    directed = alpha_beta(o2, p2, n_alpha, n_beta)
     near = (o2 <= NEAR_PIECE * v2).nonzero()
     if len(near):
-        x = pieces.anchors.double()
-        if pieces.anchors.dtype == torch.float64:
-            means, bases = pieces.means, pieces.bases
-        else:
-            means, bases = build_means_and_bases(x, pieces.members, pieces.sizes, pieces.coefficients, True)
-        step = max(1, (1 << 22) // (x.shape[1] * (bases.shape[2] + 3)))
-        for start in range(0, len(near), step):
-            i, j = near[start:start + step, 0], near[start:start + step, 1]
-            directed[i, j] = paired_directed_similarity(x[i], x[j], means[j], bases[j], n_alpha, n_beta)
+        i, j = near[:, 0], near[:, 1]
+        directed[i, j] = paired_directed_similarity(y[i], y[j], means[j], bases[j], n_alpha, n_beta)
     return directed
-
-
-def _orthonormalized(metric: Tensor, rows: Tensor) -> Tensor:
-    """(b, m, N) the products ``rows`` = U·x of m directions U with the points, for U·L⁻ᵀ, whose columns are
-    orthonormal: L is the Cholesky factor of the directions' (b, m, m) ``metric`` UᵀU. Zero
-    directions stay zero; a piece whose metric is not positive definite by rounding is left as it is."""
-    m = metric.shape[1]
-    absent = torch.diagonal(metric, dim1=1, dim2=2) <= 0
-    metric = metric + torch.diag_embed(absent.to(metric.dtype))
-    chol, info = torch.linalg.cholesky_ex(metric)
-    ok = info == 0
-    if not bool(ok.all()):
-        chol = torch.where(ok[:, None, None], chol, torch.eye(m, dtype=metric.dtype, device=metric.device))
-    return torch.linalg.solve_triangular(chol, rows, upper=False)
 
 
 def normalize_similarity(s: Tensor, how: str = "none") -> Tensor:
@@ -372,13 +330,13 @@ def neighbor_similarity(pieces: Pieces, neighbors: Tensor, config: ManifoldConfi
         c_a = diff_a @ bases[start:stop]  # (b, K, m)
         o_a = (diff_a * diff_a).sum(2) - (c_a * c_a).sum(2)
         p_a = r2[start:stop, None] + ((e[start:stop, None, :] + c_a) ** 2).sum(2)
-        s_a = _alpha_beta(o_a, p_a, config.n_alpha, config.n_beta)
+        s_a = alpha_beta(o_a, p_a, config.n_alpha, config.n_beta)
         # s′(x_i, P_j): the anchor against each neighbour's piece
         diff_b = xi[:, None, :] - means[j]  # (b, K, d)
         c_b = (basis_t[j] @ diff_b[:, :, :, None]).squeeze(3)  # (b, K, m)
         o_b = (diff_b * diff_b).sum(2) - (c_b * c_b).sum(2)
         p_b = r2[j] + ((e[j] + c_b) ** 2).sum(2)
-        s_b = _alpha_beta(o_b, p_b, config.n_alpha, config.n_beta)
+        s_b = alpha_beta(o_b, p_b, config.n_alpha, config.n_beta)
         s = _symmetrize(s_a, s_b, config.symmetrize)
         rows = torch.arange(start, stop, device=x.device)[:, None]
         s = torch.where(nb == rows, torch.ones_like(s), s)
