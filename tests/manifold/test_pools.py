@@ -207,6 +207,17 @@ def test_the_gram_path_scores_other_points_like_the_blocks() -> None:
                                atol=1e-12, rtol=0)
 
 
+def test_pieces_without_coordinates_are_scored_from_their_anchors() -> None:
+    """Pieces built by hand with a Gram matrix but no coordinates: the coordinates are taken again
+    from the anchors (the same QR), so the similarity is the same."""
+    x = torch.from_numpy(seed_groups(5))
+    cfg = ManifoldConfig(group_size=5)
+    pieces = fit_pieces(x, cfg)
+    want = pairwise_similarity(x, pieces, cfg)
+    pieces.coordinates = None
+    torch.testing.assert_close(pairwise_similarity(x, pieces, cfg), want, atol=1e-14, rtol=0)
+
+
 def _gram(x: torch.Tensor) -> torch.Tensor:
     """The Gram matrix :func:`fit_pieces` computes: that of the centred points' coordinates."""
     coords = pieces_module.batch_coordinates(x)

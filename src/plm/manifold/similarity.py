@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from plm.manifold.config import ManifoldConfig
-from plm.manifold.pieces import Pieces, build_means_and_bases, check_points, fit_pieces, prepare
+from plm.manifold.pieces import Pieces, batch_coordinates, build_means_and_bases, check_points, fit_pieces, prepare
 from plm.neighbors.candidates import knn_candidates
 
 _TINY = 1e-12  # under the square roots, so gradients stay finite at zero distance
 PRECISE_MAX = 2 ** 27  # pairwise_similarity works in float64 up to N² · d of this size
-NEAR_PIECE = 1e-4  # gram_directed_similarity scores pairs with o² ≤ this share of ‖x − μ‖² in R^d
+NEAR_PIECE = 1e-4  # gram_directed_similarity scores pairs with o² ≤ this share of ‖x − μ‖² again from differences
 
 
 def alpha_beta(o2: Tensor, p2: Tensor, n_alpha: float, n_beta: float) -> Tensor:
@@ -189,14 +189,14 @@ def gram_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -> T
     n = pieces.gram.shape[0]
     if n == 0:
         return pieces.gram.new_zeros(0, 0)
-    y = pieces.coordinates
-    assert y is not None  # kept with the Gram matrix
+    y = pieces.coordinates if pieces.coordinates is not None else batch_coordinates(pieces.anchors)
     means, bases = build_means_and_bases(y, pieces.members, pieces.sizes, pieces.coefficients, True)
     o2, p2, v2 = _directed_terms(y, y, means, bases)
     directed = alpha_beta(o2, p2, n_alpha, n_beta)
     near = (o2 <= NEAR_PIECE * v2).nonzero()
-    if len(near):
-        i, j = near[:, 0], near[:, 1]
+    step = max(1, (1 << 22) // (y.shape[1] * (bases.shape[2] + 3)))  # pairs re-scored at once
+    for start in range(0, len(near), step):
+        i, j = near[start:start + step, 0], near[start:start + step, 1]
         directed[i, j] = paired_directed_similarity(y[i], y[j], means[j], bases[j], n_alpha, n_beta)
     return directed
 
