@@ -98,3 +98,20 @@ def test_plm_loss_proxy_similarity_equals_directed_similarity() -> None:
     rho, w = loss.proxy_locations(), loss.proxies.orthonormal_bases()
     want = directed_similarity(F.normalize(t, dim=1), rho, rho, w, 2.0, 0.5)
     torch.testing.assert_close(loss.proxy_similarity(t), want.detach(), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_basis_products_backward_passes_gradcheck(m: int) -> None:
+    """The hand-written backward of the bases' products (one (K, d, m) gradient buffer) against
+    finite differences, every input with a gradient."""
+    from plm.losses.proxies import _BasisProducts
+
+    g = torch.Generator().manual_seed(m)
+    points = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    locations = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    bases = torch.randn(3, 7, m, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_BasisProducts.apply, (points, locations, bases))
+    gram, at_points, at_locations = _BasisProducts.apply(points, locations, bases)
+    torch.testing.assert_close(gram, bases.transpose(1, 2) @ bases)
+    torch.testing.assert_close(at_points, torch.einsum("pd,kdm->pkm", points, bases))
+    torch.testing.assert_close(at_locations, torch.einsum("kd,kdm->km", locations, bases))

@@ -88,13 +88,13 @@ class ProxyBank(nn.Module):
                              f"and {tuple(locations.shape)}")
         dist2 = ((points * points).sum(1, keepdim=True) + (locations * locations).sum(1)[None]
                  - 2.0 * points @ locations.T)
-        chol, info = torch.linalg.cholesky_ex(a.transpose(1, 2) @ a)
+        gram, at_points, at_locations = _BasisProducts.apply(points, locations, a)
+        chol, info = torch.linalg.cholesky_ex(gram)
         if bool(info.any()):
             w = self.orthonormal_bases()
             at_points = (points @ w.permute(1, 0, 2).reshape(d, k * m)).view(-1, k, m)
             return dist2, at_points - (locations.unsqueeze(1) @ w).squeeze(1)[None]
-        at_points = (points @ a.permute(1, 0, 2).reshape(d, k * m)).view(-1, k, m)  # A_kᵀx_i
-        rel = (at_points - (locations.unsqueeze(1) @ a).squeeze(1)[None]).permute(1, 2, 0)  # (K, m, P)
+        rel = (at_points - at_locations[None]).permute(1, 2, 0)  # (K, m, P): A_kᵀ(x_i − ρ_k)
         coords = torch.linalg.solve_triangular(chol, rel, upper=False)
         return dist2, coords.permute(2, 0, 1)
 
@@ -153,6 +153,52 @@ class ProxyBank(nn.Module):
         self.locations.copy_(torch.from_numpy(centres).to(self.locations))
         self.bases.copy_(torch.linalg.qr(basis).Q.to(self.bases))
         self.initialised.fill_(True)
+
+
+class _BasisProducts(torch.autograd.Function):
+    """A_kᵀA_k (K, m, m), A_kᵀx_i (P, K, m) and A_kᵀρ_k (K, m) of raw bases A (K, d, m), points x (P, d)
+    and locations ρ (K, d), with a backward that writes the bases' gradient in one (K, d, m) buffer.
+
+    Autograd's own backward of these products runs batched products of shape d × m × m per proxy
+    (slow kernels for such thin matrices) and adds three (K, d, m) gradients; here the gradient
+    from the points is one (d, P) × (P, K·m) product and the other two are m fused multiply-adds
+    each into the same buffer (m is the piece dimension, 1 to 3 in practice).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, points: Tensor, locations: Tensor, bases: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        k, d, m = bases.shape
+        flat = bases.permute(1, 0, 2).reshape(d, k * m)
+        gram = bases.transpose(1, 2) @ bases
+        at_points = (points @ flat).view(-1, k, m)
+        at_locations = (locations.unsqueeze(1) @ bases).squeeze(1)
+        ctx.save_for_backward(points, locations, bases, flat)
+        return gram, at_points, at_locations
+
+    @staticmethod
+    def backward(ctx: Any, g_gram: Optional[Tensor], g_points: Optional[Tensor],
+                 g_locations: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        points, locations, bases, flat = ctx.saved_tensors
+        k, d, m = bases.shape
+        need_points, need_locations, need_bases = ctx.needs_input_grad
+        grad_points = grad_locations = grad_bases = None
+        if need_bases:
+            grad_bases = torch.zeros_like(bases)
+            if g_points is not None:  # Σ_i x_i ⊗ g_ik: one product, then into the (K, d, m) layout
+                grad_bases.copy_((points.T @ g_points.reshape(-1, k * m)).view(d, k, m).permute(1, 0, 2))
+            if g_locations is not None:
+                grad_bases.addcmul_(locations[:, :, None], g_locations[:, None, :])
+            if g_gram is not None:  # d(AᵀA) = dAᵀA + AᵀdA: A (G + Gᵀ)
+                sym = g_gram + g_gram.transpose(1, 2)
+                for i in range(m):
+                    grad_bases.addcmul_(bases[:, :, i:i + 1], sym[:, None, i, :])
+        if need_locations and g_locations is not None:
+            grad_locations = bases[:, :, 0] * g_locations[:, None, 0]
+            for i in range(1, m):
+                grad_locations = grad_locations.addcmul(bases[:, :, i], g_locations[:, None, i])
+        if need_points and g_points is not None:
+            grad_points = g_points.reshape(-1, k * m) @ flat.T
+        return grad_points, grad_locations, grad_bases
 
 
 def orthonormal_columns(a: Tensor) -> Tensor:
