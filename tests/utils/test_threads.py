@@ -96,3 +96,36 @@ def test_pipelined_early_stop_and_bad_workers(two_threads) -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         next(pipelined([1], lambda i, b: i, 0, buffer_numel=1))
     assert list(pipelined([], lambda i, b: i, 2, buffer_numel=1)) == []
+
+
+def test_other_load_is_the_busy_time_less_this_process_over_the_wall_time(monkeypatch) -> None:
+    """OtherLoad reads the cores' busy seconds, this process's CPU seconds and the wall clock."""
+    import plm.utils.threads as threads_module
+
+    clock = {"busy": 100.0, "own": 10.0, "wall": 1000.0}
+    monkeypatch.setattr(threads_module, "_busy_seconds", lambda cpus: clock["busy"])
+    monkeypatch.setattr(threads_module.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(threads_module.time, "perf_counter", lambda: clock["wall"])
+    load = threads_module.OtherLoad()
+    clock.update(busy=100.0 + 7.0, own=10.0 + 4.0, wall=1000.0 + 3.0)  # 7 busy core-seconds, 4 of them ours
+    assert load.cores() == pytest.approx(1.0)
+    load.reset()
+    clock.update(busy=clock["busy"] + 2.0, own=clock["own"] + 2.5, wall=clock["wall"] + 1.0)
+    assert load.cores() == 0.0  # rounding of the two clocks never gives a negative load
+    monkeypatch.setattr(threads_module, "_busy_seconds", lambda cpus: None)  # not Linux
+    assert threads_module.OtherLoad().cores() is None
+
+
+def test_busy_seconds_reads_this_machines_cores() -> None:
+    import os
+    import sys
+
+    from plm.utils.threads import _busy_seconds
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/stat is Linux's")
+    first = _busy_seconds(set(os.sched_getaffinity(0)))
+    assert first is not None and first > 0
+    second = _busy_seconds(set(os.sched_getaffinity(0)))
+    assert second is not None and second >= first
+    assert _busy_seconds(set()) == 0.0

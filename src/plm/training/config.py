@@ -212,6 +212,11 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         amp: mixed precision of the training forward passes: ``off``, ``auto``, ``bf16`` or ``fp16``
             (see :mod:`plm.utils.device`).
+        threads: the most intra-op CPU threads training uses (``None``: torch's default, one per
+            core). Results depend on it by rounding (a run is reproducible at a fixed count). When
+            other processes hold cores, fewer threads train faster: on 2 cores with one of them
+            busy, a frozen-mode epoch took 2.6-4.2 times its idle time with 2 threads and the
+            same time with ``threads: 1`` (docs/benchmarks.md); training says so when it sees it.
     """
 
     dataset: str = "fashion-mnist"
@@ -224,6 +229,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "off"
+    threads: Optional[int] = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -249,6 +255,9 @@ class TrainConfig:
         check_choice("similarity", self.similarity, SIMILARITIES)
         check_choice("device", self.device, DEVICES)
         check_choice("amp", self.amp, AMP_MODES)
+        check(self.threads is None or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                                       and self.threads >= 1),
+              f"threads must be null (every core) or a positive integer; got {self.threads!r}")
         check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
               f"epochs must be a positive integer (>= 1); got {self.epochs!r}")
         check_int("seed", self.seed, 0, MAX_SEED, "numpy, torch, scikit-learn and faiss take it as a 32-bit integer")

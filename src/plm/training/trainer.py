@@ -12,7 +12,9 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,6 +48,7 @@ from plm.training.splits import load_splits
 from plm.utils.device import autocast
 from plm.utils.io import atomic_write_bytes, safe_torch_load
 from plm.utils.paths import check_run_folder
+from plm.utils.threads import OtherLoad, limited_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,29 @@ class Trainer:
         self.last_path, self.best_path = checkpoint_paths(self.out)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = self.global_step = 0
-        self._setup(resume)
+        self._contention_noted = False
+        with self._thread_limit():
+            self._setup(resume)
+
+    def _thread_limit(self) -> contextlib.AbstractContextManager:
+        """At most ``config.threads`` intra-op threads (restored afterwards), or torch's as they are."""
+        return limited_threads(self.config.threads) if self.config.threads else contextlib.nullcontext()
+
+    def _note_contention(self, epoch: int, load: OtherLoad) -> None:
+        """Say once per run when other processes held cores during an epoch trained on more threads
+        than the free cores (each step then waits for the thread that shares a core)."""
+        if self._contention_noted:
+            return
+        others, threads, cores = load.cores(), torch.get_num_threads(), len(load.cpus)
+        if others is None or not self.ctx.is_main or self.device.type != "cpu" or not cores:
+            return
+        free = max(1, cores - math.floor(others + 0.5))
+        if others < 0.5 or free >= threads:
+            return
+        self._contention_noted = True
+        log.info("note: other processes kept %.1f of this process's %d cores busy during epoch %d; with %d threads "
+                 "every step waits for the one that shares a core. threads=%d trains faster while that lasts (results "
+                 "differ by rounding from a run with another thread count)", others, cores, epoch, threads, free)
 
     def _setup(self, resume: bool) -> None:
         """The order of a run, top to bottom: the run folder and the checkpoint to resume; the splits
@@ -239,8 +264,13 @@ class Trainer:
             stop_after: leave after this epoch (1-based) as if interrupted, returning ``None``;
                 a later run with ``resume=True`` continues from ``last.pt``.
         """
+        with self._thread_limit():
+            return self._run(stop_after)
+
+    def _run(self, stop_after: Optional[int]) -> Optional[TrainResult]:
         cfg, ctx = self.config, self.ctx
         tb = TensorBoardLogger(self.out / "tensorboard", cfg.log.tensorboard) if ctx.is_main else None
+        load = OtherLoad()
         if ctx.is_main and self.history and self.start_epoch > 0:  # a kill may have come before metrics.csv
             write_csv(self.history, self.out / "metrics.csv")
         try:
@@ -249,7 +279,9 @@ class Trainer:
                 self.history.append(zero.row)
                 self._commit(0, zero.commit_best, zero.pretrained_best, line=zero.message)
             for epoch in range(self.start_epoch, cfg.epochs):
+                load.reset()
                 row = self.run_epoch(epoch)
+                self._note_contention(epoch + 1, load)
                 last = epoch + 1 == cfg.epochs
                 improved = self.selection.consider(epoch + 1, row, (epoch + 1) % cfg.eval.every == 0 or last)
                 self.history.append(row)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Optional, TypeVar
 
 import torch
 
@@ -50,6 +52,45 @@ def threads_for(work: int) -> contextlib.AbstractContextManager:
     """One thread for work of at most :data:`SMALL_WORK` multiply-adds in its largest operation,
     else the current pool (a context manager either way)."""
     return limited_threads(1) if work <= SMALL_WORK else contextlib.nullcontext()
+
+
+def _busy_seconds(cpus: set[int]) -> Optional[float]:
+    """CPU seconds every process has spent on these cores since boot (Linux ``/proc/stat``), or
+    ``None`` where that is not readable."""
+    try:
+        with open("/proc/stat") as f:
+            lines = [line.split() for line in f if line.startswith("cpu") and line[3:4].isdigit()]
+    except OSError:
+        return None
+    ticks = 0
+    for fields in lines:
+        if int(fields[0][3:]) in cpus:  # user nice system idle iowait irq softirq steal ...
+            values = [int(v) for v in fields[1:9]]
+            ticks += sum(values) - values[3] - values[4]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many of this process's cores other processes kept busy, on average, since the last
+    :meth:`reset` (Linux only): the busy time of the cores this process may run on, less this
+    process's own CPU time, over the wall time. A thread pool that shares a core with such work
+    waits for its slow thread at every operation (docs/benchmarks.md)."""
+
+    def __init__(self) -> None:
+        self.cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new interval."""
+        self._start = (_busy_seconds(self.cpus), time.process_time(), time.perf_counter())
+
+    def cores(self) -> Optional[float]:
+        """Average cores used by other processes since :meth:`reset`; ``None`` where unknown."""
+        busy0, own0, wall0 = self._start
+        busy, own, wall = _busy_seconds(self.cpus), time.process_time(), time.perf_counter()
+        if busy0 is None or busy is None or wall - wall0 <= 0:
+            return None
+        return max(0.0, ((busy - busy0) - (own - own0)) / (wall - wall0))
 
 
 def pipelined(items: Sequence[T], produce: Callable[[T, torch.Tensor], R], workers: int,
