@@ -2,10 +2,10 @@
 
 A training batch is seed groups of k points (a seed and its k − 1 nearest neighbours); the PL
 model draws each anchor's candidates from its seed group, its 16 nearest points or the whole batch
-(docs/method.md §3). The batched code (one float64 Gram matrix of the batch, pieces held as
-coefficients, every pair scored from the Gram matrix) must give the reference's neighbourhoods,
-pieces and similarities, in float32 and float64, and so must the path for large inputs (pieces
-built in R^d, pairs scored block by block).
+(docs/method.md §3). The batched code (the batch in float64 coordinates of its span and their
+Gram matrix, pieces held as coefficients, every pair scored in those coordinates) must give the
+reference's neighbourhoods, pieces and similarities, in float32 and float64, and so must the path
+for large inputs (pieces built in R^d, pairs scored block by block).
 """
 
 from __future__ import annotations

@@ -195,8 +195,6 @@ def neighborhood_loss(points: Tensor, locations: Tensor, bases: Tensor, similari
         radius: when given, only chosen points within this distance of ρ_k count (a proxy with
             none contributes nothing); the mean is over the points that count.
     """
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
     if similarity.shape != (points.shape[0], locations.shape[0]):
         raise ValueError(f"similarity must be (P, K) = {(points.shape[0], locations.shape[0])}, "
                          f"got {tuple(similarity.shape)}")
@@ -211,8 +209,6 @@ def neighborhood_loss_from_coordinates(dist2: Tensor, coords: Tensor, similarity
     coordinates W_kᵀ(x_i − ρ_k) (P, K, m) at every proxy (:meth:`plm.losses.ProxyBank.coordinates`,
     which the proxies' similarity reads too): nothing of size d is gathered, forward or backward.
     """
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
     if similarity.shape != dist2.shape or coords.shape[:2] != dist2.shape:
         raise ValueError(f"expected (P, K) similarity and distances and (P, K, m) coordinates, got "
                          f"{tuple(similarity.shape)}, {tuple(dist2.shape)} and {tuple(coords.shape)}")
@@ -223,6 +219,8 @@ def neighborhood_loss_from_coordinates(dist2: Tensor, coords: Tensor, similarity
 
 def _most_similar(similarity: Tensor, n: int) -> Tensor:
     """(K, n) the ``n`` points most similar to each proxy (columns of a (P, K) similarity)."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
     return similarity.detach().topk(min(n, similarity.shape[0]), dim=0).indices.T
 
 

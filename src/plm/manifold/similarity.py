@@ -27,7 +27,7 @@ from plm.neighbors.candidates import knn_candidates
 
 _TINY = 1e-12  # under the square roots, so gradients stay finite at zero distance
 PRECISE_MAX = 2 ** 27  # pairwise_similarity works in float64 up to N² · d of this size
-NEAR_PIECE = 1e-4  # gram_directed_similarity scores pairs with o² ≤ this share of ‖x − μ‖² again from differences
+NEAR_PIECE = 1e-4  # _fitted_directed_similarity re-scores pairs with o² ≤ this share of ‖x − μ‖² from differences
 
 
 def alpha_beta(o2: Tensor, p2: Tensor, n_alpha: float, n_beta: float) -> Tensor:
@@ -147,7 +147,7 @@ def _pieces_similarity(pieces: Pieces, config: ManifoldConfig, block_size: int =
     """:func:`pairwise_similarity` of the points the pieces were fitted on."""
     x = pieces.anchors
     if pieces.gram is not None:
-        directed = gram_directed_similarity(pieces, config.n_alpha, config.n_beta)
+        directed = _fitted_directed_similarity(pieces, config.n_alpha, config.n_beta)
     else:
         directed = _directed_blocks(x, pieces, config, block_size)
     return _symmetric(directed, config.symmetrize, x.dtype)
@@ -174,7 +174,7 @@ def _directed_blocks(x: Tensor, pieces: Pieces, config: ManifoldConfig, block_si
     return directed
 
 
-def gram_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -> Tensor:
+def _fitted_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -> Tensor:
     """(N, N) float64 s′(x_i, piece j) of the fitted points (pieces that hold their Gram matrix).
 
     The points are taken in coordinates of their span (:attr:`Pieces.coordinates`,
