@@ -4,8 +4,9 @@ A training batch is seed groups of k points (a seed and its k − 1 nearest neig
 model draws each anchor's candidates from its seed group, its 16 nearest points or the whole batch
 (docs/method.md §3). The batched code (the batch in float64 coordinates of its span and their
 Gram matrix, pieces held as coefficients, every pair scored in those coordinates) must give the
-reference's neighbourhoods, pieces and similarities, in float32 and float64, and so must the path
-for large inputs (pieces built in R^d, pairs scored block by block).
+reference's neighbourhoods, pieces and similarities, in float32 and float64, with the compiled
+kernels (:mod:`plm.manifold.kernels`, the CPU's path) and with the tensor code (a GPU's), and so
+must the path for large inputs (pieces built in R^d, pairs scored block by block).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ POOLS = {"seed group": dict(group_size=5), "16 nearest": dict(max_candidates=16)
 #: returned in float32; the large-input path builds float32 pieces in R^d (o² ≈ 1e-7)
 TOL = {(torch.float64, False): 5e-8, (torch.float64, True): 5e-8, (torch.float32, False): 1e-6,
        (torch.float32, True): 5e-4}
+#: the three ways a batch is fitted and scored: compiled kernels on one Gram matrix (the CPU), the
+#: tensor code on it (a GPU, or no numba), and the large-input path (pieces in R^d, by blocks)
+PATHS = ["compiled kernels", "tensor code", "large-input path"]
+
+
+def use_path(monkeypatch: pytest.MonkeyPatch, path: str) -> bool:
+    """Select a path; True for the large-input one."""
+    if path == "large-input path":
+        monkeypatch.setattr(pieces_module, "GLOBAL_GRAM_MAX", 0)
+    monkeypatch.setenv("PLM_KERNELS", "1" if path == "compiled kernels" else "0")
+    return path == "large-input path"
 
 
 def seed_groups(seed: int, groups: int = 6, k: int = 5, d: int = 24) -> np.ndarray:
@@ -48,11 +60,10 @@ def _projectors(bases: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("pool", list(POOLS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("eps,seed", [(1.5, 0), (1.2, 7)])  # the default ε, and one that rejects more
-@pytest.mark.parametrize("large", [False, True], ids=["one Gram matrix", "large-input path"])
+@pytest.mark.parametrize("path", PATHS)
 def test_batched_model_equals_the_reference(monkeypatch: pytest.MonkeyPatch, pool: str, dtype: torch.dtype,
-                                            eps: float, seed: int, large: bool) -> None:
-    if large:
-        monkeypatch.setattr(pieces_module, "GLOBAL_GRAM_MAX", 0)
+                                            eps: float, seed: int, path: str) -> None:
+    large = use_path(monkeypatch, path)
     x = torch.from_numpy(seed_groups(seed)).to(dtype)
     cfg = ManifoldConfig(eps=eps, **POOLS[pool])
     ref_input = x.double().numpy()  # the reference sees the same numbers, in float64
@@ -105,13 +116,12 @@ def _ranks(bases: np.ndarray) -> list[int]:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("criterion", list(EDGE_EPS))
 @pytest.mark.parametrize("on_breach", ["skip", "stop"])
-@pytest.mark.parametrize("large", [False, True], ids=["one Gram matrix", "large-input path"])
+@pytest.mark.parametrize("path", PATHS)
 def test_selection_edge_cases_equal_the_reference(monkeypatch: pytest.MonkeyPatch, pool: str, dtype: torch.dtype,
-                                                  criterion: str, on_breach: str, large: bool) -> None:
+                                                  criterion: str, on_breach: str, path: str) -> None:
     """Duplicates (exact distance ties, zero nearest distance), pieces of rank below piece_dim,
     skip and stop: the same neighbourhoods, ranks, pieces and similarities as the reference."""
-    if large:
-        monkeypatch.setattr(pieces_module, "GLOBAL_GRAM_MAX", 0)
+    large = use_path(monkeypatch, path)
     x = torch.from_numpy(edge_batch(1)).to(dtype)
     cfg = ManifoldConfig(piece_dim=2, eps=EDGE_EPS[criterion], criterion=criterion, on_breach=on_breach,
                          **POOLS[pool])
@@ -160,11 +170,10 @@ def test_a_piece_does_not_depend_on_its_block(pool: str) -> None:
     torch.testing.assert_close(together.coefficients, alone.coefficients, atol=1e-9, rtol=1e-9)
 
 
-@pytest.mark.parametrize("large", [False, True], ids=["one Gram matrix", "large-input path"])
-def test_duplicates_tie_exactly_in_every_pool(monkeypatch: pytest.MonkeyPatch, large: bool) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_duplicates_tie_exactly_in_every_pool(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """Equal points come in index order, right after the anchor, whatever the rounding of the Gram matrix."""
-    if large:
-        monkeypatch.setattr(pieces_module, "GLOBAL_GRAM_MAX", 0)
+    use_path(monkeypatch, path)
     x = torch.from_numpy(edge_batch(2)).float()
     for name, pool in POOLS.items():
         groups = fit_pieces(x, ManifoldConfig(subset_selection=False, **pool)).groups()

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from plm.manifold import kernels
 from plm.manifold.config import ManifoldConfig
 from plm.manifold.selection import REL_TOL, centered_gram, select_members
 from plm.neighbors.candidates import knn_candidates
@@ -283,6 +284,11 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
     else:
         gram_all, representatives = None, duplicate_representatives(x)
     candidates = _candidates(x, config, candidates, gram_all, representatives)
+    if gram_all is not None and candidates.shape[1] < kernels.MAX_SET and kernels.enabled(x):
+        # compiled, one anchor at a time (the same rules)
+        members, coefficients, sizes, ranks = kernels.fit_members(gram_all, candidates, config, x.dtype)
+        return Pieces(anchors=x, members=members, sizes=sizes, ranks=ranks, coefficients=coefficients,
+                      gram=gram_all, coordinates=coords)
     k = candidates.shape[1]
     members = torch.full((n, k + 1), -1, dtype=torch.long, device=x.device)
     coefficients = torch.zeros(n, k + 1, m, dtype=torch.float64, device=x.device)

@@ -21,6 +21,7 @@ from typing import Literal, Optional, overload
 import torch
 from torch import Tensor
 
+from plm.manifold import kernels
 from plm.manifold.config import ManifoldConfig
 from plm.manifold.pieces import Pieces, batch_coordinates, build_means_and_bases, check_points, fit_pieces, prepare
 from plm.neighbors.candidates import knn_candidates
@@ -190,6 +191,9 @@ def _fitted_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -
     if n == 0:
         return pieces.gram.new_zeros(0, 0)
     y = pieces.coordinates if pieces.coordinates is not None else batch_coordinates(pieces.anchors)
+    if kernels.enabled(y):
+        o2, p2 = kernels.directed_terms(y, pieces.members, pieces.sizes, pieces.coefficients, NEAR_PIECE)
+        return alpha_beta(o2, p2, n_alpha, n_beta)
     means, bases = build_means_and_bases(y, pieces.members, pieces.sizes, pieces.coefficients, True)
     o2, p2, v2 = _directed_terms(y, y, means, bases)
     directed = alpha_beta(o2, p2, n_alpha, n_beta)
