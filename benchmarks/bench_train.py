@@ -11,7 +11,9 @@ Cases (``--case``):
   term (the rest of the method), backward, optimiser, EMA and the rest of the step (zero_grad,
   scheduler, loss bookkeeping). Once per epoch: the teacher's pass over the training set, the
   k-NN table and the validation. The table gives milliseconds per step and the PLM / STML ratio
-  of every part (the issue's target: a PLM step at most 1.25 times an STML step).
+  of every part (the issue's target: a PLM step at most 1.25 times an STML step). The method
+  ``plm/tensor`` is PLM with the PL model's tensor code instead of its compiled CPU kernels
+  (``PLM_KERNELS=0``), for the two side by side.
 - ``epoch``: whole training epochs of each method (teacher pass, k-NN table, every step) with
   each ``--threads`` count, on idle cores and with one core held by a spinning process that the
   benchmark starts and stops itself: the measurement a thread policy is chosen from.
@@ -23,6 +25,7 @@ measures idle and busy and gives the busy / idle ratios.
 
     python -m benchmarks.bench_train                          # the profile, glyphs, 60 steps per method
     python -m benchmarks.bench_train --busy both --steps 40   # the same, idle and with one core busy
+    python -m benchmarks.bench_train --methods plm stml plm/tensor   # and PLM without the compiled kernels
     python -m benchmarks.bench_train --case epoch --threads 2 1
     python -m benchmarks.bench_train --case throughput --modes frozen finetune --worlds 1 2
 """
@@ -170,12 +173,33 @@ def epoch_parts(trainer, repeats: int = 2) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in out.items()}
 
 
+TENSOR_CODE = "/tensor"  # a method named with this suffix runs with the compiled kernels off (PLM_KERNELS=0)
+
+
+@contextlib.contextmanager
+def _kernels_for(name: str) -> Iterator[None]:
+    """``PLM_KERNELS=0`` while a ``…/tensor`` method steps (plm.manifold.kernels reads it on every call)."""
+    if not name.endswith(TENSOR_CODE):
+        yield
+        return
+    before = os.environ.get("PLM_KERNELS")
+    os.environ["PLM_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PLM_KERNELS"]
+        else:
+            os.environ["PLM_KERNELS"] = before
+
+
 def profile(dataset: str = "glyphs", methods: tuple[str, ...] = ("plm", "stml"), steps: int = 60, block: int = 10,
             embed_dim: int = 1280, busy: bool = False, threads: Optional[int] = None) -> dict[str, Any]:
     """Per-part milliseconds per step (and seconds per epoch) of each method, measured side by side.
 
     Every method's trainer runs the same ``steps`` batches (after 3 warm-up steps), in blocks of
-    ``block`` steps taken in turn.
+    ``block`` steps taken in turn. ``plm/tensor`` is PLM with the PL model's tensor code instead of
+    its compiled CPU kernels.
     """
     from plm.training.trainer import Trainer
 
@@ -186,8 +210,8 @@ def profile(dataset: str = "glyphs", methods: tuple[str, ...] = ("plm", "stml"),
         with tempfile.TemporaryDirectory() as tmp:
             trainers, clocks = {}, {}
             for name in methods:
-                trainers[name] = Trainer(profile_config(dataset, name, embed_dim), os.path.join(tmp, name),
-                                         progress=False)
+                trainers[name] = Trainer(profile_config(dataset, name.removesuffix(TENSOR_CODE), embed_dim),
+                                         os.path.join(tmp, name.replace("/", "-")), progress=False)
                 trainers[name].start_epoch_state(0)
             first = trainers[methods[0]]
             warm = 3
@@ -198,19 +222,23 @@ def profile(dataset: str = "glyphs", methods: tuple[str, ...] = ("plm", "stml"),
                     break
             with busy_core(busy):
                 for name, trainer in trainers.items():
-                    for inputs, positions in batches[:warm]:
-                        trainer.step(inputs, positions)
+                    with _kernels_for(name):
+                        for inputs, positions in batches[:warm]:
+                            trainer.step(inputs, positions)
                     clocks[name] = PartClock()
                     _instrument(trainer, clocks[name])
                 timed = batches[warm:]
                 with _shared_parts():
                     for start in range(0, len(timed), block):
                         for name, trainer in trainers.items():
-                            with _active(clocks[name]):
+                            with _active(clocks[name]), _kernels_for(name):
                                 for inputs, positions in timed[start:start + block]:
                                     trainer.step(inputs, positions)
                 step_ms = {n: step_parts(c.seconds, len(timed)) for n, c in clocks.items()}
-                per_epoch = {name: epoch_parts(trainer) for name, trainer in trainers.items()}
+                per_epoch = {}
+                for name, trainer in trainers.items():
+                    with _kernels_for(name):
+                        per_epoch[name] = epoch_parts(trainer)
             return {"dataset": dataset, "steps": len(timed), "busy": busy, "threads": torch.get_num_threads(),
                     "steps_per_epoch": len(first.sampler), "embed_dim": embed_dim, "step_ms": step_ms,
                     "epoch_s": per_epoch}

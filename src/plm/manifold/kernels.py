@@ -70,7 +70,10 @@ def _compile() -> None:
         import numba
 
         for name in _KERNELS:
-            globals()[name] = numba.njit(cache=True, nogil=True)(globals()[name])
+            try:  # cached next to this file, or in the user's cache folder (NUMBA_CACHE_DIR)
+                globals()[name] = numba.njit(cache=True, nogil=True)(globals()[name])
+            except RuntimeError:  # nowhere writable: compiled in every process (about 13 s on 2 cores)
+                globals()[name] = numba.njit(nogil=True)(globals()[name])
         _COMPILED = True
 
 
