@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from plm.manifold import kernels
+import plm.manifold.kernels as kernels
 from plm.manifold.config import ManifoldConfig
 from plm.manifold.selection import REL_TOL, centered_gram, select_members
 from plm.neighbors.candidates import knn_candidates

@@ -21,7 +21,7 @@ from typing import Literal, Optional, overload
 import torch
 from torch import Tensor
 
-from plm.manifold import kernels
+import plm.manifold.kernels as kernels
 from plm.manifold.config import ManifoldConfig
 from plm.manifold.pieces import Pieces, batch_coordinates, build_means_and_bases, check_points, fit_pieces, prepare
 from plm.neighbors.candidates import knn_candidates
