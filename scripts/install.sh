@@ -32,3 +32,7 @@ if [ $with_test -eq 1 ]; then
 else
   "$PY" -m pip install -q --disable-pip-version-check -e ".[faiss]"
 fi
+# compile the PL model's CPU kernels now (about 13 s on 2 cores, cached next to the module), not
+# in the first training run
+"$PY" -c "from plm.manifold import kernels; kernels.warm_up()" \
+  || echo "install.sh: the PL model's kernels did not compile now; they compile on first use" >&2

@@ -67,6 +67,18 @@ def test_kernels_serve_cpu_tensors_unless_switched_off(monkeypatch: pytest.Monke
     assert called == [1]
 
 
+def test_warm_up_compiles_what_training_calls() -> None:
+    """scripts/install.sh compiles the kernels ahead: the signatures a training batch uses are then
+    compiled (float32 points, whose Gram matrix and coordinates are float64; int64 indices)."""
+    kernels.warm_up()
+    before = {name: len(getattr(kernels, name).signatures) for name in ("_fit", "_pieces_in_coordinates", "_directed")}
+    x = torch.randn(30, 16)
+    similarity_matrix(x, ManifoldConfig(group_size=5))
+    similarity_matrix(x, ManifoldConfig(max_candidates=8, criterion="residual_variance", on_breach="stop"))
+    after = {name: len(getattr(kernels, name).signatures) for name in before}
+    assert after == before and all(n >= 1 for n in after.values())
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(n=st.integers(1, kernels.MAX_SET), rank=st.integers(0, kernels.MAX_SET), seed=st.integers(0, 2 ** 16),
        repeat=st.booleans())

@@ -77,6 +77,17 @@ def _compile() -> None:
         _COMPILED = True
 
 
+def warm_up() -> None:
+    """Compile every kernel now (and cache it) on a tiny batch: ``scripts/install.sh`` runs this, so
+    that the first training run does not wait for the compiler. A no-op without numba."""
+    if not available():
+        return
+    y = torch.eye(4, dtype=torch.float64)
+    candidates = torch.tensor([[1, 2], [0, 2], [3, 1], [2, 0]])
+    members, coefficients, sizes, _ = fit_members(y @ y.T, candidates, ManifoldConfig(), torch.float32)
+    directed_terms(y, members, sizes, coefficients, 1e-4)
+
+
 @_kernel
 def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """Eigenvalues (ascending) and eigenvectors (columns) of a small symmetric matrix (cyclic Jacobi)."""
