@@ -19,6 +19,10 @@ Cases (``--case``):
   benchmark starts and stops itself: the measurement a thread policy is chosen from.
 - ``throughput``: steps per second of 1 process vs 2 processes (gloo, 1 thread each), frozen and
   finetune modes, on digits images (``--modes``, ``--worlds``, ``--threads``).
+- ``floor``: the dense work a PLM step has beyond an STML step (the proxy terms' products, the
+  batch's float64 QR or Gram matrix, AdamW on the proxies), alone, on 1 and 2 threads, against a
+  quarter of an STML step measured in the same run: what is left for everything else in a PLM
+  step of at most 1.25 STML steps.
 
 ``--busy yes`` runs the profile with one core held by a spinning process; ``--busy both``
 measures idle and busy and gives the busy / idle ratios.
@@ -28,6 +32,7 @@ measures idle and busy and gives the busy / idle ratios.
     python -m benchmarks.bench_train --methods plm stml plm/tensor   # and PLM without the compiled kernels
     python -m benchmarks.bench_train --case epoch --threads 2 1
     python -m benchmarks.bench_train --case throughput --modes frozen finetune --worlds 1 2
+    python -m benchmarks.bench_train --case floor
 """
 
 from __future__ import annotations
@@ -428,13 +433,76 @@ def throughput_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ the arithmetic floor
+
+def floor(threads: tuple[int, ...] = (1, 2), embed_dim: int = 1280, batch: int = 120, proxies: int = 100,
+          piece_dim: int = 2, repeats: int = 300) -> list[dict[str, Any]]:
+    """Milliseconds of the dense work a PLM step has beyond an STML step, alone and back to back.
+
+    No selection, similarity or elementwise work: the proxy terms' five products (the teacher
+    points at every proxy's location and basis, the student rows at every location, and the three
+    gradient products), the float64 QR of the batch that its coordinates come from (or, at least,
+    its float64 Gram matrix) and AdamW on the proxies' parameters.
+    """
+    g = torch.Generator().manual_seed(0)
+    d, b, k, m = embed_dim, batch, proxies, piece_dim
+    x, z = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    rho, rows = torch.randn(k, d, generator=g), torch.randn(k * m, d, generator=g)
+    g_tab, g_loss = torch.randn(b, k * (m + 1), generator=g), torch.randn(b, k, generator=g)
+    params = [torch.nn.Parameter(torch.randn(k, d, generator=g)), torch.nn.Parameter(torch.randn(k, d, m, generator=g))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    table = torch.cat([rho, rows])
+
+    def products() -> None:
+        x @ table.T, z @ rho.T, g_loss @ rho, g_loss.T @ z, g_tab.T @ x
+
+    parts = {"proxy terms: five products": products,
+             "batch QR, float64": lambda: torch.linalg.qr(x.double().T, mode="r"),
+             "batch Gram matrix, float64": lambda: x.double() @ x.double().T,
+             "AdamW on the proxies": opt.step}
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            row: dict[str, Any] = {"threads": n}
+            for name, fn in parts.items():
+                for _ in range(20):
+                    fn()
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    fn()
+                row[name] = 1000 * (time.perf_counter() - start) / repeats
+            out.append(row)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def floor_table(rows: list[dict[str, Any]], stml_ms: float) -> str:
+    """The floor as a Markdown table, against a quarter of STML's step (the room a 1.25× step leaves)."""
+    names = [n for n in rows[0] if n != "threads"]
+    lines = ["| part | " + " | ".join(f"{r['threads']} thread(s), ms" for r in rows) + " |",
+             "|---|" + "---:|" * len(rows)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{r[name]:.2f}" for r in rows) + " |")
+    for label, skip in (("**sum, with the QR**", "batch Gram matrix, float64"),
+                        ("**sum, with the Gram matrix only**", "batch QR, float64")):
+        lines.append(f"| {label} | " + " | ".join(f"{sum(r[n] for n in names if n != skip):.2f}" for r in rows) + " |")
+    lines.append(f"| room in a step of 1.25 × STML's ({stml_ms:.2f} ms, the profile case, same run) | "
+                 + " | ".join(f"{0.25 * stml_ms:.2f}" for _ in rows) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ command line
 
 def main(argv: list[str]) -> int:
     """Run the chosen case and print its Markdown table."""
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(prog="bench_train", description=doc.splitlines()[0])
-    parser.add_argument("--case", choices=["profile", "epoch", "throughput"], default="profile")
+    parser.add_argument("--case", choices=["profile", "epoch", "throughput", "floor"], default="profile")
     parser.add_argument("--dataset", default="glyphs", help="profile and epoch cases (frozen mode, the preset)")
     parser.add_argument("--methods", nargs="+", default=["plm", "stml"], help="profile and epoch cases")
     parser.add_argument("--embed-dim", type=int, default=1280, help="the head's width (profile and epoch cases)")
@@ -462,6 +530,13 @@ def main(argv: list[str]) -> int:
               f"{idle['steps']} steps per method{', one core busy' if args.busy == 'yes' else ''}; "
               f"load average at start: {load:.1f}")
         print(profile_table(idle, busy))
+    elif args.case == "floor":
+        stml = profile(dataset=args.dataset, methods=("stml",), steps=args.steps or 60, block=args.block,
+                       embed_dim=args.embed_dim)["step_ms"]["stml"]["step"]
+        rows = floor(tuple(args.threads or (1, 2)), args.embed_dim)
+        print(json.dumps({"stml_step_ms": stml, "floor": rows}), flush=True)
+        print(f"\nload average at start: {load:.1f}")
+        print(floor_table(rows, stml))
     elif args.case == "epoch":
         rows = epochs(args.dataset, tuple(args.methods), tuple(args.threads or (2, 1)), args.embed_dim,
                       args.batches_per_epoch)
