@@ -100,3 +100,21 @@ def test_eigh_matches_lapack(n: int, rank: int, seed: int, repeat: bool) -> None
     np.testing.assert_allclose(vec.T @ vec, np.eye(n), atol=1e-12 * n)
     np.testing.assert_allclose(a @ vec, vec * lam, atol=1e-12 * scale * n)
 
+
+
+def test_a_numba_that_does_not_import_leaves_the_tensor_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba missing or broken (an ImportError): the kernels are off and the PL model still fits."""
+    import sys
+
+    kernels.available.cache_clear()
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    try:
+        x = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
+        assert not kernels.enabled(x)
+        called: list[int] = []
+        monkeypatch.setattr(kernels, "fit_members", lambda *a: called.append(1))
+        cfg = ManifoldConfig(group_size=5)
+        pieces = fit_pieces(x, cfg)
+        assert called == [] and len(pieces) == 30 and similarity_matrix(x, cfg).shape == (30, 30)
+    finally:
+        kernels.available.cache_clear()
