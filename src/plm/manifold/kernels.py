@@ -232,6 +232,24 @@ def _residuals(g: np.ndarray, idx: np.ndarray, n: int, m: int, rel_tol: float) -
 
 
 @_kernel
+def _members(mask: np.ndarray, upto: int, extra: int) -> np.ndarray:  # pragma: no cover - compiled
+    """The positions of the members among the first ``upto`` slots, then ``extra`` (when ≥ 0)."""
+    count = 0
+    for a in range(upto):
+        if mask[a]:
+            count += 1
+    idx = np.empty(count + (1 if extra >= 0 else 0), dtype=np.int64)
+    c = 0
+    for a in range(upto):
+        if mask[a]:
+            idx[c] = a
+            c += 1
+    if extra >= 0:
+        idx[c] = extra
+    return idx
+
+
+@_kernel
 def _select(g: np.ndarray, valid: np.ndarray, m: int, criterion: int, eps: float, stop: bool,
             subset_selection: bool, rel_tol: float, slack: float) -> np.ndarray:  # pragma: no cover
     """(n,) bool members of one anchor's neighbourhood (:func:`plm.manifold.selection.select_members`)."""
@@ -251,18 +269,7 @@ def _select(g: np.ndarray, valid: np.ndarray, m: int, criterion: int, eps: float
             if t <= m:
                 accept = valid[t]
             elif valid[t]:
-                count = 1
-                for a in range(t):
-                    if mask[a]:
-                        count += 1
-                idx = np.empty(count, dtype=np.int64)
-                c = 0
-                for a in range(t):
-                    if mask[a]:
-                        idx[c] = a
-                        c += 1
-                idx[c] = t
-                accept = _set_error(g, idx, m, criterion, dist) <= eps + slack
+                accept = _set_error(g, _members(mask, t, t), m, criterion, dist) <= eps + slack
             else:
                 accept = False
             if stop:
@@ -286,17 +293,7 @@ def _select(g: np.ndarray, valid: np.ndarray, m: int, criterion: int, eps: float
                 break
         if first_later < 0:
             return mask
-        count = 0
-        for a in range(n):
-            if mask[a]:
-                count += 1
-        idx = np.empty(count, dtype=np.int64)
-        c = 0
-        for a in range(n):
-            if mask[a]:
-                idx[c] = a
-                c += 1
-        res = _residuals(g, idx, n, m, rel_tol)
+        res = _residuals(g, _members(mask, n, -1), n, m, rel_tol)
         nxt = -1
         for t in range(first_later, n):
             if not valid[t]:
@@ -383,18 +380,10 @@ def _fit(gram: np.ndarray, candidates: np.ndarray, m: int, criterion: int, eps: 
         for a in range(k + 1):  # relative to the anchor: (x_a − x_i)·(x_c − x_i)
             for c in range(k + 1):
                 g[a, c] = gram[slots[a], slots[c]] - gram[slots[a], i] - gram[i, slots[c]] + gii
-        mask = _select(g, valid, m, criterion, eps, stop, subset_selection, rel_tol, slack)
-        count = 0
-        for t in range(k + 1):
-            if mask[t]:
-                count += 1
-        idx = np.empty(count, dtype=np.int64)
-        c = 0
-        for t in range(k + 1):
-            if mask[t]:
-                idx[c] = t
-                members[i, c] = slots[t]
-                c += 1
+        idx = _members(_select(g, valid, m, criterion, eps, stop, subset_selection, rel_tol, slack), k + 1, -1)
+        count = idx.shape[0]
+        for c in range(count):  # members first: the anchor, then in candidate order
+            members[i, c] = slots[idx[c]]
         coef, rank = _local_pca(g, idx, m, rel_tol, dtype_eps)
         coefficients[i, :count] = coef
         sizes[i] = count
