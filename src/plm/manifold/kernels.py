@@ -15,7 +15,8 @@ slowed torch's next operations several times over on a 2-core machine (the two p
 points with all pieces run in torch instead).
 
 They serve tensors on the CPU when numba is installed (:func:`enabled`); elsewhere (a GPU, no
-numba, ``PLM_KERNELS=0``) the tensor code runs. Compiled on first use and cached on disk.
+numba, ``PLM_KERNELS=0``) the tensor code runs. They are compiled on first use (about 13 s on 2
+cores; ``scripts/install.sh`` does it ahead with :func:`warm_up`) and cached on disk.
 """
 
 from __future__ import annotations
