@@ -437,7 +437,7 @@ def throughput_table(rows: list[dict]) -> str:
 
 def floor(threads: tuple[int, ...] = (1, 2), embed_dim: int = 1280, batch: int = 120, proxies: int = 100,
           piece_dim: int = 2, repeats: int = 300) -> list[dict[str, Any]]:
-    """Milliseconds of the dense work a PLM step has beyond an STML step, alone and back to back.
+    """Milliseconds of the dense work a PLM step has beyond an STML step, each part timed alone.
 
     No selection, similarity or elementwise work: the proxy terms' five products (the teacher
     points at every proxy's location and basis, the student rows at every location, and the three
