@@ -261,7 +261,8 @@ def fit_pieces(x: Tensor, config: ManifoldConfig = ManifoldConfig(), candidates:
         candidates: optional (N, K) neighbour indices, nearest first (-1 = none); by default the
             ``config.max_candidates`` nearest other points (exact), of the anchor's group with
             ``config.group_size``.
-        block_size: anchors processed together (memory ≈ block_size × (K+1) × max(K+1, d) floats).
+        block_size: anchors processed together by the tensor code (memory ≈ block_size × (K+1) ×
+            max(K+1, d) floats); the compiled kernels take one anchor at a time.
 
     Returns:
         the fitted :class:`Pieces`.

@@ -185,11 +185,9 @@ def _fitted_directed_similarity(pieces: Pieces, n_alpha: float, n_beta: float) -
     next to a piece (o² ≤ :data:`NEAR_PIECE` · ‖x − μ‖²: its members, points in its plane) are
     scored again from their differences, where the rounding stays at float64's.
     """
-    if pieces.gram is None:
-        raise ValueError("these pieces hold no Gram matrix (more than GLOBAL_GRAM_MAX points)")
-    n = pieces.gram.shape[0]
+    n = len(pieces)
     if n == 0:
-        return pieces.gram.new_zeros(0, 0)
+        return pieces.anchors.new_zeros(0, 0, dtype=torch.float64)
     y = pieces.coordinates if pieces.coordinates is not None else batch_coordinates(pieces.anchors)
     if kernels.enabled(y):
         o2, p2 = kernels.directed_terms(y, pieces.members, pieces.sizes, pieces.coefficients, NEAR_PIECE)
