@@ -19,10 +19,11 @@ Cases (``--case``):
   benchmark starts and stops itself: the measurement a thread policy is chosen from.
 - ``throughput``: steps per second of 1 process vs 2 processes (gloo, 1 thread each), frozen and
   finetune modes, on digits images (``--modes``, ``--worlds``, ``--threads``).
-- ``floor``: the dense work a PLM step has beyond an STML step (the proxy terms' products, the
-  batch's float64 QR or Gram matrix, AdamW on the proxies), alone, on 1 and 2 threads, against a
-  quarter of an STML step measured in the same run: what is left for everything else in a PLM
-  step of at most 1.25 STML steps.
+- ``floor``: the work a PLM step has beyond an STML step that no fusing of operations removes
+  (the proxy terms' dense products, the batch's float64 QR or Gram matrix, the PL model's
+  compiled kernels on a real batch, AdamW on the proxies), each part alone, on 1 and 2 threads,
+  against a quarter of an STML step measured in the same run: the room a PLM step of at most
+  1.25 STML steps leaves for all of it and every elementwise operation and autograd besides.
 
 ``--busy yes`` runs the profile with one core held by a spinning process; ``--busy both``
 measures idle and busy and gives the busy / idle ratios.
@@ -435,18 +436,51 @@ def throughput_table(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------ the arithmetic floor
 
-def floor(threads: tuple[int, ...] = (1, 2), embed_dim: int = 1280, batch: int = 120, proxies: int = 100,
-          piece_dim: int = 2, repeats: int = 300) -> list[dict[str, Any]]:
-    """Milliseconds of the dense work a PLM step has beyond an STML step, each part timed alone.
+def teacher_batch(dataset: str = "glyphs", embed_dim: int = 1280, step: int = 6):
+    """The teacher embeddings (B, d) and manifold config of the ``step``-th batch of the profile's PLM trainer."""
+    from plm.training.trainer import Trainer
 
-    No selection, similarity or elementwise work: the proxy terms' five products (the teacher
-    points at every proxy's location and basis, the student rows at every location, and the three
-    gradient products), the float64 QR of the batch that its coordinates come from (or, at least,
-    its float64 Gram matrix) and AdamW on the proxies' parameters.
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(profile_config(dataset, "plm", embed_dim), tmp, progress=False)
+        trainer.start_epoch_state(0)
+        loss = trainer.method.loss
+        seen: list[torch.Tensor] = []
+        target = loss.target_similarity
+        loss.target_similarity = lambda teacher: (seen.append(teacher.detach().clone()), target(teacher))[1]
+        for inputs, positions in trainer.pipeline.batches(trainer.sampler):
+            trainer.step(inputs, positions)
+            if len(seen) == step:
+                break
+        return seen[-1], loss.config.manifold, loss.config.proxies.num
+
+
+def floor(threads: tuple[int, ...] = (1, 2), dataset: str = "glyphs", embed_dim: int = 1280,
+          repeats: int = 300) -> list[dict[str, Any]]:
+    """Milliseconds of the work a PLM step has beyond an STML step that no fusing of operations
+    removes, each part timed alone.
+
+    The dense products of the proxy terms (the four the method needs: the teacher points at every
+    proxy's location and basis, the student rows at every location and that product's two
+    gradients; and the fifth the code runs, the neighbourhood term's gradient in the bases as one
+    product over all points), the batch's float64 QR that its coordinates come from (or, at
+    least, its float64 Gram matrix), the PL model's compiled kernels on a real batch (subset
+    selection and local PCA of every anchor; every pair's o² and p² with their two products) and
+    AdamW on the proxies' parameters. No elementwise work of the losses, no autograd.
     """
+    from plm.manifold import kernels
+    from plm.manifold.pieces import _candidates, batch_coordinates, fit_pieces, prepare
+    from plm.manifold.similarity import NEAR_PIECE
+
+    teacher, config, k = teacher_batch(dataset, embed_dim)
+    x = prepare(teacher, config)
+    b, d = x.shape
+    m = config.piece_dim
+    coords = batch_coordinates(x)
+    gram = coords @ coords.T
+    candidates = _candidates(x, config, None, gram, None)
+    pieces = fit_pieces(x, config)
     g = torch.Generator().manual_seed(0)
-    d, b, k, m = embed_dim, batch, proxies, piece_dim
-    x, z = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    z = torch.randn(b, d, generator=g)
     rho, rows = torch.randn(k, d, generator=g), torch.randn(k * m, d, generator=g)
     g_tab, g_loss = torch.randn(b, k * (m + 1), generator=g), torch.randn(b, k, generator=g)
     params = [torch.nn.Parameter(torch.randn(k, d, generator=g)), torch.nn.Parameter(torch.randn(k, d, m, generator=g))]
@@ -456,12 +490,24 @@ def floor(threads: tuple[int, ...] = (1, 2), embed_dim: int = 1280, batch: int =
     table = torch.cat([rho, rows])
 
     def products() -> None:
-        x @ table.T, z @ rho.T, g_loss @ rho, g_loss.T @ z, g_tab.T @ x
+        x @ table.T, z @ rho.T, g_loss @ rho, g_loss.T @ z
 
-    parts = {"proxy terms: five products": products,
-             "batch QR, float64": lambda: torch.linalg.qr(x.double().T, mode="r"),
-             "batch Gram matrix, float64": lambda: x.double() @ x.double().T,
-             "AdamW on the proxies": opt.step}
+    def gram_only() -> None:
+        centred = x.double() - x.double().mean(0)
+        centred @ centred.T
+
+    parts: dict[str, Callable[[], Any]] = {
+        FLOOR_PARTS[0]: products,
+        FLOOR_PARTS[1]: lambda: g_tab.T @ x,
+        FLOOR_PARTS[2]: lambda: batch_coordinates(x),
+        FLOOR_PARTS[3]: gram_only,
+        FLOOR_PARTS[4]: lambda: kernels.fit_members(gram, candidates, config, x.dtype),
+        FLOOR_PARTS[5]: lambda: kernels.directed_terms(coords, pieces.members, pieces.sizes, pieces.coefficients,
+                                                       NEAR_PIECE),
+        FLOOR_PARTS[6]: opt.step,
+    }
+    if not kernels.enabled(x):
+        raise RuntimeError("the floor times the compiled kernels: install numba and leave PLM_KERNELS unset")
     before = torch.get_num_threads()
     out = []
     try:
@@ -481,16 +527,25 @@ def floor(threads: tuple[int, ...] = (1, 2), embed_dim: int = 1280, batch: int =
     return out
 
 
+#: the floor's parts, in the order of its table
+FLOOR_PARTS = ("proxy terms: the four products they need", "neighbourhood gradient as one product (the code now)",
+               "batch QR, float64 (the code now)", "batch Gram matrix, float64 (at least)",
+               "PL model, compiled: selection + PCA", "PL model, compiled: every pair's o², p²",
+               "AdamW on the proxies")
+#: the floor's sums: the least any implementation does, and what the code does now
+FLOOR_SUMS = {"**least: four products, Gram matrix, PL kernels, AdamW**": (0, 3, 4, 5, 6),
+              "**the code now: five products, QR, PL kernels, AdamW**": (0, 1, 2, 4, 5, 6)}
+
+
 def floor_table(rows: list[dict[str, Any]], stml_ms: float) -> str:
     """The floor as a Markdown table, against a quarter of STML's step (the room a 1.25× step leaves)."""
-    names = [n for n in rows[0] if n != "threads"]
     lines = ["| part | " + " | ".join(f"{r['threads']} thread(s), ms" for r in rows) + " |",
              "|---|" + "---:|" * len(rows)]
-    for name in names:
+    for name in FLOOR_PARTS:
         lines.append(f"| {name} | " + " | ".join(f"{r[name]:.2f}" for r in rows) + " |")
-    for label, skip in (("**sum, with the QR**", "batch Gram matrix, float64"),
-                        ("**sum, with the Gram matrix only**", "batch QR, float64")):
-        lines.append(f"| {label} | " + " | ".join(f"{sum(r[n] for n in names if n != skip):.2f}" for r in rows) + " |")
+    for label, picked in FLOOR_SUMS.items():
+        lines.append(f"| {label} | "
+                     + " | ".join(f"{sum(r[FLOOR_PARTS[i]] for i in picked):.2f}" for r in rows) + " |")
     lines.append(f"| room in a step of 1.25 × STML's ({stml_ms:.2f} ms, the profile case, same run) | "
                  + " | ".join(f"{0.25 * stml_ms:.2f}" for _ in rows) + " |")
     return "\n".join(lines)
@@ -533,7 +588,7 @@ def main(argv: list[str]) -> int:
     elif args.case == "floor":
         stml = profile(dataset=args.dataset, methods=("stml",), steps=args.steps or 60, block=args.block,
                        embed_dim=args.embed_dim)["step_ms"]["stml"]["step"]
-        rows = floor(tuple(args.threads or (1, 2)), args.embed_dim)
+        rows = floor(tuple(args.threads or (1, 2)), args.dataset, args.embed_dim)
         print(json.dumps({"stml_step_ms": stml, "floor": rows}), flush=True)
         print(f"\nload average at start: {load:.1f}")
         print(floor_table(rows, stml))
