@@ -214,3 +214,13 @@ def test_a_registered_method_is_accepted_everywhere() -> None:
         METHODS._entries.pop("toy")
     with pytest.raises(ConfigError, match="method must be one of"):
         default_config(method="toy")
+
+
+def test_bare_on_and_off_are_the_strings_in_files_and_overrides(tmp_path) -> None:
+    # YAML 1.1 reads a bare on/off as a boolean: a string option takes it back as "on"/"off"
+    assert default_config("digits", overrides=["amp=off"]).amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("amp: off\n")
+    assert resolve_config(path).amp == "off"
+    with pytest.raises(ConfigError, match="amp must be one of off, auto, bf16, fp16; got 'on'"):
+        default_config("digits", overrides=["amp=on"])

@@ -151,6 +151,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         except OverflowError:
             raise ConfigError(f"{key} must be a number of at most about 1e308; got {short_repr(value)}") from None
     if tp is str:
+        if isinstance(value, bool):  # YAML reads a bare on/off (yes/no, true/false) as a boolean
+            return "on" if value else "off"
         check(value is not None and not isinstance(value, (dict, list)), f"{key} must be a string; got "
                                                                          f"{short_repr(value)}")
         return str(value)
