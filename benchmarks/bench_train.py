@@ -19,6 +19,9 @@ Cases (``--case``):
   benchmark starts and stops itself: the measurement a thread policy is chosen from.
 - ``throughput``: steps per second of 1 process vs 2 processes (gloo, 1 thread each), frozen and
   finetune modes, on digits images (``--modes``, ``--worlds``, ``--threads``).
+- ``memory``: peak memory and step time of finetune-mode training (digits at 224 px, B = 120)
+  with the backbone's activations kept (``recompute=off``) and recomputed (``on``), each in a
+  fresh process.
 - ``floor``: the work a PLM step has beyond an STML step that no fusing of operations removes
   (the proxy terms' dense products, the batch's float64 QR or Gram matrix, the PL model's
   compiled kernels on a real batch, AdamW on the proxies), each part alone, on 1 and 2 threads,
@@ -34,6 +37,7 @@ measures idle and busy and gives the busy / idle ratios.
     python -m benchmarks.bench_train --case epoch --threads 2 1
     python -m benchmarks.bench_train --case throughput --modes frozen finetune --worlds 1 2
     python -m benchmarks.bench_train --case floor
+    python -m benchmarks.bench_train --case memory
 """
 
 from __future__ import annotations
@@ -434,6 +438,69 @@ def throughput_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ finetune memory
+
+def _memory_config(recompute: str, image_size: int):
+    from plm.training import default_config
+
+    return default_config("digits", mode="finetune", epochs=1, recompute=recompute, model={"image_size": image_size},
+                          sampler={"batch_size": 120, "k": 5}, eval={"nmi": False, "baseline": False},
+                          log={"progress": False, "tensorboard": False})
+
+
+def _memory_worker(recompute: str, image_size: int, steps: int, out: Any) -> None:
+    import resource
+
+    from plm.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PLM_CACHE_DIR"] = os.path.join(tmp, "cache")
+        trainer = Trainer(_memory_config(recompute, image_size), os.path.join(tmp, "run"), progress=False)
+        trainer.start_epoch_state(0)
+        batches = []
+        for batch in trainer.pipeline.batches(trainer.sampler):
+            batches.append(batch)
+            if len(batches) == steps + 1:
+                break
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB → GiB
+        trainer.step(*batches[0])  # warm-up
+        start = time.perf_counter()
+        for inputs, positions in batches[1:]:
+            trainer.step(inputs, positions)
+        step_s = (time.perf_counter() - start) / max(len(batches) - 1, 1)
+        out.put({"recompute": recompute, "on": trainer.pipeline.model.backbone.recompute, "image_size": image_size,
+                 "peak_before_gib": before, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                 "step_s": step_s})
+
+
+def memory(settings: tuple[str, ...] = ("off", "on"), image_size: int = 224, steps: int = 3,
+           rounds: int = 2) -> list[dict[str, Any]]:
+    """Peak memory and step time of finetune-mode training (digits at ``image_size``, B = 120) with
+    the backbone's activations kept and recomputed, each setting in a fresh process, in turn
+    (``rounds`` times): the peak resident set before the first step (model, first passes) and after
+    ``steps`` timed steps."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    for _ in range(rounds):
+        for setting in settings:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_memory_worker, args=(setting, image_size, steps, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    """The memory case as a Markdown table."""
+    lines = ["| recompute | peak RSS before the steps, GiB | peak RSS, GiB | step, s |", "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['recompute']} | {r['peak_before_gib']:.2f} | {r['peak_gib']:.2f} | {r['step_s']:.2f} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ the arithmetic floor
 
 def teacher_batch(dataset: str = "glyphs", embed_dim: int = 1280, step: int = 6):
@@ -557,7 +624,7 @@ def main(argv: list[str]) -> int:
     """Run the chosen case and print its Markdown table."""
     doc = __doc__ or ""
     parser = argparse.ArgumentParser(prog="bench_train", description=doc.splitlines()[0])
-    parser.add_argument("--case", choices=["profile", "epoch", "throughput", "floor"], default="profile")
+    parser.add_argument("--case", choices=["profile", "epoch", "throughput", "floor", "memory"], default="profile")
     parser.add_argument("--dataset", default="glyphs", help="profile and epoch cases (frozen mode, the preset)")
     parser.add_argument("--methods", nargs="+", default=["plm", "stml"], help="profile and epoch cases")
     parser.add_argument("--embed-dim", type=int, default=1280, help="the head's width (profile and epoch cases)")
@@ -569,6 +636,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=None,
                         help="profile: the thread count (default: torch's); epoch: the counts compared (2 1); "
                              "throughput: the single-process counts (2 1)")
+    parser.add_argument("--image-size", type=int, default=224, help="memory case: the images' side in pixels")
     parser.add_argument("--batches-per-epoch", type=int, default=None, help="epoch case: shorter epochs")
     parser.add_argument("--modes", nargs="+", default=["frozen", "finetune"], choices=["frozen", "finetune"])
     parser.add_argument("--worlds", nargs="+", type=int, default=[1, 2])
@@ -592,6 +660,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"stml_step_ms": stml, "floor": rows}), flush=True)
         print(f"\nload average at start: {load:.1f}")
         print(floor_table(rows, stml))
+    elif args.case == "memory":
+        rows = memory(image_size=args.image_size, steps=args.steps or 3)
+        print(f"\nfinetune mode, digits at {args.image_size} px, B = 120; load average at start: {load:.1f}")
+        print(memory_table(rows))
     elif args.case == "epoch":
         rows = epochs(args.dataset, tuple(args.methods), tuple(args.threads or (2, 1)), args.embed_dim,
                       args.batches_per_epoch)

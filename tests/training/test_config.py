@@ -216,11 +216,35 @@ def test_a_registered_method_is_accepted_everywhere() -> None:
         default_config(method="toy")
 
 
+def test_recompute_choices_and_where_auto_turns_it_on() -> None:
+    import torch
+
+    from plm.models import create_backbone
+    from plm.training.pipeline import recompute_activations
+
+    assert TrainConfig().recompute == "auto"
+    with pytest.raises(ConfigError, match="recompute"):
+        default_config("digits", recompute="sometimes")
+    with pytest.raises(ConfigError, match="recompute=on needs model.freeze_bn=true"):
+        default_config("digits", recompute="on", model={"freeze_bn": False})
+    backbone = create_backbone("efficientnet_lite0", pretrained=False)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+
+    def resolved(device: torch.device, **kw: object) -> bool:
+        return recompute_activations(default_config("digits", mode="finetune", **kw), device, backbone)
+
+    assert resolved(cpu) and not resolved(gpu)  # auto: on the CPU, where memory is the limit
+    assert not resolved(cpu, model={"freeze_bn": False})
+    assert resolved(gpu, recompute="on") and not resolved(cpu, recompute="off")
+
+
 def test_bare_on_and_off_are_the_strings_in_files_and_overrides(tmp_path) -> None:
     # YAML 1.1 reads a bare on/off as a boolean: a string option takes it back as "on"/"off"
-    assert default_config("digits", overrides=["amp=off"]).amp == "off"
+    cfg = default_config("digits", overrides=["amp=off", "recompute=on"])
+    assert (cfg.amp, cfg.recompute) == ("off", "on")
     path = tmp_path / "c.yaml"
-    path.write_text("amp: off\n")
-    assert resolve_config(path).amp == "off"
+    path.write_text("amp: off\nrecompute: off\n")
+    cfg = resolve_config(path)
+    assert (cfg.amp, cfg.recompute) == ("off", "off")
     with pytest.raises(ConfigError, match="amp must be one of off, auto, bf16, fp16; got 'on'"):
         default_config("digits", overrides=["amp=on"])

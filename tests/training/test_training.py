@@ -122,6 +122,27 @@ def test_finetune_mode_trains_the_backbone_from_the_pca_head(tmp_path, shared_ca
 
 
 @pytest.mark.slow
+def test_finetune_steps_are_the_same_with_recomputed_activations(tmp_path, shared_cache) -> None:
+    states, terms = {}, {}
+    for setting in ("off", "on"):
+        cfg = tiny(mode="finetune", recompute=setting, sampler={"batch_size": 20, "k": 5, "batches_per_epoch": 2},
+                   data={"limit": 120})
+        trainer = Trainer(cfg, tmp_path / setting, progress=False)
+        assert trainer.pipeline.model.backbone.recompute is (setting == "on")
+        trainer.start_epoch_state(0)
+        pipe = trainer.pipeline
+        before = {k: v.clone() for k, v in pipe.model.backbone.state_dict().items()}
+        terms[setting] = [trainer.step(inputs, positions) for inputs, positions in pipe.batches(trainer.sampler)]
+        assert any(not torch.equal(v, before[k]) for k, v in pipe.model.backbone.state_dict().items())  # it trained
+        states[setting] = {**pipe.student.state_dict(),
+                           **{f"teacher.{k}": v for k, v in pipe.teacher.module.state_dict().items()}}
+    assert len(terms["on"]) == 2 and terms["on"] == terms["off"]
+    assert states["on"].keys() == states["off"].keys()
+    for name, value in states["off"].items():  # bit for bit: the same gradients, the same random draws
+        assert torch.equal(value, states["on"][name]), name
+
+
+@pytest.mark.slow
 def test_training_lowers_loss_and_beats_untrained(tmp_path, shared_cache) -> None:
     # from a random head, so that anything the loop learns shows (the PCA head is already a good model)
     result = train(tiny(epochs=4, optim={"lr_embedding": 3e-3}, model={"head_init": "orthogonal"}), tmp_path / "run",

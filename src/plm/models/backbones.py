@@ -63,6 +63,9 @@ class Backbone(nn.Module):
         self.preprocess = preprocess
         self.name = name
         self.channels_last = bool(channels_last)
+        #: keep only each step's input in a training pass with gradient and compute the step's
+        #: activations again in the backward pass (:meth:`set_recompute`)
+        self.recompute = False
         if self.channels_last:
             cast(Any, body).to(memory_format=torch.channels_last)  # (typing lacks this overload)
 
@@ -71,7 +74,38 @@ class Backbone(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return batch_safe(self.body, self.layout(x))
+        x = self.layout(x)
+        if self.recompute and self.training and torch.is_grad_enabled() and x.ndim == 4 and x.shape[0] > 1:
+            from torch.utils.checkpoint import checkpoint
+
+            for unit in self.units():  # the random state of each step is replayed when it is recomputed
+                x = checkpoint(unit, x, use_reentrant=False, preserve_rng_state=True)
+            return x
+        return batch_safe(self.body, x)
+
+    def set_recompute(self, on: bool = True) -> Backbone:
+        """Trade time for memory in training passes with gradient: each step (:meth:`units`) keeps
+        only its input, and its activations are computed again, with the same random draws, when
+        the backward pass reaches it. Gradients and outputs are unchanged; a training step takes
+        one more forward pass of the network and a fraction of the memory.
+
+        BatchNorm layers must not be in training mode when it is on (the pass again would update
+        their running statistics twice); ``plm train`` turns it on only with ``model.freeze_bn``.
+
+        Raises:
+            ValueError: the backbone cannot be split into steps.
+        """
+        if on and not self.has_units:
+            raise ValueError(f"backbone {self.name} cannot be split into steps, so its activations cannot be "
+                             f"recomputed: set recompute=off, or use a backbone with steps "
+                             f"({', '.join(UNIT_FAMILIES)})")
+        self.recompute = bool(on)
+        return self
+
+    @property
+    def has_units(self) -> bool:
+        """Whether :meth:`units` can split this backbone into steps."""
+        return isinstance(self.body, nn.Sequential) or callable(getattr(self.body, "units", None))
 
     def units(self) -> list[Unit]:
         """The network as a sequence of steps whose composition is :meth:`forward` (a stem, each
@@ -80,7 +114,7 @@ class Backbone(nn.Module):
         body = self.body
         if isinstance(body, nn.Sequential):
             return [Unit(m, (m,)) for m in body.children()]
-        if not callable(getattr(body, "units", None)):
+        if not self.has_units:
             raise ValueError(f"backbone {self.name} cannot be split into steps, so model.train_blocks cannot train "
                              f"its last ones: use model.train_blocks=0 (the head alone) or mode=finetune, or a "
                              f"backbone with steps ({', '.join(UNIT_FAMILIES)})")

@@ -168,7 +168,7 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 #: config keys that may differ between a run and its resumption
-RESUME_FREE_KEYS = ("device", "amp", "threads", "log.progress", "log.tensorboard", "data.num_workers",
+RESUME_FREE_KEYS = ("device", "amp", "threads", "recompute", "log.progress", "log.tensorboard", "data.num_workers",
                     "eval.batch_size", "model.head_init")  # the head comes from the checkpoint
 
 

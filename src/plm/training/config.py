@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "constant")
+#: ``recompute``: the backbone's activations in finetune mode (see :class:`TrainConfig`)
+RECOMPUTE = ("auto", "on", "off")
 EVAL_MODELS = ("student", "teacher")
 #: selection criteria without a validation split (``eval.label_free``)
 LABEL_FREE_CRITERIA = ("lf_agreement", "lf_rank", "train_pair_loss", "last_epoch")
@@ -217,6 +219,13 @@ class TrainConfig:
             other processes hold cores, fewer threads train faster: on 2 cores with one of them
             busy, a frozen-mode epoch took 2.6-4.2 times its idle time with 2 threads and the
             same time with ``threads: 1`` (docs/benchmarks.md); training says so when it sees it.
+        recompute: finetune mode: ``on`` keeps only each backbone step's input in the student's
+            training pass and computes the step's activations again in the backward pass
+            (:meth:`plm.models.Backbone.set_recompute`): the same gradients, one more forward
+            pass per step, a fraction of the memory; ``auto`` (the default) = ``on`` on the CPU
+            when ``model.freeze_bn`` is true and the backbone has steps, ``off`` otherwise.
+            ``on`` needs ``model.freeze_bn`` (BatchNorm in training mode would update its
+            statistics twice).
     """
 
     dataset: str = "fashion-mnist"
@@ -230,6 +239,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     threads: Optional[int] = None
+    recompute: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSection = field(default_factory=ModelSection)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -250,6 +260,10 @@ class TrainConfig:
         check_choice("dataset", self.dataset, list(DATASETS))
         check_choice("method", self.method, METHODS.names())
         check_choice("mode", self.mode, MODES)
+        check_choice("recompute", self.recompute, RECOMPUTE)
+        check(self.recompute != "on" or self.model.freeze_bn,
+              "recompute=on needs model.freeze_bn=true: BatchNorm layers in training mode would update their "
+              "running statistics again in the recomputed pass; use recompute=off (or auto)")
         check(isinstance(self.finetune_max_images, int) and self.finetune_max_images >= 0,
               f"finetune_max_images must be a non-negative integer; got {self.finetune_max_images!r}")
         check_choice("similarity", self.similarity, SIMILARITIES)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from plm.data import ImageDataset, collate_skip
 from plm.data.views import AugmentedViews
-from plm.models import EmbeddingModel, ModelConfig, build_transform, create_model
+from plm.models import Backbone, EmbeddingModel, ModelConfig, build_transform, create_model
 from plm.models.partial import PrefixModel, TailModel
 from plm.training.config import TrainConfig
 from plm.training.distributed import DistContext
@@ -379,6 +379,15 @@ def freeze_batchnorm(model: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
+def recompute_activations(config: TrainConfig, device: torch.device, backbone: Backbone) -> bool:
+    """Whether the student's backbone recomputes its activations in the backward pass (``config.recompute``):
+    ``auto`` on the CPU, where a fine-tuning step at 224 px would otherwise hold about 100 MB per
+    image of the batch, when BatchNorm is frozen and the backbone has steps."""
+    if config.recompute != "auto":
+        return config.recompute == "on"
+    return device.type == "cpu" and config.model.freeze_bn and backbone.has_units
+
+
 class FinetunePipeline(Pipeline):
     """The whole network is trained on images (see module docs)."""
 
@@ -386,6 +395,7 @@ class FinetunePipeline(Pipeline):
                  progress: bool = True, fresh: bool = True):
         super().__init__(config, device, ctx, progress)
         self.model = build_model(config).to(device)
+        self.model.backbone.set_recompute(recompute_activations(config, device, self.model.backbone))
         self.student = self.model
         self.splits = splits
         self.train_ds = splits.train
