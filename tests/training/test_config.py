@@ -152,6 +152,15 @@ def test_shipped_configs_load(path: Path) -> None:
     assert cfg.to_dict()  # validates every section
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_googlenet_*.yaml")), ids=lambda p: p.name)
+def test_paper_configs_take_what_the_paper_states(path: Path) -> None:
+    # the paper's point loss and candidates, not plm's defaults (docs/method.md, "The paper's setting")
+    cfg = resolve_config(path)
+    assert cfg.loss.kind == "regression" and cfg.loss.context == 0.0
+    assert cfg.manifold.group_size is None and cfg.manifold.max_candidates == 16
+    assert (cfg.model.backbone, cfg.mode, cfg.sampler.batch_size) == ("googlenet", "finetune", 120)
+
+
 def test_manifold_is_a_nested_section() -> None:
     from plm.manifold import ManifoldConfig
 
