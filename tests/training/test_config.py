@@ -154,7 +154,7 @@ def test_shipped_configs_load(path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_googlenet_*.yaml")), ids=lambda p: p.name)
 def test_paper_configs_take_what_the_paper_states(path: Path) -> None:
-    # the paper's point loss and candidates, not plm's defaults (docs/method.md, "The paper's setting")
+    # the paper's point loss and our reading of its candidates, not plm's defaults (docs/method.md)
     cfg = resolve_config(path)
     assert cfg.loss.kind == "regression" and cfg.loss.context == 0.0
     assert cfg.manifold.group_size is None and cfg.manifold.max_candidates == 16

@@ -381,7 +381,7 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 def recompute_activations(config: TrainConfig, device: torch.device, backbone: Backbone) -> bool:
     """Whether the student's backbone recomputes its activations in the backward pass (``config.recompute``):
-    ``auto`` on the CPU, where a fine-tuning step at 224 px would otherwise hold about 100 MB per
+    ``auto`` on the CPU, where a fine-tuning step at 224 px would otherwise hold about 80 MB per
     image of the batch, when BatchNorm is frozen and the backbone has steps."""
     if config.recompute != "auto":
         return config.recompute == "on"
