@@ -20,8 +20,8 @@ Cases (``--case``):
 - ``throughput``: steps per second of 1 process vs 2 processes (gloo, 1 thread each), frozen and
   finetune modes, on digits images (``--modes``, ``--worlds``, ``--threads``).
 - ``memory``: peak memory and step time of finetune-mode training (digits at 224 px, B = 120)
-  with the backbone's activations kept (``recompute=off``) and recomputed (``on``), each in a
-  fresh process.
+  with the backbone's activations kept (``recompute=off``) and recomputed (``on``), and torch's
+  large tensors in 4 KB pages or in transparent huge pages, each in a fresh process.
 - ``floor``: the work a PLM step has beyond an STML step that no fusing of operations removes
   (the proxy terms' dense products, the batch's float64 QR or Gram matrix, the PL model's
   compiled kernels on a real batch, AdamW on the proxies), each part alone, on 1 and 2 threads,
@@ -464,40 +464,59 @@ def _memory_worker(recompute: str, image_size: int, steps: int, out: Any) -> Non
                 break
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB → GiB
         trainer.step(*batches[0])  # warm-up
-        start = time.perf_counter()
+        start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         for inputs, positions in batches[1:]:
             trainer.step(inputs, positions)
-        step_s = (time.perf_counter() - start) / max(len(batches) - 1, 1)
+        n = max(len(batches) - 1, 1)
+        step_s = (time.perf_counter() - start) / n
+        end = resource.getrusage(resource.RUSAGE_SELF)
         out.put({"recompute": recompute, "on": trainer.pipeline.model.backbone.recompute, "image_size": image_size,
-                 "peak_before_gib": before, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-                 "step_s": step_s})
+                 "peak_before_gib": before, "peak_gib": end.ru_maxrss / 2 ** 20, "step_s": step_s,
+                 "step_sys_s": (end.ru_stime - usage.ru_stime) / n})
 
 
-def memory(settings: tuple[str, ...] = ("off", "on"), image_size: int = 224, steps: int = 3,
+#: the memory case's settings: (``recompute``, torch's huge pages for large tensors, ``THP_MEM_ALLOC_ENABLE``)
+MEMORY_SETTINGS = (("off", "0"), ("on", "0"), ("off", "1"), ("on", "1"))
+
+
+def memory(settings: tuple[tuple[str, str], ...] = MEMORY_SETTINGS, image_size: int = 224, steps: int = 3,
            rounds: int = 2) -> list[dict[str, Any]]:
     """Peak memory and step time of finetune-mode training (digits at ``image_size``, B = 120) with
-    the backbone's activations kept and recomputed, each setting in a fresh process, in turn
-    (``rounds`` times): the peak resident set before the first step (model, first passes) and after
-    ``steps`` timed steps."""
+    the backbone's activations kept and recomputed, and torch's large tensors in 4 KB pages or in
+    transparent huge pages (what ``plm``'s entry point asks for), each setting in a fresh process,
+    in turn (``rounds`` times): the peak resident set before the first step (model, first passes)
+    and after ``steps`` timed steps, the step's time and its system (kernel) time."""
+    from plm.cli import HUGE_PAGES
+
     ctx = mp.get_context("spawn")
     rows = []
-    for _ in range(rounds):
-        for setting in settings:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_memory_worker, args=(setting, image_size, steps, queue))
-            proc.start()
-            row = queue.get()
-            proc.join()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    before = os.environ.get(HUGE_PAGES)
+    try:
+        for _ in range(rounds):
+            for recompute, huge in settings:
+                os.environ[HUGE_PAGES] = huge  # the child reads it at its first large tensor
+                queue = ctx.Queue()
+                proc = ctx.Process(target=_memory_worker, args=(recompute, image_size, steps, queue))
+                proc.start()
+                row = {**queue.get(), "huge_pages": huge}
+                proc.join()
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        if before is None:
+            os.environ.pop(HUGE_PAGES, None)
+        else:
+            os.environ[HUGE_PAGES] = before
     return rows
 
 
 def memory_table(rows: list[dict[str, Any]]) -> str:
     """The memory case as a Markdown table."""
-    lines = ["| recompute | peak RSS before the steps, GiB | peak RSS, GiB | step, s |", "|---|---:|---:|---:|"]
+    lines = ["| recompute | huge pages | peak RSS before the steps, GiB | peak RSS, GiB | step, s | of it system, s |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['recompute']} | {r['peak_before_gib']:.2f} | {r['peak_gib']:.2f} | {r['step_s']:.2f} |")
+        lines.append(f"| {r['recompute']} | {'yes' if r['huge_pages'] == '1' else 'no'} | {r['peak_before_gib']:.2f} "
+                     f"| {r['peak_gib']:.2f} | {r['step_s']:.2f} | {r['step_sys_s']:.2f} |")
     return "\n".join(lines)
 
 

@@ -132,12 +132,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+#: torch's CPU allocator puts every tensor of 2 MB or more in transparent huge pages when this is
+#: 1 (where the kernel offers them on request, its ``madvise`` setting): a fine-tuning step at
+#: 224 px, which spent most of its kernel time faulting in fresh 4 KB pages, then takes 0.55-0.70
+#: times as long (docs/benchmarks.md). torch reads it at its first large allocation, so the entry
+#: point sets it before any command runs.
+HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
+
+
 def console_main() -> NoReturn:
     """Console entry point (``plm`` and ``python -m plm``): :func:`main`, then exit with its status.
 
+    Large tensors go in huge pages (:data:`HUGE_PAGES`, unless the environment sets it, e.g. to 0).
     A process that joined a process group (``torchrun … -m plm``) exits without the interpreter's
     finalisation, once its output is flushed: see :func:`plm.training.distributed.joined_process_group`.
     """
+    os.environ.setdefault(HUGE_PAGES, "1")
     code = main()
     distributed = sys.modules.get("plm.training.distributed")  # loaded only by the commands that use it
     if distributed is not None and distributed.joined_process_group():

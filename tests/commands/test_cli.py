@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -67,3 +68,18 @@ def test_missing_dataset_root_is_one_clear_line(tmp_path, capsys) -> None:
 def test_googlenet_without_weights_explains(capsys) -> None:
     assert main(["eval", "--dataset", "digits", "--backbone", "googlenet", "--limit", "20"]) == 2
     assert "--weights FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", [None, "0"])
+def test_the_entry_point_asks_torch_for_huge_pages_unless_told_otherwise(monkeypatch, given) -> None:
+    from plm import cli
+
+    monkeypatch.setenv(cli.HUGE_PAGES, "unset below")  # so that the test's end restores the environment
+    if given is None:
+        monkeypatch.delenv(cli.HUGE_PAGES)
+    else:
+        monkeypatch.setenv(cli.HUGE_PAGES, given)
+    monkeypatch.setattr(sys, "argv", ["plm"])
+    with pytest.raises(SystemExit):
+        cli.console_main()
+    assert os.environ[cli.HUGE_PAGES] == (given or "1")
