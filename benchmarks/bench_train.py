@@ -148,6 +148,16 @@ def _active(clock: PartClock) -> Iterator[None]:
         _ACTIVE.pop()
 
 
+def first_batches(trainer, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` (inputs, positions) batches of the trainer's epoch, prepared ahead of any timing."""
+    batches = []
+    for batch in trainer.pipeline.batches(trainer.sampler):
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    return batches
+
+
 def step_parts(seconds: dict[str, float], steps: int) -> dict[str, float]:
     """Milliseconds per step of each of :data:`STEP_PARTS` from accumulated seconds."""
     s = defaultdict(float, seconds)
@@ -225,11 +235,7 @@ def profile(dataset: str = "glyphs", methods: tuple[str, ...] = ("plm", "stml"),
                 trainers[name].start_epoch_state(0)
             first = trainers[methods[0]]
             warm = 3
-            batches = []
-            for batch in first.pipeline.batches(first.sampler):
-                batches.append(batch)
-                if len(batches) == warm + steps:
-                    break
+            batches = first_batches(first, warm + steps)
             with busy_core(busy):
                 for name, trainer in trainers.items():
                     with _kernels_for(name):
@@ -356,11 +362,7 @@ def _measure(mode: str, steps: int, out_dir: str, ctx=None) -> Optional[dict]:
 
     trainer = Trainer(_throughput_config(mode), out_dir, progress=False, ctx=ctx)
     trainer.start_epoch_state(0)
-    batches = []
-    for inputs, positions in trainer.pipeline.batches(trainer.sampler):
-        batches.append((inputs, positions))
-        if len(batches) == steps + 1:
-            break
+    batches = first_batches(trainer, steps + 1)
     trainer.step(*batches[0])  # warm-up
     clock = PartClock()  # the step's parts, timed from the outside (the trainer is not instrumented)
     pipe = trainer.pipeline
@@ -457,11 +459,7 @@ def _memory_worker(recompute: str, image_size: int, steps: int, out: Any) -> Non
         os.environ["PLM_CACHE_DIR"] = os.path.join(tmp, "cache")
         trainer = Trainer(_memory_config(recompute, image_size), os.path.join(tmp, "run"), progress=False)
         trainer.start_epoch_state(0)
-        batches = []
-        for batch in trainer.pipeline.batches(trainer.sampler):
-            batches.append(batch)
-            if len(batches) == steps + 1:
-                break
+        batches = first_batches(trainer, steps + 1)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB → GiB
         trainer.step(*batches[0])  # warm-up
         start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
